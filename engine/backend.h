@@ -1,0 +1,116 @@
+/* A backend runs the model graph's ops on one kind of device.
+ *
+ * models/ calls ops by name through this table (ci_matmul(be, ...)); kernels/cpu implements them
+ * for the CPU reference path and kernels/cuda for NVIDIA GPUs, with the same op names. The graph
+ * is written once.
+ *
+ * Conventions shared by every op:
+ *   - activations are row-major tensors whose first dimension counts tokens;
+ *   - weights are [out_features, in_features] as Hugging Face stores them, in F32, BF16 or F16;
+ *   - shapes and dtypes were validated when the model was loaded, so ops only assert them. */
+#ifndef CINFER_BACKEND_H
+#define CINFER_BACKEND_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "../loaders/config.h"
+#include "cinfer.h"
+#include "tensor.h"
+
+typedef struct ci_backend ci_backend;
+
+/* RoPE frequencies for one forward call: inv_freq has head_dim/2 entries, and cos/sin are
+ * multiplied by attention_scaling (1 except for yarn). */
+typedef struct ci_rope_freqs {
+    const float *inv_freq;
+    float attention_scaling;
+} ci_rope_freqs;
+
+typedef struct ci_backend_ops {
+    const char *name;
+
+    /* memory the backend computes on */
+    void *(*alloc)(ci_backend *be, size_t bytes);
+    void (*free)(ci_backend *be, void *memory);
+    void (*to_device)(ci_backend *be, void *device_dst, const void *host_src, size_t bytes);
+    void (*to_host)(ci_backend *be, void *host_dst, const void *device_src, size_t bytes);
+    /* scratch the ops below need for a model of this config with n_ctx tokens of context */
+    size_t (*workspace_bytes)(const ci_backend *be, const ci_config *config, int n_ctx);
+
+    /* out[t] = table[tokens[t]]                         tokens I32 [T], table [V, E] -> [T, E] */
+    void (*embedding)(ci_backend *be, ci_tensor *out, const ci_tensor *tokens,
+                      const ci_tensor *table);
+    /* out = weight ⊙ x / sqrt(mean(x²) + eps), per row          x [T, E], weight [E] -> [T, E] */
+    void (*rmsnorm)(ci_backend *be, ci_tensor *out, const ci_tensor *x, const ci_tensor *weight,
+                    float eps);
+    /* out = x·Wᵀ (+ bias)                     x [T, K], W [N, K], bias [N] or NULL -> [T, N] */
+    void (*matmul)(ci_backend *be, ci_tensor *out, const ci_tensor *x, const ci_tensor *weight,
+                   const ci_tensor *bias);
+    /* Rotates q [T, H, D] and k [T, G, D] in place; token t sits at position pos0 + t. */
+    void (*rope)(ci_backend *be, ci_tensor *q, ci_tensor *k, int pos0, const ci_rope_freqs *freqs);
+    /* Causal GQA attention of the T new queries over cache rows [0, pos0 + T):
+     * q [T, H, D], k_cache and v_cache [n_ctx, G, D] -> out [T, H, D]. */
+    void (*attention)(ci_backend *be, ci_tensor *out, const ci_tensor *q, const ci_tensor *k_cache,
+                      const ci_tensor *v_cache, int pos0);
+    /* Differential attention (MODEL_MATH.md): for pair p, (A1·Vcat − lambda·A2·Vcat), RMS group
+     * norm over 2D with eps, times (1 − lambda_init), into out[t, 2pD:(2p+2)D]. Shapes as above. */
+    void (*diff_attention)(ci_backend *be, ci_tensor *out, const ci_tensor *q,
+                           const ci_tensor *k_cache, const ci_tensor *v_cache, int pos0,
+                           float lambda, float lambda_init, float eps);
+    /* out = act(gate) ⊙ up                                      all [T, I]; out may alias gate */
+    void (*gated_activation)(ci_backend *be, ci_tensor *out, const ci_tensor *gate,
+                             const ci_tensor *up, ci_activation act);
+    /* x += y                                                                      both [T, E] */
+    void (*add)(ci_backend *be, ci_tensor *x, const ci_tensor *y);
+} ci_backend_ops;
+
+/* An execution context on one device. Each session owns one, so that sessions never share
+ * scratch memory (or, on a GPU, streams). */
+struct ci_backend {
+    const ci_backend_ops *ops;
+    int n_threads;
+    void *workspace; /* scratch the ops may use; sized by ci_backend_reserve */
+    size_t workspace_bytes;
+};
+
+cinfer_status ci_backend_create(cinfer_backend kind, int n_threads, ci_backend **out);
+void ci_backend_free(ci_backend *be);
+/* Makes sure the workspace holds bytes, once, before the hot path runs. */
+cinfer_status ci_backend_reserve(ci_backend *be, size_t bytes);
+
+/* The model graph calls ops through these, so that it reads like the math. */
+static inline void ci_embedding(ci_backend *be, ci_tensor *out, const ci_tensor *tokens,
+                                const ci_tensor *table) {
+    be->ops->embedding(be, out, tokens, table);
+}
+static inline void ci_rmsnorm(ci_backend *be, ci_tensor *out, const ci_tensor *x,
+                              const ci_tensor *weight, float eps) {
+    be->ops->rmsnorm(be, out, x, weight, eps);
+}
+static inline void ci_matmul(ci_backend *be, ci_tensor *out, const ci_tensor *x,
+                             const ci_tensor *weight, const ci_tensor *bias) {
+    be->ops->matmul(be, out, x, weight, bias);
+}
+static inline void ci_rope(ci_backend *be, ci_tensor *q, ci_tensor *k, int pos0,
+                           const ci_rope_freqs *freqs) {
+    be->ops->rope(be, q, k, pos0, freqs);
+}
+static inline void ci_attention(ci_backend *be, ci_tensor *out, const ci_tensor *q,
+                                const ci_tensor *k_cache, const ci_tensor *v_cache, int pos0) {
+    be->ops->attention(be, out, q, k_cache, v_cache, pos0);
+}
+static inline void ci_diff_attention(ci_backend *be, ci_tensor *out, const ci_tensor *q,
+                                     const ci_tensor *k_cache, const ci_tensor *v_cache, int pos0,
+                                     float lambda, float lambda_init, float eps) {
+    be->ops->diff_attention(be, out, q, k_cache, v_cache, pos0, lambda, lambda_init, eps);
+}
+static inline void ci_gated_activation(ci_backend *be, ci_tensor *out, const ci_tensor *gate,
+                                       const ci_tensor *up, ci_activation act) {
+    be->ops->gated_activation(be, out, gate, up, act);
+}
+static inline void ci_add(ci_backend *be, ci_tensor *x, const ci_tensor *y) {
+    be->ops->add(be, x, y);
+}
+
+#endif

@@ -1,0 +1,167 @@
+/*
+ * cinfer: an inference engine for Llama-family language models.
+ *
+ * This is the whole public C API. Everything else in the tree is internal.
+ *
+ *   cinfer_model *model;
+ *   if (cinfer_model_load("path/to/checkpoint", NULL, &model) != CINFER_OK) {
+ *       fprintf(stderr, "%s\n", cinfer_last_error());
+ *       return 1;
+ *   }
+ *   cinfer_session *session;
+ *   cinfer_session_create(model, 0, &session);          // 0: context from the config
+ *   cinfer_generate(session, prompt, n_prompt, &params, on_token, user, &result);
+ *   cinfer_session_free(session);
+ *   cinfer_model_free(model);
+ *
+ * Errors: every call that can fail returns a cinfer_status; the message (which names the file, the
+ * field and what was expected) is kept per thread and read with cinfer_last_error().
+ */
+#ifndef CINFER_H
+#define CINFER_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef enum cinfer_status {
+    CINFER_OK = 0,
+    CINFER_ERR_IO,          /* a file is missing, unreadable, or could not be written */
+    CINFER_ERR_FORMAT,      /* a file is malformed (safetensors header, JSON) */
+    CINFER_ERR_CONFIG,      /* config.json is missing a field or is inconsistent */
+    CINFER_ERR_WEIGHTS,     /* a tensor is missing or its shape/dtype does not match the config */
+    CINFER_ERR_ARGUMENT,    /* a caller passed something out of range (token id, length, option) */
+    CINFER_ERR_MEMORY,      /* an allocation failed */
+    CINFER_ERR_UNSUPPORTED, /* valid input that this build cannot run (architecture, rope type...) */
+    CINFER_ERR_CONTEXT_FULL /* the session's KV cache has no room for the tokens */
+} cinfer_status;
+
+/* The message of the last error on this thread ("" if none). Valid until the next failing call. */
+const char *cinfer_last_error(void);
+/* "file.c:123" of the code that raised the last error: for bug reports, not for users. */
+const char *cinfer_last_error_location(void);
+
+/* ---- models ---------------------------------------------------------------------------------- */
+
+typedef struct cinfer_model cinfer_model;
+
+typedef enum cinfer_backend { CINFER_BACKEND_CPU = 0, CINFER_BACKEND_CUDA = 1 } cinfer_backend;
+
+typedef struct cinfer_load_options {
+    cinfer_backend backend; /* CINFER_BACKEND_CPU is the reference path */
+    int n_threads;          /* CPU threads; 0 = OpenMP's default */
+} cinfer_load_options;
+
+/* What a loaded model is; filled from config.json and the checkpoint. */
+typedef struct cinfer_model_info {
+    const char *architecture; /* "LlamaForCausalLM" or "DiffLlamaForCausalLM" */
+    int vocab_size;
+    int hidden_size;
+    int intermediate_size;
+    int n_layers;
+    int n_heads;
+    int n_kv_heads;
+    int head_dim;
+    int max_position_embeddings;
+    int bos_token_id; /* -1 when the config has none */
+    int n_eos;        /* eos_token_id may be a list */
+    const int *eos_token_ids;
+    int64_t n_params;      /* elements in all weight tensors */
+    int64_t weight_bytes;  /* bytes of all weight tensors as stored */
+    int64_t kv_bytes_per_token; /* KV cache bytes per token of context, all layers */
+} cinfer_model_info;
+
+/* Loads a Hugging Face checkpoint folder: config.json plus model.safetensors or
+ * model.safetensors.index.json with its shards. Tensors are memory-mapped, not copied. */
+cinfer_status cinfer_model_load(const char *dir, const cinfer_load_options *options,
+                                cinfer_model **out);
+void cinfer_model_free(cinfer_model *model);
+const cinfer_model_info *cinfer_model_get_info(const cinfer_model *model);
+
+/* ---- sessions: one sequence with its KV cache ------------------------------------------------ */
+
+typedef struct cinfer_session cinfer_session;
+
+/* n_ctx: tokens the KV cache holds; 0 means max_position_embeddings. */
+cinfer_status cinfer_session_create(cinfer_model *model, int n_ctx, cinfer_session **out);
+void cinfer_session_free(cinfer_session *session);
+/* Bytes a session with this context would allocate (KV cache, activations, scratch). */
+int64_t cinfer_session_memory_bytes(const cinfer_model *model, int n_ctx);
+/* Forget every token: the next forward starts at position 0. */
+void cinfer_session_reset(cinfer_session *session);
+int cinfer_session_n_past(const cinfer_session *session);
+int cinfer_session_n_ctx(const cinfer_session *session);
+
+typedef enum cinfer_logits {
+    CINFER_LOGITS_NONE = 0, /* only fill the KV cache */
+    CINFER_LOGITS_LAST = 1, /* logits of the last token: [vocab_size] */
+    CINFER_LOGITS_ALL = 2   /* logits of every token: [n_tokens, vocab_size] */
+} cinfer_logits;
+
+/* Runs the model on n_tokens tokens placed after the n_past tokens already in the cache, appends
+ * their keys and values to the cache and writes the logits asked for. Token ids are checked against
+ * the vocabulary and the length against the context before anything is computed. */
+cinfer_status cinfer_session_forward(cinfer_session *session, const int32_t *tokens, int n_tokens,
+                                     cinfer_logits which, float *logits);
+
+/* Observes the residual stream: called with stage 0 after the embedding, stage 1+i after decoder
+ * layer i, and stage n_layers+1 after the final norm, with n_tokens rows of hidden_size floats on
+ * the host. Used by tests and `cinfer compare`; NULL turns it off. */
+typedef void (*cinfer_hidden_observer)(void *user, int stage, const float *hidden, int n_tokens,
+                                       int hidden_size);
+void cinfer_session_observe(cinfer_session *session, cinfer_hidden_observer observer, void *user);
+
+/* ---- sampling and generation ----------------------------------------------------------------- */
+
+typedef struct cinfer_sampling {
+    float temperature; /* <= 0: greedy (argmax) */
+    int top_k;         /* <= 0: off */
+    float top_p;       /* >= 1: off */
+    uint64_t seed;     /* same seed, same logits: same tokens */
+} cinfer_sampling;
+
+typedef struct cinfer_sampler cinfer_sampler;
+cinfer_status cinfer_sampler_create(const cinfer_sampling *params, int vocab_size,
+                                    cinfer_sampler **out);
+void cinfer_sampler_free(cinfer_sampler *sampler);
+/* Picks a token from one row of logits (not modified). */
+int32_t cinfer_sampler_sample(cinfer_sampler *sampler, const float *logits);
+
+typedef enum cinfer_stop_reason {
+    CINFER_STOP_MAX_TOKENS = 0, /* generated max_new_tokens */
+    CINFER_STOP_EOS = 1,        /* generated one of the model's eos tokens (it is included) */
+    CINFER_STOP_CONTEXT = 2,    /* the KV cache is full */
+    CINFER_STOP_CALLBACK = 3    /* the token callback asked to stop */
+} cinfer_stop_reason;
+
+typedef struct cinfer_generate_params {
+    int max_new_tokens;
+    cinfer_sampling sampling;
+    int ignore_eos; /* keep going past eos tokens */
+} cinfer_generate_params;
+
+typedef struct cinfer_generate_stats {
+    int n_prompt;
+    int n_generated;
+    double prefill_seconds;
+    double decode_seconds; /* all steps after the first generated token */
+    cinfer_stop_reason stop_reason;
+} cinfer_generate_stats;
+
+/* Called for every generated token as soon as it is sampled; return non-zero to stop. */
+typedef int (*cinfer_token_callback)(void *user, int32_t token);
+
+/* Feeds the prompt (after whatever the session already holds), then samples up to
+ * max_new_tokens tokens. prompt_logits, when not NULL, receives the logits of every prompt
+ * position: [n_prompt, vocab_size]. */
+cinfer_status cinfer_generate(cinfer_session *session, const int32_t *prompt, int n_prompt,
+                              const cinfer_generate_params *params, cinfer_token_callback on_token,
+                              void *user, float *prompt_logits, cinfer_generate_stats *stats);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* CINFER_H */

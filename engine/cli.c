@@ -1,0 +1,369 @@
+/* The cinfer command line:
+ *
+ *   cinfer inspect --model DIR
+ *   cinfer run --model DIR --tokens "1 15 7 42" [--max-new-tokens N] [--temperature T]
+ *              [--top-k K] [--top-p P] [--seed S] [--ctx-size N] [--threads N]
+ *              [--ignore-eos] [--dump-logits out.npy]
+ *
+ * Errors go to stderr as one line naming what was wrong, with exit status 1 (2 for misuse). */
+#include <errno.h>
+#include <inttypes.h>
+#include <limits.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "../models/model.h"
+#include "cinfer.h"
+#include "npy.h"
+
+enum { EXIT_ERROR = 1, EXIT_USAGE = 2 };
+
+static const char *usage_text =
+    "usage: cinfer <command> [options]\n"
+    "\n"
+    "commands:\n"
+    "  inspect --model DIR      architecture, parameters, dtypes, tensors, memory needed\n"
+    "  run --model DIR --tokens \"1 15 7\"   generate token ids from a prompt of token ids\n"
+    "\n"
+    "run options:\n"
+    "  --max-new-tokens N   tokens to generate (default 32; 0 only runs the prompt)\n"
+    "  --temperature T      0 = greedy (default); > 0 samples\n"
+    "  --top-k K            keep the K most likely tokens (default 0 = off)\n"
+    "  --top-p P            keep the smallest set with probability >= P (default 1 = off)\n"
+    "  --seed S             random seed for sampling (default: from the clock, printed)\n"
+    "  --ctx-size N         KV cache positions (default: prompt + new tokens, at most\n"
+    "                       max_position_embeddings)\n"
+    "  --threads N          CPU threads (default: OpenMP's)\n"
+    "  --ignore-eos         keep generating after an eos token\n"
+    "  --dump-logits PATH   write the logits of every prompt position as float32 .npy\n"
+    "                       of shape [prompt tokens, vocab_size]\n"
+    "  --backend cpu        the CPU reference path (the only backend so far)\n";
+
+static int usage_error(const char *fmt, const char *arg) {
+    fprintf(stderr, "cinfer: ");
+    fprintf(stderr, fmt, arg);
+    fprintf(stderr, "\n\n%s", usage_text);
+    return EXIT_USAGE;
+}
+
+static int fail(void) {
+    fprintf(stderr, "cinfer: error: %s\n", cinfer_last_error());
+    if (getenv("CINFER_DEBUG"))
+        fprintf(stderr, "cinfer: raised at %s\n", cinfer_last_error_location());
+    return EXIT_ERROR;
+}
+
+/* Strict number parsing: the whole argument must be a number in range. */
+static int parse_long(const char *text, long minimum, long maximum, long *out) {
+    char *end;
+    errno = 0;
+    long v = strtol(text, &end, 10);
+    if (errno || end == text || *end != '\0' || v < minimum || v > maximum) return -1;
+    *out = v;
+    return 0;
+}
+
+static int parse_float(const char *text, float *out) {
+    char *end;
+    errno = 0;
+    float v = strtof(text, &end);
+    if (errno || end == text || *end != '\0' || !isfinite(v)) return -1;
+    *out = v;
+    return 0;
+}
+
+typedef struct options {
+    const char *model_dir;
+    const char *tokens_text;
+    const char *dump_logits;
+    int max_new_tokens;
+    int ctx_size;
+    int n_threads;
+    int ignore_eos;
+    int seed_given;
+    cinfer_sampling sampling;
+} options;
+
+static int parse_options(int argc, char **argv, int allow_run_options, options *o) {
+    *o = (options){.max_new_tokens = 32, .sampling = {.temperature = 0.0f, .top_p = 1.0f}};
+    for (int i = 0; i < argc; i++) {
+        const char *flag = argv[i];
+        int is_switch = strcmp(flag, "--ignore-eos") == 0;
+        if (!is_switch && i + 1 >= argc) return usage_error("option '%s' needs a value", flag);
+        const char *value = is_switch ? NULL : argv[i + 1];
+        long number;
+        if (strcmp(flag, "--model") == 0) {
+            o->model_dir = value;
+        } else if (!allow_run_options) {
+            return usage_error("unknown option '%s'", flag);
+        } else if (strcmp(flag, "--tokens") == 0) {
+            o->tokens_text = value;
+        } else if (strcmp(flag, "--dump-logits") == 0) {
+            o->dump_logits = value;
+        } else if (strcmp(flag, "--max-new-tokens") == 0) {
+            if (parse_long(value, 0, INT_MAX, &number) != 0)
+                return usage_error("--max-new-tokens needs an integer >= 0, got '%s'", value);
+            o->max_new_tokens = (int)number;
+        } else if (strcmp(flag, "--ctx-size") == 0) {
+            if (parse_long(value, 1, INT_MAX, &number) != 0)
+                return usage_error("--ctx-size needs an integer >= 1, got '%s'", value);
+            o->ctx_size = (int)number;
+        } else if (strcmp(flag, "--threads") == 0) {
+            if (parse_long(value, 1, 4096, &number) != 0)
+                return usage_error("--threads needs an integer in [1, 4096], got '%s'", value);
+            o->n_threads = (int)number;
+        } else if (strcmp(flag, "--top-k") == 0) {
+            if (parse_long(value, 0, INT_MAX, &number) != 0)
+                return usage_error("--top-k needs an integer >= 0, got '%s'", value);
+            o->sampling.top_k = (int)number;
+        } else if (strcmp(flag, "--seed") == 0) {
+            char *end;
+            errno = 0;
+            unsigned long long seed = strtoull(value, &end, 10);
+            if (errno || end == value || *end != '\0' || value[0] == '-')
+                return usage_error("--seed needs a non-negative integer, got '%s'", value);
+            o->sampling.seed = seed;
+            o->seed_given = 1;
+        } else if (strcmp(flag, "--temperature") == 0) {
+            if (parse_float(value, &o->sampling.temperature) != 0 || o->sampling.temperature < 0)
+                return usage_error("--temperature needs a number >= 0, got '%s'", value);
+        } else if (strcmp(flag, "--top-p") == 0) {
+            if (parse_float(value, &o->sampling.top_p) != 0 || !(o->sampling.top_p > 0.0f) ||
+                o->sampling.top_p > 1.0f)
+                return usage_error("--top-p needs a number in (0, 1], got '%s'", value);
+        } else if (strcmp(flag, "--backend") == 0) {
+            if (strcmp(value, "cpu") != 0)
+                return usage_error("--backend '%s' is not available in this build (cpu only)",
+                                   value);
+        } else if (is_switch) {
+            o->ignore_eos = 1;
+        } else {
+            return usage_error("unknown option '%s'", flag);
+        }
+        if (!is_switch) i++;
+    }
+    if (!o->model_dir) return usage_error("%s", "--model DIR is required");
+    return 0;
+}
+
+/* "1 15 7 42" -> ids; each must be an integer (the vocabulary check comes with the model). */
+static int parse_token_list(const char *text, int32_t **ids, int *n_ids) {
+    size_t capacity = strlen(text) / 2 + 1;
+    int32_t *list = malloc(capacity * sizeof *list);
+    int n = 0;
+    const char *p = text;
+    if (!list) return -1;
+    for (;;) {
+        while (*p == ' ' || *p == '\t' || *p == ',' || *p == '\n') p++;
+        if (!*p) break;
+        char *end;
+        errno = 0;
+        long v = strtol(p, &end, 10);
+        if (end == p || errno || v < INT32_MIN || v > INT32_MAX ||
+            (*end && *end != ' ' && *end != '\t' && *end != ',' && *end != '\n')) {
+            fprintf(stderr, "cinfer: error: --tokens: '%.*s' at token %d is not an integer id\n",
+                    (int)strcspn(p, " \t,\n"), p, n);
+            free(list);
+            return -1;
+        }
+        list[n++] = (int32_t)v;
+        p = end;
+    }
+    if (n == 0) {
+        fprintf(stderr, "cinfer: error: --tokens: the prompt is empty\n");
+        free(list);
+        return -1;
+    }
+    *ids = list;
+    *n_ids = n;
+    return 0;
+}
+
+static void print_bytes(const char *label, double bytes, const char *note) {
+    const char *unit = "B";
+    const char *units[] = {"KiB", "MiB", "GiB", "TiB"};
+    for (int i = 0; i < 4 && bytes >= 1024.0; i++) {
+        bytes /= 1024.0;
+        unit = units[i];
+    }
+    printf("  %-22s %.2f %s%s\n", label, bytes, unit, note);
+}
+
+static int cmd_inspect(int argc, char **argv) {
+    options o;
+    int usage = parse_options(argc, argv, 0, &o);
+    if (usage) return usage;
+    cinfer_model *model;
+    if (cinfer_model_load(o.model_dir, NULL, &model) != CINFER_OK) return fail();
+    const cinfer_model_info *info = cinfer_model_get_info(model);
+    const ci_config *c = model->config;
+    const ci_checkpoint *ck = model->checkpoint;
+
+    printf("model        %s\n", o.model_dir);
+    printf("architecture %s\n", info->architecture);
+    printf("weights      %s, %d tensors\n", ck->weights_description, ck->n_index);
+    printf("config\n");
+    printf("  vocab_size %d, hidden_size %d, intermediate_size %d, layers %d\n", c->vocab_size,
+           c->hidden_size, c->intermediate_size, c->n_layers);
+    printf("  heads %d, kv heads %d (%d per kv head), head_dim %d%s\n", c->n_heads, c->n_kv_heads,
+           c->n_heads / c->n_kv_heads, c->head_dim,
+           c->head_dim * c->n_heads != c->hidden_size ? " (given, not hidden/heads)" : "");
+    printf("  hidden_act %s, rms_norm_eps %g, max_position_embeddings %d\n", c->hidden_act_name,
+           c->rms_norm_eps, c->max_position_embeddings);
+    printf("  rope %s, theta %g", ci_rope_type_name(c->rope.type), c->rope.theta);
+    if (c->rope.type != CI_ROPE_DEFAULT) printf(", factor %g", c->rope.factor);
+    if (c->rope.type == CI_ROPE_LLAMA3 || c->rope.type == CI_ROPE_YARN)
+        printf(", original_max_position_embeddings %d", c->rope.original_max_position_embeddings);
+    printf("\n  attention_bias %s, mlp_bias %s, tie_word_embeddings %s, dtype %s\n",
+           c->attention_bias ? "yes" : "no", c->mlp_bias ? "yes" : "no",
+           c->tie_word_embeddings ? "yes" : "no", c->torch_dtype[0] ? c->torch_dtype : "-");
+    printf("  bos_token_id %d, eos_token_id", c->bos_token_id);
+    for (int i = 0; i < c->n_eos; i++) printf("%s%d", i ? ", " : " ", c->eos_token_ids[i]);
+    printf("\nparameters   %" PRId64 " (%.3f B)\n", info->n_params, info->n_params / 1e9);
+
+    printf("dtypes\n");
+    for (int d = 0; d < CI_DTYPE_COUNT; d++) {
+        int64_t count = 0, bytes = 0;
+        for (int i = 0; i < ck->n_index; i++) {
+            if (ck->index[i]->dtype != (ci_dtype)d) continue;
+            count++;
+            bytes += (int64_t)(ck->index[i]->end - ck->index[i]->begin);
+        }
+        if (count) printf("  %-5s %6" PRId64 " tensors, %" PRId64 " bytes\n", ci_dtype_name(d), count, bytes);
+    }
+
+    printf("memory (CPU reference path)\n");
+    print_bytes("weights", (double)info->weight_bytes, " (memory-mapped from the files, not copied)");
+    print_bytes("KV cache per token", (double)info->kv_bytes_per_token, " (F32 K and V, all layers)");
+    const int n_ctx = c->max_position_embeddings;
+    char note[96];
+    snprintf(note, sizeof note, " (KV cache, activations and scratch at %d positions)", n_ctx);
+    print_bytes("session", (double)cinfer_session_memory_bytes(model, n_ctx), note);
+
+    printf("tensors\n");
+    for (int i = 0; i < ck->n_index; i++) {
+        const st_tensor *t = ck->index[i];
+        char shape[160];
+        printf("  %-56s %-5s %-16s %s\n", t->name, ci_dtype_name(t->dtype),
+               ci_shape_string(t->shape, t->n_dims, shape, sizeof shape),
+               ci_base_name(t->file->path));
+    }
+    cinfer_model_free(model);
+    return 0;
+}
+
+static int print_token(void *user, int32_t token) {
+    int *count = user;
+    printf("%s%d", (*count)++ ? " " : "", token);
+    fflush(stdout);
+    return 0;
+}
+
+static const char *stop_reason_name(cinfer_stop_reason reason) {
+    switch (reason) {
+    case CINFER_STOP_MAX_TOKENS: return "max new tokens";
+    case CINFER_STOP_EOS: return "eos token";
+    case CINFER_STOP_CONTEXT: return "context full";
+    case CINFER_STOP_CALLBACK: return "stopped";
+    }
+    return "?";
+}
+
+static int cmd_run(int argc, char **argv) {
+    options o;
+    int usage = parse_options(argc, argv, 1, &o);
+    if (usage) return usage;
+    if (!o.tokens_text) return usage_error("%s", "run needs --tokens \"ID ID ...\"");
+    int32_t *prompt;
+    int n_prompt;
+    if (parse_token_list(o.tokens_text, &prompt, &n_prompt) != 0) return EXIT_ERROR;
+    if (!o.seed_given) o.sampling.seed = (uint64_t)time(NULL);
+
+    cinfer_load_options load = {.backend = CINFER_BACKEND_CPU, .n_threads = o.n_threads};
+    cinfer_model *model = NULL;
+    cinfer_session *session = NULL;
+    float *prompt_logits = NULL;
+    int status = EXIT_ERROR;
+    if (cinfer_model_load(o.model_dir, &load, &model) != CINFER_OK) {
+        status = fail();
+        goto done;
+    }
+    const cinfer_model_info *info = cinfer_model_get_info(model);
+    int n_ctx = o.ctx_size;
+    if (n_ctx == 0) {
+        if (n_prompt > info->max_position_embeddings) {
+            fprintf(stderr,
+                    "cinfer: error: the prompt has %d tokens, more than max_position_embeddings "
+                    "= %d in config.json (pass --ctx-size to run past it)\n",
+                    n_prompt, info->max_position_embeddings);
+            goto done;
+        }
+        long wanted = (long)n_prompt + o.max_new_tokens;
+        n_ctx = wanted < info->max_position_embeddings ? (int)wanted : info->max_position_embeddings;
+    }
+    if (n_prompt > n_ctx) {
+        fprintf(stderr, "cinfer: error: the prompt has %d tokens but --ctx-size is %d\n",
+                n_prompt, n_ctx);
+        goto done;
+    }
+    if (cinfer_session_create(model, n_ctx, &session) != CINFER_OK) {
+        status = fail();
+        goto done;
+    }
+    if (o.dump_logits) {
+        prompt_logits = malloc((size_t)n_prompt * (size_t)info->vocab_size * sizeof(float));
+        if (!prompt_logits) {
+            fprintf(stderr, "cinfer: error: out of memory for %d x %d logits\n", n_prompt,
+                    info->vocab_size);
+            goto done;
+        }
+    }
+    if (o.sampling.temperature > 0.0f)
+        fprintf(stderr, "cinfer: sampling with temperature %g, top-k %d, top-p %g, seed %llu\n",
+                (double)o.sampling.temperature, o.sampling.top_k, (double)o.sampling.top_p,
+                (unsigned long long)o.sampling.seed);
+    cinfer_generate_params params = {o.max_new_tokens, o.sampling, o.ignore_eos};
+    cinfer_generate_stats stats;
+    int printed = 0;
+    if (cinfer_generate(session, prompt, n_prompt, &params, print_token, &printed, prompt_logits,
+                        &stats) != CINFER_OK) {
+        if (printed) printf("\n");
+        status = fail();
+        goto done;
+    }
+    printf("\n");
+    fflush(stdout);
+    if (o.dump_logits &&
+        ci_write_npy_f32(o.dump_logits, prompt_logits, n_prompt, info->vocab_size) != CINFER_OK) {
+        status = fail();
+        goto done;
+    }
+    fprintf(stderr,
+            "cinfer: prompt %d tokens in %.3f s (%.2f tokens/s); generated %d tokens, "
+            "%.2f tokens/s after the first; stop: %s\n",
+            stats.n_prompt, stats.prefill_seconds,
+            stats.prefill_seconds > 0 ? stats.n_prompt / stats.prefill_seconds : 0.0,
+            stats.n_generated,
+            stats.decode_seconds > 0 ? (stats.n_generated - 1) / stats.decode_seconds : 0.0,
+            stop_reason_name(stats.stop_reason));
+    status = 0;
+done:
+    free(prompt_logits);
+    free(prompt);
+    cinfer_session_free(session);
+    cinfer_model_free(model);
+    return status;
+}
+
+int main(int argc, char **argv) {
+    if (argc < 2 || strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0) {
+        fputs(usage_text, argc < 2 ? stderr : stdout);
+        return argc < 2 ? EXIT_USAGE : 0;
+    }
+    if (strcmp(argv[1], "inspect") == 0) return cmd_inspect(argc - 2, argv + 2);
+    if (strcmp(argv[1], "run") == 0) return cmd_run(argc - 2, argv + 2);
+    return usage_error("unknown command '%s'", argv[1]);
+}

@@ -1,0 +1,210 @@
+/* Sessions: the KV cache and activation buffers of one sequence, sized once at creation so that
+ * no forward pass allocates, and the checks every input passes before it reaches the model. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "error.h"
+#include "session.h"
+
+/* Prompts longer than this run in several passes: bounds activation memory, not results. */
+enum { SESSION_MAX_BATCH = 512 };
+/* Logits leave the device this many rows at a time: [rows, vocab] stays a few MB. */
+enum { SESSION_LOGIT_ROWS = 16 };
+
+/* Every buffer a session holds, as (tensor, dtype, shape): one list serves allocation and the
+ * memory estimate, so that the two cannot drift apart. KV caches are counted separately. */
+typedef struct buffer_spec {
+    ci_tensor *tensor;
+    ci_dtype dtype;
+    int n_dims;
+    int64_t d0, d1, d2;
+} buffer_spec;
+
+enum { N_ACTIVATION_BUFFERS = 9 };
+
+static void activation_buffers(cinfer_session *s, const ci_config *c, int max_batch,
+                               int logit_rows, buffer_spec specs[N_ACTIVATION_BUFFERS]) {
+    const int64_t B = max_batch, E = c->hidden_size, I = c->intermediate_size;
+    const int64_t H = c->n_heads, D = c->head_dim;
+    const buffer_spec list[N_ACTIVATION_BUFFERS] = {
+        {&s->tokens, CI_I32, 1, B, 0, 0}, {&s->x, CI_F32, 2, B, E, 0},
+        {&s->x_norm, CI_F32, 2, B, E, 0}, {&s->q, CI_F32, 3, B, H, D},
+        {&s->attn, CI_F32, 3, B, H, D},   {&s->proj, CI_F32, 2, B, E, 0},
+        {&s->gate, CI_F32, 2, B, I, 0},   {&s->up, CI_F32, 2, B, I, 0},
+        {&s->logits, CI_F32, 2, logit_rows, c->vocab_size, 0},
+    };
+    memcpy(specs, list, sizeof list);
+}
+
+static int batch_for(int n_ctx) { return n_ctx < SESSION_MAX_BATCH ? n_ctx : SESSION_MAX_BATCH; }
+
+static size_t spec_bytes(const buffer_spec *spec) {
+    ci_tensor t = {NULL, spec->dtype, spec->n_dims, {spec->d0, spec->d1, spec->d2, 0}};
+    return ci_tensor_nbytes(&t);
+}
+
+static cinfer_status alloc_tensor(cinfer_session *s, const buffer_spec *spec) {
+    *spec->tensor = (ci_tensor){NULL, spec->dtype, spec->n_dims, {spec->d0, spec->d1, spec->d2, 0}};
+    size_t bytes = spec_bytes(spec);
+    spec->tensor->data = s->be->ops->alloc(s->be, bytes);
+    if (!spec->tensor->data)
+        return CI_FAIL(CINFER_ERR_MEMORY,
+                       "out of memory: %zu bytes for session buffers (n_ctx = %d)", bytes,
+                       s->n_ctx);
+    return CINFER_OK;
+}
+
+static void free_tensor(cinfer_session *s, ci_tensor *t) {
+    if (t->data) s->be->ops->free(s->be, t->data);
+    t->data = NULL;
+}
+
+static cinfer_status allocate(cinfer_session *s) {
+    const ci_config *c = s->model->config;
+    const int D = c->head_dim;
+    s->k_cache = calloc((size_t)c->n_layers, sizeof *s->k_cache);
+    s->v_cache = calloc((size_t)c->n_layers, sizeof *s->v_cache);
+    if (!s->k_cache || !s->v_cache) return CI_FAIL(CINFER_ERR_MEMORY, "out of memory");
+    for (int l = 0; l < c->n_layers; l++) {
+        const buffer_spec k = {&s->k_cache[l], CI_F32, 3, s->n_ctx, c->n_kv_heads, D};
+        const buffer_spec v = {&s->v_cache[l], CI_F32, 3, s->n_ctx, c->n_kv_heads, D};
+        CI_TRY(alloc_tensor(s, &k));
+        CI_TRY(alloc_tensor(s, &v));
+    }
+    buffer_spec specs[N_ACTIVATION_BUFFERS];
+    s->logit_rows = SESSION_LOGIT_ROWS;
+    activation_buffers(s, c, s->max_batch, s->logit_rows, specs);
+    for (int i = 0; i < N_ACTIVATION_BUFFERS; i++) CI_TRY(alloc_tensor(s, &specs[i]));
+    s->inv_freq = s->be->ops->alloc(s->be, (size_t)D / 2 * sizeof(float));
+    s->host_inv_freq = malloc((size_t)D / 2 * sizeof(float));
+    s->host_hidden = malloc((size_t)s->max_batch * (size_t)c->hidden_size * sizeof(float));
+    if (!s->inv_freq || !s->host_inv_freq || !s->host_hidden)
+        return CI_FAIL(CINFER_ERR_MEMORY, "out of memory");
+    s->rope.inv_freq = s->inv_freq;
+    s->rope_seq_len = -1;
+    return ci_backend_reserve(s->be, s->be->ops->workspace_bytes(s->be, c, s->n_ctx));
+}
+
+int64_t cinfer_session_memory_bytes(const cinfer_model *model, int n_ctx) {
+    const ci_config *c = model->config;
+    if (n_ctx <= 0) n_ctx = c->max_position_embeddings;
+    cinfer_session shape_only = {0};
+    buffer_spec specs[N_ACTIVATION_BUFFERS];
+    activation_buffers(&shape_only, c, batch_for(n_ctx), SESSION_LOGIT_ROWS, specs);
+    int64_t total = model->info.kv_bytes_per_token * n_ctx;
+    for (int i = 0; i < N_ACTIVATION_BUFFERS; i++) total += (int64_t)spec_bytes(&specs[i]);
+    ci_backend *be;
+    if (ci_backend_create(model->options.backend, model->options.n_threads, &be) == CINFER_OK) {
+        total += (int64_t)be->ops->workspace_bytes(be, c, n_ctx);
+        ci_backend_free(be);
+    }
+    return total;
+}
+
+cinfer_status cinfer_session_create(cinfer_model *model, int n_ctx, cinfer_session **out) {
+    *out = NULL;
+    ci_error_clear();
+    if (n_ctx < 0) return CI_FAIL(CINFER_ERR_ARGUMENT, "context size %d is negative", n_ctx);
+    cinfer_session *s = calloc(1, sizeof *s);
+    CI_CHECK_ALLOC(s, sizeof *s);
+    s->model = model;
+    s->n_ctx = n_ctx > 0 ? n_ctx : model->config->max_position_embeddings;
+    s->max_batch = batch_for(s->n_ctx);
+    cinfer_status status =
+        ci_backend_create(model->options.backend, model->options.n_threads, &s->be);
+    if (status == CINFER_OK) status = allocate(s);
+    if (status != CINFER_OK) {
+        cinfer_session_free(s);
+        return status;
+    }
+    *out = s;
+    return CINFER_OK;
+}
+
+void cinfer_session_free(cinfer_session *s) {
+    if (!s) return;
+    if (s->be) {
+        const ci_config *c = s->model->config;
+        for (int l = 0; s->k_cache && l < c->n_layers; l++) free_tensor(s, &s->k_cache[l]);
+        for (int l = 0; s->v_cache && l < c->n_layers; l++) free_tensor(s, &s->v_cache[l]);
+        buffer_spec specs[N_ACTIVATION_BUFFERS];
+        activation_buffers(s, c, s->max_batch, s->logit_rows, specs);
+        for (int i = 0; i < N_ACTIVATION_BUFFERS; i++) free_tensor(s, specs[i].tensor);
+        if (s->inv_freq) s->be->ops->free(s->be, s->inv_freq);
+        ci_backend_free(s->be);
+    }
+    free(s->k_cache);
+    free(s->v_cache);
+    free(s->host_inv_freq);
+    free(s->host_hidden);
+    free(s);
+}
+
+void cinfer_session_reset(cinfer_session *s) { s->n_past = 0; }
+int cinfer_session_n_past(const cinfer_session *s) { return s->n_past; }
+int cinfer_session_n_ctx(const cinfer_session *s) { return s->n_ctx; }
+
+void cinfer_session_observe(cinfer_session *s, cinfer_hidden_observer observer, void *user) {
+    s->observer = observer;
+    s->observer_user = user;
+}
+
+void ci_session_observe(cinfer_session *s, int stage, const ci_tensor *hidden) {
+    if (!s->observer) return;
+    const int n_tokens = (int)ci_tensor_n_rows(hidden), dim = (int)ci_tensor_row_size(hidden);
+    s->be->ops->to_host(s->be, s->host_hidden, hidden->data, ci_tensor_nbytes(hidden));
+    s->observer(s->observer_user, stage, s->host_hidden, n_tokens, dim);
+}
+
+/* RoPE frequencies depend on the sequence length only under dynamic scaling, where transformers
+ * recomputes them for each forward call from its last position. */
+static void update_rope(cinfer_session *s, int seq_len) {
+    const ci_config *c = s->model->config;
+    const int key = c->rope.type == CI_ROPE_DYNAMIC ? seq_len : 0;
+    if (s->rope_seq_len == key) return;
+    ci_rope_frequencies(c, seq_len, s->host_inv_freq, &s->rope.attention_scaling);
+    s->be->ops->to_device(s->be, s->inv_freq, s->host_inv_freq,
+                          (size_t)c->head_dim / 2 * sizeof(float));
+    s->rope_seq_len = key;
+}
+
+cinfer_status cinfer_session_forward(cinfer_session *s, const int32_t *tokens, int n_tokens,
+                                     cinfer_logits which, float *logits) {
+    ci_error_clear();
+    const ci_config *c = s->model->config;
+    if (n_tokens <= 0)
+        return CI_FAIL(CINFER_ERR_ARGUMENT, "no tokens to run (n_tokens = %d)", n_tokens);
+    if (which != CINFER_LOGITS_NONE && !logits)
+        return CI_FAIL(CINFER_ERR_ARGUMENT, "logits were asked for but no buffer was given");
+    for (int i = 0; i < n_tokens; i++)
+        if (tokens[i] < 0 || tokens[i] >= c->vocab_size)
+            return CI_FAIL(CINFER_ERR_ARGUMENT,
+                           "token id %d at position %d is outside the vocabulary (vocab_size = "
+                           "%d in config.json)",
+                           tokens[i], s->n_past + i, c->vocab_size);
+    if (n_tokens > s->n_ctx - s->n_past)
+        return CI_FAIL(CINFER_ERR_CONTEXT_FULL,
+                       "%d tokens do not fit: the context holds %d and %d are used", n_tokens,
+                       s->n_ctx, s->n_past);
+
+    update_rope(s, s->n_past + n_tokens);
+    for (int done = 0; done < n_tokens;) {
+        const int chunk = n_tokens - done < s->max_batch ? n_tokens - done : s->max_batch;
+        const int last_chunk = done + chunk == n_tokens;
+        int row0 = 0, n_rows = 0;
+        float *out = NULL;
+        if (which == CINFER_LOGITS_ALL) {
+            n_rows = chunk;
+            out = logits + (size_t)done * (size_t)c->vocab_size;
+        } else if (which == CINFER_LOGITS_LAST && last_chunk) {
+            row0 = chunk - 1;
+            n_rows = 1;
+            out = logits;
+        }
+        s->be->ops->to_device(s->be, s->tokens.data, tokens + done, (size_t)chunk * sizeof *tokens);
+        ci_decoder_forward(s, chunk, s->n_past, row0, n_rows, out);
+        s->n_past += chunk;
+        done += chunk;
+    }
+    return CINFER_OK;
+}

@@ -1,0 +1,53 @@
+/* The CPU backend: host memory and the reference ops. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "ops_cpu.h"
+
+/* 64-byte alignment: a cache line, and what AVX-512 loads like. */
+enum { CPU_ALIGNMENT = 64 };
+
+static void *cpu_alloc(ci_backend *be, size_t bytes) {
+    (void)be;
+    size_t rounded = (bytes + CPU_ALIGNMENT - 1) / CPU_ALIGNMENT * CPU_ALIGNMENT;
+    return aligned_alloc(CPU_ALIGNMENT, rounded ? rounded : CPU_ALIGNMENT);
+}
+
+static void cpu_free(ci_backend *be, void *memory) {
+    (void)be;
+    free(memory);
+}
+
+static void cpu_copy(ci_backend *be, void *dst, const void *src, size_t bytes) {
+    (void)be;
+    if (bytes) memcpy(dst, src, bytes);
+}
+
+/* Each thread gets its own slice: attention keeps a row of scores per query, matmul a block of
+ * widened weight rows. */
+static size_t cpu_workspace_bytes(const ci_backend *be, const ci_config *c, int n_ctx) {
+    int64_t widest_input = c->hidden_size;
+    if (c->intermediate_size > widest_input) widest_input = c->intermediate_size;
+    if ((int64_t)c->n_heads * c->head_dim > widest_input)
+        widest_input = (int64_t)c->n_heads * c->head_dim;
+    size_t attention = attention_cpu_scratch_bytes(n_ctx, c->head_dim);
+    size_t matmul = matmul_cpu_scratch_bytes(widest_input);
+    return (size_t)be->n_threads * (attention > matmul ? attention : matmul);
+}
+
+const ci_backend_ops ci_cpu_ops = {
+    .name = "cpu",
+    .alloc = cpu_alloc,
+    .free = cpu_free,
+    .to_device = cpu_copy,
+    .to_host = cpu_copy,
+    .workspace_bytes = cpu_workspace_bytes,
+    .embedding = embedding_cpu,
+    .rmsnorm = rmsnorm_cpu,
+    .matmul = matmul_cpu,
+    .rope = rope_cpu,
+    .attention = attention_cpu,
+    .diff_attention = diff_attention_cpu,
+    .gated_activation = gated_activation_cpu,
+    .add = add_cpu,
+};

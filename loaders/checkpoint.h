@@ -1,0 +1,31 @@
+/* A Hugging Face checkpoint folder: config.json plus either model.safetensors or the shards
+ * that model.safetensors.index.json names. Every shard is memory-mapped and validated when the
+ * folder is opened, so that a missing or corrupt shard is reported before any work starts. */
+#ifndef CINFER_CHECKPOINT_H
+#define CINFER_CHECKPOINT_H
+
+#include "config.h"
+#include "safetensors.h"
+
+typedef struct ci_checkpoint {
+    char *dir;
+    char *config_path;
+    ci_config config;
+    st_file **shards;
+    int n_shards;
+    /* name -> tensor over all shards, sorted by name */
+    const st_tensor **index;
+    int n_index;
+    char *weights_description; /* "model.safetensors" or "model.safetensors.index.json (3 shards)" */
+} ci_checkpoint;
+
+cinfer_status checkpoint_open(const char *dir, ci_checkpoint **out);
+void checkpoint_close(ci_checkpoint *checkpoint);
+
+/* NULL when no shard holds the tensor. */
+const st_tensor *checkpoint_find(const ci_checkpoint *checkpoint, const char *name);
+
+/* The file name without its folder, for messages. */
+const char *ci_base_name(const char *path);
+
+#endif

@@ -1,0 +1,59 @@
+/* DiffLlamaForCausalLM: Llama (models/llama.c) with differential attention, as transformers'
+ * modeling_diffllama.py computes it (Differential Transformer, arXiv 2410.05258).
+ *
+ * The H query heads form P = H/2 pairs (p, p + P): heads split in halves, not interleaved.
+ * Each pair has two softmax maps over the same keys positions and one value matrix
+ * Vcat_p = [V_kv(p) ‖ V_kv(p+P)] of width 2·D:
+ *
+ *   A1_p = softmax(Q_p     K_kv(p)ᵀ   / sqrt(D) + M)
+ *   A2_p = softmax(Q_{p+P} K_kv(p+P)ᵀ / sqrt(D) + M)
+ *   O_p  = A1_p·Vcat_p − lambda · A2_p·Vcat_p
+ *   Y_p  = (1 − lambda_init) · O_p / sqrt(mean(O_p²) + rms_norm_eps)     (RMS group norm, no weight)
+ *
+ * Y_p fills columns [2pD, 2(p+1)D) of o_proj's input. One lambda per layer, for all heads:
+ *
+ *   lambda_init = 0.8 − 0.6·exp(−0.3·layer)
+ *   lambda      = exp(λq1·λk1) − exp(λq2·λk2) + lambda_init
+ *
+ * transformers 5.x refuses an odd num_key_value_heads (it splits V by KV heads); the formula
+ * above is what its 4.x eager path computed for any G, and is what runs here. */
+#include <math.h>
+#include <stdio.h>
+
+#include "../engine/error.h"
+#include "model.h"
+
+static cinfer_status bind_lambdas(cinfer_model *m, int layer) {
+    const int64_t head_dim = m->config->head_dim;
+    const char *suffixes[4] = {"q1", "k1", "q2", "k2"};
+    ci_tensor lambdas[4];
+    for (int i = 0; i < 4; i++) {
+        char name[128];
+        snprintf(name, sizeof name, "model.layers.%d.self_attn.lambda_%s", layer, suffixes[i]);
+        CI_TRY(ci_bind_weight(m, name, 1, &head_dim, "[head_dim]", &lambdas[i]));
+    }
+    /* The sums and exponentials in F32, as transformers does (torch.sum(..., dtype=float32)). */
+    double dot1 = 0.0, dot2 = 0.0;
+    for (int64_t d = 0; d < head_dim; d++) {
+        dot1 += (double)(ci_tensor_get_f32(&lambdas[0], d) * ci_tensor_get_f32(&lambdas[1], d));
+        dot2 += (double)(ci_tensor_get_f32(&lambdas[2], d) * ci_tensor_get_f32(&lambdas[3], d));
+    }
+    ci_layer *w = &m->layers[layer];
+    w->lambda_init = (float)(0.8 - 0.6 * exp(-0.3 * layer));
+    w->lambda = expf((float)dot1) - expf((float)dot2) + w->lambda_init;
+    return CINFER_OK;
+}
+
+static void diffllama_attention(ci_backend *be, const cinfer_model *m, int layer, ci_tensor *out,
+                                const ci_tensor *q, const ci_tensor *k_cache,
+                                const ci_tensor *v_cache, int pos0) {
+    const ci_layer *w = &m->layers[layer];
+    ci_diff_attention(be, out, q, k_cache, v_cache, pos0, w->lambda, w->lambda_init,
+                      (float)m->config->rms_norm_eps);
+}
+
+const ci_architecture ci_diffllama_architecture = {
+    .name = "DiffLlamaForCausalLM",
+    .bind_layer_extras = bind_lambdas,
+    .attention = diffllama_attention,
+};

@@ -1,0 +1,67 @@
+/* What a loaded model is: its config, its weights (views into the checkpoint), and the one place
+ * where the two architectures differ, their attention. */
+#ifndef CINFER_MODEL_H
+#define CINFER_MODEL_H
+
+#include "../engine/backend.h"
+#include "../engine/cinfer.h"
+#include "../loaders/checkpoint.h"
+
+typedef struct ci_layer {
+    ci_tensor input_layernorm;          /* [E] */
+    ci_tensor q_proj, k_proj, v_proj;   /* [H·D, E], [G·D, E], [G·D, E] */
+    ci_tensor q_bias, k_bias, v_bias;   /* [H·D], [G·D], [G·D]: data NULL without attention_bias */
+    ci_tensor o_proj, o_bias;           /* [E, H·D], [E] */
+    ci_tensor post_attention_layernorm; /* [E] */
+    ci_tensor gate_proj, up_proj;       /* [I, E] */
+    ci_tensor gate_bias, up_bias;       /* [I]: data NULL without mlp_bias */
+    ci_tensor down_proj, down_bias;     /* [E, I], [E] */
+    /* DiffLlama only. The lambdas are weights, so lambda is a constant of the layer:
+     * lambda = exp(λq1·λk1) − exp(λq2·λk2) + lambda_init. */
+    float lambda, lambda_init;
+} ci_layer;
+
+/* The architecture-specific parts. Everything else is the Llama decoder in models/llama.c. */
+typedef struct ci_architecture {
+    const char *name;
+    /* Binds the tensors layer `layer` has beyond the Llama layout and derives its constants. */
+    cinfer_status (*bind_layer_extras)(cinfer_model *model, int layer);
+    /* The attention core: out [T, H, D] from q [T, H, D] and the layer's cache. */
+    void (*attention)(ci_backend *be, const cinfer_model *model, int layer, ci_tensor *out,
+                      const ci_tensor *q, const ci_tensor *k_cache, const ci_tensor *v_cache,
+                      int pos0);
+} ci_architecture;
+
+extern const ci_architecture ci_llama_architecture;
+extern const ci_architecture ci_diffllama_architecture;
+
+struct cinfer_model {
+    ci_checkpoint *checkpoint;
+    const ci_config *config; /* the checkpoint's */
+    const ci_architecture *arch;
+    cinfer_load_options options;
+    ci_tensor embed_tokens; /* [V, E] */
+    ci_layer *layers;       /* [n_layers] */
+    ci_tensor norm;         /* [E] */
+    ci_tensor lm_head;      /* [V, E]; the embedding itself when tie_word_embeddings */
+    cinfer_model_info info;
+    void **aligned_copies; /* tensors the file stores misaligned, copied once (rare) */
+    int n_aligned_copies;
+};
+
+/* Looks name up in the checkpoint and checks it against the shape the config implies:
+ * `meaning` spells that shape in config terms ("[num_attention_heads*head_dim, hidden_size]"),
+ * so that a mismatch says which field disagrees. */
+cinfer_status ci_bind_weight(cinfer_model *model, const char *name, int n_dims,
+                             const int64_t *shape, const char *meaning, ci_tensor *out);
+
+/* Binds every tensor of the Llama layout (and the architecture's extras) into model. */
+cinfer_status ci_bind_model_weights(cinfer_model *model);
+
+/* RoPE inverse frequencies (head_dim/2 of them) and the cos/sin scale for a forward call whose
+ * last position is seq_len − 1, as transformers computes them for every rope type. Only dynamic
+ * scaling depends on seq_len. */
+void ci_rope_frequencies(const ci_config *config, int seq_len, float *inv_freq,
+                         float *attention_scaling);
+
+#endif
