@@ -10,6 +10,10 @@
 #include "../../engine/error.h"
 #include "ops_cpu.h"
 
+/* Below this many score terms (query rows × keys × head_dim), one thread does it all. */
+#define ATTENTION_PARALLEL_MIN_WORK (1 << 16)
+
+
 size_t attention_cpu_scratch_bytes(int n_ctx, int head_dim) {
     /* two probability rows (differential attention has two maps) and two 2·D accumulators */
     return (2 * (size_t)n_ctx + 4 * (size_t)head_dim) * sizeof(double);
@@ -69,6 +73,11 @@ static attention_shape check_shapes(const ci_backend *be, const ci_tensor *out,
     return s;
 }
 
+static int worth_parallel(const attention_shape *s, int pos0) {
+    return s->n_tokens * s->n_heads * (pos0 + s->n_tokens) * s->head_dim >=
+           ATTENTION_PARALLEL_MIN_WORK;
+}
+
 static double *thread_scratch(const ci_backend *be, const attention_shape *s) {
     size_t per_thread = attention_cpu_scratch_bytes((int)s->n_ctx, (int)s->head_dim);
     return (double *)((char *)be->workspace + (size_t)omp_get_thread_num() * per_thread);
@@ -80,7 +89,8 @@ void attention_cpu(ci_backend *be, ci_tensor *out, const ci_tensor *q, const ci_
     const double scale = 1.0 / sqrt((double)s.head_dim);
     const float *qs = q->data, *ks = k_cache->data, *vs = v_cache->data;
     float *ys = out->data;
-#pragma omp parallel for collapse(2) num_threads(be->n_threads) schedule(dynamic, 1)
+#pragma omp parallel for collapse(2) num_threads(be->n_threads) schedule(dynamic, 1) \
+    if (worth_parallel(&s, pos0))
     for (int64_t t = 0; t < s.n_tokens; t++) {
         for (int64_t h = 0; h < s.n_heads; h++) {
             double *probs = thread_scratch(be, &s), *acc = probs + 2 * s.n_ctx;
@@ -106,7 +116,8 @@ void diff_attention_cpu(ci_backend *be, ci_tensor *out, const ci_tensor *q,
     const double scale = 1.0 / sqrt((double)D);
     const float *qs = q->data, *ks = k_cache->data, *vs = v_cache->data;
     float *ys = out->data;
-#pragma omp parallel for collapse(2) num_threads(be->n_threads) schedule(dynamic, 1)
+#pragma omp parallel for collapse(2) num_threads(be->n_threads) schedule(dynamic, 1) \
+    if (worth_parallel(&s, pos0))
     for (int64_t t = 0; t < s.n_tokens; t++) {
         for (int64_t p = 0; p < n_pairs; p++) {
             double *probs1 = thread_scratch(be, &s), *probs2 = probs1 + s.n_ctx;
