@@ -116,10 +116,11 @@ void cinfer_session_observe(cinfer_session *session, cinfer_hidden_observer obse
 
 /* ---- sampling and generation ----------------------------------------------------------------- */
 
+/* A zeroed struct means greedy decoding with every filter off. */
 typedef struct cinfer_sampling {
-    float temperature; /* <= 0: greedy (argmax) */
-    int top_k;         /* <= 0: off */
-    float top_p;       /* >= 1: off */
+    float temperature; /* 0: greedy (argmax) */
+    int top_k;         /* 0: off */
+    float top_p;       /* 0 or >= 1: off; else keep the smallest set holding this mass */
     uint64_t seed;     /* same seed, same logits: same tokens */
 } cinfer_sampling;
 

@@ -17,6 +17,7 @@
 
 #include "../models/model.h"
 #include "cinfer.h"
+#include "device.h"
 #include "npy.h"
 
 enum { EXIT_ERROR = 1, EXIT_USAGE = 2 };
@@ -149,13 +150,17 @@ static int parse_options(int argc, char **argv, int allow_run_options, options *
     return 0;
 }
 
-/* "1 15 7 42" -> ids; each must be an integer (the vocabulary check comes with the model). */
+/* "1 15 7 42" -> ids; each must be an integer (the vocabulary check comes with the model).
+ * Returns 0, or the exit status once the reason is printed: a malformed list is misuse. */
 static int parse_token_list(const char *text, int32_t **ids, int *n_ids) {
     size_t capacity = strlen(text) / 2 + 1;
     int32_t *list = malloc(capacity * sizeof *list);
     int n = 0;
     const char *p = text;
-    if (!list) return -1;
+    if (!list) {
+        fprintf(stderr, "cinfer: error: out of memory reading --tokens\n");
+        return EXIT_ERROR;
+    }
     for (;;) {
         while (*p == ' ' || *p == '\t' || *p == ',' || *p == '\n') p++;
         if (!*p) break;
@@ -167,7 +172,7 @@ static int parse_token_list(const char *text, int32_t **ids, int *n_ids) {
             fprintf(stderr, "cinfer: error: --tokens: '%.*s' at token %d is not an integer id\n",
                     (int)strcspn(p, " \t,\n"), p, n);
             free(list);
-            return -1;
+            return EXIT_USAGE;
         }
         list[n++] = (int32_t)v;
         p = end;
@@ -175,7 +180,7 @@ static int parse_token_list(const char *text, int32_t **ids, int *n_ids) {
     if (n == 0) {
         fprintf(stderr, "cinfer: error: --tokens: the prompt is empty\n");
         free(list);
-        return -1;
+        return EXIT_USAGE;
     }
     *ids = list;
     *n_ids = n;
@@ -204,7 +209,12 @@ static int cmd_inspect(int argc, char **argv) {
 
     printf("model        %s\n", o.model_dir);
     printf("architecture %s\n", info->architecture);
-    printf("weights      %s, %d tensors\n", ck->weights_description, ck->n_index);
+    int n_unused = 0;
+    for (int i = 0; i < ck->n_index; i++) n_unused += !model->bound[i];
+    printf("weights      %s, %d tensors", ck->weights_description, ck->n_index);
+    if (n_unused)
+        printf(" (%d not used by %s with this config: marked below)", n_unused, c->architecture);
+    printf("\n");
     printf("config\n");
     printf("  vocab_size %d, hidden_size %d, intermediate_size %d, layers %d\n", c->vocab_size,
            c->hidden_size, c->intermediate_size, c->n_layers);
@@ -222,7 +232,9 @@ static int cmd_inspect(int argc, char **argv) {
            c->tie_word_embeddings ? "yes" : "no", c->torch_dtype[0] ? c->torch_dtype : "-");
     printf("  bos_token_id %d, eos_token_id", c->bos_token_id);
     for (int i = 0; i < c->n_eos; i++) printf("%s%d", i ? ", " : " ", c->eos_token_ids[i]);
-    printf("\nparameters   %" PRId64 " (%.3f B)\n", info->n_params, info->n_params / 1e9);
+    const double n = (double)info->n_params;
+    printf("\nparameters   %" PRId64 " (%.2f %s)\n", info->n_params,
+           n >= 1e9 ? n / 1e9 : n >= 1e6 ? n / 1e6 : n / 1e3, n >= 1e9 ? "B" : n >= 1e6 ? "M" : "K");
 
     printf("dtypes\n");
     for (int d = 0; d < CI_DTYPE_COUNT; d++) {
@@ -243,13 +255,24 @@ static int cmd_inspect(int argc, char **argv) {
     snprintf(note, sizeof note, " (KV cache, activations and scratch at %d positions)", n_ctx);
     print_bytes("session", (double)cinfer_session_memory_bytes(model, n_ctx), note);
 
+    ci_device_info devices[16];
+    int n_devices = ci_cuda_devices(devices, 16);
+    if (!ci_cuda_compiled())
+        printf("GPUs         none (built without CUDA)\n");
+    else if (n_devices == 0)
+        printf("GPUs         none found\n");
+    for (int i = 0; i < n_devices && i < 16; i++)
+        printf("GPU %-8d %s (sm_%d%d), %.2f GiB free of %.2f GiB\n", i, devices[i].name,
+               devices[i].compute_major, devices[i].compute_minor,
+               devices[i].free_bytes / 1073741824.0, devices[i].total_bytes / 1073741824.0);
+
     printf("tensors\n");
     for (int i = 0; i < ck->n_index; i++) {
         const st_tensor *t = ck->index[i];
         char shape[160];
-        printf("  %-56s %-5s %-16s %s\n", t->name, ci_dtype_name(t->dtype),
+        printf("  %-56s %-5s %-16s %s%s\n", t->name, ci_dtype_name(t->dtype),
                ci_shape_string(t->shape, t->n_dims, shape, sizeof shape),
-               ci_base_name(t->file->path));
+               ci_base_name(t->file->path), model->bound[i] ? "" : "  (unused)");
     }
     cinfer_model_free(model);
     return 0;
@@ -279,7 +302,8 @@ static int cmd_run(int argc, char **argv) {
     if (!o.tokens_text) return usage_error("%s", "run needs --tokens \"ID ID ...\"");
     int32_t *prompt;
     int n_prompt;
-    if (parse_token_list(o.tokens_text, &prompt, &n_prompt) != 0) return EXIT_ERROR;
+    int bad_tokens = parse_token_list(o.tokens_text, &prompt, &n_prompt);
+    if (bad_tokens) return bad_tokens;
     if (!o.seed_given) o.sampling.seed = (uint64_t)time(NULL);
 
     cinfer_load_options load = {.backend = CINFER_BACKEND_CPU, .n_threads = o.n_threads};
@@ -341,14 +365,13 @@ static int cmd_run(int argc, char **argv) {
         status = fail();
         goto done;
     }
-    fprintf(stderr,
-            "cinfer: prompt %d tokens in %.3f s (%.2f tokens/s); generated %d tokens, "
-            "%.2f tokens/s after the first; stop: %s\n",
-            stats.n_prompt, stats.prefill_seconds,
-            stats.prefill_seconds > 0 ? stats.n_prompt / stats.prefill_seconds : 0.0,
-            stats.n_generated,
-            stats.decode_seconds > 0 ? (stats.n_generated - 1) / stats.decode_seconds : 0.0,
-            stop_reason_name(stats.stop_reason));
+    fprintf(stderr, "cinfer: prompt: %d tokens in %.3f s (%.2f tokens/s)", stats.n_prompt,
+            stats.prefill_seconds,
+            stats.prefill_seconds > 0 ? stats.n_prompt / stats.prefill_seconds : 0.0);
+    if (stats.n_generated > 1)
+        fprintf(stderr, "; generated %d tokens, %.2f tokens/s after the first", stats.n_generated,
+                (stats.n_generated - 1) / stats.decode_seconds);
+    fprintf(stderr, "; stop: %s\n", stop_reason_name(stats.stop_reason));
     status = 0;
 done:
     free(prompt_logits);

@@ -65,6 +65,7 @@ void cinfer_model_free(cinfer_model *m) {
     if (!m) return;
     for (int i = 0; i < m->n_aligned_copies; i++) free(m->aligned_copies[i]);
     free(m->aligned_copies);
+    free(m->bound);
     free(m->layers);
     checkpoint_close(m->checkpoint);
     free(m);

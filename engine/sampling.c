@@ -46,8 +46,8 @@ cinfer_status cinfer_sampler_create(const cinfer_sampling *params, int vocab_siz
     if (!(params->temperature >= 0.0f) || !isfinite(params->temperature))
         return CI_FAIL(CINFER_ERR_ARGUMENT, "temperature must be a finite number >= 0, got %g",
                        (double)params->temperature);
-    if (!(params->top_p > 0.0f))
-        return CI_FAIL(CINFER_ERR_ARGUMENT, "top_p must be in (0, 1], got %g",
+    if (!(params->top_p >= 0.0f))
+        return CI_FAIL(CINFER_ERR_ARGUMENT, "top_p must be in [0, 1] (0 or 1 turn it off), got %g",
                        (double)params->top_p);
     if (params->top_k < 0)
         return CI_FAIL(CINFER_ERR_ARGUMENT, "top_k must be >= 0 (0 turns it off), got %d",
@@ -124,7 +124,7 @@ int32_t cinfer_sampler_sample(cinfer_sampler *s, const float *logits) {
     }
     /* top-p: drop the least likely tokens while their combined mass stays within 1 − top_p
      * (TopPLogitsWarper's rule: it sums from the least likely end); the most likely is kept. */
-    if (s->params.top_p < 1.0f) {
+    if (s->params.top_p > 0.0f && s->params.top_p < 1.0f) {
         double tail = 0.0;
         const double budget = (1.0 - (double)s->params.top_p) * total;
         while (kept > 1 && tail + s->probs[kept - 1] <= budget) {

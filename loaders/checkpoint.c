@@ -7,6 +7,7 @@
 #include <sys/stat.h>
 
 #include "../engine/error.h"
+#include "json.h"
 #include "read_file.h"
 
 /* An index lists one line per tensor: a few MB even for the largest checkpoints. */
@@ -63,10 +64,11 @@ static cinfer_status open_sharded(ci_checkpoint *ck, const char *index_path) {
     char *text;
     size_t length;
     CI_TRY(ci_read_file(index_path, INDEX_MAX_BYTES, &text, &length));
-    cJSON *root = cJSON_ParseWithLength(text, length);
+    cJSON *root;
+    cinfer_status parsed = ci_json_parse(index_path, text, length, &root);
     free(text);
+    CI_TRY(parsed);
     const char *index_name = ci_base_name(index_path);
-    if (!root) return CI_FAIL(CINFER_ERR_FORMAT, "%s: not valid JSON", index_path);
     cinfer_status status = CINFER_OK;
     const cJSON *map = cJSON_GetObjectItemCaseSensitive(root, "weight_map");
     if (!cJSON_IsObject(map) || !map->child) {
@@ -196,4 +198,10 @@ const st_tensor *checkpoint_find(const ci_checkpoint *ck, const char *name) {
     const st_tensor **found = bsearch(&key_pointer, ck->index, (size_t)ck->n_index,
                                       sizeof *ck->index, compare_tensor_pointers);
     return found ? *found : NULL;
+}
+
+int checkpoint_index_of(const ci_checkpoint *ck, const st_tensor *tensor) {
+    const st_tensor **found = bsearch(&tensor, ck->index, (size_t)ck->n_index, sizeof *ck->index,
+                                      compare_tensor_pointers);
+    return found ? (int)(found - ck->index) : -1;
 }

@@ -25,6 +25,9 @@ void checkpoint_close(ci_checkpoint *checkpoint);
 /* NULL when no shard holds the tensor. */
 const st_tensor *checkpoint_find(const ci_checkpoint *checkpoint, const char *name);
 
+/* Position of a tensor of this checkpoint in its index (for per-tensor bookkeeping). */
+int checkpoint_index_of(const ci_checkpoint *checkpoint, const st_tensor *tensor);
+
 /* The file name without its folder, for messages. */
 const char *ci_base_name(const char *path);
 

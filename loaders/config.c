@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "../engine/error.h"
+#include "json.h"
 #include "read_file.h"
 
 /* config.json files are a few KB; anything past this is not one. */
@@ -187,6 +188,22 @@ static cinfer_status read_rope(const parser *p, ci_config *c) {
         return CI_FAIL(CINFER_ERR_CONFIG, "%s: rope_theta must be greater than 1, got %g", p->name,
                        rope->theta);
 
+    /* Llama rotates the whole head. transformers 4.x reads partial_rotary_factor from the top
+     * level (any config key becomes an attribute), 5.x from rope_parameters. */
+    const cJSON *partial_owner = p->root;
+    const char *partial_prefix = "";
+    if (scaling && present(cJSON_GetObjectItemCaseSensitive(scaling, "partial_rotary_factor"))) {
+        partial_owner = scaling;
+        partial_prefix = scaling_field;
+    }
+    double partial;
+    CI_TRY(read_double(p, partial_owner, "partial_rotary_factor", false, 1.0, &partial));
+    if (partial != 1.0)
+        return CI_FAIL(CINFER_ERR_UNSUPPORTED,
+                       "%s: %s%spartial_rotary_factor = %g is not supported: Llama rotates the "
+                       "whole head (expected 1.0)",
+                       p->name, partial_prefix, partial_owner == scaling ? "." : "", partial);
+
     rope->type = CI_ROPE_DEFAULT;
     if (!scaling) return CINFER_OK;
 
@@ -212,18 +229,14 @@ static cinfer_status read_rope(const parser *p, ci_config *c) {
                        "dynamic, llama3 or yarn)",
                        p->name, scaling_field, type_name);
 
-    double partial;
-    CI_TRY(read_double(p, scaling, "partial_rotary_factor", false, 1.0, &partial));
-    if (partial != 1.0)
-        return CI_FAIL(CINFER_ERR_UNSUPPORTED,
-                       "%s: %s.partial_rotary_factor = %g is not supported: Llama rotates the "
-                       "whole head (expected 1.0)",
-                       p->name, scaling_field, partial);
-
-    /* Where the pretraining length lives: Phi-3 style configs keep it at the top level. */
-    int top_level_original;
-    CI_TRY(read_int(p, p->root, "original_max_position_embeddings", false,
-                    c->max_position_embeddings, 1, &top_level_original));
+    /* The pretraining length, for llama3 and yarn. transformers' standardize_rope_params lets a
+     * top-level field (Phi-3 style configs) win over the rope object's, and falls back to
+     * max_position_embeddings. */
+    int original;
+    const bool top_level = present(
+        cJSON_GetObjectItemCaseSensitive(p->root, "original_max_position_embeddings"));
+    CI_TRY(read_int(p, top_level ? p->root : scaling, "original_max_position_embeddings", false,
+                    c->max_position_embeddings, 1, &original));
 
     switch (rope->type) {
     case CI_ROPE_DEFAULT: break;
@@ -235,16 +248,16 @@ static cinfer_status read_rope(const parser *p, ci_config *c) {
         CI_TRY(read_double(p, scaling, "factor", true, 1.0, &rope->factor));
         CI_TRY(read_double(p, scaling, "low_freq_factor", true, 1.0, &rope->low_freq_factor));
         CI_TRY(read_double(p, scaling, "high_freq_factor", true, 4.0, &rope->high_freq_factor));
-        CI_TRY(read_int(p, scaling, "original_max_position_embeddings", false, top_level_original,
-                        1, &rope->original_max_position_embeddings));
+        rope->original_max_position_embeddings = original;
         if (!(rope->high_freq_factor > rope->low_freq_factor))
             return CI_FAIL(CINFER_ERR_CONFIG,
                            "%s: %s.high_freq_factor (%g) must be greater than low_freq_factor (%g)",
                            p->name, scaling_field, rope->high_freq_factor, rope->low_freq_factor);
         break;
     case CI_ROPE_YARN: {
-        CI_TRY(read_int(p, scaling, "original_max_position_embeddings", false, top_level_original,
-                        1, &rope->original_max_position_embeddings));
+        rope->original_max_position_embeddings = original;
+        /* transformers 5.x uses this ratio only when factor is absent (4.4x-4.5x used it
+         * whenever original_max_position_embeddings was given) */
         double implicit = (double)c->max_position_embeddings /
                           (double)rope->original_max_position_embeddings;
         CI_TRY(read_double(p, scaling, "factor", false, implicit, &rope->factor));
@@ -321,13 +334,8 @@ static cinfer_status check_consistency(const parser *p, ci_config *c) {
 
 cinfer_status config_parse(const char *name, const char *json, size_t length, ci_config *c) {
     memset(c, 0, sizeof *c);
-    cJSON *root = cJSON_ParseWithLength(json, length);
-    if (!root) {
-        const char *at = cJSON_GetErrorPtr();
-        size_t offset = at && at >= json && at <= json + length ? (size_t)(at - json) : 0;
-        return CI_FAIL(CINFER_ERR_FORMAT, "%s: not valid JSON (error near byte %zu)", name,
-                       offset);
-    }
+    cJSON *root;
+    CI_TRY(ci_json_parse(name, json, length, &root));
     parser p = {name, root};
     cinfer_status status = CINFER_OK;
     if (!cJSON_IsObject(root)) {

@@ -1,8 +1,8 @@
 #include "safetensors.h"
 
-#include <cjson/cJSON.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include "../engine/error.h"
+#include "json.h"
 
 /* JSON numbers arrive as doubles: integers above 2^53 cannot be represented exactly, and no real
  * file has offsets that large (8 PiB). */
@@ -194,23 +195,12 @@ static cinfer_status parse_header(st_file *file, const uint8_t *bytes, size_t si
     file->data = bytes + 8 + header_len;
     file->data_size = size - 8 - header_len;
 
-    const char *parse_end = NULL;
-    cJSON *root = cJSON_ParseWithLengthOpts(json, (size_t)header_len, &parse_end, 0);
-    if (!root) {
-        size_t at = parse_end && parse_end >= json ? (size_t)(parse_end - json) : 0;
-        return CI_FAIL(CINFER_ERR_FORMAT, "%s: header is not valid JSON (error near byte %zu of %llu)",
-                       file->path, at, (unsigned long long)header_len);
-    }
     /* Writers pad the header with spaces so that the data buffer is aligned; nothing else may
      * follow the object. */
-    for (const char *p = parse_end; p < json + header_len; p++) {
-        if (*p != ' ' && *p != '\n' && *p != '\r' && *p != '\t') {
-            cJSON_Delete(root);
-            return CI_FAIL(CINFER_ERR_FORMAT,
-                           "%s: header has unexpected bytes after the JSON object (at byte %zu)",
-                           file->path, (size_t)(p - json));
-        }
-    }
+    char what[4200];
+    snprintf(what, sizeof what, "%.4096s: header", file->path);
+    cJSON *root;
+    CI_TRY(ci_json_parse(what, json, (size_t)header_len, &root));
     cinfer_status status = CINFER_OK;
     if (!cJSON_IsObject(root)) {
         status = CI_FAIL(CINFER_ERR_FORMAT, "%s: header must be a JSON object", file->path);
@@ -278,7 +268,9 @@ cinfer_status st_parse(const char *name, const uint8_t *bytes, size_t size, st_f
 
 cinfer_status st_open(const char *path, st_file **out) {
     *out = NULL;
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    /* O_NONBLOCK: opening a FIFO would otherwise wait for a writer forever; the check below then
+     * refuses it. Regular files ignore the flag. */
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
     if (fd < 0)
         return CI_FAIL(CINFER_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
     struct stat info;

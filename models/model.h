@@ -3,6 +3,8 @@
 #ifndef CINFER_MODEL_H
 #define CINFER_MODEL_H
 
+#include <stdbool.h>
+
 #include "../engine/backend.h"
 #include "../engine/cinfer.h"
 #include "../loaders/checkpoint.h"
@@ -45,6 +47,7 @@ struct cinfer_model {
     ci_tensor norm;         /* [E] */
     ci_tensor lm_head;      /* [V, E]; the embedding itself when tie_word_embeddings */
     cinfer_model_info info;
+    bool *bound;           /* [checkpoint->n_index]: tensors the model uses; the rest are unused */
     void **aligned_copies; /* tensors the file stores misaligned, copied once (rare) */
     int n_aligned_copies;
 };

@@ -35,6 +35,7 @@ cinfer_status ci_bind_weight(cinfer_model *m, const char *name, int n_dims, cons
                        ci_base_name(ck->config_path), meaning,
                        ci_shape_string(shape, n_dims, want, sizeof want));
     }
+    m->bound[checkpoint_index_of(ck, t)] = true;
     *out = (ci_tensor){(void *)t->data, t->dtype, n_dims, {0}};
     for (int i = 0; i < n_dims; i++) out->shape[i] = shape[i];
 
@@ -118,11 +119,19 @@ static cinfer_status bind_layer(cinfer_model *m, int l) {
 cinfer_status ci_bind_model_weights(cinfer_model *m) {
     const ci_config *c = m->config;
     const int64_t V = c->vocab_size, E = c->hidden_size;
+    m->bound = calloc((size_t)m->checkpoint->n_index + 1, sizeof *m->bound);
+    CI_CHECK_ALLOC(m->bound, (size_t)m->checkpoint->n_index);
     CI_TRY(bind_matrix(m, "model.embed_tokens.weight", V, E, "[vocab_size, hidden_size]",
                        &m->embed_tokens));
     CI_TRY(bind_vector(m, "model.norm.weight", E, "[hidden_size]", &m->norm));
+    const ci_checkpoint *ck = m->checkpoint;
     if (c->tie_word_embeddings)
         m->lm_head = m->embed_tokens;
+    else if (!checkpoint_find(ck, "lm_head.weight"))
+        return CI_FAIL(CINFER_ERR_WEIGHTS,
+                       "%s: tensor 'lm_head.weight' is missing from %s, and %s has "
+                       "tie_word_embeddings = false (true would reuse model.embed_tokens.weight)",
+                       ck->dir, ck->weights_description, ci_base_name(ck->config_path));
     else
         CI_TRY(bind_matrix(m, "lm_head.weight", V, E, "[vocab_size, hidden_size]",
                            &m->lm_head));

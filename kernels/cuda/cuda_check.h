@@ -1,0 +1,21 @@
+/* Error checks for CUDA runtime calls: one handler, with the failing statement, file and line. */
+#ifndef CINFER_CUDA_CHECK_H
+#define CINFER_CUDA_CHECK_H
+
+#include <cuda_runtime.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+/* For calls whose failure leaves nothing sensible to do (a launch, a copy mid-forward): report
+ * where and abort, as llm.c's cudaCheck does. Calls that can fail for reasons a user can fix
+ * (allocation, device selection) return their error instead. */
+static inline void ci_cuda_check(cudaError_t error, const char *statement, const char *file,
+                                 int line) {
+    if (error == cudaSuccess) return;
+    fprintf(stderr, "cinfer: CUDA error %s (%s) in %s at %s:%d\n", cudaGetErrorName(error),
+            cudaGetErrorString(error), statement, file, line);
+    abort();
+}
+#define CUDA_CHECK(call) ci_cuda_check((call), #call, __FILE__, __LINE__)
+
+#endif
