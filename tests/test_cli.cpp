@@ -1,0 +1,445 @@
+// The cinfer binary, run as a user would: what `run` and `inspect` print and write, and for every
+// kind of bad input an exit status (2 for misuse, 1 otherwise), a message that names the file or
+// field, no crash or hang, and no file (not even a temporary one) left where --dump-logits points.
+#include <sys/stat.h>
+#include <sys/wait.h>
+
+#include <cjson/cJSON.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <cstring>
+#include <filesystem>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "test_util.h"
+
+namespace {
+
+namespace fs = std::filesystem;
+using cinfer_test::contains_all;
+using cinfer_test::fixture_dir;
+using cinfer_test::TempDir;
+
+constexpr int kExitError = 1;
+constexpr int kExitUsage = 2;
+// `timeout` exits with this when it had to stop the command: a hang.
+constexpr int kTimedOut = 124;
+
+struct CliResult {
+    int exit_code;  // the binary's, or 128 + signal when it died of one
+    std::string out, err;
+};
+
+std::string shell_quote(const std::string &arg) {
+    std::string quoted = "'";
+    for (char c : arg) quoted += c == '\'' ? std::string("'\\''") : std::string(1, c);
+    return quoted + "'";
+}
+
+// Runs `cinfer args...` under a time limit, capturing stdout and stderr.
+CliResult run_cli(const std::vector<std::string> &args) {
+    TempDir capture;
+    std::string command = "timeout 60 " + shell_quote(CINFER_CLI);
+    for (const auto &arg : args) command += " " + shell_quote(arg);
+    command += " >" + shell_quote(capture.file("out")) + " 2>" + shell_quote(capture.file("err"));
+    const int status = std::system(command.c_str());
+    CliResult result;
+    result.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+    result.out = cinfer_test::read_file(capture.file("out"));
+    result.err = cinfer_test::read_file(capture.file("err"));
+    return result;
+}
+
+// A failure the way the CLI must fail: the expected status and no sign of a crash, a hang or a
+// sanitizer report (which would exit 1 too, and so pass for an ordinary error).
+::testing::AssertionResult exits_with(const CliResult &r, int want) {
+    if (r.exit_code == kTimedOut) return ::testing::AssertionFailure() << "the command hung";
+    if (r.err.find("Sanitizer") != std::string::npos ||
+        r.err.find("runtime error:") != std::string::npos)
+        return ::testing::AssertionFailure() << "sanitizer report:\n" << r.err;
+    if (r.exit_code != want)
+        return ::testing::AssertionFailure()
+               << "exit status " << r.exit_code << ", expected " << want << "\nstdout: " << r.out
+               << "\nstderr: " << r.err;
+    return ::testing::AssertionSuccess();
+}
+
+// The whitespace-separated words of text.
+std::vector<std::string> words(const std::string &text) {
+    std::vector<std::string> out;
+    std::istringstream in(text);
+    for (std::string word; in >> word;) out.push_back(word);
+    return out;
+}
+
+// "12 -3 7\n": integers separated by single spaces, on one line.
+bool is_one_line_of_ids(const std::string &text) {
+    if (text.empty() || text.back() != '\n') return false;
+    const std::string line = text.substr(0, text.size() - 1);
+    std::string rebuilt;
+    for (const auto &word : words(line)) {
+        size_t used = 0;
+        try {
+            std::stol(word, &used);
+        } catch (const std::exception &) {
+            return false;
+        }
+        if (used != word.size()) return false;
+        rebuilt += (rebuilt.empty() ? "" : " ") + word;
+    }
+    return rebuilt == line;
+}
+
+std::vector<int32_t> parse_ids(const std::string &line) {
+    std::vector<int32_t> ids;
+    std::istringstream in(line);
+    for (int32_t id; in >> id;) ids.push_back(id);
+    return ids;
+}
+
+std::vector<std::string> files_in(const std::string &dir) {
+    std::vector<std::string> names;
+    for (const auto &entry : fs::directory_iterator(dir))
+        names.push_back(entry.path().filename().string());
+    return names;
+}
+
+const std::string kModel = fixture_dir("llama_mha");
+const char *const kPrompt = "1 15 7 42";
+
+// The model of kModel through the API, for outputs the CLI must reproduce.
+struct ApiModel {
+    cinfer_model *model = nullptr;
+    ApiModel() {
+        EXPECT_EQ(cinfer_model_load(kModel.c_str(), nullptr, &model), CINFER_OK)
+            << cinfer_last_error();
+    }
+    ~ApiModel() { cinfer_model_free(model); }
+    int vocab() const { return cinfer_model_get_info(model)->vocab_size; }
+};
+
+// ---- run ----------------------------------------------------------------------------------------
+
+TEST(Cli, RunPrintsGreedyTokensOnOneLineAsTheApiGeneratesThem) {
+    const int n_new = 6;
+    const CliResult r = run_cli({"run", "--model", kModel, "--tokens", kPrompt, "--max-new-tokens",
+                                 std::to_string(n_new), "--ignore-eos"});
+    ASSERT_TRUE(exits_with(r, 0));
+    EXPECT_TRUE(is_one_line_of_ids(r.out)) << r.out;
+
+    ApiModel api;
+    cinfer_session *session = nullptr;
+    ASSERT_EQ(cinfer_session_create(api.model, 0, &session), CINFER_OK);
+    const std::vector<int32_t> prompt = parse_ids(kPrompt);
+    cinfer_generate_params params = {};
+    params.max_new_tokens = n_new;
+    params.ignore_eos = 1;
+    std::vector<int32_t> expected;
+    auto collect = [](void *user, int32_t token) {
+        static_cast<std::vector<int32_t> *>(user)->push_back(token);
+        return 0;
+    };
+    ASSERT_EQ(cinfer_generate(session, prompt.data(), (int)prompt.size(), &params, collect,
+                              &expected, nullptr, nullptr),
+              CINFER_OK)
+        << cinfer_last_error();
+    cinfer_session_free(session);
+    ASSERT_EQ((int)expected.size(), n_new);
+    EXPECT_EQ(parse_ids(r.out), expected);
+}
+
+TEST(Cli, RunWithMaxNewTokensZeroPrintsAnEmptyLine) {
+    const CliResult r =
+        run_cli({"run", "--model", kModel, "--tokens", kPrompt, "--max-new-tokens", "0"});
+    ASSERT_TRUE(exits_with(r, 0));
+    EXPECT_EQ(r.out, "\n");
+}
+
+// The .npy header as numpy writes version 1.0: magic, version, little-endian header length, a
+// Python dict literal padded with spaces and a newline so that the data starts at a multiple of 64.
+::testing::AssertionResult read_npy_f32(const std::string &path, std::vector<int64_t> &shape,
+                                        std::vector<float> &data) {
+    const std::string bytes = cinfer_test::read_file(path);
+    if (bytes.size() < 10 || bytes.compare(0, 6, "\x93NUMPY") != 0)
+        return ::testing::AssertionFailure() << path << ": no .npy magic";
+    if (bytes[6] != 1 || bytes[7] != 0)
+        return ::testing::AssertionFailure() << path << ": not format version 1.0";
+    const size_t header_len = (uint8_t)bytes[8] | (size_t)(uint8_t)bytes[9] << 8;
+    if (bytes.size() < 10 + header_len || (10 + header_len) % 64 != 0)
+        return ::testing::AssertionFailure()
+               << path << ": header of " << header_len << " bytes does not end at a multiple of 64";
+    const std::string header = bytes.substr(10, header_len);
+    const std::string start = "{'descr': '<f4', 'fortran_order': False, 'shape': (";
+    long long rows = -1, cols = -1;
+    std::sscanf(header.c_str() + std::min(start.size(), header.size()), "%lld, %lld", &rows, &cols);
+    const std::string dict = start + std::to_string(rows) + ", " + std::to_string(cols) + "), }";
+    if (header.compare(0, dict.size(), dict) != 0 || header.back() != '\n' ||
+        header.find_first_not_of(' ', dict.size()) != header.size() - 1)
+        return ::testing::AssertionFailure() << path << ": unexpected header: " << header;
+    shape = {rows, cols};
+    const size_t n = (size_t)(shape[0] * shape[1]);
+    if (bytes.size() != 10 + header_len + n * sizeof(float))
+        return ::testing::AssertionFailure()
+               << path << ": " << bytes.size() - 10 - header_len << " data bytes for shape ("
+               << shape[0] << ", " << shape[1] << ")";
+    data.resize(n);
+    std::memcpy(data.data(), bytes.data() + 10 + header_len, n * sizeof(float));
+    return ::testing::AssertionSuccess();
+}
+
+TEST(Cli, DumpLogitsWritesNpyOfThePromptLogitsTheApiComputes) {
+    TempDir out;
+    const std::string npy = out.file("logits.npy");
+    const CliResult r = run_cli({"run", "--model", kModel, "--tokens", kPrompt, "--max-new-tokens",
+                                 "2", "--dump-logits", npy});
+    ASSERT_TRUE(exits_with(r, 0));
+    EXPECT_EQ(files_in(out.path.string()), std::vector<std::string>{"logits.npy"});
+
+    std::vector<int64_t> shape;
+    std::vector<float> logits;
+    ASSERT_TRUE(read_npy_f32(npy, shape, logits));
+    const std::vector<int32_t> prompt = parse_ids(kPrompt);
+    ApiModel api;
+    ASSERT_EQ(shape, (std::vector<int64_t>{(int64_t)prompt.size(), api.vocab()}));
+
+    cinfer_session *session = nullptr;
+    ASSERT_EQ(cinfer_session_create(api.model, 0, &session), CINFER_OK);
+    std::vector<float> expected(prompt.size() * (size_t)api.vocab());
+    ASSERT_EQ(cinfer_session_forward(session, prompt.data(), (int)prompt.size(), CINFER_LOGITS_ALL,
+                                     expected.data()),
+              CINFER_OK)
+        << cinfer_last_error();
+    cinfer_session_free(session);
+    // The same code on the same machine: the same floats, bit for bit.
+    EXPECT_EQ(logits, expected);
+}
+
+TEST(Cli, SamplingWithTheSameSeedGivesTheSameTokens) {
+    auto sample = [](const char *seed) {
+        return run_cli({"run", "--model", kModel, "--tokens", kPrompt, "--max-new-tokens", "16",
+                        "--ignore-eos", "--temperature", "1.0", "--top-k", "50", "--top-p", "0.95",
+                        "--seed", seed});
+    };
+    const CliResult first = sample("1234"), again = sample("1234"), other = sample("99");
+    ASSERT_TRUE(exits_with(first, 0));
+    ASSERT_TRUE(exits_with(again, 0));
+    ASSERT_TRUE(exits_with(other, 0));
+    EXPECT_EQ(parse_ids(first.out).size(), 16u);
+    EXPECT_EQ(first.out, again.out);
+    EXPECT_TRUE(contains_all(first.err, {"seed 1234"}));
+    // 16 draws from a near-uniform distribution over 128 tokens: a different seed that gives the
+    // same sequence would mean the seed is ignored.
+    EXPECT_NE(first.out, other.out);
+}
+
+// ---- inspect ------------------------------------------------------------------------------------
+
+TEST(Cli, InspectPrintsArchitectureAndEveryTensor) {
+    const std::string dir = fixture_dir("llama_bf16_sharded");
+    const CliResult r = run_cli({"inspect", "--model", dir});
+    ASSERT_TRUE(exits_with(r, 0));
+    EXPECT_TRUE(contains_all(r.out, {"LlamaForCausalLM", "model.safetensors.index.json", "BF16"}));
+    cJSON *index =
+        cJSON_Parse(cinfer_test::read_file(dir + "/model.safetensors.index.json").c_str());
+    ASSERT_NE(index, nullptr);
+    int n = 0;
+    for (const cJSON *e = cJSON_GetObjectItem(index, "weight_map")->child; e; e = e->next, n++) {
+        // each tensor on its own line: name, dtype, shape, and the shard that holds it
+        const size_t at = r.out.find(std::string("\n  ") + e->string + " ");
+        ASSERT_NE(at, std::string::npos) << e->string << " is not listed";
+        const std::string line = r.out.substr(at + 1, r.out.find('\n', at + 1) - at - 1);
+        const auto fields = words(line);
+        ASSERT_GE(fields.size(), 4u) << line;
+        EXPECT_EQ(fields[1], "BF16") << line;
+        EXPECT_NE(std::find(fields.begin(), fields.end(), e->valuestring), fields.end()) << line;
+    }
+    cJSON_Delete(index);
+    EXPECT_GT(n, 0);
+}
+
+TEST(Cli, InspectNamesTheDiffLlamaArchitecture) {
+    const CliResult r = run_cli({"inspect", "--model", fixture_dir("diffllama_fp16")});
+    ASSERT_TRUE(exits_with(r, 0));
+    EXPECT_TRUE(
+        contains_all(r.out, {"DiffLlamaForCausalLM", "model.layers.0.self_attn.lambda_q1", "F16"}));
+}
+
+// ---- bad input ----------------------------------------------------------------------------------
+
+// Runs `run` with the given arguments plus --dump-logits into a fresh folder, checks the exit
+// status and that the message names every one of parts, and that the folder is still empty.
+::testing::AssertionResult run_fails(std::vector<std::string> args, int want,
+                                     std::initializer_list<std::string> parts) {
+    TempDir out;
+    args.insert(args.begin(), "run");
+    args.push_back("--dump-logits");
+    args.push_back(out.file("logits.npy"));
+    const CliResult r = run_cli(args);
+    auto status = exits_with(r, want);
+    if (!status) return status;
+    auto message = contains_all(r.err, parts);
+    if (!message) return message;
+    const auto left = files_in(out.path.string());
+    if (!left.empty())
+        return ::testing::AssertionFailure() << "left a file behind: " << left.front();
+    return ::testing::AssertionSuccess();
+}
+
+TEST(Cli, RejectsNonexistentModelFolder) {
+    TempDir temp;
+    const std::string dir = temp.file("no-such-model");
+    EXPECT_TRUE(run_fails({"--model", dir, "--tokens", kPrompt}, kExitError,
+                          {"cinfer: error:", dir, "no such directory"}));
+    const CliResult r = run_cli({"inspect", "--model", dir});
+    EXPECT_TRUE(exits_with(r, kExitError));
+    EXPECT_TRUE(contains_all(r.err, {dir, "no such directory"}));
+}
+
+TEST(Cli, RejectsBrokenCheckpoint) {
+    TempDir temp;
+    const std::string dir = temp.file("model");
+    fs::create_directory(dir);
+    fs::copy_file(kModel + "/config.json", dir + "/config.json");
+    std::string weights = cinfer_test::read_file(kModel + "/model.safetensors");
+    weights.resize(weights.size() / 2);
+    cinfer_test::write_file(dir + "/model.safetensors", weights);
+    EXPECT_TRUE(run_fails({"--model", dir, "--tokens", kPrompt}, kExitError,
+                          {dir + "/model.safetensors", "truncated"}));
+    const CliResult r = run_cli({"inspect", "--model", dir});
+    EXPECT_TRUE(exits_with(r, kExitError));
+    EXPECT_TRUE(contains_all(r.err, {dir + "/model.safetensors"}));
+}
+
+TEST(Cli, RejectsFifoInPlaceOfWeightsWithoutHanging) {
+    TempDir temp;
+    const std::string dir = temp.file("model");
+    fs::create_directory(dir);
+    fs::copy_file(kModel + "/config.json", dir + "/config.json");
+    ASSERT_EQ(mkfifo((dir + "/model.safetensors").c_str(), 0600), 0);
+    EXPECT_TRUE(run_fails({"--model", dir, "--tokens", kPrompt}, kExitError,
+                          {dir + "/model.safetensors", "not a regular file"}));
+}
+
+TEST(Cli, RejectsTokenIdsOutsideTheVocabulary) {
+    EXPECT_TRUE(run_fails({"--model", kModel, "--tokens", "1 2 128"}, kExitError,
+                          {"token id 128", "position 2", "outside the vocabulary",
+                           "vocab_size = 128", "config.json"}));
+    EXPECT_TRUE(run_fails({"--model", kModel, "--tokens", "-1 2"}, kExitError,
+                          {"token id -1", "position 0", "outside the vocabulary"}));
+}
+
+TEST(Cli, RejectsTokensThatAreNotIntegers) {
+    EXPECT_TRUE(run_fails({"--model", kModel, "--tokens", "1 x 3"}, kExitUsage,
+                          {"--tokens", "'x'", "token 1", "not an integer"}));
+    EXPECT_TRUE(run_fails({"--model", kModel, "--tokens", "1 2.5"}, kExitUsage,
+                          {"--tokens", "'2.5'", "not an integer"}));
+    EXPECT_TRUE(run_fails({"--model", kModel, "--tokens", "4294967296"}, kExitUsage,
+                          {"--tokens", "'4294967296'", "not an integer"}));
+}
+
+TEST(Cli, RejectsEmptyPrompt) {
+    for (const char *tokens : {"", " , \t"})
+        EXPECT_TRUE(run_fails({"--model", kModel, "--tokens", tokens}, kExitUsage,
+                              {"--tokens", "the prompt is empty"}))
+            << "'" << tokens << "'";
+}
+
+std::string prompt_of(int n) {
+    std::string text;
+    for (int i = 0; i < n; i++) text += (i ? " " : "") + std::to_string(i % 100);
+    return text;
+}
+
+TEST(Cli, RejectsPromptLongerThanMaxPositionEmbeddings) {
+    ApiModel api;
+    const int max_pos = cinfer_model_get_info(api.model)->max_position_embeddings;
+    EXPECT_TRUE(run_fails(
+        {"--model", kModel, "--tokens", prompt_of(max_pos + 1)}, kExitError,
+        {std::to_string(max_pos + 1) + " tokens",
+         "max_position_embeddings = " + std::to_string(max_pos), "config.json", "--ctx-size"}));
+}
+
+TEST(Cli, RejectsPromptLongerThanCtxSize) {
+    EXPECT_TRUE(run_fails({"--model", kModel, "--tokens", prompt_of(9), "--ctx-size", "8"},
+                          kExitError, {"9 tokens", "--ctx-size is 8"}));
+}
+
+TEST(Cli, RunsPastMaxPositionEmbeddingsWhenCtxSizeAllowsIt) {
+    ApiModel api;
+    const int max_pos = cinfer_model_get_info(api.model)->max_position_embeddings;
+    const CliResult r =
+        run_cli({"run", "--model", kModel, "--tokens", prompt_of(max_pos + 1), "--ctx-size",
+                 std::to_string(max_pos + 3), "--max-new-tokens", "2", "--ignore-eos"});
+    ASSERT_TRUE(exits_with(r, 0));
+    EXPECT_EQ(parse_ids(r.out).size(), 2u);
+}
+
+TEST(Cli, RejectsBadOptionValuesAsMisuse) {
+    const std::vector<std::pair<std::vector<std::string>, std::string>> cases = {
+        {{"--top-p", "0"}, "--top-p"},
+        {{"--top-p", "1.5"}, "--top-p"},
+        {{"--temperature", "-1"}, "--temperature"},
+        {{"--temperature", "nan"}, "--temperature"},
+        {{"--temperature", "hot"}, "--temperature"},
+        {{"--max-new-tokens", "-1"}, "--max-new-tokens"},
+        {{"--ctx-size", "0"}, "--ctx-size"},
+        {{"--threads", "0"}, "--threads"},
+        {{"--top-k", "-2"}, "--top-k"},
+        {{"--seed", "-5"}, "--seed"},
+        {{"--backend", "tpu"}, "--backend"},
+        {{"--frobnicate", "1"}, "unknown option '--frobnicate'"},
+    };
+    for (const auto &[extra, named] : cases) {
+        std::vector<std::string> args = {"--model", kModel, "--tokens", kPrompt};
+        args.insert(args.end(), extra.begin(), extra.end());
+        EXPECT_TRUE(run_fails(args, kExitUsage, {named, "usage:"})) << extra[0] << " " << extra[1];
+    }
+}
+
+TEST(Cli, RejectsMissingArgumentsAsMisuse) {
+    EXPECT_TRUE(exits_with(run_cli({}), kExitUsage));
+    CliResult r = run_cli({"generate"});
+    EXPECT_TRUE(exits_with(r, kExitUsage));
+    EXPECT_TRUE(contains_all(r.err, {"unknown command 'generate'"}));
+    r = run_cli({"run", "--tokens", kPrompt});
+    EXPECT_TRUE(exits_with(r, kExitUsage));
+    EXPECT_TRUE(contains_all(r.err, {"--model DIR is required"}));
+    r = run_cli({"run", "--model", kModel});
+    EXPECT_TRUE(exits_with(r, kExitUsage));
+    EXPECT_TRUE(contains_all(r.err, {"--tokens"}));
+    r = run_cli({"run", "--model", kModel, "--tokens"});
+    EXPECT_TRUE(exits_with(r, kExitUsage));
+    EXPECT_TRUE(contains_all(r.err, {"'--tokens' needs a value"}));
+    r = run_cli({"inspect", "--model", kModel, "--tokens", kPrompt});
+    EXPECT_TRUE(exits_with(r, kExitUsage));
+    EXPECT_TRUE(contains_all(r.err, {"unknown option '--tokens'"}));
+}
+
+// ---- --dump-logits where it cannot be written ---------------------------------------------------
+
+TEST(Cli, DumpLogitsIntoNonexistentFolderFailsWithoutLeavingFiles) {
+    TempDir out;
+    const std::string npy = out.file("no/such/folder/logits.npy");
+    const CliResult r = run_cli({"run", "--model", kModel, "--tokens", kPrompt, "--max-new-tokens",
+                                 "1", "--dump-logits", npy});
+    EXPECT_TRUE(exits_with(r, kExitError));
+    EXPECT_TRUE(contains_all(r.err, {npy, "cannot create", "No such file"}));
+    EXPECT_TRUE(files_in(out.path.string()).empty());
+}
+
+TEST(Cli, DumpLogitsOntoAFolderFailsWithoutLeavingFiles) {
+    TempDir out;
+    const std::string target = out.file("taken");
+    fs::create_directory(target);
+    const CliResult r = run_cli({"run", "--model", kModel, "--tokens", kPrompt, "--max-new-tokens",
+                                 "1", "--dump-logits", target});
+    EXPECT_TRUE(exits_with(r, kExitError));
+    EXPECT_TRUE(contains_all(r.err, {target, "write failed"}));
+    EXPECT_EQ(files_in(out.path.string()), std::vector<std::string>{"taken"});
+    EXPECT_TRUE(files_in(target).empty());
+}
+
+}  // namespace
