@@ -37,4 +37,3 @@ cinfer_status ci_backend_reserve(ci_backend *be, size_t bytes) {
     be->workspace_bytes = bytes;
     return CINFER_OK;
 }
-

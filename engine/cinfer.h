@@ -35,7 +35,8 @@ typedef enum cinfer_status {
     CINFER_ERR_WEIGHTS,     /* a tensor is missing or its shape/dtype does not match the config */
     CINFER_ERR_ARGUMENT,    /* a caller passed something out of range (token id, length, option) */
     CINFER_ERR_MEMORY,      /* an allocation failed */
-    CINFER_ERR_UNSUPPORTED, /* valid input that this build cannot run (architecture, rope type...) */
+    CINFER_ERR_UNSUPPORTED, /* valid input that this build cannot run (architecture, rope type...)
+                             */
     CINFER_ERR_CONTEXT_FULL /* the session's KV cache has no room for the tokens */
 } cinfer_status;
 
@@ -69,8 +70,8 @@ typedef struct cinfer_model_info {
     int bos_token_id; /* -1 when the config has none */
     int n_eos;        /* eos_token_id may be a list */
     const int *eos_token_ids;
-    int64_t n_params;      /* elements in all weight tensors */
-    int64_t weight_bytes;  /* bytes of all weight tensors as stored */
+    int64_t n_params;           /* elements in all weight tensors */
+    int64_t weight_bytes;       /* bytes of all weight tensors as stored */
     int64_t kv_bytes_per_token; /* KV cache bytes per token of context, all layers */
 } cinfer_model_info;
 

@@ -233,8 +233,9 @@ static int cmd_inspect(int argc, char **argv) {
     printf("  bos_token_id %d, eos_token_id", c->bos_token_id);
     for (int i = 0; i < c->n_eos; i++) printf("%s%d", i ? ", " : " ", c->eos_token_ids[i]);
     const double n = (double)info->n_params;
-    printf("\nparameters   %" PRId64 " (%.2f %s)\n", info->n_params,
-           n >= 1e9 ? n / 1e9 : n >= 1e6 ? n / 1e6 : n / 1e3, n >= 1e9 ? "B" : n >= 1e6 ? "M" : "K");
+    const char *unit = n >= 1e9 ? "B" : n >= 1e6 ? "M" : "K";
+    const double scaled = n >= 1e9 ? n / 1e9 : n >= 1e6 ? n / 1e6 : n / 1e3;
+    printf("\nparameters   %" PRId64 " (%.2f %s)\n", info->n_params, scaled, unit);
 
     printf("dtypes\n");
     for (int d = 0; d < CI_DTYPE_COUNT; d++) {
@@ -244,12 +245,16 @@ static int cmd_inspect(int argc, char **argv) {
             count++;
             bytes += (int64_t)(ck->index[i]->end - ck->index[i]->begin);
         }
-        if (count) printf("  %-5s %6" PRId64 " tensors, %" PRId64 " bytes\n", ci_dtype_name(d), count, bytes);
+        if (count)
+            printf("  %-5s %6" PRId64 " tensors, %" PRId64 " bytes\n", ci_dtype_name(d), count,
+                   bytes);
     }
 
     printf("memory (CPU reference path)\n");
-    print_bytes("weights", (double)info->weight_bytes, " (memory-mapped from the files, not copied)");
-    print_bytes("KV cache per token", (double)info->kv_bytes_per_token, " (F32 K and V, all layers)");
+    print_bytes("weights", (double)info->weight_bytes,
+                " (memory-mapped from the files, not copied)");
+    print_bytes("KV cache per token", (double)info->kv_bytes_per_token,
+                " (F32 K and V, all layers)");
     const int n_ctx = c->max_position_embeddings;
     char note[96];
     snprintf(note, sizeof note, " (KV cache, activations and scratch at %d positions)", n_ctx);
@@ -326,11 +331,12 @@ static int cmd_run(int argc, char **argv) {
             goto done;
         }
         long wanted = (long)n_prompt + o.max_new_tokens;
-        n_ctx = wanted < info->max_position_embeddings ? (int)wanted : info->max_position_embeddings;
+        n_ctx =
+            wanted < info->max_position_embeddings ? (int)wanted : info->max_position_embeddings;
     }
     if (n_prompt > n_ctx) {
-        fprintf(stderr, "cinfer: error: the prompt has %d tokens but --ctx-size is %d\n",
-                n_prompt, n_ctx);
+        fprintf(stderr, "cinfer: error: the prompt has %d tokens but --ctx-size is %d\n", n_prompt,
+                n_ctx);
         goto done;
     }
     if (cinfer_session_create(model, n_ctx, &session) != CINFER_OK) {

@@ -49,7 +49,8 @@ cinfer_status cinfer_generate(cinfer_session *s, const int32_t *prompt, int n_pr
     cinfer_status status;
     if (prompt_logits) {
         status = cinfer_session_forward(s, prompt, n_prompt, CINFER_LOGITS_ALL, prompt_logits);
-        if (status == CINFER_OK) memcpy(logits, prompt_logits + (size_t)(n_prompt - 1) * V, V * sizeof *logits);
+        if (status == CINFER_OK)
+            memcpy(logits, prompt_logits + (size_t)(n_prompt - 1) * V, V * sizeof *logits);
     } else {
         status = cinfer_session_forward(s, prompt, n_prompt, CINFER_LOGITS_LAST, logits);
     }

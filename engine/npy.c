@@ -32,7 +32,14 @@ cinfer_status ci_write_npy_f32(const char *path, const float *data, int64_t rows
         free(tmp);
         return status;
     }
-    const unsigned char preamble[NPY_PREAMBLE] = {0x93, 'N', 'U', 'M', 'P', 'Y', 1, 0,
+    const unsigned char preamble[NPY_PREAMBLE] = {0x93,
+                                                  'N',
+                                                  'U',
+                                                  'M',
+                                                  'P',
+                                                  'Y',
+                                                  1,
+                                                  0,
                                                   (unsigned char)(padded & 0xff),
                                                   (unsigned char)(padded >> 8)};
     size_t n = (size_t)rows * (size_t)cols;

@@ -47,7 +47,8 @@ cinfer_status cinfer_sampler_create(const cinfer_sampling *params, int vocab_siz
         return CI_FAIL(CINFER_ERR_ARGUMENT, "temperature must be a finite number >= 0, got %g",
                        (double)params->temperature);
     if (!(params->top_p >= 0.0f))
-        return CI_FAIL(CINFER_ERR_ARGUMENT, "top_p must be >= 0 (0 and values >= 1 turn it off), got %g",
+        return CI_FAIL(CINFER_ERR_ARGUMENT,
+                       "top_p must be >= 0 (0 and values >= 1 turn it off), got %g",
                        (double)params->top_p);
     if (params->top_k < 0)
         return CI_FAIL(CINFER_ERR_ARGUMENT, "top_k must be >= 0 (0 turns it off), got %d",

@@ -22,15 +22,19 @@ typedef struct buffer_spec {
 
 enum { N_ACTIVATION_BUFFERS = 9 };
 
-static void activation_buffers(cinfer_session *s, const ci_config *c, int max_batch,
-                               int logit_rows, buffer_spec specs[N_ACTIVATION_BUFFERS]) {
+static void activation_buffers(cinfer_session *s, const ci_config *c, int max_batch, int logit_rows,
+                               buffer_spec specs[N_ACTIVATION_BUFFERS]) {
     const int64_t B = max_batch, E = c->hidden_size, I = c->intermediate_size;
     const int64_t H = c->n_heads, D = c->head_dim;
     const buffer_spec list[N_ACTIVATION_BUFFERS] = {
-        {&s->tokens, CI_I32, 1, B, 0, 0}, {&s->x, CI_F32, 2, B, E, 0},
-        {&s->x_norm, CI_F32, 2, B, E, 0}, {&s->q, CI_F32, 3, B, H, D},
-        {&s->attn, CI_F32, 3, B, H, D},   {&s->proj, CI_F32, 2, B, E, 0},
-        {&s->gate, CI_F32, 2, B, I, 0},   {&s->up, CI_F32, 2, B, I, 0},
+        {&s->tokens, CI_I32, 1, B, 0, 0},
+        {&s->x, CI_F32, 2, B, E, 0},
+        {&s->x_norm, CI_F32, 2, B, E, 0},
+        {&s->q, CI_F32, 3, B, H, D},
+        {&s->attn, CI_F32, 3, B, H, D},
+        {&s->proj, CI_F32, 2, B, E, 0},
+        {&s->gate, CI_F32, 2, B, I, 0},
+        {&s->up, CI_F32, 2, B, I, 0},
         {&s->logits, CI_F32, 2, logit_rows, c->vocab_size, 0},
     };
     memcpy(specs, list, sizeof list);

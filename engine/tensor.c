@@ -7,8 +7,8 @@ static const struct {
     const char *name;
     size_t size;
 } dtype_table[CI_DTYPE_COUNT] = {
-    [CI_F32] = {"F32", 4}, [CI_F16] = {"F16", 2}, [CI_BF16] = {"BF16", 2}, [CI_F64] = {"F64", 8},
-    [CI_I64] = {"I64", 8}, [CI_I32] = {"I32", 4}, [CI_I16] = {"I16", 2},   [CI_I8] = {"I8", 1},
+    [CI_F32] = {"F32", 4}, [CI_F16] = {"F16", 2},   [CI_BF16] = {"BF16", 2}, [CI_F64] = {"F64", 8},
+    [CI_I64] = {"I64", 8}, [CI_I32] = {"I32", 4},   [CI_I16] = {"I16", 2},   [CI_I8] = {"I8", 1},
     [CI_U8] = {"U8", 1},   [CI_BOOL] = {"BOOL", 1},
 };
 
@@ -34,7 +34,7 @@ float ci_f16_to_f32(uint16_t bits) {
         float magnitude = ldexpf((float)mantissa, -24);
         return sign ? -magnitude : magnitude;
     }
-    uint32_t out = exponent == 0x1fu ? sign | 0x7f800000u | (mantissa << 13)  /* inf, NaN */
+    uint32_t out = exponent == 0x1fu ? sign | 0x7f800000u | (mantissa << 13) /* inf, NaN */
                                      : sign | ((exponent + 112u) << 23) | (mantissa << 13);
     float value;
     memcpy(&value, &out, sizeof value);

@@ -56,7 +56,7 @@ uint16_t ci_f32_to_f16(float value);
 enum { CI_MAX_DIMS = 4 };
 
 typedef struct ci_tensor {
-    void *data;  /* NULL for an absent optional tensor (a bias the config turns off) */
+    void *data; /* NULL for an absent optional tensor (a bias the config turns off) */
     ci_dtype dtype;
     int n_dims;
     int64_t shape[CI_MAX_DIMS]; /* row-major, shape[n_dims-1] varies fastest */
@@ -86,6 +86,8 @@ static inline int64_t ci_tensor_row_size(const ci_tensor *t) {
     return n;
 }
 /* Number of rows: the first dimension, or 1 for a vector. */
-static inline int64_t ci_tensor_n_rows(const ci_tensor *t) { return t->n_dims > 1 ? t->shape[0] : 1; }
+static inline int64_t ci_tensor_n_rows(const ci_tensor *t) {
+    return t->n_dims > 1 ? t->shape[0] : 1;
+}
 
 #endif

@@ -87,7 +87,8 @@ static cinfer_status open_sharded(ci_checkpoint *ck, const char *index_path) {
             break;
         }
         status = add_shard(ck, entry->valuestring);
-        if (status != CINFER_OK) ci_error_prefix("%s names a shard that cannot be used: ", index_name);
+        if (status != CINFER_OK)
+            ci_error_prefix("%s names a shard that cannot be used: ", index_name);
     }
     if (status != CINFER_OK) goto done;
     for (const cJSON *entry = map->child; entry; entry = entry->next) {

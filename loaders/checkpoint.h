@@ -16,7 +16,8 @@ typedef struct ci_checkpoint {
     /* name -> tensor over all shards, sorted by name */
     const st_tensor **index;
     int n_index;
-    char *weights_description; /* "model.safetensors" or "model.safetensors.index.json (3 shards)" */
+    char
+        *weights_description; /* "model.safetensors" or "model.safetensors.index.json (3 shards)" */
 } ci_checkpoint;
 
 cinfer_status checkpoint_open(const char *dir, ci_checkpoint **out);

@@ -34,14 +34,23 @@ static const char *describe(const cJSON *item, char *buf, size_t size) {
     return buf;
 }
 
+/* "factor" at the top level, "rope_scaling.factor" inside the object of that name: cJSON keeps
+ * an object's key in its `string`, and the root has none. */
+static const char *label(const cJSON *object, const char *field, char *buf, size_t size) {
+    if (!object->string) return field;
+    snprintf(buf, size, "%s.%s", object->string, field);
+    return buf;
+}
+
 /* Integer field: absent or null gives fallback; required fields pass required = true. */
 static cinfer_status read_int(const parser *p, const cJSON *object, const char *field,
                               bool required, int fallback, int minimum, int *out) {
     const cJSON *item = cJSON_GetObjectItemCaseSensitive(object, field);
+    char name[96];
     if (!present(item)) {
         if (required)
             return CI_FAIL(CINFER_ERR_CONFIG, "%s: required field '%s' is missing", p->name,
-                           field);
+                           label(object, field, name, sizeof name));
         *out = fallback;
         return CINFER_OK;
     }
@@ -49,7 +58,8 @@ static cinfer_status read_int(const parser *p, const cJSON *object, const char *
     if (!(v >= minimum) || v > INT_MAX || v != floor(v)) {
         char got[64];
         return CI_FAIL(CINFER_ERR_CONFIG, "%s: field '%s' must be an integer >= %d, got %s",
-                       p->name, field, minimum, describe(item, got, sizeof got));
+                       p->name, label(object, field, name, sizeof name), minimum,
+                       describe(item, got, sizeof got));
     }
     *out = (int)v;
     return CINFER_OK;
@@ -58,16 +68,17 @@ static cinfer_status read_int(const parser *p, const cJSON *object, const char *
 static cinfer_status read_double(const parser *p, const cJSON *object, const char *field,
                                  bool required, double fallback, double *out) {
     const cJSON *item = cJSON_GetObjectItemCaseSensitive(object, field);
+    char name[96];
     if (!present(item)) {
         if (required)
             return CI_FAIL(CINFER_ERR_CONFIG, "%s: required field '%s' is missing", p->name,
-                           field);
+                           label(object, field, name, sizeof name));
         *out = fallback;
         return CINFER_OK;
     }
     if (!cJSON_IsNumber(item) || !isfinite(item->valuedouble))
         return CI_FAIL(CINFER_ERR_CONFIG, "%s: field '%s' must be a finite number", p->name,
-                       field);
+                       label(object, field, name, sizeof name));
     *out = item->valuedouble;
     return CINFER_OK;
 }
@@ -75,12 +86,14 @@ static cinfer_status read_double(const parser *p, const cJSON *object, const cha
 static cinfer_status read_bool(const parser *p, const cJSON *object, const char *field,
                                bool fallback, bool *out) {
     const cJSON *item = cJSON_GetObjectItemCaseSensitive(object, field);
+    char name[96];
     if (!present(item)) {
         *out = fallback;
         return CINFER_OK;
     }
     if (!cJSON_IsBool(item))
-        return CI_FAIL(CINFER_ERR_CONFIG, "%s: field '%s' must be true or false", p->name, field);
+        return CI_FAIL(CINFER_ERR_CONFIG, "%s: field '%s' must be true or false", p->name,
+                       label(object, field, name, sizeof name));
     *out = cJSON_IsTrue(item);
     return CINFER_OK;
 }
@@ -183,7 +196,8 @@ static cinfer_status read_rope(const parser *p, ci_config *c) {
     double top_level_theta;
     CI_TRY(read_double(p, p->root, "rope_theta", false, 10000.0, &top_level_theta));
     rope->theta = top_level_theta;
-    if (scaling) CI_TRY(read_double(p, scaling, "rope_theta", false, top_level_theta, &rope->theta));
+    if (scaling)
+        CI_TRY(read_double(p, scaling, "rope_theta", false, top_level_theta, &rope->theta));
     if (!(rope->theta > 1.0))
         return CI_FAIL(CINFER_ERR_CONFIG, "%s: rope_theta must be greater than 1, got %g", p->name,
                        rope->theta);
@@ -233,8 +247,8 @@ static cinfer_status read_rope(const parser *p, ci_config *c) {
      * top-level field (Phi-3 style configs) win over the rope object's, and falls back to
      * max_position_embeddings. */
     int original;
-    const bool top_level = present(
-        cJSON_GetObjectItemCaseSensitive(p->root, "original_max_position_embeddings"));
+    const bool top_level =
+        present(cJSON_GetObjectItemCaseSensitive(p->root, "original_max_position_embeddings"));
     CI_TRY(read_int(p, top_level ? p->root : scaling, "original_max_position_embeddings", false,
                     c->max_position_embeddings, 1, &original));
 
@@ -258,8 +272,8 @@ static cinfer_status read_rope(const parser *p, ci_config *c) {
         rope->original_max_position_embeddings = original;
         /* transformers 5.x uses this ratio only when factor is absent (4.4x-4.5x used it
          * whenever original_max_position_embeddings was given) */
-        double implicit = (double)c->max_position_embeddings /
-                          (double)rope->original_max_position_embeddings;
+        double implicit =
+            (double)c->max_position_embeddings / (double)rope->original_max_position_embeddings;
         CI_TRY(read_double(p, scaling, "factor", false, implicit, &rope->factor));
         CI_TRY(read_double(p, scaling, "attention_factor", false, -1.0, &rope->attention_factor));
         CI_TRY(read_double(p, scaling, "beta_fast", false, 32.0, &rope->beta_fast));
@@ -289,8 +303,8 @@ static cinfer_status read_special_tokens(const parser *p, ci_config *c) {
             return CI_FAIL(CINFER_ERR_CONFIG, "%s: field 'eos_token_id' lists more than %d tokens",
                            p->name, CI_MAX_EOS_TOKENS);
         for (const cJSON *id = eos->child; id; id = id->next) {
-            if (!cJSON_IsNumber(id) || id->valuedouble < 0 || id->valuedouble != floor(id->valuedouble) ||
-                id->valuedouble > INT_MAX)
+            if (!cJSON_IsNumber(id) || id->valuedouble < 0 ||
+                id->valuedouble != floor(id->valuedouble) || id->valuedouble > INT_MAX)
                 return CI_FAIL(CINFER_ERR_CONFIG,
                                "%s: field 'eos_token_id' must hold non-negative integers", p->name);
             c->eos_token_ids[c->n_eos++] = (int)id->valuedouble;
@@ -317,6 +331,10 @@ static cinfer_status check_consistency(const parser *p, ci_config *c) {
         return CI_FAIL(CINFER_ERR_CONFIG,
                        "%s: head_dim = %d must be even (RoPE rotates pairs of halves)", p->name,
                        c->head_dim);
+    if (c->rope.type == CI_ROPE_DYNAMIC && c->head_dim < 4)
+        return CI_FAIL(CINFER_ERR_CONFIG,
+                       "%s: dynamic RoPE needs head_dim >= 4 (its exponent is D/(D-2)), got %d",
+                       p->name, c->head_dim);
     if (c->arch == CI_ARCH_DIFFLLAMA && c->n_heads % 2 != 0)
         return CI_FAIL(CINFER_ERR_CONFIG,
                        "%s: DiffLlamaForCausalLM needs an even num_attention_heads (its heads "
@@ -359,8 +377,8 @@ cinfer_status config_parse(const char *name, const char *json, size_t length, ci
                          name, c->hidden_size, c->n_heads);
         goto done;
     }
-    READ(read_int(&p, root, "max_position_embeddings", false, 2048, 1,
-                  &c->max_position_embeddings));
+    READ(
+        read_int(&p, root, "max_position_embeddings", false, 2048, 1, &c->max_position_embeddings));
     READ(read_double(&p, root, "rms_norm_eps", false, c->arch == CI_ARCH_DIFFLLAMA ? 1e-5 : 1e-6,
                      &c->rms_norm_eps));
     READ(read_activation(&p, c));
@@ -373,7 +391,8 @@ cinfer_status config_parse(const char *name, const char *json, size_t length, ci
     READ(read_special_tokens(&p, c));
     const cJSON *dtype = cJSON_GetObjectItemCaseSensitive(root, "dtype");
     if (!cJSON_IsString(dtype)) dtype = cJSON_GetObjectItemCaseSensitive(root, "torch_dtype");
-    if (cJSON_IsString(dtype)) snprintf(c->torch_dtype, sizeof c->torch_dtype, "%s", dtype->valuestring);
+    if (cJSON_IsString(dtype))
+        snprintf(c->torch_dtype, sizeof c->torch_dtype, "%s", dtype->valuestring);
     READ(check_consistency(&p, c));
 #undef READ
 done:

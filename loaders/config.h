@@ -30,14 +30,14 @@ typedef enum ci_rope_type {
 typedef struct ci_rope_config {
     ci_rope_type type;
     double theta;
-    double factor;                       /* linear, dynamic, llama3, yarn */
-    double low_freq_factor;              /* llama3 */
-    double high_freq_factor;             /* llama3 */
+    double factor;                        /* linear, dynamic, llama3, yarn */
+    double low_freq_factor;               /* llama3 */
+    double high_freq_factor;              /* llama3 */
     int original_max_position_embeddings; /* llama3, yarn */
-    double attention_factor;             /* yarn: < 0 means derived from factor and mscale */
-    double beta_fast, beta_slow;         /* yarn */
-    double mscale, mscale_all_dim;       /* yarn: 0 when absent */
-    bool truncate;                       /* yarn */
+    double attention_factor;              /* yarn: < 0 means derived from factor and mscale */
+    double beta_fast, beta_slow;          /* yarn */
+    double mscale, mscale_all_dim;        /* yarn: 0 when absent */
+    bool truncate;                        /* yarn */
 } ci_rope_config;
 
 enum { CI_MAX_EOS_TOKENS = 16 };

@@ -72,16 +72,16 @@ static cinfer_status parse_entry(st_file *file, const cJSON *entry, st_tensor *t
     const cJSON *shape = cJSON_GetObjectItemCaseSensitive(entry, "shape");
     const cJSON *offsets = cJSON_GetObjectItemCaseSensitive(entry, "data_offsets");
     if (!cJSON_IsString(dtype))
-        return CI_FAIL(CINFER_ERR_FORMAT, "%s: tensor '%s' has no string field 'dtype'",
-                       file->path, name);
+        return CI_FAIL(CINFER_ERR_FORMAT, "%s: tensor '%s' has no string field 'dtype'", file->path,
+                       name);
     if (ci_dtype_from_name(dtype->valuestring, &tensor->dtype) != 0)
         return CI_FAIL(CINFER_ERR_FORMAT,
                        "%s: tensor '%s' has dtype '%s'; expected one of F32, BF16, F16, F64, I64, "
                        "I32, I16, I8, U8, BOOL",
                        file->path, name, dtype->valuestring);
     if (!cJSON_IsArray(shape))
-        return CI_FAIL(CINFER_ERR_FORMAT, "%s: tensor '%s' has no array field 'shape'",
-                       file->path, name);
+        return CI_FAIL(CINFER_ERR_FORMAT, "%s: tensor '%s' has no array field 'shape'", file->path,
+                       name);
     int n_dims = cJSON_GetArraySize(shape);
     if (n_dims > ST_MAX_DIMS)
         return CI_FAIL(CINFER_ERR_FORMAT, "%s: tensor '%s' has %d dimensions; at most %d supported",
@@ -107,22 +107,21 @@ static cinfer_status parse_entry(st_file *file, const cJSON *entry, st_tensor *t
                        "[begin, end]",
                        file->path, name);
     if (tensor->begin > tensor->end)
-        return CI_FAIL(CINFER_ERR_FORMAT, "%s: tensor '%s': data_offsets [%llu, %llu] end before they begin",
-                       file->path, name, (unsigned long long)tensor->begin,
-                       (unsigned long long)tensor->end);
+        return CI_FAIL(
+            CINFER_ERR_FORMAT, "%s: tensor '%s': data_offsets [%llu, %llu] end before they begin",
+            file->path, name, (unsigned long long)tensor->begin, (unsigned long long)tensor->end);
     uint64_t nbytes;
     overflow |= __builtin_mul_overflow(numel, (uint64_t)ci_dtype_size(tensor->dtype), &nbytes);
     char shape_text[160];
     if (overflow || nbytes != tensor->end - tensor->begin)
-        return CI_FAIL(CINFER_ERR_FORMAT,
-                       "%s: tensor '%s': data_offsets [%llu, %llu] hold %llu bytes, but dtype %s "
-                       "and shape %s need %s%llu",
-                       file->path, name, (unsigned long long)tensor->begin,
-                       (unsigned long long)tensor->end,
-                       (unsigned long long)(tensor->end - tensor->begin),
-                       ci_dtype_name(tensor->dtype),
-                       ci_shape_string(tensor->shape, n_dims, shape_text, sizeof shape_text),
-                       overflow ? "more than 2^64: " : "", (unsigned long long)nbytes);
+        return CI_FAIL(
+            CINFER_ERR_FORMAT,
+            "%s: tensor '%s': data_offsets [%llu, %llu] hold %llu bytes, but dtype %s "
+            "and shape %s need %s%llu",
+            file->path, name, (unsigned long long)tensor->begin, (unsigned long long)tensor->end,
+            (unsigned long long)(tensor->end - tensor->begin), ci_dtype_name(tensor->dtype),
+            ci_shape_string(tensor->shape, n_dims, shape_text, sizeof shape_text),
+            overflow ? "more than 2^64: " : "", (unsigned long long)nbytes);
     if (tensor->end > file->data_size)
         return CI_FAIL(CINFER_ERR_FORMAT,
                        "%s: tensor '%s': data_offsets [%llu, %llu] run past the data buffer of "
@@ -164,10 +163,10 @@ static cinfer_status check_byte_ranges(st_file *file) {
         previous = t;
     }
     if (status == CINFER_OK && cursor != file->data_size)
-        status = CI_FAIL(CINFER_ERR_FORMAT,
-                         "%s: the data buffer has %llu bytes but its tensors end at byte %llu",
-                         file->path, (unsigned long long)file->data_size,
-                         (unsigned long long)cursor);
+        status =
+            CI_FAIL(CINFER_ERR_FORMAT,
+                    "%s: the data buffer has %llu bytes but its tensors end at byte %llu",
+                    file->path, (unsigned long long)file->data_size, (unsigned long long)cursor);
     free(by_range);
     return status;
 }
@@ -175,8 +174,8 @@ static cinfer_status check_byte_ranges(st_file *file) {
 static cinfer_status parse_header(st_file *file, const uint8_t *bytes, size_t size) {
     if (size < 8)
         return CI_FAIL(CINFER_ERR_FORMAT,
-                       "%s: file is %zu bytes, too short for the 8-byte header length",
-                       file->path, size);
+                       "%s: file is %zu bytes, too short for the 8-byte header length", file->path,
+                       size);
     uint64_t header_len = read_le64(bytes);
     if (header_len > ST_MAX_HEADER_BYTES)
         return CI_FAIL(CINFER_ERR_FORMAT,
@@ -271,8 +270,7 @@ cinfer_status st_open(const char *path, st_file **out) {
     /* O_NONBLOCK: opening a FIFO would otherwise wait for a writer forever; the check below then
      * refuses it. Regular files ignore the flag. */
     int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
-    if (fd < 0)
-        return CI_FAIL(CINFER_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
+    if (fd < 0) return CI_FAIL(CINFER_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
     struct stat info;
     if (fstat(fd, &info) != 0 || !S_ISREG(info.st_mode)) {
         close(fd);
@@ -292,7 +290,8 @@ cinfer_status st_open(const char *path, st_file **out) {
             int err = errno;
             close(fd);
             st_close(file);
-            return CI_FAIL(CINFER_ERR_IO, "%s: cannot map %zu bytes: %s", path, size, strerror(err));
+            return CI_FAIL(CINFER_ERR_IO, "%s: cannot map %zu bytes: %s", path, size,
+                           strerror(err));
         }
         file->mapping = mapping;
         file->mapping_size = size;

@@ -25,20 +25,20 @@ typedef struct st_tensor {
     ci_dtype dtype;
     int n_dims;
     int64_t shape[ST_MAX_DIMS];
-    uint64_t begin, end;  /* byte range in the data buffer, end exclusive */
-    const void *data;     /* points into the mapping */
-    const st_file *file;  /* the file that holds it, for messages */
+    uint64_t begin, end; /* byte range in the data buffer, end exclusive */
+    const void *data;    /* points into the mapping */
+    const st_file *file; /* the file that holds it, for messages */
 } st_tensor;
 
 struct st_file {
-    char *path;           /* as given to st_open, for messages */
-    void *mapping;        /* whole file, read-only; NULL for an in-memory buffer */
+    char *path;    /* as given to st_open, for messages */
+    void *mapping; /* whole file, read-only; NULL for an in-memory buffer */
     size_t mapping_size;
-    const uint8_t *data;  /* start of the data buffer */
+    const uint8_t *data; /* start of the data buffer */
     uint64_t data_size;
-    st_tensor *tensors;   /* sorted by name */
+    st_tensor *tensors; /* sorted by name */
     int n_tensors;
-    char **metadata;      /* key, value, key, value, ... */
+    char **metadata; /* key, value, key, value, ... */
     int n_metadata;
 };
 

@@ -8,7 +8,8 @@
  *   A1_p = softmax(Q_p     K_kv(p)ᵀ   / sqrt(D) + M)
  *   A2_p = softmax(Q_{p+P} K_kv(p+P)ᵀ / sqrt(D) + M)
  *   O_p  = A1_p·Vcat_p − lambda · A2_p·Vcat_p
- *   Y_p  = (1 − lambda_init) · O_p / sqrt(mean(O_p²) + rms_norm_eps)     (RMS group norm, no weight)
+ *   Y_p  = (1 − lambda_init) · O_p / sqrt(mean(O_p²) + rms_norm_eps)     (RMS group norm, no
+ * weight)
  *
  * Y_p fills columns [2pD, 2(p+1)D) of o_proj's input. One lambda per layer, for all heads:
  *

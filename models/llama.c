@@ -76,8 +76,8 @@ void ci_decoder_forward(cinfer_session *s, int n_tokens, int pos0, int logits_ro
 }
 
 static void llama_attention(ci_backend *be, const cinfer_model *m, int layer, ci_tensor *out,
-                            const ci_tensor *q, const ci_tensor *k_cache,
-                            const ci_tensor *v_cache, int pos0) {
+                            const ci_tensor *q, const ci_tensor *k_cache, const ci_tensor *v_cache,
+                            int pos0) {
     (void)m;
     (void)layer;
     ci_attention(be, out, q, k_cache, v_cache, pos0);

@@ -10,10 +10,10 @@
 #include "../loaders/checkpoint.h"
 
 typedef struct ci_layer {
-    ci_tensor input_layernorm;          /* [E] */
-    ci_tensor q_proj, k_proj, v_proj;   /* [H·D, E], [G·D, E], [G·D, E] */
-    ci_tensor q_bias, k_bias, v_bias;   /* [H·D], [G·D], [G·D]: data NULL without attention_bias */
-    ci_tensor o_proj, o_bias;           /* [E, H·D], [E] */
+    ci_tensor input_layernorm;        /* [E] */
+    ci_tensor q_proj, k_proj, v_proj; /* [H·D, E], [G·D, E], [G·D, E] */
+    ci_tensor q_bias, k_bias, v_bias; /* [H·D], [G·D], [G·D]: data NULL without attention_bias */
+    ci_tensor o_proj, o_bias;         /* [E, H·D], [E] */
     ci_tensor post_attention_layernorm; /* [E] */
     ci_tensor gate_proj, up_proj;       /* [I, E] */
     ci_tensor gate_bias, up_bias;       /* [I]: data NULL without mlp_bias */

@@ -23,16 +23,18 @@ static void default_frequencies(float theta, int head_dim, float *inv_freq) {
 
 static void llama3_frequencies(const ci_rope_config *r, int head_dim, float *inv_freq) {
     const float factor = (float)r->factor;
-    const float low_freq_wavelen = (float)(r->original_max_position_embeddings / r->low_freq_factor);
-    const float high_freq_wavelen = (float)(r->original_max_position_embeddings / r->high_freq_factor);
+    const float low_freq_wavelen =
+        (float)(r->original_max_position_embeddings / r->low_freq_factor);
+    const float high_freq_wavelen =
+        (float)(r->original_max_position_embeddings / r->high_freq_factor);
     for (int i = 0; i < head_dim / 2; i++) {
         const float wavelen = (float)(2.0 * M_PI) / inv_freq[i];
         float scaled = wavelen > low_freq_wavelen ? inv_freq[i] / factor : inv_freq[i];
         const int medium = !(wavelen < high_freq_wavelen) && !(wavelen > low_freq_wavelen);
         if (medium) {
-            const float smooth = ((float)r->original_max_position_embeddings / wavelen -
-                                  (float)r->low_freq_factor) /
-                                 (float)(r->high_freq_factor - r->low_freq_factor);
+            const float smooth =
+                ((float)r->original_max_position_embeddings / wavelen - (float)r->low_freq_factor) /
+                (float)(r->high_freq_factor - r->low_freq_factor);
             scaled = (1.0f - smooth) * scaled / factor + smooth * scaled;
         }
         inv_freq[i] = scaled;
@@ -67,14 +69,14 @@ static void yarn_frequencies(const ci_rope_config *r, int head_dim, float *inv_f
         float ramp = ((float)i - (float)low) / (float)(high - low);
         ramp = ramp < 0.0f ? 0.0f : ramp > 1.0f ? 1.0f : ramp;
         const float extrapolation_weight = 1.0f - ramp;
-        inv_freq[i] = interpolation * (1.0f - extrapolation_weight) +
-                      extrapolation * extrapolation_weight;
+        inv_freq[i] =
+            interpolation * (1.0f - extrapolation_weight) + extrapolation * extrapolation_weight;
     }
     if (r->attention_factor >= 0.0)
         *attention_scaling = (float)r->attention_factor;
     else if (r->mscale != 0.0 && r->mscale_all_dim != 0.0)
-        *attention_scaling = (float)(yarn_mscale(r->factor, r->mscale) /
-                                     yarn_mscale(r->factor, r->mscale_all_dim));
+        *attention_scaling =
+            (float)(yarn_mscale(r->factor, r->mscale) / yarn_mscale(r->factor, r->mscale_all_dim));
     else
         *attention_scaling = (float)yarn_mscale(r->factor, 1.0);
 }
@@ -94,11 +96,11 @@ void ci_rope_frequencies(const ci_config *c, int seq_len, float *inv_freq,
         /* transformers grows the base only past max_position_embeddings, and (its rotary module
          * keeps state) computes it from the longest sequence seen; a fresh module, as here, uses
          * the current one. */
-        const int length = seq_len > c->max_position_embeddings ? seq_len
-                                                                : c->max_position_embeddings;
+        const int length =
+            seq_len > c->max_position_embeddings ? seq_len : c->max_position_embeddings;
         const float factor = (float)r->factor;
-        const float growth = factor * (float)length / (float)c->max_position_embeddings -
-                             (factor - 1.0f);
+        const float growth =
+            factor * (float)length / (float)c->max_position_embeddings - (factor - 1.0f);
         const float theta = (float)r->theta * powf(growth, (float)((double)D / (double)(D - 2)));
         default_frequencies(theta, D, inv_freq);
         break;

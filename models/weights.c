@@ -24,8 +24,8 @@ cinfer_status ci_bind_weight(cinfer_model *m, const char *name, int n_dims, cons
     const char *file = ci_base_name(t->file->path);
     if (!is_weight_dtype(t->dtype))
         return CI_FAIL(CINFER_ERR_WEIGHTS,
-                       "%s: tensor '%s' has dtype %s; weights must be F32, BF16 or F16", file,
-                       name, ci_dtype_name(t->dtype));
+                       "%s: tensor '%s' has dtype %s; weights must be F32, BF16 or F16", file, name,
+                       ci_dtype_name(t->dtype));
     int same = t->n_dims == n_dims;
     for (int i = 0; same && i < n_dims; i++) same = t->shape[i] == shape[i];
     if (!same) {
@@ -44,7 +44,8 @@ cinfer_status ci_bind_weight(cinfer_model *m, const char *name, int n_dims, cons
     if ((uintptr_t)t->data % ci_dtype_size(t->dtype) != 0) {
         size_t bytes = ci_tensor_nbytes(out);
         void *copy = malloc(bytes ? bytes : 1);
-        void **grown = realloc(m->aligned_copies, (size_t)(m->n_aligned_copies + 1) * sizeof *grown);
+        void **grown =
+            realloc(m->aligned_copies, (size_t)(m->n_aligned_copies + 1) * sizeof *grown);
         if (!copy || !grown) {
             free(copy);
             if (grown) m->aligned_copies = grown;
@@ -69,11 +70,18 @@ static cinfer_status bind_matrix(cinfer_model *m, const char *name, int64_t rows
     return ci_bind_weight(m, name, 2, shape, meaning, out);
 }
 
-/* The bias of a linear layer exists exactly when the config says so. */
-static cinfer_status bind_bias(cinfer_model *m, bool present, const char *name, int64_t size,
-                               const char *meaning, ci_tensor *out) {
+/* The bias of a linear layer exists exactly when the config says so (config_field: the flag). */
+static cinfer_status bind_bias(cinfer_model *m, bool present, const char *config_field,
+                               const char *name, int64_t size, const char *meaning,
+                               ci_tensor *out) {
     *out = (ci_tensor){NULL, CI_F32, 1, {size}};
-    return present ? bind_vector(m, name, size, meaning, out) : CINFER_OK;
+    if (!present) return CINFER_OK;
+    if (!checkpoint_find(m->checkpoint, name))
+        return CI_FAIL(CINFER_ERR_WEIGHTS,
+                       "%s: tensor '%s' is missing from %s, but %s has %s = true",
+                       m->checkpoint->dir, name, m->checkpoint->weights_description,
+                       ci_base_name(m->checkpoint->config_path), config_field);
+    return bind_vector(m, name, size, meaning, out);
 }
 
 static cinfer_status bind_layer(cinfer_model *m, int l) {
@@ -93,13 +101,14 @@ static cinfer_status bind_layer(cinfer_model *m, int l) {
                        "[num_key_value_heads*head_dim, hidden_size]", &w->v_proj));
     CI_TRY(bind_matrix(m, NAME("self_attn.o_proj.weight"), E, HD,
                        "[hidden_size, num_attention_heads*head_dim]", &w->o_proj));
-    CI_TRY(bind_bias(m, ab, NAME("self_attn.q_proj.bias"), HD, "[num_attention_heads*head_dim]",
-                     &w->q_bias));
-    CI_TRY(bind_bias(m, ab, NAME("self_attn.k_proj.bias"), GD, "[num_key_value_heads*head_dim]",
-                     &w->k_bias));
-    CI_TRY(bind_bias(m, ab, NAME("self_attn.v_proj.bias"), GD, "[num_key_value_heads*head_dim]",
-                     &w->v_bias));
-    CI_TRY(bind_bias(m, ab, NAME("self_attn.o_proj.bias"), E, "[hidden_size]", &w->o_bias));
+    CI_TRY(bind_bias(m, ab, "attention_bias", NAME("self_attn.q_proj.bias"), HD,
+                     "[num_attention_heads*head_dim]", &w->q_bias));
+    CI_TRY(bind_bias(m, ab, "attention_bias", NAME("self_attn.k_proj.bias"), GD,
+                     "[num_key_value_heads*head_dim]", &w->k_bias));
+    CI_TRY(bind_bias(m, ab, "attention_bias", NAME("self_attn.v_proj.bias"), GD,
+                     "[num_key_value_heads*head_dim]", &w->v_bias));
+    CI_TRY(bind_bias(m, ab, "attention_bias", NAME("self_attn.o_proj.bias"), E, "[hidden_size]",
+                     &w->o_bias));
     CI_TRY(bind_vector(m, NAME("post_attention_layernorm.weight"), E, "[hidden_size]",
                        &w->post_attention_layernorm));
     CI_TRY(bind_matrix(m, NAME("mlp.gate_proj.weight"), I, E, "[intermediate_size, hidden_size]",
@@ -108,9 +117,12 @@ static cinfer_status bind_layer(cinfer_model *m, int l) {
                        &w->up_proj));
     CI_TRY(bind_matrix(m, NAME("mlp.down_proj.weight"), E, I, "[hidden_size, intermediate_size]",
                        &w->down_proj));
-    CI_TRY(bind_bias(m, mb, NAME("mlp.gate_proj.bias"), I, "[intermediate_size]", &w->gate_bias));
-    CI_TRY(bind_bias(m, mb, NAME("mlp.up_proj.bias"), I, "[intermediate_size]", &w->up_bias));
-    CI_TRY(bind_bias(m, mb, NAME("mlp.down_proj.bias"), E, "[hidden_size]", &w->down_bias));
+    CI_TRY(bind_bias(m, mb, "mlp_bias", NAME("mlp.gate_proj.bias"), I, "[intermediate_size]",
+                     &w->gate_bias));
+    CI_TRY(bind_bias(m, mb, "mlp_bias", NAME("mlp.up_proj.bias"), I, "[intermediate_size]",
+                     &w->up_bias));
+    CI_TRY(bind_bias(m, mb, "mlp_bias", NAME("mlp.down_proj.bias"), E, "[hidden_size]",
+                     &w->down_bias));
 #undef NAME
     if (m->arch->bind_layer_extras) CI_TRY(m->arch->bind_layer_extras(m, l));
     return CINFER_OK;
@@ -133,8 +145,7 @@ cinfer_status ci_bind_model_weights(cinfer_model *m) {
                        "tie_word_embeddings = false (true would reuse model.embed_tokens.weight)",
                        ck->dir, ck->weights_description, ci_base_name(ck->config_path));
     else
-        CI_TRY(bind_matrix(m, "lm_head.weight", V, E, "[vocab_size, hidden_size]",
-                           &m->lm_head));
+        CI_TRY(bind_matrix(m, "lm_head.weight", V, E, "[vocab_size, hidden_size]", &m->lm_head));
     m->layers = calloc((size_t)c->n_layers, sizeof *m->layers);
     CI_CHECK_ALLOC(m->layers, (size_t)c->n_layers * sizeof *m->layers);
     for (int l = 0; l < c->n_layers; l++) CI_TRY(bind_layer(m, l));

@@ -429,7 +429,8 @@ TEST(Checkpoint, RejectsMissingBiasWhenConfigHasAttentionBias) {
     FixtureCopy ck("llama_mha");
     edit_json(ck.file("config.json"), {"attention_bias"}, "true");
     EXPECT_TRUE(load_fails(ck.dir, CINFER_ERR_WEIGHTS,
-                           {"tensor 'model.layers.0.self_attn.q_proj.bias' is missing"}));
+                           {"tensor 'model.layers.0.self_attn.q_proj.bias' is missing",
+                            "config.json has attention_bias = true"}));
 }
 
 TEST(Checkpoint, RejectsWeightStoredAsI64) {

@@ -468,12 +468,12 @@ TEST(Config, RejectsRopeScalingWithoutItsRequiredFactor) {
     for (const char *type : {"linear", "dynamic", "llama3"})
         EXPECT_TRUE(rejects(
             minimal_llama().set("rope_scaling", std::string("{\"rope_type\": \"") + type + "\"}"),
-            CINFER_ERR_CONFIG, {"required field 'factor' is missing"}))
+            CINFER_ERR_CONFIG, {"required field 'rope_scaling.factor' is missing"}))
             << type;
     EXPECT_TRUE(rejects(minimal_llama().set("rope_scaling",
                                             "{\"rope_type\": \"llama3\", \"factor\": 8.0, "
                                             "\"high_freq_factor\": 4.0}"),
-                        CINFER_ERR_CONFIG, {"required field 'low_freq_factor' is missing"}));
+                        CINFER_ERR_CONFIG, {"required field 'rope_scaling.low_freq_factor' is missing"}));
 }
 
 TEST(Config, RejectsNonPositiveRopeFactor) {
@@ -574,3 +574,16 @@ TEST(Config, LoadNamesThePathOfAMissingFile) {
 }
 
 }  // namespace
+
+TEST(Config, NamesNestedRopeFieldsWithTheirObject) {
+    EXPECT_TRUE(rejects(minimal_llama().set("rope_parameters",
+                                            "{\"rope_type\": \"linear\", \"factor\": \"2\"}"),
+                        CINFER_ERR_CONFIG, {"'rope_parameters.factor'", "finite number"}));
+}
+
+TEST(Config, RejectsDynamicRopeOnTwoDimensionalHeads) {
+    EXPECT_TRUE(rejects(minimal_llama()
+                            .set("head_dim", "2")
+                            .set("rope_scaling", "{\"rope_type\": \"dynamic\", \"factor\": 2.0}"),
+                        CINFER_ERR_CONFIG, {"head_dim >= 4"}));
+}

@@ -13,7 +13,6 @@
 /* Below this many score terms (query rows × keys × head_dim), one thread does it all. */
 #define ATTENTION_PARALLEL_MIN_WORK (1 << 16)
 
-
 size_t attention_cpu_scratch_bytes(int n_ctx, int head_dim) {
     /* two probability rows (differential attention has two maps) and two 2·D accumulators */
     return (2 * (size_t)n_ctx + 4 * (size_t)head_dim) * sizeof(double);
@@ -53,14 +52,13 @@ static void weighted_values(const double *probs, const float *v_head, int64_t v_
 
 typedef struct attention_shape {
     int64_t n_tokens, n_heads, n_kv_heads, head_dim, n_ctx, group; /* group = H / G */
-    int64_t kv_stride;                                              /* floats per cache row */
+    int64_t kv_stride;                                             /* floats per cache row */
 } attention_shape;
 
-static attention_shape check_shapes(const ci_backend *be, const ci_tensor *out,
-                                    const ci_tensor *q, const ci_tensor *k_cache,
-                                    const ci_tensor *v_cache, int pos0) {
-    attention_shape s = {q->shape[0], q->shape[1], k_cache->shape[1], q->shape[2],
-                         k_cache->shape[0], 0, 0};
+static attention_shape check_shapes(const ci_backend *be, const ci_tensor *out, const ci_tensor *q,
+                                    const ci_tensor *k_cache, const ci_tensor *v_cache, int pos0) {
+    attention_shape s = {
+        q->shape[0], q->shape[1], k_cache->shape[1], q->shape[2], k_cache->shape[0], 0, 0};
     CI_ASSERT(q->n_dims == 3 && k_cache->n_dims == 3 && v_cache->n_dims == 3 && out->n_dims == 3);
     CI_ASSERT(k_cache->shape[2] == s.head_dim && v_cache->shape[1] == s.n_kv_heads &&
               v_cache->shape[2] == s.head_dim && v_cache->shape[0] == s.n_ctx);
@@ -89,8 +87,8 @@ void attention_cpu(ci_backend *be, ci_tensor *out, const ci_tensor *q, const ci_
     const double scale = 1.0 / sqrt((double)s.head_dim);
     const float *qs = q->data, *ks = k_cache->data, *vs = v_cache->data;
     float *ys = out->data;
-#pragma omp parallel for collapse(2) num_threads(be->n_threads) schedule(dynamic, 1) \
-    if (worth_parallel(&s, pos0))
+#pragma omp parallel for collapse(2) num_threads(be->n_threads)                                    \
+    schedule(dynamic, 1) if (worth_parallel(&s, pos0))
     for (int64_t t = 0; t < s.n_tokens; t++) {
         for (int64_t h = 0; h < s.n_heads; h++) {
             double *probs = thread_scratch(be, &s), *acc = probs + 2 * s.n_ctx;
@@ -116,8 +114,8 @@ void diff_attention_cpu(ci_backend *be, ci_tensor *out, const ci_tensor *q,
     const double scale = 1.0 / sqrt((double)D);
     const float *qs = q->data, *ks = k_cache->data, *vs = v_cache->data;
     float *ys = out->data;
-#pragma omp parallel for collapse(2) num_threads(be->n_threads) schedule(dynamic, 1) \
-    if (worth_parallel(&s, pos0))
+#pragma omp parallel for collapse(2) num_threads(be->n_threads)                                    \
+    schedule(dynamic, 1) if (worth_parallel(&s, pos0))
     for (int64_t t = 0; t < s.n_tokens; t++) {
         for (int64_t p = 0; p < n_pairs; p++) {
             double *probs1 = thread_scratch(be, &s), *probs2 = probs1 + s.n_ctx;

@@ -39,4 +39,3 @@ void ci_row_to_f32(const ci_tensor *tensor, int64_t row, float *dst) {
     default: CI_ASSERT(!"weights must be F32, BF16 or F16");
     }
 }
-

@@ -66,8 +66,8 @@ void matmul_cpu(ci_backend *be, ci_tensor *out, const ci_tensor *x, const ci_ten
     const int parallel = n_tokens * n_out * n_in >= MATMUL_PARALLEL_MIN_WORK;
 #pragma omp parallel num_threads(be->n_threads) if (parallel)
     {
-        float *widened = (float *)be->workspace +
-                         (size_t)omp_get_thread_num() * ROWS_PER_BLOCK * (size_t)n_in;
+        float *widened =
+            (float *)be->workspace + (size_t)omp_get_thread_num() * ROWS_PER_BLOCK * (size_t)n_in;
 #pragma omp for schedule(static)
         for (int64_t block = 0; block < n_blocks; block++) {
             const int64_t n0 = block * ROWS_PER_BLOCK;

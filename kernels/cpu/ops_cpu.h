@@ -9,8 +9,7 @@
 
 #include "../../engine/backend.h"
 
-void embedding_cpu(ci_backend *be, ci_tensor *out, const ci_tensor *tokens,
-                   const ci_tensor *table);
+void embedding_cpu(ci_backend *be, ci_tensor *out, const ci_tensor *tokens, const ci_tensor *table);
 void rmsnorm_cpu(ci_backend *be, ci_tensor *out, const ci_tensor *x, const ci_tensor *weight,
                  float eps);
 void matmul_cpu(ci_backend *be, ci_tensor *out, const ci_tensor *x, const ci_tensor *weight,

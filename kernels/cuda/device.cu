@@ -12,7 +12,7 @@ extern "C" {
 extern "C" int ci_cuda_devices(ci_device_info *devices, int max) {
     int count = 0;
     if (cudaGetDeviceCount(&count) != cudaSuccess) {
-        cudaGetLastError();  // clear the sticky "no driver" error
+        cudaGetLastError(); // clear the sticky "no driver" error
         return 0;
     }
     for (int i = 0; i < count && i < max; i++) {
