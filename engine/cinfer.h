@@ -158,7 +158,8 @@ typedef int (*cinfer_token_callback)(void *user, int32_t token);
 
 /* Feeds the prompt (after whatever the session already holds), then samples up to
  * max_new_tokens tokens. prompt_logits, when not NULL, receives the logits of every prompt
- * position: [n_prompt, vocab_size]. */
+ * position: [n_prompt, vocab_size]. The last generated token is not fed back into the cache
+ * (its logits would go unused): to continue the sequence, pass it first in the next prompt. */
 cinfer_status cinfer_generate(cinfer_session *session, const int32_t *prompt, int n_prompt,
                               const cinfer_generate_params *params, cinfer_token_callback on_token,
                               void *user, float *prompt_logits, cinfer_generate_stats *stats);
