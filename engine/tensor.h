@@ -71,10 +71,6 @@ float ci_tensor_get_f32(const ci_tensor *tensor, int64_t i);
 /* Writes "[2, 3, 4]" into buf. */
 const char *ci_shape_string(const int64_t *shape, int n_dims, char *buf, size_t buf_size);
 
-static inline ci_tensor ci_tensor_2d(void *data, ci_dtype dtype, int64_t rows, int64_t cols) {
-    ci_tensor t = {data, dtype, 2, {rows, cols, 0, 0}};
-    return t;
-}
 static inline ci_tensor ci_tensor_1d(void *data, ci_dtype dtype, int64_t n) {
     ci_tensor t = {data, dtype, 1, {n, 0, 0, 0}};
     return t;
