@@ -6,12 +6,17 @@
 #include "../kernels/cpu/ops_cpu.h"
 #include "error.h"
 
-cinfer_status ci_backend_create(cinfer_backend kind, int n_threads, ci_backend **out) {
-    *out = NULL;
+cinfer_status ci_backend_available(cinfer_backend kind) {
     if (kind != CINFER_BACKEND_CPU)
         return CI_FAIL(CINFER_ERR_UNSUPPORTED,
                        "only the CPU backend is available in this build (the CUDA backend is "
                        "not implemented yet)");
+    return CINFER_OK;
+}
+
+cinfer_status ci_backend_create(cinfer_backend kind, int n_threads, ci_backend **out) {
+    *out = NULL;
+    CI_TRY(ci_backend_available(kind));
     ci_backend *be = calloc(1, sizeof *be);
     CI_CHECK_ALLOC(be, sizeof *be);
     be->ops = &ci_cpu_ops;

@@ -74,6 +74,8 @@ struct ci_backend {
     size_t workspace_bytes;
 };
 
+/* CINFER_OK when this build can run `kind`; else the message says why. */
+cinfer_status ci_backend_available(cinfer_backend kind);
 cinfer_status ci_backend_create(cinfer_backend kind, int n_threads, ci_backend **out);
 void ci_backend_free(ci_backend *be);
 /* Makes sure the workspace holds bytes, once, before the hot path runs. */

@@ -3,6 +3,7 @@
 #include <stdlib.h>
 
 #include "../models/model.h"
+#include "backend.h"
 #include "error.h"
 
 static void fill_info(cinfer_model *m) {
@@ -36,15 +37,10 @@ cinfer_status cinfer_model_load(const char *dir, const cinfer_load_options *opti
     *out = NULL;
     ci_error_clear();
     if (!dir) return CI_FAIL(CINFER_ERR_ARGUMENT, "no model folder given");
+    CI_TRY(ci_backend_available(options ? options->backend : CINFER_BACKEND_CPU));
     cinfer_model *m = calloc(1, sizeof *m);
     CI_CHECK_ALLOC(m, sizeof *m);
     if (options) m->options = *options;
-    if (m->options.backend != CINFER_BACKEND_CPU) {
-        free(m);
-        return CI_FAIL(CINFER_ERR_UNSUPPORTED,
-                       "only the CPU backend is available in this build (the CUDA backend is "
-                       "not implemented yet)");
-    }
     cinfer_status status = checkpoint_open(dir, &m->checkpoint);
     if (status == CINFER_OK) {
         m->config = &m->checkpoint->config;

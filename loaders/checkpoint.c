@@ -34,9 +34,14 @@ static int compare_tensor_pointers(const void *a, const void *b) {
     return strcmp((*(const st_tensor *const *)a)->name, (*(const st_tensor *const *)b)->name);
 }
 
-static cinfer_status add_shard(ci_checkpoint *ck, const char *file_name) {
-    for (int i = 0; i < ck->n_shards; i++)
-        if (strcmp(ci_base_name(ck->shards[i]->path), file_name) == 0) return CINFER_OK;
+/* Opens file_name once, however many tensors map to it; *out is the opened shard. */
+static cinfer_status add_shard(ci_checkpoint *ck, const char *file_name, const st_file **out) {
+    for (int i = 0; i < ck->n_shards; i++) {
+        if (strcmp(ci_base_name(ck->shards[i]->path), file_name) == 0) {
+            *out = ck->shards[i];
+            return CINFER_OK;
+        }
+    }
     char *path = join_path(ck->dir, file_name);
     CI_CHECK_ALLOC(path, strlen(file_name));
     st_file *shard;
@@ -50,6 +55,7 @@ static cinfer_status add_shard(ci_checkpoint *ck, const char *file_name) {
     }
     ck->shards = grown;
     ck->shards[ck->n_shards++] = shard;
+    *out = shard;
     return CINFER_OK;
 }
 
@@ -86,23 +92,16 @@ static cinfer_status open_sharded(ci_checkpoint *ck, const char *index_path) {
                              index_path, entry->string);
             break;
         }
-        status = add_shard(ck, entry->valuestring);
+        const st_file *shard;
+        status = add_shard(ck, entry->valuestring, &shard);
         if (status != CINFER_OK)
             ci_error_prefix("%s names a shard that cannot be used: ", index_name);
-    }
-    if (status != CINFER_OK) goto done;
-    for (const cJSON *entry = map->child; entry; entry = entry->next) {
-        const st_file *shard = NULL;
-        for (int i = 0; i < ck->n_shards; i++)
-            if (strcmp(ci_base_name(ck->shards[i]->path), entry->valuestring) == 0)
-                shard = ck->shards[i];
-        if (!st_find(shard, entry->string)) {
+        else if (!st_find(shard, entry->string))
             status = CI_FAIL(CINFER_ERR_WEIGHTS,
                              "%s: tensor '%s' is mapped to %s, which does not contain it",
                              index_path, entry->string, entry->valuestring);
-            goto done;
-        }
     }
+    if (status != CINFER_OK) goto done;
     size_t needed = strlen(index_name) + 32;
     ck->weights_description = malloc(needed);
     if (ck->weights_description)
@@ -146,7 +145,8 @@ static cinfer_status open_folder(ci_checkpoint *ck) {
     } else if (file_exists(index)) {
         status = open_sharded(ck, index);
     } else if (file_exists(single)) {
-        status = add_shard(ck, "model.safetensors");
+        const st_file *shard;
+        status = add_shard(ck, "model.safetensors", &shard);
         ck->weights_description = strdup("model.safetensors");
     } else {
         char *bin = join_path(ck->dir, "pytorch_model.bin");

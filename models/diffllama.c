@@ -31,7 +31,7 @@ static cinfer_status bind_lambdas(cinfer_model *m, int layer) {
     for (int i = 0; i < 4; i++) {
         char name[128];
         snprintf(name, sizeof name, "model.layers.%d.self_attn.lambda_%s", layer, suffixes[i]);
-        CI_TRY(ci_bind_weight(m, name, 1, &head_dim, "[head_dim]", &lambdas[i]));
+        CI_TRY(ci_bind_weight(m, name, 1, &head_dim, "[head_dim]", NULL, &lambdas[i]));
     }
     /* The sums and exponentials in F32, as transformers does (torch.sum(..., dtype=float32)). */
     double dot1 = 0.0, dot2 = 0.0;

@@ -54,9 +54,12 @@ struct cinfer_model {
 
 /* Looks name up in the checkpoint and checks it against the shape the config implies:
  * `meaning` spells that shape in config terms ("[num_attention_heads*head_dim, hidden_size]"),
- * so that a mismatch says which field disagrees. */
+ * so that a mismatch says which field disagrees. `required_by`, when not NULL, names the config
+ * setting that asks for the tensor ("attention_bias = true"), for the message when it is missing.
+ */
 cinfer_status ci_bind_weight(cinfer_model *model, const char *name, int n_dims,
-                             const int64_t *shape, const char *meaning, ci_tensor *out);
+                             const int64_t *shape, const char *meaning, const char *required_by,
+                             ci_tensor *out);
 
 /* Binds every tensor of the Llama layout (and the architecture's extras) into model. */
 cinfer_status ci_bind_model_weights(cinfer_model *model);

@@ -14,9 +14,13 @@ static int is_weight_dtype(ci_dtype dtype) {
 }
 
 cinfer_status ci_bind_weight(cinfer_model *m, const char *name, int n_dims, const int64_t *shape,
-                             const char *meaning, ci_tensor *out) {
+                             const char *meaning, const char *required_by, ci_tensor *out) {
     const ci_checkpoint *ck = m->checkpoint;
     const st_tensor *t = checkpoint_find(ck, name);
+    if (!t && required_by)
+        return CI_FAIL(CINFER_ERR_WEIGHTS, "%s: tensor '%s' is missing from %s, but %s has %s",
+                       ck->dir, name, ck->weights_description, ci_base_name(ck->config_path),
+                       required_by);
     if (!t)
         return CI_FAIL(CINFER_ERR_WEIGHTS, "%s: tensor '%s' is missing from %s (%s, %s)", ck->dir,
                        name, ck->weights_description, ci_base_name(ck->config_path),
@@ -61,27 +65,21 @@ cinfer_status ci_bind_weight(cinfer_model *m, const char *name, int n_dims, cons
 
 static cinfer_status bind_vector(cinfer_model *m, const char *name, int64_t size,
                                  const char *meaning, ci_tensor *out) {
-    return ci_bind_weight(m, name, 1, &size, meaning, out);
+    return ci_bind_weight(m, name, 1, &size, meaning, NULL, out);
 }
 
 static cinfer_status bind_matrix(cinfer_model *m, const char *name, int64_t rows, int64_t cols,
                                  const char *meaning, ci_tensor *out) {
     const int64_t shape[2] = {rows, cols};
-    return ci_bind_weight(m, name, 2, shape, meaning, out);
+    return ci_bind_weight(m, name, 2, shape, meaning, NULL, out);
 }
 
-/* The bias of a linear layer exists exactly when the config says so (config_field: the flag). */
-static cinfer_status bind_bias(cinfer_model *m, bool present, const char *config_field,
-                               const char *name, int64_t size, const char *meaning,
-                               ci_tensor *out) {
+/* The bias of a linear layer exists exactly when the config flag (e.g. "attention_bias = true")
+ * says so. */
+static cinfer_status bind_bias(cinfer_model *m, bool present, const char *flag, const char *name,
+                               int64_t size, const char *meaning, ci_tensor *out) {
     *out = (ci_tensor){NULL, CI_F32, 1, {size}};
-    if (!present) return CINFER_OK;
-    if (!checkpoint_find(m->checkpoint, name))
-        return CI_FAIL(CINFER_ERR_WEIGHTS,
-                       "%s: tensor '%s' is missing from %s, but %s has %s = true",
-                       m->checkpoint->dir, name, m->checkpoint->weights_description,
-                       ci_base_name(m->checkpoint->config_path), config_field);
-    return bind_vector(m, name, size, meaning, out);
+    return present ? ci_bind_weight(m, name, 1, &size, meaning, flag, out) : CINFER_OK;
 }
 
 static cinfer_status bind_layer(cinfer_model *m, int l) {
@@ -101,14 +99,14 @@ static cinfer_status bind_layer(cinfer_model *m, int l) {
                        "[num_key_value_heads*head_dim, hidden_size]", &w->v_proj));
     CI_TRY(bind_matrix(m, NAME("self_attn.o_proj.weight"), E, HD,
                        "[hidden_size, num_attention_heads*head_dim]", &w->o_proj));
-    CI_TRY(bind_bias(m, ab, "attention_bias", NAME("self_attn.q_proj.bias"), HD,
+    CI_TRY(bind_bias(m, ab, "attention_bias = true", NAME("self_attn.q_proj.bias"), HD,
                      "[num_attention_heads*head_dim]", &w->q_bias));
-    CI_TRY(bind_bias(m, ab, "attention_bias", NAME("self_attn.k_proj.bias"), GD,
+    CI_TRY(bind_bias(m, ab, "attention_bias = true", NAME("self_attn.k_proj.bias"), GD,
                      "[num_key_value_heads*head_dim]", &w->k_bias));
-    CI_TRY(bind_bias(m, ab, "attention_bias", NAME("self_attn.v_proj.bias"), GD,
+    CI_TRY(bind_bias(m, ab, "attention_bias = true", NAME("self_attn.v_proj.bias"), GD,
                      "[num_key_value_heads*head_dim]", &w->v_bias));
-    CI_TRY(bind_bias(m, ab, "attention_bias", NAME("self_attn.o_proj.bias"), E, "[hidden_size]",
-                     &w->o_bias));
+    CI_TRY(bind_bias(m, ab, "attention_bias = true", NAME("self_attn.o_proj.bias"), E,
+                     "[hidden_size]", &w->o_bias));
     CI_TRY(bind_vector(m, NAME("post_attention_layernorm.weight"), E, "[hidden_size]",
                        &w->post_attention_layernorm));
     CI_TRY(bind_matrix(m, NAME("mlp.gate_proj.weight"), I, E, "[intermediate_size, hidden_size]",
@@ -117,11 +115,11 @@ static cinfer_status bind_layer(cinfer_model *m, int l) {
                        &w->up_proj));
     CI_TRY(bind_matrix(m, NAME("mlp.down_proj.weight"), E, I, "[hidden_size, intermediate_size]",
                        &w->down_proj));
-    CI_TRY(bind_bias(m, mb, "mlp_bias", NAME("mlp.gate_proj.bias"), I, "[intermediate_size]",
+    CI_TRY(bind_bias(m, mb, "mlp_bias = true", NAME("mlp.gate_proj.bias"), I, "[intermediate_size]",
                      &w->gate_bias));
-    CI_TRY(bind_bias(m, mb, "mlp_bias", NAME("mlp.up_proj.bias"), I, "[intermediate_size]",
+    CI_TRY(bind_bias(m, mb, "mlp_bias = true", NAME("mlp.up_proj.bias"), I, "[intermediate_size]",
                      &w->up_bias));
-    CI_TRY(bind_bias(m, mb, "mlp_bias", NAME("mlp.down_proj.bias"), E, "[hidden_size]",
+    CI_TRY(bind_bias(m, mb, "mlp_bias = true", NAME("mlp.down_proj.bias"), E, "[hidden_size]",
                      &w->down_bias));
 #undef NAME
     if (m->arch->bind_layer_extras) CI_TRY(m->arch->bind_layer_extras(m, l));
@@ -136,16 +134,14 @@ cinfer_status ci_bind_model_weights(cinfer_model *m) {
     CI_TRY(bind_matrix(m, "model.embed_tokens.weight", V, E, "[vocab_size, hidden_size]",
                        &m->embed_tokens));
     CI_TRY(bind_vector(m, "model.norm.weight", E, "[hidden_size]", &m->norm));
-    const ci_checkpoint *ck = m->checkpoint;
+    const int64_t lm_head_shape[2] = {V, E};
     if (c->tie_word_embeddings)
         m->lm_head = m->embed_tokens;
-    else if (!checkpoint_find(ck, "lm_head.weight"))
-        return CI_FAIL(CINFER_ERR_WEIGHTS,
-                       "%s: tensor 'lm_head.weight' is missing from %s, and %s has "
-                       "tie_word_embeddings = false (true would reuse model.embed_tokens.weight)",
-                       ck->dir, ck->weights_description, ci_base_name(ck->config_path));
     else
-        CI_TRY(bind_matrix(m, "lm_head.weight", V, E, "[vocab_size, hidden_size]", &m->lm_head));
+        CI_TRY(ci_bind_weight(m, "lm_head.weight", 2, lm_head_shape, "[vocab_size, hidden_size]",
+                              "tie_word_embeddings = false (true would reuse "
+                              "model.embed_tokens.weight)",
+                              &m->lm_head));
     m->layers = calloc((size_t)c->n_layers, sizeof *m->layers);
     CI_CHECK_ALLOC(m->layers, (size_t)c->n_layers * sizeof *m->layers);
     for (int l = 0; l < c->n_layers; l++) CI_TRY(bind_layer(m, l));
