@@ -164,6 +164,14 @@ cinfer_status cinfer_generate(cinfer_session *session, const int32_t *prompt, in
                               const cinfer_generate_params *params, cinfer_token_callback on_token,
                               void *user, float *prompt_logits, cinfer_generate_stats *stats);
 
+/* ---- chat ---------------------------------------------------------------------------------- */
+
+/* One turn of a conversation: role "system", "user" or "assistant", and its text (UTF-8). */
+typedef struct cinfer_chat_message {
+    const char *role;
+    const char *content;
+} cinfer_chat_message;
+
 #ifdef __cplusplus
 }
 #endif
