@@ -15,6 +15,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "../bench/bench.h"
 #include "../models/model.h"
 #include "cinfer.h"
 #include "device.h"
@@ -28,6 +29,7 @@ static const char *usage_text =
     "commands:\n"
     "  inspect --model DIR      architecture, parameters, dtypes, tensors, memory needed\n"
     "  run --model DIR --tokens \"1 15 7\"   generate token ids from a prompt of token ids\n"
+    "  bench --model DIR [-p 512] [-n 128]   prefill and decode throughput (bench --help)\n"
     "\n"
     "run options:\n"
     "  --max-new-tokens N   tokens to generate (default 32; 0 only runs the prompt)\n"
@@ -394,5 +396,6 @@ int main(int argc, char **argv) {
     }
     if (strcmp(argv[1], "inspect") == 0) return cmd_inspect(argc - 2, argv + 2);
     if (strcmp(argv[1], "run") == 0) return cmd_run(argc - 2, argv + 2);
+    if (strcmp(argv[1], "bench") == 0) return cinfer_bench_main(argc - 2, argv + 2);
     return usage_error("unknown command '%s'", argv[1]);
 }

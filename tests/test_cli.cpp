@@ -29,7 +29,7 @@ constexpr int kExitUsage = 2;
 constexpr int kTimedOut = 124;
 
 struct CliResult {
-    int exit_code;  // the binary's, or 128 + signal when it died of one
+    int exit_code; // the binary's, or 128 + signal when it died of one
     std::string out, err;
 };
 
@@ -356,10 +356,10 @@ std::string prompt_of(int n) {
 TEST(Cli, RejectsPromptLongerThanMaxPositionEmbeddings) {
     ApiModel api;
     const int max_pos = cinfer_model_get_info(api.model)->max_position_embeddings;
-    EXPECT_TRUE(run_fails(
-        {"--model", kModel, "--tokens", prompt_of(max_pos + 1)}, kExitError,
-        {std::to_string(max_pos + 1) + " tokens",
-         "max_position_embeddings = " + std::to_string(max_pos), "config.json", "--ctx-size"}));
+    EXPECT_TRUE(run_fails({"--model", kModel, "--tokens", prompt_of(max_pos + 1)}, kExitError,
+                          {std::to_string(max_pos + 1) + " tokens",
+                           "max_position_embeddings = " + std::to_string(max_pos), "config.json",
+                           "--ctx-size"}));
 }
 
 TEST(Cli, RejectsPromptLongerThanCtxSize) {
@@ -442,4 +442,97 @@ TEST(Cli, DumpLogitsOntoAFolderFailsWithoutLeavingFiles) {
     EXPECT_TRUE(files_in(target).empty());
 }
 
-}  // namespace
+} // namespace
+
+// ---- cinfer bench ----------------------------------------------------------------------------
+
+namespace {
+
+// The rows `bench` prints for -p 16 -n 4 -d 0,8: every pp, then every tg, per depth.
+const std::vector<std::string> kBenchTests = {"pp16", "tg4", "pp16 @ d8", "tg4 @ d8"};
+
+std::vector<std::string> bench_args(const std::string &format) {
+    return {"bench", "--model",  fixture_dir("llama_gqa_llama3"),
+            "-p",    "16",       "-n",
+            "4",     "-d",       "0,8",
+            "-r",    "2",        "-t",
+            "1",     "--output", format};
+}
+
+TEST(CliBench, JsonHoldsTheAskedForRowsWithConsistentFigures) {
+    const CliResult r = run_cli(bench_args("json"));
+    ASSERT_TRUE(exits_with(r, 0));
+    cJSON *rows = cJSON_Parse(r.out.c_str());
+    ASSERT_NE(rows, nullptr) << "stdout is not JSON:\n" << r.out;
+    ASSERT_EQ(cJSON_GetArraySize(rows), (int)kBenchTests.size());
+    for (int i = 0; i < cJSON_GetArraySize(rows); i++) {
+        const cJSON *row = cJSON_GetArrayItem(rows, i);
+        SCOPED_TRACE(kBenchTests[i]);
+        EXPECT_STREQ(cJSON_GetObjectItem(row, "test")->valuestring, kBenchTests[i].c_str());
+        EXPECT_STREQ(cJSON_GetObjectItem(row, "backend")->valuestring, "cpu");
+        EXPECT_STREQ(cJSON_GetObjectItem(row, "arch")->valuestring, "LlamaForCausalLM");
+        EXPECT_EQ(cJSON_GetObjectItem(row, "n_threads")->valueint, 1);
+        EXPECT_EQ(cJSON_GetObjectItem(row, "n_depth")->valueint, i < 2 ? 0 : 8);
+        const int tokens = i % 2 == 0 ? 16 : 4;
+        const cJSON *seconds = cJSON_GetObjectItem(row, "seconds");
+        ASSERT_EQ(cJSON_GetArraySize(seconds), 2);
+        double mean = 0;
+        for (int k = 0; k < 2; k++) {
+            const double s = cJSON_GetArrayItem(seconds, k)->valuedouble;
+            EXPECT_GT(s, 0.0);
+            mean += tokens / s / 2;
+        }
+        EXPECT_NEAR(cJSON_GetObjectItem(row, "mean_tps")->valuedouble, mean, 1e-3 * mean);
+        EXPECT_GE(cJSON_GetObjectItem(row, "std_tps")->valuedouble, 0.0);
+    }
+    cJSON_Delete(rows);
+}
+
+TEST(CliBench, CsvAndMarkdownHoldTheSameRows) {
+    const CliResult csv = run_cli(bench_args("csv"));
+    ASSERT_TRUE(exits_with(csv, 0));
+    std::vector<std::string> lines;
+    std::istringstream in(csv.out);
+    for (std::string line; std::getline(in, line);) lines.push_back(line);
+    ASSERT_EQ(lines.size(), kBenchTests.size() + 1);
+    EXPECT_EQ(lines[0].rfind("model,arch,weight_bytes,n_params,backend,dtype,", 0), 0u);
+    for (size_t i = 0; i < kBenchTests.size(); i++)
+        EXPECT_NE(lines[i + 1].find(",cpu,f32,1,1," + kBenchTests[i] + ","), std::string::npos)
+            << lines[i + 1];
+
+    const CliResult md = run_cli(bench_args("md"));
+    ASSERT_TRUE(exits_with(md, 0));
+    std::istringstream table(md.out);
+    std::vector<std::string> rows;
+    for (std::string line; std::getline(table, line);) rows.push_back(line);
+    ASSERT_EQ(rows.size(), kBenchTests.size() + 2) << md.out;
+    for (size_t i = 0; i < kBenchTests.size(); i++) {
+        EXPECT_NE(rows[i + 2].find("| " + kBenchTests[i] + " |"), std::string::npos) << rows[i + 2];
+        EXPECT_NE(rows[i + 2].find(" ± "), std::string::npos);
+    }
+}
+
+TEST(CliBench, RejectsBadOptionsAndBadModels) {
+    const std::string model = fixture_dir("llama_mha");
+    for (const std::vector<std::string> &args : std::vector<std::vector<std::string>>{
+             {"bench", "--model", model, "--output", "xml"},
+             {"bench", "--model", model, "-p", "16,abc"},
+             {"bench", "--model", model, "-p", "0", "-n", "0"},
+             {"bench", "--model", model, "-b", "8"},
+             {"bench", "--model", model, "-r", "0"},
+             {"bench", "--model", model, "--backend", "tpu"},
+             {"bench", "-p", "16"},
+             {"bench", "--model", model, "-n"},
+         }) {
+        const CliResult r = run_cli(args);
+        EXPECT_TRUE(exits_with(r, kExitUsage)) << args.back();
+        EXPECT_EQ(r.out, "");
+    }
+    TempDir empty;
+    const CliResult r = run_cli({"bench", "--model", empty.path.string(), "-p", "4", "-n", "0"});
+    EXPECT_TRUE(exits_with(r, kExitError));
+    EXPECT_TRUE(contains_all(r.err, {"config.json"}));
+    EXPECT_EQ(r.out, "");
+}
+
+} // namespace

@@ -1,0 +1,439 @@
+/* `cinfer bench`: throughput tests named as llama-bench names them.
+ *
+ *   pp<N>  prefill: one N-token prompt in one forward call, logits of its last token only;
+ *          throughput N / seconds.
+ *   tg<N>  decode: N forward calls of one token each, every one returning logits;
+ *          throughput N / seconds.
+ *   "@ d<D>": the test runs after D tokens already sit in the KV cache (filled, not timed).
+ *
+ * Token ids are drawn at random from the vocabulary before the timed region; decode feeds those
+ * ids instead of sampling, so tokenization and sampling are outside every figure. Each test runs
+ * once to warm up (caches, page faults of the mapped weights, lazily started threads), then
+ * `repetitions` times on a freshly reset session; rows show mean ± standard deviation. */
+#include <errno.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <cjson/cJSON.h>
+
+#include "../engine/cinfer.h"
+#include "bench.h"
+
+enum { EXIT_ERROR = 1, EXIT_USAGE = 2, MAX_LIST = 16 };
+
+static const char *bench_usage_text =
+    "usage: cinfer bench --model DIR [options]\n"
+    "\n"
+    "  -p, --n-prompt N,N,...   prefill tests pp<N> (default 512)\n"
+    "  -n, --n-gen N,N,...      decode tests tg<N> (default 128)\n"
+    "  -d, --n-depth N,N,...    KV cache depth before each test (default 0)\n"
+    "  -b, --batch-size N,...   sequences decoded together (default 1; only 1 so far)\n"
+    "  -t, --threads N,N,...    CPU threads (default: OpenMP's)\n"
+    "  -r, --repetitions N      timed runs per test after one warm-up (default 5)\n"
+    "  --backend cpu            backend(s) to measure, comma-separated (default cpu)\n"
+    "  --output md|csv|json     table format on stdout (default md)\n"
+    "  --seed S                 seed of the random prompt tokens (default 1)\n"
+    "  Use 0 in -p or -n to skip that kind of test.\n";
+
+typedef struct int_list {
+    int n;
+    int values[MAX_LIST];
+} int_list;
+
+typedef enum output_format { OUTPUT_MD, OUTPUT_CSV, OUTPUT_JSON } output_format;
+
+typedef struct bench_options {
+    const char *model_dir;
+    int_list n_prompt, n_gen, n_depth, batch, threads;
+    int repetitions;
+    cinfer_backend backends[2];
+    int n_backends;
+    output_format output;
+    uint64_t seed;
+} bench_options;
+
+/* One row of the table: a test on one configuration, with every timed repetition. */
+typedef struct bench_row {
+    const char *backend;
+    int n_threads; /* 0: OpenMP's default */
+    int n_prompt, n_gen, n_depth, batch;
+    int repetitions;
+    double *seconds; /* [repetitions] */
+    double mean_tps, std_tps;
+} bench_row;
+
+static int bench_usage(const char *fmt, const char *arg) {
+    fprintf(stderr, "cinfer bench: ");
+    fprintf(stderr, fmt, arg);
+    fprintf(stderr, "\n\n%s", bench_usage_text);
+    return EXIT_USAGE;
+}
+
+/* "512,4096" -> {512, 4096}; every value in [minimum, maximum]. */
+static int parse_int_list(const char *text, int minimum, int maximum, int_list *out) {
+    out->n = 0;
+    const char *p = text;
+    while (1) {
+        char *end;
+        errno = 0;
+        long v = strtol(p, &end, 10);
+        if (errno || end == p || v < minimum || v > maximum || out->n == MAX_LIST) return -1;
+        out->values[out->n++] = (int)v;
+        if (*end == '\0') return 0;
+        if (*end != ',') return -1;
+        p = end + 1;
+    }
+}
+
+static int parse_bench_options(int argc, char **argv, bench_options *o) {
+    *o = (bench_options){.n_prompt = {1, {512}},
+                         .n_gen = {1, {128}},
+                         .n_depth = {1, {0}},
+                         .batch = {1, {1}},
+                         .threads = {1, {0}},
+                         .repetitions = 5,
+                         .backends = {CINFER_BACKEND_CPU},
+                         .n_backends = 1,
+                         .output = OUTPUT_MD,
+                         .seed = 1};
+    for (int i = 0; i < argc; i++) {
+        const char *flag = argv[i];
+        if (strcmp(flag, "--help") == 0 || strcmp(flag, "-h") == 0) {
+            fputs(bench_usage_text, stdout);
+            return -1;
+        }
+        if (i + 1 >= argc) return bench_usage("option '%s' needs a value", flag);
+        const char *value = argv[++i];
+#define IS(short_flag, long_flag) (strcmp(flag, short_flag) == 0 || strcmp(flag, long_flag) == 0)
+        if (IS("-m", "--model")) {
+            o->model_dir = value;
+        } else if (IS("-p", "--n-prompt")) {
+            if (parse_int_list(value, 0, 1 << 20, &o->n_prompt))
+                return bench_usage("-p needs integers >= 0 separated by commas, got '%s'", value);
+        } else if (IS("-n", "--n-gen")) {
+            if (parse_int_list(value, 0, 1 << 20, &o->n_gen))
+                return bench_usage("-n needs integers >= 0 separated by commas, got '%s'", value);
+        } else if (IS("-d", "--n-depth")) {
+            if (parse_int_list(value, 0, 1 << 22, &o->n_depth))
+                return bench_usage("-d needs integers >= 0 separated by commas, got '%s'", value);
+        } else if (IS("-b", "--batch-size")) {
+            if (parse_int_list(value, 1, 4096, &o->batch))
+                return bench_usage("-b needs integers >= 1 separated by commas, got '%s'", value);
+            for (int b = 0; b < o->batch.n; b++)
+                if (o->batch.values[b] != 1)
+                    return bench_usage("-b %s: sessions decode one sequence; batched decoding "
+                                       "is not implemented yet (use -b 1)",
+                                       value);
+        } else if (IS("-t", "--threads")) {
+            if (parse_int_list(value, 1, 4096, &o->threads))
+                return bench_usage("-t needs integers in [1, 4096] separated by commas, got '%s'",
+                                   value);
+        } else if (IS("-r", "--repetitions")) {
+            int_list r;
+            if (parse_int_list(value, 1, 1000, &r) || r.n != 1)
+                return bench_usage("-r needs one integer in [1, 1000], got '%s'", value);
+            o->repetitions = r.values[0];
+        } else if (strcmp(flag, "--seed") == 0) {
+            int_list s;
+            if (parse_int_list(value, 0, 2147483647, &s) || s.n != 1)
+                return bench_usage("--seed needs one non-negative integer, got '%s'", value);
+            o->seed = (uint64_t)s.values[0];
+        } else if (strcmp(flag, "--output") == 0 || strcmp(flag, "-o") == 0) {
+            if (strcmp(value, "md") == 0)
+                o->output = OUTPUT_MD;
+            else if (strcmp(value, "csv") == 0)
+                o->output = OUTPUT_CSV;
+            else if (strcmp(value, "json") == 0)
+                o->output = OUTPUT_JSON;
+            else
+                return bench_usage("--output needs md, csv or json, got '%s'", value);
+        } else if (strcmp(flag, "--backend") == 0) {
+            if (strcmp(value, "cpu") != 0)
+                return bench_usage("--backend '%s' is not available in this build (cpu only)",
+                                   value);
+            o->backends[0] = CINFER_BACKEND_CPU;
+            o->n_backends = 1;
+        } else {
+            return bench_usage("unknown option '%s'", flag);
+        }
+#undef IS
+    }
+    if (!o->model_dir) return bench_usage("%s", "--model DIR is required");
+    return 0;
+}
+
+static double now_seconds(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+/* splitmix64: the prompt tokens only need to be reproducible, not good random numbers */
+static uint64_t next_random(uint64_t *state) {
+    uint64_t z = (*state += 0x9e3779b97f4a7c15ull);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+}
+
+/* One run of a test on a reset session: fills `depth` tokens untimed, then times the test. */
+static cinfer_status run_once(cinfer_session *session, const int32_t *tokens, int depth,
+                              int n_prompt, int n_gen, float *logits, double *seconds) {
+    cinfer_session_reset(session);
+    if (depth > 0) {
+        cinfer_status status =
+            cinfer_session_forward(session, tokens, depth, CINFER_LOGITS_NONE, NULL);
+        if (status != CINFER_OK) return status;
+    }
+    const int32_t *test_tokens = tokens + depth;
+    double start = now_seconds();
+    if (n_prompt > 0) {
+        cinfer_status status =
+            cinfer_session_forward(session, test_tokens, n_prompt, CINFER_LOGITS_LAST, logits);
+        if (status != CINFER_OK) return status;
+    }
+    for (int i = 0; i < n_gen; i++) {
+        cinfer_status status =
+            cinfer_session_forward(session, test_tokens + i, 1, CINFER_LOGITS_LAST, logits);
+        if (status != CINFER_OK) return status;
+    }
+    *seconds = now_seconds() - start;
+    return CINFER_OK;
+}
+
+static void summarize(bench_row *row) {
+    const int tokens = row->n_prompt > 0 ? row->n_prompt : row->n_gen;
+    double sum = 0, sum_sq = 0;
+    for (int r = 0; r < row->repetitions; r++) {
+        double tps = tokens / row->seconds[r];
+        sum += tps;
+        sum_sq += tps * tps;
+    }
+    row->mean_tps = sum / row->repetitions;
+    double variance = row->repetitions > 1
+                          ? (sum_sq - sum * sum / row->repetitions) / (row->repetitions - 1)
+                          : 0.0;
+    row->std_tps = variance > 0 ? sqrt(variance) : 0.0;
+}
+
+static const char *backend_name(cinfer_backend backend) {
+    return backend == CINFER_BACKEND_CUDA ? "cuda" : "cpu";
+}
+
+static void test_name(const bench_row *row, char *buf, size_t size) {
+    int n = row->n_prompt > 0 ? snprintf(buf, size, "pp%d", row->n_prompt)
+                              : snprintf(buf, size, "tg%d", row->n_gen);
+    if (row->n_depth > 0 && n > 0 && (size_t)n < size)
+        snprintf(buf + n, size - (size_t)n, " @ d%d", row->n_depth);
+}
+
+/* The path as given, minus trailing slashes: what the user called the model. */
+static void model_label(const char *dir, char *buf, size_t size) {
+    snprintf(buf, size, "%s", dir);
+    size_t n = strlen(buf);
+    while (n > 1 && buf[n - 1] == '/') buf[--n] = '\0';
+}
+
+static void human_bytes(double bytes, char *buf, size_t size) {
+    const char *units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
+    int u = 0;
+    while (bytes >= 1024.0 && u < 4) bytes /= 1024.0, u++;
+    snprintf(buf, size, "%.2f %s", bytes, units[u]);
+}
+
+static void human_count(double count, char *buf, size_t size) {
+    const char *units[] = {"", "K", "M", "B", "T"};
+    int u = 0;
+    while (count >= 1000.0 && u < 4) count /= 1000.0, u++;
+    snprintf(buf, size, "%.2f%s%s", count, *units[u] ? " " : "", units[u]);
+}
+
+/* RFC 4180: quoted, with quotes doubled. */
+static void print_csv_field(const char *text) {
+    putchar('"');
+    for (const char *c = text; *c; c++) {
+        if (*c == '"') putchar('"');
+        putchar(*c);
+    }
+    putchar('"');
+}
+
+static void print_rows(const bench_options *o, const cinfer_model_info *info, const char *dtype,
+                       const bench_row *rows, int n_rows) {
+    char model[512], test[64];
+    model_label(o->model_dir, model, sizeof model);
+    char size[32], params[32];
+    human_bytes((double)info->weight_bytes, size, sizeof size);
+    human_count((double)info->n_params, params, sizeof params);
+    if (o->output == OUTPUT_MD) {
+        printf("| model | arch | size | params | backend | dtype | threads | batch | test | t/s "
+               "|\n");
+        printf("| --- | --- | ---: | ---: | --- | --- | ---: | ---: | ---: | ---: |\n");
+        for (int i = 0; i < n_rows; i++) {
+            const bench_row *r = &rows[i];
+            test_name(r, test, sizeof test);
+            char threads[16];
+            if (r->n_threads > 0)
+                snprintf(threads, sizeof threads, "%d", r->n_threads);
+            else
+                snprintf(threads, sizeof threads, "default");
+            printf("| %s | %s | %s | %s | %s | %s | %s | %d | %s | %.2f ± %.2f |\n", model,
+                   info->architecture, size, params, r->backend, dtype, threads, r->batch, test,
+                   r->mean_tps, r->std_tps);
+        }
+    } else if (o->output == OUTPUT_CSV) {
+        printf("model,arch,weight_bytes,n_params,backend,dtype,n_threads,batch,test,n_prompt,"
+               "n_gen,n_depth,repetitions,mean_tps,std_tps,seconds\n");
+        for (int i = 0; i < n_rows; i++) {
+            const bench_row *r = &rows[i];
+            test_name(r, test, sizeof test);
+            print_csv_field(model);
+            printf(",%s,%lld,%lld,%s,%s,%d,%d,%s,%d,%d,%d,%d,%.6g,%.6g,\"", info->architecture,
+                   (long long)info->weight_bytes, (long long)info->n_params, r->backend, dtype,
+                   r->n_threads, r->batch, test, r->n_prompt, r->n_gen, r->n_depth, r->repetitions,
+                   r->mean_tps, r->std_tps);
+            for (int k = 0; k < r->repetitions; k++) printf("%s%.6g", k ? ";" : "", r->seconds[k]);
+            printf("\"\n");
+        }
+    } else {
+        cJSON *array = cJSON_CreateArray();
+        for (int i = 0; array && i < n_rows; i++) {
+            const bench_row *r = &rows[i];
+            test_name(r, test, sizeof test);
+            cJSON *item = cJSON_CreateObject();
+            cJSON_AddItemToArray(array, item);
+            cJSON_AddStringToObject(item, "model", model);
+            cJSON_AddStringToObject(item, "arch", info->architecture);
+            cJSON_AddNumberToObject(item, "weight_bytes", (double)info->weight_bytes);
+            cJSON_AddNumberToObject(item, "n_params", (double)info->n_params);
+            cJSON_AddStringToObject(item, "backend", r->backend);
+            cJSON_AddStringToObject(item, "dtype", dtype);
+            cJSON_AddNumberToObject(item, "n_threads", r->n_threads);
+            cJSON_AddNumberToObject(item, "batch", r->batch);
+            cJSON_AddStringToObject(item, "test", test);
+            cJSON_AddNumberToObject(item, "n_prompt", r->n_prompt);
+            cJSON_AddNumberToObject(item, "n_gen", r->n_gen);
+            cJSON_AddNumberToObject(item, "n_depth", r->n_depth);
+            cJSON_AddNumberToObject(item, "repetitions", r->repetitions);
+            cJSON_AddNumberToObject(item, "mean_tps", r->mean_tps);
+            cJSON_AddNumberToObject(item, "std_tps", r->std_tps);
+            cJSON_AddItemToObject(item, "seconds",
+                                  cJSON_CreateDoubleArray(r->seconds, r->repetitions));
+        }
+        char *json = array ? cJSON_Print(array) : NULL;
+        if (json)
+            printf("%s\n", json);
+        else
+            fprintf(stderr, "cinfer bench: error: out of memory printing JSON\n");
+        cJSON_free(json);
+        cJSON_Delete(array);
+    }
+    fflush(stdout);
+}
+
+/* The tests the options ask for, in llama-bench's order: every pp, then every tg, per depth. */
+static int plan_tests(const bench_options *o, int tests[][2]) {
+    int n = 0;
+    for (int i = 0; i < o->n_prompt.n; i++)
+        if (o->n_prompt.values[i] > 0) tests[n][0] = o->n_prompt.values[i], tests[n++][1] = 0;
+    for (int i = 0; i < o->n_gen.n; i++)
+        if (o->n_gen.values[i] > 0) tests[n][0] = 0, tests[n++][1] = o->n_gen.values[i];
+    return n;
+}
+
+int cinfer_bench_main(int argc, char **argv) {
+    bench_options o;
+    int usage = parse_bench_options(argc, argv, &o);
+    if (usage) return usage < 0 ? 0 : usage; /* -1: help was asked for and printed */
+
+    int tests[2 * MAX_LIST][2];
+    const int n_tests = plan_tests(&o, tests);
+    if (n_tests == 0) return bench_usage("%s", "nothing to measure: -p and -n are both 0");
+    const int n_rows_max = n_tests * o.n_depth.n * o.threads.n * o.n_backends;
+    bench_row *rows = calloc((size_t)n_rows_max, sizeof *rows);
+    double *seconds = calloc((size_t)n_rows_max * (size_t)o.repetitions, sizeof *seconds);
+    int n_rows = 0, status = EXIT_ERROR;
+    cinfer_model *model = NULL;
+    cinfer_session *session = NULL;
+    int32_t *tokens = NULL;
+    float *logits = NULL;
+    const cinfer_model_info *info = NULL;
+    if (!rows || !seconds) {
+        fprintf(stderr, "cinfer bench: error: out of memory\n");
+        goto done;
+    }
+
+    for (int b = 0; b < o.n_backends; b++) {
+        for (int t = 0; t < o.threads.n; t++) {
+            cinfer_load_options load = {.backend = o.backends[b], .n_threads = o.threads.values[t]};
+            cinfer_session_free(session);
+            cinfer_model_free(model);
+            session = NULL;
+            if (cinfer_model_load(o.model_dir, &load, &model) != CINFER_OK) goto fail;
+            info = cinfer_model_get_info(model);
+
+            /* one session sized for the longest test at the deepest depth */
+            int n_ctx = 1;
+            for (int d = 0; d < o.n_depth.n; d++)
+                for (int k = 0; k < n_tests; k++) {
+                    int need = o.n_depth.values[d] + tests[k][0] + tests[k][1];
+                    if (need > n_ctx) n_ctx = need;
+                }
+            if (cinfer_session_create(model, n_ctx, &session) != CINFER_OK) goto fail;
+            free(tokens);
+            free(logits);
+            tokens = malloc((size_t)n_ctx * sizeof *tokens);
+            logits = malloc((size_t)info->vocab_size * sizeof *logits);
+            if (!tokens || !logits) {
+                fprintf(stderr, "cinfer bench: error: out of memory for %d tokens\n", n_ctx);
+                goto done;
+            }
+            uint64_t state = o.seed;
+            for (int i = 0; i < n_ctx; i++)
+                tokens[i] = (int32_t)(next_random(&state) % (uint64_t)info->vocab_size);
+
+            for (int d = 0; d < o.n_depth.n; d++) {
+                for (int k = 0; k < n_tests; k++) {
+                    bench_row *row = &rows[n_rows];
+                    *row = (bench_row){backend_name(o.backends[b]),
+                                       o.threads.values[t],
+                                       tests[k][0],
+                                       tests[k][1],
+                                       o.n_depth.values[d],
+                                       1,
+                                       o.repetitions,
+                                       seconds + (size_t)n_rows * (size_t)o.repetitions,
+                                       0,
+                                       0};
+                    double warm_up;
+                    if (run_once(session, tokens, row->n_depth, row->n_prompt, row->n_gen, logits,
+                                 &warm_up) != CINFER_OK)
+                        goto fail;
+                    for (int r = 0; r < o.repetitions; r++)
+                        if (run_once(session, tokens, row->n_depth, row->n_prompt, row->n_gen,
+                                     logits, &row->seconds[r]) != CINFER_OK)
+                            goto fail;
+                    summarize(row);
+                    n_rows++;
+                }
+            }
+        }
+    }
+    /* dtype is the compute type: the CPU reference computes in f32 from weights as stored. */
+    print_rows(&o, info, "f32", rows, n_rows);
+    status = 0;
+    goto done;
+fail:
+    fprintf(stderr, "cinfer bench: error: %s\n", cinfer_last_error());
+done:
+    free(tokens);
+    free(logits);
+    cinfer_session_free(session);
+    cinfer_model_free(model);
+    free(seconds);
+    free(rows);
+    return status;
+}
