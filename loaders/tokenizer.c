@@ -1531,7 +1531,7 @@ static void apply_behavior(seg_list *l, split_behavior behavior, int invert) {
                 s[--top] = s[r];
             previous_match = match;
         }
-        memmove(s, s + top, (n - top) * sizeof *s);
+        if (top < n) memmove(s, s + top, (n - top) * sizeof *s);
         w = n - top;
         break;
     }
@@ -2136,7 +2136,7 @@ static cinfer_status lossy_utf8(buf *pending, buf *out, int at_end) {
             break;
         }
     }
-    memmove(pending->data, pending->data + i, n - i);
+    if (i < n) memmove(pending->data, pending->data + i, n - i);
     pending->len = n - i;
     return CINFER_OK;
 }
