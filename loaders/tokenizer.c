@@ -1842,7 +1842,9 @@ static cinfer_status bpe_encode(encoder *e, const char *w, size_t n) {
     size_t first = e->n_ids;
     for (int32_t i = count ? 0 : -1; i >= 0; i = e->symbols[i].next)
         CI_TRY(push_id(e, e->symbols[i].id));
-    return cache_put(e, w, n, e->ids + first, e->n_ids - first);
+    /* a word of characters no token has, with no unk_token, gives no ids (and e->ids may be NULL)
+     */
+    return cache_put(e, w, n, e->n_ids > first ? e->ids + first : NULL, e->n_ids - first);
 }
 
 /* ---- pre-tokenizers -------------------------------------------------------------------------- */
