@@ -164,6 +164,70 @@ cinfer_status cinfer_generate(cinfer_session *session, const int32_t *prompt, in
                               const cinfer_generate_params *params, cinfer_token_callback on_token,
                               void *user, float *prompt_logits, cinfer_generate_stats *stats);
 
+/* ---- tokenizer: Hugging Face tokenizer.json, encode and streaming decode --------------------- */
+
+/* Reads tokenizer.json as the `tokenizers` library does (BPE models: byte-level as in GPT-2 and
+ * Llama 3, SentencePiece-style with byte fallback as in Llama 2 and Mistral), and
+ * tokenizer_config.json, special_tokens_map.json and chat_template.jinja where present. A
+ * tokenizer is read-only once loaded: any number of threads may use it at once. */
+typedef struct cinfer_tokenizer cinfer_tokenizer;
+
+/* dir: a folder with tokenizer.json; no weights or config.json needed. Anything the file asks for
+ * that this reader does not implement fails with CINFER_ERR_UNSUPPORTED naming the JSON path. */
+cinfer_status cinfer_tokenizer_load(const char *dir, cinfer_tokenizer **out);
+void cinfer_tokenizer_free(cinfer_tokenizer *tok);
+
+/* Text (UTF-8, n_bytes long, NULs allowed) to ids, as tokenizers' encode(text,
+ * add_special_tokens) does. add_special: apply the post_processor template (e.g. a leading BOS);
+ * when tokenizer.json has no post_processor, tokenizer_config.json's add_bos_token/add_eos_token.
+ * *ids is malloc'd (also when *n_ids is 0); the caller frees it. Invalid UTF-8 is refused. */
+cinfer_status cinfer_tokenize(const cinfer_tokenizer *tok, const char *text, size_t n_bytes,
+                              int add_special, int32_t **ids, int *n_ids);
+
+/* Highest token id + 1, added tokens included. */
+int cinfer_tokenizer_vocab_size(const cinfer_tokenizer *tok);
+/* The vocabulary string of a token (e.g. "ĠHello", "▁Hello", "<0x0A>"); NULL for an id out of
+ * range or one no token has. */
+const char *cinfer_tokenizer_piece(const cinfer_tokenizer *tok, int32_t id);
+/* The id of a vocabulary string (added tokens first), -1 if absent. */
+int32_t cinfer_tokenizer_find(const cinfer_tokenizer *tok, const char *piece);
+/* 1 for added tokens marked special (skipped by decoding with skip_special), else 0. */
+int cinfer_tokenizer_is_special(const cinfer_tokenizer *tok, int32_t id);
+/* tokenizer_config.json's chat_template (the one named "default" when it is a list), else the
+ * contents of chat_template.jinja; NULL if neither exists. */
+const char *cinfer_tokenizer_chat_template(const cinfer_tokenizer *tok);
+/* bos_token / eos_token from tokenizer_config.json (or special_tokens_map.json); NULL if none. */
+const char *cinfer_tokenizer_bos_token(const cinfer_tokenizer *tok);
+const char *cinfer_tokenizer_eos_token(const cinfer_tokenizer *tok);
+/* Their ids; -1 if there is no such token or it is not in the vocabulary. */
+int32_t cinfer_tokenizer_bos_id(const cinfer_tokenizer *tok);
+int32_t cinfer_tokenizer_eos_id(const cinfer_tokenizer *tok);
+
+/* Streaming decode: feed ids one at a time and get back the text that became complete. The
+ * concatenation of all pieces and of what finish returns equals tokenizers' decode(ids,
+ * skip_special_tokens) of the whole list: bytes of a character split across tokens wait for the
+ * rest, decoders that act on the start of the text act only at the start of the stream. */
+typedef struct cinfer_detokenizer cinfer_detokenizer;
+
+/* skip_special: drop special tokens, as decode(..., skip_special_tokens=True). */
+cinfer_status cinfer_detokenizer_create(const cinfer_tokenizer *tok, int skip_special,
+                                        cinfer_detokenizer **out);
+/* *text (n_bytes long, also NUL-terminated, valid UTF-8) stays valid until the next call on d.
+ * An id outside [0, vocab_size) is CINFER_ERR_ARGUMENT; an id in range that no token has is
+ * skipped, as tokenizers does. */
+cinfer_status cinfer_detokenize(cinfer_detokenizer *d, int32_t id, const char **text,
+                                size_t *n_bytes);
+/* What is still held back; bytes that never became valid UTF-8 come out as U+FFFD, as tokenizers'
+ * lossy decode writes them. d can then take the ids of a new text. */
+void cinfer_detokenizer_finish(cinfer_detokenizer *d, const char **text, size_t *n_bytes);
+void cinfer_detokenizer_free(cinfer_detokenizer *d);
+
+/* The whole list at once; *text is malloc'd and NUL-terminated; the caller frees it. A token that
+ * stands for the byte 0 puts a NUL inside the text: where that matters, stream with the
+ * detokenizer, which gives lengths. */
+cinfer_status cinfer_decode(const cinfer_tokenizer *tok, const int32_t *ids, int n_ids,
+                            int skip_special, char **text);
+
 /* ---- chat ---------------------------------------------------------------------------------- */
 
 /* One turn of a conversation: role "system", "user" or "assistant", and its text (UTF-8). */

@@ -1,0 +1,20 @@
+/* Internal entry points of the tokenizer (loaders/tokenizer.c) for the CLI, tests and fuzzers. */
+#ifndef CINFER_TOKENIZER_H
+#define CINFER_TOKENIZER_H
+
+#include <stddef.h>
+
+#include "../engine/cinfer.h"
+
+/* Parses the text of a tokenizer.json (name is the file name used in messages). No
+ * tokenizer_config.json is read: bos/eos strings and the chat template stay NULL. */
+cinfer_status tokenizer_parse(const char *name, const char *text, size_t length,
+                              cinfer_tokenizer **out);
+
+/* The bytes one token stands for on its own, before they are joined into UTF-8 text: "<0xE2>"
+ * gives the byte E2, "ĠHello" gives " Hello", "▁Hello" gives " Hello". For display (cinfer
+ * tokenize); *bytes is malloc'd. */
+cinfer_status tokenizer_token_bytes(const cinfer_tokenizer *tok, int32_t id, char **bytes,
+                                    size_t *n_bytes);
+
+#endif
