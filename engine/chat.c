@@ -271,3 +271,12 @@ cinfer_status ci_chat_render(const char *chat_template, const char *bos_token,
     *text = out.data;
     return CINFER_OK;
 }
+
+cinfer_status cinfer_chat_apply(const cinfer_tokenizer *tok, const cinfer_chat_message *messages,
+                                int n_messages, int add_generation_prompt, char **text) {
+    *text = NULL;
+    if (!tok) return CI_FAIL(CINFER_ERR_ARGUMENT, "chat: no tokenizer given");
+    return ci_chat_render(cinfer_tokenizer_chat_template(tok), cinfer_tokenizer_bos_token(tok),
+                          cinfer_tokenizer_eos_token(tok), messages, n_messages,
+                          add_generation_prompt, text);
+}

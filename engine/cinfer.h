@@ -236,6 +236,15 @@ typedef struct cinfer_chat_message {
     const char *content;
 } cinfer_chat_message;
 
+/* Formats a conversation with the tokenizer's chat template, as transformers'
+ * apply_chat_template(messages, tokenize=False, add_generation_prompt) renders it; encode the
+ * result with add_special = 0 (the template writes its own BOS). cinfer recognizes the template
+ * families of Llama-family chat checkpoints (llama3 incl. 3.1/3.2, llama2, mistral, chatml,
+ * zephyr) instead of running Jinja: any other template fails with CINFER_ERR_UNSUPPORTED, and a
+ * conversation the template itself would refuse with CINFER_ERR_ARGUMENT. *text is malloc'd. */
+cinfer_status cinfer_chat_apply(const cinfer_tokenizer *tok, const cinfer_chat_message *messages,
+                                int n_messages, int add_generation_prompt, char **text);
+
 #ifdef __cplusplus
 }
 #endif

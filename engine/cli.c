@@ -15,12 +15,18 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
+
+#include <cjson/cJSON.h>
 
 #include "../bench/bench.h"
+#include "../loaders/json.h"
+#include "../loaders/read_file.h"
 #include "../loaders/tokenizer.h"
 #include "../models/model.h"
 #include "cinfer.h"
 #include "device.h"
+#include "error.h"
 #include "npy.h"
 
 enum { EXIT_ERROR = 1, EXIT_USAGE = 2 };
@@ -30,11 +36,14 @@ static const char *usage_text =
     "\n"
     "commands:\n"
     "  inspect --model DIR      architecture, parameters, dtypes, tensors, memory needed\n"
+    "  run --model DIR --prompt TEXT      continue a text, streaming the new text\n"
+    "  run --model DIR --chat TEXT        answer as the chat template of the checkpoint says\n"
     "  run --model DIR --tokens \"1 15 7\"   generate token ids from a prompt of token ids\n"
     "  bench --model DIR [-p 512] [-n 128]   prefill and decode throughput (bench --help)\n"
     "  tokenize --model DIR [--text TEXT]  text (or stdin) to token ids with tokenizer.json\n"
     "\n"
     "run options:\n"
+    "  --system TEXT        with --chat: a system turn before the user's\n"
     "  --max-new-tokens N   tokens to generate (default 32; 0 only runs the prompt)\n"
     "  --temperature T      0 = greedy (default); > 0 samples\n"
     "  --top-k K            keep the K most likely tokens (default 0 = off)\n"
@@ -89,6 +98,9 @@ static int parse_float(const char *text, float *out) {
 typedef struct options {
     const char *model_dir;
     const char *tokens_text;
+    const char *prompt_text; /* --prompt: plain text, encoded with the checkpoint's tokenizer */
+    const char *chat_text;   /* --chat: one user turn, formatted with its chat template */
+    const char *system_text; /* --system: a system turn before it */
     const char *dump_logits;
     int max_new_tokens;
     int ctx_size;
@@ -112,6 +124,12 @@ static int parse_options(int argc, char **argv, int allow_run_options, options *
             return usage_error("unknown option '%s'", flag);
         } else if (strcmp(flag, "--tokens") == 0) {
             o->tokens_text = value;
+        } else if (strcmp(flag, "--prompt") == 0) {
+            o->prompt_text = value;
+        } else if (strcmp(flag, "--chat") == 0) {
+            o->chat_text = value;
+        } else if (strcmp(flag, "--system") == 0) {
+            o->system_text = value;
         } else if (strcmp(flag, "--dump-logits") == 0) {
             o->dump_logits = value;
         } else if (strcmp(flag, "--max-new-tokens") == 0) {
@@ -293,10 +311,103 @@ static int cmd_inspect(int argc, char **argv) {
     return 0;
 }
 
+/* What `run` prints as tokens arrive: ids for an id prompt, else text as soon as it forms whole
+ * UTF-8 characters. Text runs also stop at the tokenizer's and generation_config.json's eos
+ * tokens, which chat checkpoints use beside config.json's (Llama 3 Instruct ends turns with
+ * <|eot_id|>). */
+enum { MAX_STOP_IDS = 16 };
+typedef struct token_printer {
+    int n_printed;
+    cinfer_detokenizer *detokenizer; /* NULL: print ids */
+    int32_t stop_ids[MAX_STOP_IDS];
+    int n_stop_ids;
+    int stopped_at_stop_id;
+    int failed; /* the detokenizer refused a token; its message is set */
+} token_printer;
+
 static int print_token(void *user, int32_t token) {
-    int *count = user;
-    printf("%s%d", (*count)++ ? " " : "", token);
+    token_printer *p = user;
+    if (!p->detokenizer) {
+        printf("%s%d", p->n_printed++ ? " " : "", token);
+        fflush(stdout);
+        return 0;
+    }
+    for (int i = 0; i < p->n_stop_ids; i++)
+        if (token == p->stop_ids[i]) return p->stopped_at_stop_id = 1;
+    const char *text;
+    size_t n_bytes;
+    if (cinfer_detokenize(p->detokenizer, token, &text, &n_bytes) != CINFER_OK)
+        return p->failed = 1;
+    fwrite(text, 1, n_bytes, stdout);
     fflush(stdout);
+    p->n_printed++;
+    return 0;
+}
+
+static void add_stop_id(token_printer *p, int32_t id) {
+    for (int i = 0; i < p->n_stop_ids; i++)
+        if (p->stop_ids[i] == id) return;
+    if (id >= 0 && p->n_stop_ids < MAX_STOP_IDS) p->stop_ids[p->n_stop_ids++] = id;
+}
+
+/* eos_token_id of generation_config.json (an id or a list) where the file exists. */
+static cinfer_status read_generation_eos(const char *model_dir, token_printer *p) {
+    char path[4096];
+    snprintf(path, sizeof path, "%s/generation_config.json", model_dir);
+    if (access(path, F_OK) != 0) return CINFER_OK;
+    char *text;
+    size_t length;
+    cJSON *root;
+    CI_TRY(ci_read_file(path, 1 << 20, &text, &length));
+    cinfer_status status = ci_json_parse(path, text, length, &root);
+    free(text);
+    if (status != CINFER_OK) return status;
+    const cJSON *eos = cJSON_GetObjectItemCaseSensitive(root, "eos_token_id");
+    int malformed = eos && !cJSON_IsNull(eos) && !cJSON_IsNumber(eos) && !cJSON_IsArray(eos);
+    if (cJSON_IsNumber(eos)) add_stop_id(p, (int32_t)eos->valuedouble);
+    const cJSON *item;
+    if (cJSON_IsArray(eos)) {
+        cJSON_ArrayForEach(item, eos) {
+            if (cJSON_IsNumber(item))
+                add_stop_id(p, (int32_t)item->valuedouble);
+            else
+                malformed = 1;
+        }
+    }
+    cJSON_Delete(root);
+    if (malformed)
+        return CI_FAIL(CINFER_ERR_CONFIG,
+                       "%s: eos_token_id must be a token id or a list of token ids", path);
+    return CINFER_OK;
+}
+
+/* --prompt and --chat: the prompt ids from text, and the printer that turns ids back into text. */
+static int encode_text_prompt(const options *o, cinfer_tokenizer **tok, token_printer *printer,
+                              int32_t **prompt, int *n_prompt) {
+    *prompt = NULL;
+    if (cinfer_tokenizer_load(o->model_dir, tok) != CINFER_OK) return fail();
+    char *chat = NULL;
+    if (o->chat_text) {
+        cinfer_chat_message turns[2] = {{"system", o->system_text}, {"user", o->chat_text}};
+        int n_turns = o->system_text ? 2 : 1;
+        if (cinfer_chat_apply(*tok, turns + (2 - n_turns), n_turns, 1, &chat) != CINFER_OK)
+            return fail();
+    }
+    const char *text = chat ? chat : o->prompt_text;
+    /* a chat template writes its own BOS; plain text gets what the tokenizer adds */
+    cinfer_status status =
+        cinfer_tokenize(*tok, text, strlen(text), chat == NULL, prompt, n_prompt);
+    free(chat);
+    if (status != CINFER_OK) return fail();
+    if (*n_prompt == 0) {
+        fprintf(stderr, "cinfer: error: the prompt is empty (no tokens)\n");
+        return EXIT_ERROR;
+    }
+    if (cinfer_detokenizer_create(*tok, 1, &printer->detokenizer) != CINFER_OK) return fail();
+    if (!o->ignore_eos) {
+        add_stop_id(printer, cinfer_tokenizer_eos_id(*tok));
+        if (read_generation_eos(o->model_dir, printer) != CINFER_OK) return fail();
+    }
     return 0;
 }
 
@@ -314,11 +425,26 @@ static int cmd_run(int argc, char **argv) {
     options o;
     int usage = parse_options(argc, argv, 1, &o);
     if (usage) return usage;
-    if (!o.tokens_text) return usage_error("%s", "run needs --tokens \"ID ID ...\"");
-    int32_t *prompt;
-    int n_prompt;
-    int bad_tokens = parse_token_list(o.tokens_text, &prompt, &n_prompt);
-    if (bad_tokens) return bad_tokens;
+    if (!!o.tokens_text + !!o.prompt_text + !!o.chat_text != 1)
+        return usage_error("%s", "run needs one of --tokens \"ID ID ...\", --prompt TEXT or "
+                                 "--chat TEXT");
+    if (o.system_text && !o.chat_text) return usage_error("%s", "--system goes with --chat");
+    int32_t *prompt = NULL;
+    int n_prompt = 0;
+    token_printer printer = {0};
+    cinfer_tokenizer *tok = NULL;
+    if (o.tokens_text) {
+        int bad_tokens = parse_token_list(o.tokens_text, &prompt, &n_prompt);
+        if (bad_tokens) return bad_tokens;
+    } else {
+        int bad_text = encode_text_prompt(&o, &tok, &printer, &prompt, &n_prompt);
+        if (bad_text) {
+            free(prompt);
+            cinfer_detokenizer_free(printer.detokenizer);
+            cinfer_tokenizer_free(tok);
+            return bad_text;
+        }
+    }
     if (!o.seed_given) o.sampling.seed = (uint64_t)time(NULL);
 
     cinfer_load_options load = {.backend = CINFER_BACKEND_CPU, .n_threads = o.n_threads};
@@ -367,10 +493,16 @@ static int cmd_run(int argc, char **argv) {
                 (unsigned long long)o.sampling.seed);
     cinfer_generate_params params = {o.max_new_tokens, o.sampling, o.ignore_eos};
     cinfer_generate_stats stats;
-    int printed = 0;
-    if (cinfer_generate(session, prompt, n_prompt, &params, print_token, &printed, prompt_logits,
-                        &stats) != CINFER_OK) {
-        if (printed) printf("\n");
+    cinfer_status generated = cinfer_generate(session, prompt, n_prompt, &params, print_token,
+                                              &printer, prompt_logits, &stats);
+    if (printer.detokenizer && generated == CINFER_OK && !printer.failed) {
+        const char *rest;
+        size_t n_rest;
+        cinfer_detokenizer_finish(printer.detokenizer, &rest, &n_rest);
+        fwrite(rest, 1, n_rest, stdout);
+    }
+    if (generated != CINFER_OK || printer.failed) {
+        if (printer.n_printed) printf("\n");
         status = fail();
         goto done;
     }
@@ -387,11 +519,14 @@ static int cmd_run(int argc, char **argv) {
     if (stats.n_generated > 1)
         fprintf(stderr, "; generated %d tokens, %.2f tokens/s after the first", stats.n_generated,
                 (stats.n_generated - 1) / stats.decode_seconds);
-    fprintf(stderr, "; stop: %s\n", stop_reason_name(stats.stop_reason));
+    fprintf(stderr, "; stop: %s\n",
+            printer.stopped_at_stop_id ? "eos token" : stop_reason_name(stats.stop_reason));
     status = 0;
 done:
     free(prompt_logits);
     free(prompt);
+    cinfer_detokenizer_free(printer.detokenizer);
+    cinfer_tokenizer_free(tok);
     cinfer_session_free(session);
     cinfer_model_free(model);
     return status;

@@ -536,3 +536,165 @@ TEST(CliBench, RejectsBadOptionsAndBadModels) {
 }
 
 } // namespace
+
+// ---- cinfer run with text: --prompt, --chat, streaming, stop tokens ---------------------------
+
+namespace {
+
+// A byte-level tokenizer whose 128 tokens are the ASCII bytes, id = byte, with no merges: it
+// fits the fixtures' 128-token vocabulary, so that a text run can be checked against an id run
+// of the same model token for token.
+std::string ascii_bytelevel_tokenizer() {
+    std::string vocab;
+    for (int byte = 0; byte < 128; byte++) {
+        // GPT-2's byte-to-character map: printable bytes stand for themselves, the rest for
+        // U+0100 + their rank among the non-printable ones (0x00-0x20, then 0x7f).
+        int code = byte >= 0x21 && byte <= 0x7e ? byte : 0x100 + (byte <= 0x20 ? byte : 0x21);
+        char piece[16];
+        if (code == '"' || code == '\\')
+            snprintf(piece, sizeof piece, "\\%c", code);
+        else if (code < 0x80)
+            snprintf(piece, sizeof piece, "%c", code);
+        else
+            snprintf(piece, sizeof piece, "\\u%04x", code);
+        vocab += std::string(byte ? ", " : "") + "\"" + piece + "\": " + std::to_string(byte);
+    }
+    return R"({"version": "1.0", "added_tokens": [], "normalizer": null,
+      "pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true,
+                        "use_regex": true},
+      "post_processor": null,
+      "decoder": {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true,
+                  "use_regex": true},
+      "model": {"type": "BPE", "dropout": null, "unk_token": null,
+                "continuing_subword_prefix": null, "end_of_word_suffix": null,
+                "fuse_unk": false, "byte_fallback": false, "ignore_merges": false,
+                "vocab": {)" +
+           vocab + R"(}, "merges": []}})";
+}
+
+// The fixture llama_mha with that tokenizer beside it (and whatever extra files a test adds).
+struct TextModel {
+    TempDir dir;
+    TextModel(const std::string &tokenizer_config = "{}") {
+        for (const char *name : {"config.json", "model.safetensors"})
+            fs::copy_file(fs::path(fixture_dir("llama_mha")) / name, dir.path / name);
+        cinfer_test::write_file(dir.file("tokenizer.json"), ascii_bytelevel_tokenizer());
+        cinfer_test::write_file(dir.file("tokenizer_config.json"), tokenizer_config);
+    }
+    std::string path() const { return dir.path.string(); }
+};
+
+std::string ids_text(const std::string &text) {
+    std::string ids;
+    for (unsigned char c : text) ids += (ids.empty() ? "" : " ") + std::to_string(c);
+    return ids;
+}
+
+// What the id run generated, as the text those ids stand for.
+std::string text_of_ids(const std::string &ids_line) {
+    std::string text;
+    for (const std::string &id : words(ids_line)) text += (char)std::stoi(id);
+    return text;
+}
+
+TEST(CliText, PromptStreamsTheTextOfTheSameTokensAnIdRunGenerates) {
+    TextModel model;
+    const std::string prompt = "Hello, world";
+    const CliResult ids = run_cli({"run", "--model", model.path(), "--tokens", ids_text(prompt),
+                                   "--max-new-tokens", "12", "--ignore-eos"});
+    ASSERT_TRUE(exits_with(ids, 0));
+    const CliResult text = run_cli({"run", "--model", model.path(), "--prompt", prompt,
+                                    "--max-new-tokens", "12", "--ignore-eos"});
+    ASSERT_TRUE(exits_with(text, 0));
+    ASSERT_EQ(words(ids.out).size(), 12u);
+    EXPECT_EQ(text.out, text_of_ids(ids.out) + "\n");
+    EXPECT_TRUE(contains_all(text.err, {"prompt: 12 tokens", "generated 12 tokens"}));
+
+    // sampled runs agree too: the same seed draws the same tokens from the same logits
+    const CliResult sampled_ids =
+        run_cli({"run", "--model", model.path(), "--tokens", ids_text(prompt), "--temperature",
+                 "1.5", "--seed", "11", "--max-new-tokens", "12", "--ignore-eos"});
+    const CliResult sampled_text =
+        run_cli({"run", "--model", model.path(), "--prompt", prompt, "--temperature", "1.5",
+                 "--seed", "11", "--max-new-tokens", "12", "--ignore-eos"});
+    ASSERT_TRUE(exits_with(sampled_text, 0));
+    EXPECT_EQ(sampled_text.out, text_of_ids(sampled_ids.out) + "\n");
+}
+
+TEST(CliText, ChatFormatsTheTurnWithTheTemplate) {
+    const std::string chatml =
+        R"({"chat_template": "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"})";
+    TextModel model(chatml);
+    const std::string rendered = "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\n"
+                                 "Hi<|im_end|>\n<|im_start|>assistant\n";
+    const CliResult ids = run_cli({"run", "--model", model.path(), "--tokens", ids_text(rendered),
+                                   "--max-new-tokens", "6", "--ignore-eos", "--ctx-size", "128"});
+    ASSERT_TRUE(exits_with(ids, 0));
+    const CliResult chat =
+        run_cli({"run", "--model", model.path(), "--chat", "Hi", "--system", "Be brief.",
+                 "--max-new-tokens", "6", "--ignore-eos", "--ctx-size", "128"});
+    ASSERT_TRUE(exits_with(chat, 0));
+    EXPECT_EQ(chat.out, text_of_ids(ids.out) + "\n");
+    EXPECT_TRUE(contains_all(chat.err, {"prompt: " + std::to_string(rendered.size()) + " tokens"}));
+}
+
+TEST(CliText, StopsAtGenerationConfigEosTokens) {
+    TextModel model;
+    const std::string prompt = "abc";
+    const CliResult ids = run_cli({"run", "--model", model.path(), "--tokens", ids_text(prompt),
+                                   "--max-new-tokens", "10", "--ignore-eos"});
+    ASSERT_TRUE(exits_with(ids, 0));
+    const std::vector<std::string> generated = words(ids.out);
+    ASSERT_EQ(generated.size(), 10u);
+    // the first position of the token that comes third decides where the text run stops
+    size_t stop_at = 0;
+    while (generated[stop_at] != generated[2]) stop_at++;
+    cinfer_test::write_file(model.dir.file("generation_config.json"),
+                            "{\"eos_token_id\": [9999, " + generated[2] + "]}");
+    const CliResult text =
+        run_cli({"run", "--model", model.path(), "--prompt", prompt, "--max-new-tokens", "10"});
+    ASSERT_TRUE(exits_with(text, 0));
+    std::string expected;
+    for (size_t i = 0; i < stop_at; i++) expected += (char)std::stoi(generated[i]);
+    EXPECT_EQ(text.out, expected + "\n");
+    EXPECT_TRUE(contains_all(text.err, {"stop: eos token"}));
+    // --ignore-eos ignores these stops too
+    const CliResult ignoring = run_cli({"run", "--model", model.path(), "--prompt", prompt,
+                                        "--max-new-tokens", "10", "--ignore-eos"});
+    EXPECT_EQ(ignoring.out, text_of_ids(ids.out) + "\n");
+}
+
+TEST(CliText, RejectsWhatItCannotRun) {
+    TextModel model;
+    // one prompt source, and --system only with --chat: misuse
+    for (const std::vector<std::string> &args : std::vector<std::vector<std::string>>{
+             {"run", "--model", model.path(), "--prompt", "a", "--tokens", "1 2"},
+             {"run", "--model", model.path(), "--prompt", "a", "--chat", "b"},
+             {"run", "--model", model.path(), "--prompt", "a", "--system", "b"},
+             {"run", "--model", model.path()},
+         }) {
+        const CliResult r = run_cli(args);
+        EXPECT_TRUE(exits_with(r, kExitUsage)) << args[3];
+        EXPECT_EQ(r.out, "");
+    }
+    // no chat template: said, not guessed
+    CliResult r = run_cli({"run", "--model", model.path(), "--chat", "hi"});
+    EXPECT_TRUE(exits_with(r, kExitError));
+    EXPECT_TRUE(contains_all(r.err, {"chat_template", "plain text"}));
+    EXPECT_EQ(r.out, "");
+    // a checkpoint without tokenizer.json
+    r = run_cli({"run", "--model", fixture_dir("llama_mha"), "--prompt", "hi"});
+    EXPECT_TRUE(exits_with(r, kExitError));
+    EXPECT_TRUE(contains_all(r.err, {"tokenizer.json"}));
+    // a broken generation_config.json names the file and the field
+    cinfer_test::write_file(model.dir.file("generation_config.json"), "{\"eos_token_id\": \"x\"}");
+    r = run_cli({"run", "--model", model.path(), "--prompt", "hi", "--max-new-tokens", "2"});
+    EXPECT_TRUE(exits_with(r, kExitError));
+    EXPECT_TRUE(contains_all(r.err, {"generation_config.json", "eos_token_id"}));
+    // text the tokenizer turns into ids the model does not have
+    r = run_cli({"run", "--model", model.path(), "--prompt", "caf\xc3\xa9"});
+    EXPECT_TRUE(exits_with(r, kExitError));
+    EXPECT_EQ(r.out, "");
+}
+
+} // namespace
