@@ -4,6 +4,9 @@
  *   cinfer run --model DIR --tokens "1 15 7 42" [--max-new-tokens N] [--temperature T]
  *              [--top-k K] [--top-p P] [--seed S] [--ctx-size N] [--threads N]
  *              [--ignore-eos] [--dump-logits out.npy]
+ *              [--backend cpu|cuda] [--dtype f32|bf16|fp16] [--attn eager] [--device N]
+ *   cinfer compare --model DIR --tokens "1 15 7" [--dtype ...] [--attn ...] [--device N]
+ *                                              (engine/cli_compare.c)
  *
  * Errors go to stderr as one line naming what was wrong, with exit status 1 (2 for misuse). */
 #include <errno.h>
@@ -17,6 +20,7 @@
 
 #include "../models/model.h"
 #include "cinfer.h"
+#include "cli_util.h"
 #include "device.h"
 #include "npy.h"
 
@@ -28,6 +32,8 @@ static const char *usage_text =
     "commands:\n"
     "  inspect --model DIR      architecture, parameters, dtypes, tensors, memory needed\n"
     "  run --model DIR --tokens \"1 15 7\"   generate token ids from a prompt of token ids\n"
+    "  compare --model DIR --tokens \"1 15 7\"   the GPU against the CPU reference, layer by "
+    "layer\n"
     "\n"
     "run options:\n"
     "  --max-new-tokens N   tokens to generate (default 32; 0 only runs the prompt)\n"
@@ -41,16 +47,21 @@ static const char *usage_text =
     "  --ignore-eos         keep generating after an eos token\n"
     "  --dump-logits PATH   write the logits of every prompt position as float32 .npy\n"
     "                       of shape [prompt tokens, vocab_size]\n"
-    "  --backend cpu        the CPU reference path (the only backend so far)\n";
+    "  --backend B          cpu (the reference path, default) or cuda\n"
+    "  --dtype D            cuda: f32 (default), bf16 or fp16 for weights and GEMM inputs\n"
+    "  --attn A             eager (default; sdpa and flash are not implemented yet)\n"
+    "  --device N           cuda: the GPU to run on (default 0)\n"
+    "\n"
+    "compare options: --dtype, --attn, --device, --threads as above\n";
 
-static int usage_error(const char *fmt, const char *arg) {
+int usage_error(const char *fmt, const char *arg) {
     fprintf(stderr, "cinfer: ");
     fprintf(stderr, fmt, arg);
     fprintf(stderr, "\n\n%s", usage_text);
     return EXIT_USAGE;
 }
 
-static int fail(void) {
+int fail(void) {
     fprintf(stderr, "cinfer: error: %s\n", cinfer_last_error());
     if (getenv("CINFER_DEBUG"))
         fprintf(stderr, "cinfer: raised at %s\n", cinfer_last_error_location());
@@ -58,7 +69,7 @@ static int fail(void) {
 }
 
 /* Strict number parsing: the whole argument must be a number in range. */
-static int parse_long(const char *text, long minimum, long maximum, long *out) {
+int parse_long(const char *text, long minimum, long maximum, long *out) {
     char *end;
     errno = 0;
     long v = strtol(text, &end, 10);
@@ -78,6 +89,7 @@ static int parse_float(const char *text, float *out) {
 
 typedef struct options {
     const char *model_dir;
+    cinfer_load_options load; /* --backend, --dtype, --attn, --device, --threads */
     const char *tokens_text;
     const char *dump_logits;
     int max_new_tokens;
@@ -135,10 +147,10 @@ static int parse_options(int argc, char **argv, int allow_run_options, options *
             if (parse_float(value, &o->sampling.top_p) != 0 || !(o->sampling.top_p > 0.0f) ||
                 o->sampling.top_p > 1.0f)
                 return usage_error("--top-p needs a number in (0, 1], got '%s'", value);
-        } else if (strcmp(flag, "--backend") == 0) {
-            if (strcmp(value, "cpu") != 0)
-                return usage_error("--backend '%s' is not available in this build (cpu only)",
-                                   value);
+        } else if (strcmp(flag, "--backend") == 0 || strcmp(flag, "--dtype") == 0 ||
+                   strcmp(flag, "--attn") == 0 || strcmp(flag, "--device") == 0) {
+            int bad = parse_load_option(flag, value, &o->load);
+            if (bad) return bad;
         } else if (is_switch) {
             o->ignore_eos = 1;
         } else {
@@ -152,7 +164,7 @@ static int parse_options(int argc, char **argv, int allow_run_options, options *
 
 /* "1 15 7 42" -> ids; each must be an integer (the vocabulary check comes with the model).
  * Returns 0, or the exit status once the reason is printed: a malformed list is misuse. */
-static int parse_token_list(const char *text, int32_t **ids, int *n_ids) {
+int parse_token_list(const char *text, int32_t **ids, int *n_ids) {
     size_t capacity = strlen(text) / 2 + 1;
     int32_t *list = malloc(capacity * sizeof *list);
     int n = 0;
@@ -311,7 +323,8 @@ static int cmd_run(int argc, char **argv) {
     if (bad_tokens) return bad_tokens;
     if (!o.seed_given) o.sampling.seed = (uint64_t)time(NULL);
 
-    cinfer_load_options load = {.backend = CINFER_BACKEND_CPU, .n_threads = o.n_threads};
+    cinfer_load_options load = o.load;
+    load.n_threads = o.n_threads;
     cinfer_model *model = NULL;
     cinfer_session *session = NULL;
     float *prompt_logits = NULL;
@@ -394,5 +407,6 @@ int main(int argc, char **argv) {
     }
     if (strcmp(argv[1], "inspect") == 0) return cmd_inspect(argc - 2, argv + 2);
     if (strcmp(argv[1], "run") == 0) return cmd_run(argc - 2, argv + 2);
+    if (strcmp(argv[1], "compare") == 0) return cmd_compare(argc - 2, argv + 2);
     return usage_error("unknown command '%s'", argv[1]);
 }
