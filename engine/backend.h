@@ -96,10 +96,12 @@ typedef struct ci_backend_ops {
     void (*argmax)(ci_backend *be, ci_tensor *ids, const ci_tensor *logits);
 
     /* Optional (NULL on the CPU): a decode step recorded once and replayed. Between capture_begin
-     * and capture_end ops are recorded, not run, and read their position from what set_position
-     * last wrote; replay runs the recording. capture_end returns non-zero when the recording
-     * failed, and the caller then runs its ops eagerly. */
-    void (*capture_begin)(ci_backend *be);
+     * and capture_end the ops read their position from what set_position last wrote and their
+     * attention spans the whole cache; with record = 1 they are recorded, not run (replay runs
+     * the recording), with record = 0 they run: a rehearsal that does the one-time work (kernel
+     * loading, cuBLAS's choices) that must not happen while recording. capture_end returns
+     * non-zero when the recording failed, and the caller then runs its ops eagerly. */
+    void (*capture_begin)(ci_backend *be, int record);
     int (*capture_end)(ci_backend *be);
     void (*replay)(ci_backend *be);
     void (*set_position)(ci_backend *be, int pos0);

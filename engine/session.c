@@ -265,7 +265,13 @@ cinfer_status ci_session_greedy_step(cinfer_session *s, int32_t token, int32_t *
     if (can_capture) {
         be->ops->set_position(be, s->n_past);
         if (s->decode_graph == 0) {
-            be->ops->capture_begin(be);
+            /* A rehearsal first, then the recording. The rehearsal runs the step for real; the
+             * replay below runs it again, which is harmless: it rewrites the same cache row with
+             * the same values and picks the same token. */
+            be->ops->capture_begin(be, 0);
+            forward_and_argmax(s, s->n_past);
+            be->ops->capture_end(be);
+            be->ops->capture_begin(be, 1);
             forward_and_argmax(s, s->n_past);
             s->decode_graph = be->ops->capture_end(be) == 0 ? 1 : -1;
         }

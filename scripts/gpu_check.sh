@@ -5,7 +5,7 @@
 #
 # The GPU machine has nvcc, cuBLAS, CMake and a compiler but neither cJSON nor GoogleTest, and
 # nothing can be installed there: run scripts/fetch_gpu_deps.sh on a Debian machine first and
-# carry .deps/ along. The .debs are unpacked here into .deps/root (dpkg -x, or ar + tar where
+# carry .deps/ along. The .debs are unpacked into $BUILD_DIR/deps-root (dpkg -x, or ar + tar where
 # there is no dpkg); GoogleTest is built from its source package with this machine's compiler
 # (the prebuilt Debian 12 archive is the fallback), and CMake is pointed at both.
 #
@@ -60,7 +60,7 @@ finish() { print_summary; [ "$failures" -eq 0 ]; exit $?; }
 # ---- 1. dependencies from .deps ----------------------------------------------------------------
 section "dependencies (.deps)"
 deps="$repo/.deps"
-root="$deps/root"
+root="$repo/$build/deps-root" # unpacked here, per machine: .deps itself only holds the .debs
 if ! ls "$deps"/libcjson-dev_*.deb "$deps"/libgtest-dev_*.deb >/dev/null 2>&1; then
   record "dependencies" FAIL ".deps/*.deb missing: run scripts/fetch_gpu_deps.sh on a Debian machine"
   finish
@@ -85,16 +85,16 @@ if [ ! -f "$cjson_include/cjson/cJSON.h" ] || [ -z "$cjson_library" ]; then
 fi
 
 # GoogleTest from its source package, with this machine's compiler; else Debian's prebuilt one
-gtest_prefix="$deps/gtest"
+gtest_prefix="$repo/$build/gtest" # built with this machine's compiler
 gtest_how="built from source"
 if [ ! -f "$gtest_prefix/lib/cmake/GTest/GTestConfig.cmake" ] &&
    [ ! -f "$gtest_prefix/lib64/cmake/GTest/GTestConfig.cmake" ]; then
   if [ -d "$root/usr/src/googletest" ] &&
-     cmake -S "$root/usr/src/googletest" -B "$deps/gtest-build" -DCMAKE_BUILD_TYPE=Release \
+     cmake -S "$root/usr/src/googletest" -B "$build/gtest-build" -DCMAKE_BUILD_TYPE=Release \
        -DBUILD_GMOCK=OFF -DINSTALL_GTEST=ON -DCMAKE_INSTALL_PREFIX="$gtest_prefix" \
        >"$logs/gtest.log" 2>&1 &&
-     cmake --build "$deps/gtest-build" -j "$jobs" >>"$logs/gtest.log" 2>&1 &&
-     cmake --install "$deps/gtest-build" >>"$logs/gtest.log" 2>&1; then
+     cmake --build "$build/gtest-build" -j "$jobs" >>"$logs/gtest.log" 2>&1 &&
+     cmake --install "$build/gtest-build" >>"$logs/gtest.log" 2>&1; then
     :
   else
     gtest_prefix="$root/usr"

@@ -108,17 +108,21 @@ static void drop_graph(cuda_backend *cu) {
     cu->graph = NULL;
 }
 
-static void cuda_capture_begin(ci_backend *be) {
+static void cuda_capture_begin(ci_backend *be, int record) {
     cuda_backend *cu = cuda_of(be);
+    cu->capturing = 1;
+    cu->recording = record;
+    if (!record) return;
     drop_graph(cu);
     // thread-local: a call that is illegal during capture fails here, not in another thread
     CUDA_CHECK(cudaStreamBeginCapture(cu->stream, cudaStreamCaptureModeThreadLocal));
-    cu->capturing = 1;
 }
 
 static int cuda_capture_end(ci_backend *be) {
     cuda_backend *cu = cuda_of(be);
-    cu->capturing = 0;
+    const int recording = cu->recording;
+    cu->capturing = cu->recording = 0;
+    if (!recording) return 0;
     cudaError_t error = cudaStreamEndCapture(cu->stream, &cu->graph);
     if (error == cudaSuccess) error = cudaGraphInstantiate(&cu->graph_exec, cu->graph, 0);
     if (error != cudaSuccess) {

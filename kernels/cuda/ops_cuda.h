@@ -24,7 +24,8 @@ struct cuda_backend {
     void *cublas_workspace; // given to cuBLAS so that it never allocates while a graph records
     int *position;          // device: pos0 of a recorded step, written by set_position
     int *host_position;     // pinned staging for it
-    int capturing;          // between capture_begin and capture_end
+    int capturing;          // between capture_begin and capture_end: positions on the device
+    int recording;          // ... and the stream is being recorded into `graph`
     cudaGraph_t graph;
     cudaGraphExec_t graph_exec;
 };
