@@ -252,9 +252,8 @@ cinfer_status ci_session_greedy_step(cinfer_session *s, int32_t token, int32_t *
                        token, s->n_past, c->vocab_size);
     if (s->n_past >= s->n_ctx)
         return CI_FAIL(CINFER_ERR_CONTEXT_FULL,
-                       "1 token does not fit: the context holds %d and %d "
-                       "are used",
-                       s->n_ctx, s->n_past);
+                       "1 token does not fit: the context holds %d and %d are used", s->n_ctx,
+                       s->n_past);
     ci_backend *be = s->be;
     update_rope(s, s->n_past + 1);
     be->ops->to_device(be, s->tokens.data, &token, sizeof token);
