@@ -144,8 +144,8 @@ grep "\[cinfer\]" "$logs/ctest_cuda.log" | sed 's/^[0-9]*: //' | sort -u >"$logs
 tail -n 15 "$logs/ctest_cuda.log"
 n_skipped=$(grep -c "(Skipped)" "$logs/ctest_cuda.log")
 line=$(grep -E "tests passed|tests failed" "$logs/ctest_cuda.log" | tail -n 1)
-if [ "$gpu_tests" -eq 0 ] && [ "$n_skipped" -le 2 ]; then
-  # two tests skip on purpose when a GPU is present (they check the no-GPU messages)
+if [ "$gpu_tests" -eq 0 ] && [ "$n_skipped" -le 3 ]; then
+  # three tests skip on purpose when a GPU is present (they check the no-GPU messages)
   record "GPU tests" ok "$line; $n_skipped skipped"
 else
   record "GPU tests" FAIL "$line; $n_skipped skipped (see $logs/ctest_cuda.log)"

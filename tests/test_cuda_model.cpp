@@ -5,6 +5,8 @@
 //
 // The GPU suites skip, visibly, without a CUDA device. The option checks and the greedy step at
 // the bottom run everywhere: they need no GPU.
+#include <sys/wait.h>
+
 #include <cmath>
 #include <cstring>
 #include <map>
@@ -347,6 +349,100 @@ TEST(GreedyStep, PicksWhatGenerateDoesOnEveryFixture) {
         cinfer_session_free(s);
         cinfer_model_free(m);
     }
+}
+
+// ---- the command line: backend options, compare, --dump-logits on the GPU
+// ------------------------
+
+struct CliResult {
+    int exit_code;
+    std::string out, err;
+};
+
+// Runs `cinfer args...` (under a time limit, so that a hang fails rather than blocks).
+CliResult run_cli(const std::vector<std::string> &args) {
+    TempDir capture;
+    auto quote = [](const std::string &arg) {
+        std::string q = "'";
+        for (char c : arg) q += c == '\'' ? std::string("'\\''") : std::string(1, c);
+        return q + "'";
+    };
+    std::string command = "timeout 300 " + quote(CINFER_CLI);
+    for (const auto &arg : args) command += " " + quote(arg);
+    command += " >" + quote(capture.file("out")) + " 2>" + quote(capture.file("err"));
+    const int status = std::system(command.c_str());
+    return {WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status),
+            read_file(capture.file("out")), read_file(capture.file("err"))};
+}
+
+TEST(CliBackendOptions, UnknownValuesAreMisuse) {
+    const std::string model = fixture_dir("llama_mha");
+    for (auto [flag, value] : std::vector<std::pair<std::string, std::string>>{
+             {"--backend", "tpu"}, {"--dtype", "fp8"}, {"--attn", "magic"}, {"--device", "-1"}}) {
+        CliResult r = run_cli({"run", "--model", model, "--tokens", "1 2", flag, value});
+        EXPECT_EQ(r.exit_code, 2) << flag << " " << value << ": " << r.err;
+        EXPECT_TRUE(contains_all(r.err, {flag})) << r.err;
+    }
+}
+
+TEST(CliBackendOptions, SdpaIsRefusedWithAReason) {
+    CliResult r =
+        run_cli({"run", "--model", fixture_dir("llama_mha"), "--tokens", "1 2", "--attn", "sdpa"});
+    EXPECT_EQ(r.exit_code, 1) << r.err;
+    EXPECT_TRUE(contains_all(r.err, {"sdpa", "not implemented", "eager"}));
+    EXPECT_EQ(r.out, "");
+}
+
+TEST(CliBackendOptions, WithoutAGpuRunAndCompareSayWhy) {
+    if (gpu_missing().empty()) GTEST_SKIP() << "a GPU is present";
+    const std::string model = fixture_dir("llama_mha");
+    // compare always runs the GPU, so it takes no --backend
+    for (const std::vector<std::string> &args :
+         {std::vector<std::string>{"run", "--model", model, "--tokens", "1 2", "--backend", "cuda"},
+          std::vector<std::string>{"compare", "--model", model, "--tokens", "1 2"}}) {
+        CliResult r = run_cli(args);
+        EXPECT_EQ(r.exit_code, 1) << args[0] << ": " << r.err;
+        EXPECT_TRUE(contains_all(r.err, {"CUDA"})) << args[0] << ": " << r.err;
+        EXPECT_EQ(r.out, "") << args[0];
+    }
+}
+
+TEST(CliOnTheGpu, CompareIsWithinToleranceInEveryDtype) {
+    const std::string missing = gpu_missing();
+    if (!missing.empty()) GTEST_SKIP() << "no GPU to test on: " << missing;
+    for (const char *dtype : {"f32", "bf16", "fp16"}) {
+        CliResult r = run_cli({"compare", "--model", fixture_dir("diffllama_gqa2_llama3"),
+                               "--dtype", dtype, "--tokens", "1 15 7 42 9 3 27"});
+        EXPECT_EQ(r.exit_code, 0) << dtype << "\n" << r.out << r.err;
+        EXPECT_TRUE(contains_all(r.out, {"embedding", "layer 0", "final norm", "logits", "top-1"}))
+            << r.out;
+    }
+}
+
+// --dump-logits works with --backend cuda as with the CPU: same shape, values within 1e-3 in f32.
+TEST(CliOnTheGpu, DumpLogitsMatchesTheCpu) {
+    const std::string missing = gpu_missing();
+    if (!missing.empty()) GTEST_SKIP() << "no GPU to test on: " << missing;
+    TempDir dir;
+    const std::vector<std::string> common = {
+        "run",      "--model",   fixture_dir("llama_gqa_llama3"),
+        "--tokens", "1 15 7 42", "--max-new-tokens",
+        "3"};
+    std::vector<std::string> cpu = common, gpu = common;
+    cpu.insert(cpu.end(), {"--dump-logits", dir.file("cpu.npy")});
+    gpu.insert(gpu.end(), {"--dump-logits", dir.file("gpu.npy"), "--backend", "cuda"});
+    CliResult rc = run_cli(cpu), rg = run_cli(gpu);
+    ASSERT_EQ(rc.exit_code, 0) << rc.err;
+    ASSERT_EQ(rg.exit_code, 0) << rg.err;
+    EXPECT_EQ(rc.out, rg.out) << "greedy tokens differ";
+    const std::string a = read_file(dir.file("cpu.npy")), b = read_file(dir.file("gpu.npy"));
+    ASSERT_EQ(a.size(), b.size());
+    const size_t header = a.size() - 4 * 4 * 128; // 4 prompt rows of 128 logits
+    ASSERT_EQ(a.substr(0, header), b.substr(0, header));
+    std::vector<float> x((a.size() - header) / 4), y(x.size());
+    std::memcpy(x.data(), a.data() + header, 4 * x.size());
+    std::memcpy(y.data(), b.data() + header, 4 * y.size());
+    EXPECT_TRUE(within(compare(y, x), ci_tolerance_for(CINFER_DTYPE_F32), "dumped logits"));
 }
 
 } // namespace
