@@ -25,9 +25,17 @@
  *   - Positions: ops take pos0 from the host. Inside a captured decode step (capture_begin ..
  *     capture_end) the CUDA kernels read it instead from device memory that set_position writes
  *     before each replay, and the attention GEMMs span the whole cache (masked past the current
- *     position), so that one graph serves every step.
- *   - Only token ids cross PCIe in greedy decoding: argmax runs on the device (sampling with a
- *     temperature still takes the logits to the host sampler). */
+ *     position), so that one graph serves every step. The price: a recorded step's attention
+ *     costs O(n_ctx), not O(position); the fused kernels of issue 4 should read the length from
+ *     device memory instead of spanning the cache.
+ *   - RoPE: the frequency table (every scaling type) is computed on the host (models/rope.c) and
+ *     uploaded when it changes; the kernel takes cos/sin of position · inv_freq with the precise
+ *     cosf/sinf, rather than reading a [n_ctx, D/2] table, which keeps dynamic scaling (whose
+ *     frequencies change with the length) as simple as the rest.
+ *   - Not fused yet: the residual add and the RMSNorm that follows it are two ops, as on the CPU.
+ *   - Greedy decoding after the prompt: argmax runs on the device and only token ids cross PCIe
+ *     (the prompt's last row of logits still comes to the host for the first token; sampling with
+ *     a temperature takes every step's logits to the host sampler). */
 #ifndef CINFER_BACKEND_H
 #define CINFER_BACKEND_H
 
