@@ -52,8 +52,7 @@ int parse_load_option(const char *flag, const char *value, cinfer_load_options *
     return 0;
 }
 
-/* ---- the residual stream of one run, stage by stage --------------------------------------------
- */
+/* ---- the residual stream of one run, stage by stage ---------------------------------------- */
 
 typedef struct stage_capture {
     int n_stages;   /* n_layers + 2 */
@@ -94,8 +93,7 @@ static cinfer_status run_capture(cinfer_model *model, const int32_t *tokens, int
     return status;
 }
 
-/* ---- one row of the table
- * ------------------------------------------------------------------------ */
+/* ---- one row of the table ------------------------------------------------------------------- */
 
 typedef struct difference {
     double max_abs, rel_l2, reference_max;

@@ -263,8 +263,7 @@ TEST(CudaMemory, TheCheckNamesNeededAndFree) {
                                                    "1024.0 MiB", "device 1", "free"}));
 }
 
-// ---- option checks and the greedy step: no GPU needed
-// ---------------------------------------------
+// ---- option checks and the greedy step: no GPU needed ------------------------------------------
 
 TEST(LoadOptions, SdpaAndFlashAreRefusedUntilTheyExist) {
     for (cinfer_attention attention : {CINFER_ATTENTION_SDPA, CINFER_ATTENTION_FLASH}) {
@@ -351,8 +350,7 @@ TEST(GreedyStep, PicksWhatGenerateDoesOnEveryFixture) {
     }
 }
 
-// ---- the command line: backend options, compare, --dump-logits on the GPU
-// ------------------------
+// ---- the command line: backend options, compare, --dump-logits on the GPU ----------------------
 
 struct CliResult {
     int exit_code;

@@ -160,8 +160,7 @@ class CudaOps : public ::testing::Test {
            << ": gpu " << gpu[worst] << ", cpu " << cpu[worst] << " ± " << tolerance(worst);
 }
 
-// ---- embedding: a gather that widens, so exact
-// ----------------------------------------------------
+// ---- embedding: a gather that widens, so exact -------------------------------------------------
 
 TEST_F(CudaOps, EmbeddingGathersRowsExactly) {
     for (ci_dtype dtype : {CI_F32, CI_BF16, CI_F16})
@@ -185,10 +184,9 @@ TEST_F(CudaOps, EmbeddingGathersRowsExactly) {
         }
 }
 
-// ---- RMSNorm
-// ---------------------------------------------------------------------------------------- The GPU
-// sums squares in F32 over a tree (error below log2(dim)·u relative), takes 1/sqrt in F32; the CPU
-// sums in double. 1e-5 relative to each output covers dim up to 2^16 with margin.
+// ---- RMSNorm -----------------------------------------------------------------------------------
+// The GPU sums squares in F32 over a tree (error below log2(dim)·u relative), takes 1/sqrt in F32;
+// the CPU sums in double. 1e-5 relative to each output covers dim up to 2^16 with margin.
 
 TEST_F(CudaOps, RmsnormMatchesCpu) {
     for (ci_dtype dtype : {CI_F32, CI_BF16, CI_F16})
@@ -211,12 +209,11 @@ TEST_F(CudaOps, RmsnormMatchesCpu) {
             }
 }
 
-// ---- matmul
-// --------------------------------------------------------------------------------------- Bound per
-// output: the F32 accumulation (at most K·u relative to Σ|x·w|, whatever order cuBLAS sums in)
-// plus, with BF16/F16 weights, the rounding of x to that dtype on the way in (at most the unit
-// roundoff of that dtype, 2^-8 for bf16 and 2^-11 for fp16, relative to each |x·w| term), doubled
-// for margin.
+// ---- matmul ------------------------------------------------------------------------------------
+// Bound per output: the F32 accumulation (at most K·u relative to Σ|x·w|, whatever order cuBLAS
+// sums in) plus, with BF16/F16 weights, the rounding of x to that dtype on the way in (at most the
+// unit roundoff of that dtype, 2^-8 for bf16 and 2^-11 for fp16, relative to each |x·w| term),
+// doubled for margin.
 
 struct MatmulShape {
     int n_tokens, n_in, n_out;
@@ -259,11 +256,10 @@ TEST_F(CudaOps, MatmulMatchesCpuInEveryWeightDtype) {
             }
 }
 
-// ---- RoPE
-// --------------------------------------------------------------------------------------------- The
-// frequencies come from models/rope.c for every scaling type; angles are the same F32 products on
-// both sides, cos/sin within 2 ulps of each other, and the GPU may fuse the final multiply-add: a
-// few ulps of |x1| + |x2| times the attention scaling.
+// ---- RoPE --------------------------------------------------------------------------------------
+// The frequencies come from models/rope.c for every scaling type; angles are the same F32 products
+// on both sides, cos/sin within 2 ulps of each other, and the GPU may fuse the final multiply-add:
+// a few ulps of |x1| + |x2| times the attention scaling.
 
 ci_config rope_config(ci_rope_type type, int head_dim) {
     ci_config c{};
@@ -326,12 +322,11 @@ TEST_F(CudaOps, RopeMatchesCpuForEveryScalingType) {
                 }
 }
 
-// ---- attention
-// ------------------------------------------------------------------------------------------ The
-// GPU's scores, softmax sums and P·V accumulate in F32 over up to n_keys terms; the output is a
+// ---- attention ---------------------------------------------------------------------------------
+// The GPU's scores, softmax sums and P·V accumulate in F32 over up to n_keys terms; the output is a
 // convex combination of values, so its error is a few n_keys·u of max |v| at worst. Differential
-// attention's group norm divides by the RMS of a difference, which can be smaller than its
-// parts: its bound is relative to the output's own scale, 1e-4.
+// attention's group norm divides by the RMS of a difference, which can be smaller than its parts:
+// its bound is relative to the output's own scale, 1e-4.
 
 struct AttentionCase {
     int head_dim, n_heads, n_kv_heads, n_tokens, pos0;
@@ -411,10 +406,9 @@ TEST_F(CudaAttention, LongPromptsRunInChunksOfQueryRows) {
     check({128, 4, 4, 10, 0}, false, 1);
 }
 
-// ---- the gated activation and the residual add
-// --------------------------------------------------------- F32 expf/erff/tanhf against double: a
-// few ulps of the result, plus, where 1 + tanh or 1 + erf cancels (large negative gate), an ulp of
-// 1 times 0.5·|gate|·|up|.
+// ---- the gated activation and the residual add -------------------------------------------------
+// F32 expf/erff/tanhf against double: a few ulps of the result, plus, where 1 + tanh or 1 + erf
+// cancels (large negative gate), an ulp of 1 times 0.5·|gate|·|up|.
 
 TEST_F(CudaOps, GatedActivationMatchesCpu) {
     for (ci_activation act : {CI_ACT_SILU, CI_ACT_GELU, CI_ACT_GELU_TANH, CI_ACT_RELU})
@@ -445,8 +439,7 @@ TEST_F(CudaOps, AddIsExact) {
     }
 }
 
-// ---- the KV cache store: rows [pos0, pos0 + T) replaced, every other row untouched
-// ----------------
+// ---- the KV cache store: rows [pos0, pos0 + T) replaced, every other row untouched -------------
 
 TEST_F(CudaOps, KvStoreWritesExactlyItsRows) {
     for (auto [n_ctx, n_tokens, pos0] : std::vector<std::tuple<int, int, int>>{
@@ -467,8 +460,7 @@ TEST_F(CudaOps, KvStoreWritesExactlyItsRows) {
     }
 }
 
-// ---- argmax: the host sampler's choice exactly, ties and NaN included
-// -------------------------------
+// ---- argmax: the host sampler's choice exactly, ties and NaN included --------------------------
 
 TEST_F(CudaOps, ArgmaxPicksWhatTheHostSamplerPicks) {
     for (int vocab : {1, 7, 1000, 32001, 128256})
@@ -494,8 +486,7 @@ TEST_F(CudaOps, ArgmaxPicksWhatTheHostSamplerPicks) {
         }
 }
 
-// ---- without a GPU: the skip above must be a skip, not a silent pass
-// ---------------------------------
+// ---- without a GPU: the skip above must be a skip, not a silent pass ---------------------------
 
 TEST(CudaAvailability, SaysWhyWhenThereIsNoGpu) {
     const std::string missing = gpu_missing();

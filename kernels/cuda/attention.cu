@@ -51,11 +51,11 @@ static attention_shape check_shapes(const ci_backend *be, const ci_tensor *out, 
     return s;
 }
 
-// ---- the mask and softmax: one block per (head, query row)
-// --------------------------------------- Row r = h·rows + t of scores[.., S] is query t0 + t,
-// which sees keys [0, pos0 + t0 + t]. Those become softmax probabilities; the rest of the row
-// becomes exactly 0, so that P·V over the whole span adds nothing from keys the query must not see
-// (the cache is zero-filled when allocated, so the rows past the position hold finite values).
+// ---- the mask and softmax: one block per (head, query row) -------------------------------------
+// Row r = h·rows + t of scores[.., S] is query t0 + t, which sees keys [0, pos0 + t0 + t]. Those
+// become softmax probabilities; the rest of the row becomes exactly 0, so that P·V over the whole
+// span adds nothing from keys the query must not see (the cache is zero-filled when allocated, so
+// the rows past the position hold finite values).
 
 __global__ void masked_softmax_kernel(float *scores, int rows, int n_keys_spanned,
                                       position_arg pos0, int t0) {
@@ -111,10 +111,9 @@ void attention_cuda(ci_backend *be, ci_tensor *out, const ci_tensor *q, const ci
     }
 }
 
-// ---- differential attention
-// ------------------------------------------------------------------------ Head pair p = (p, p +
-// P), P = H/2. Both maps weight Vcat_p = [V_kv(p) ‖ V_kv(p+P)]: each head h gets its own [rows, 2D]
-// output, O_h = A_h·Vcat_p(h), and the epilogue combines the pair.
+// ---- differential attention --------------------------------------------------------------------
+// Head pair p = (p, p + P), P = H/2. Both maps weight Vcat_p = [V_kv(p) ‖ V_kv(p+P)]: each head h
+// gets its own [rows, 2D] output, O_h = A_h·Vcat_p(h), and the epilogue combines the pair.
 
 // Y_p = (1 − lambda_init) · (O_p − lambda·O_{p+P}) / sqrt(mean over 2D of its squares + eps),
 // into out[t0 + t, 2pD : 2(p+1)D]. One block per (query row, pair).

@@ -42,8 +42,7 @@ extern "C" cinfer_status ci_cuda_memory(int device, size_t *free_bytes, size_t *
     return CINFER_OK;
 }
 
-// ---- memory
-// ----------------------------------------------------------------------------------------
+// ---- memory ------------------------------------------------------------------------------------
 
 // Zero-filled: the KV cache rows past the current position must hold finite values, because a
 // recorded decode step's P·V spans the whole cache (with zero weights there; 0·NaN would be NaN).
@@ -98,8 +97,7 @@ static size_t cuda_workspace_bytes(const ci_backend *be, const ci_config *c, int
     return matmul > attention ? matmul : attention;
 }
 
-// ---- the recorded decode step
-// ------------------------------------------------------------------------
+// ---- the recorded decode step ------------------------------------------------------------------
 
 static void drop_graph(cuda_backend *cu) {
     if (cu->graph_exec) CUDA_CHECK(cudaGraphExecDestroy(cu->graph_exec));

@@ -12,8 +12,7 @@
 
 enum { ELEMENT_THREADS = 256 };
 
-// ---- embedding: out[t] = table[tokens[t]]
-// --------------------------------------------------------
+// ---- embedding: out[t] = table[tokens[t]] ------------------------------------------------------
 
 __global__ void embedding_kernel(float *out, const int32_t *ids, const void *table,
                                  ci_dtype table_dtype, int64_t n_tokens, int64_t dim) {
@@ -36,8 +35,7 @@ void embedding_cuda(ci_backend *be, ci_tensor *out, const ci_tensor *tokens,
     CUDA_CHECK_LAUNCH();
 }
 
-// ---- RMSNorm: out = weight ⊙ x / sqrt(mean(x²) + eps), one block per row
-// -------------------------
+// ---- RMSNorm: out = weight ⊙ x / sqrt(mean(x²) + eps), one block per row -----------------------
 
 __global__ void rmsnorm_kernel(float *out, const float *x, const void *weight, ci_dtype w_dtype,
                                int64_t dim, float eps) {
@@ -64,11 +62,11 @@ void rmsnorm_cuda(ci_backend *be, ci_tensor *out, const ci_tensor *x, const ci_t
     CUDA_CHECK_LAUNCH();
 }
 
-// ---- RoPE, rotate-half: v' = v·cos + rotate_half(v)·sin, angle = position · inv_freq[i]
-// ---------- One thread per (token, head, i < D/2) over the H query heads and then the G key heads.
-// cos and sin are computed from the frequency table (models/rope.c computed it once on the host for
-// every scaling type) with the precise cosf/sinf, not fast-math intrinsics: angles reach thousands
-// of radians and the reference rounds them as F32 too.
+// ---- RoPE, rotate-half: v' = v·cos + rotate_half(v)·sin, angle = position · inv_freq[i] --------
+// One thread per (token, head, i < D/2) over the H query heads and then the G key heads. cos and
+// sin are computed from the frequency table (models/rope.c computed it once on the host for every
+// scaling type) with the precise cosf/sinf, not fast-math intrinsics: angles reach thousands of
+// radians and the reference rounds them as F32 too.
 
 __global__ void rope_kernel(float *q, float *k, int64_t n_tokens, int n_heads, int n_kv_heads,
                             int head_dim, position_arg pos0, const float *inv_freq,
@@ -134,8 +132,7 @@ void gated_activation_cuda(ci_backend *be, ci_tensor *out, const ci_tensor *gate
     CUDA_CHECK_LAUNCH();
 }
 
-// ---- the residual add: x += y
-// ---------------------------------------------------------------------
+// ---- the residual add: x += y ------------------------------------------------------------------
 
 __global__ void add_kernel(float *x, const float *y, int64_t n) {
     const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
@@ -152,9 +149,9 @@ void add_cuda(ci_backend *be, ci_tensor *x, const ci_tensor *y) {
     CUDA_CHECK_LAUNCH();
 }
 
-// ---- cache rows [pos0, pos0 + T) = the new keys and values
-// --------------------------------------- The row comes from position_arg, so that a recorded
-// decode step writes where the current position says, not where it said when it was recorded.
+// ---- cache rows [pos0, pos0 + T) = the new keys and values -------------------------------------
+// The row comes from position_arg, so that a recorded decode step writes where the current position
+// says, not where it said when it was recorded.
 
 __global__ void kv_store_kernel(float *k_cache, float *v_cache, const float *k_new,
                                 const float *v_new, int64_t n, int64_t row_size,
@@ -181,11 +178,10 @@ void kv_store_cuda(ci_backend *be, ci_tensor *k_cache, ci_tensor *v_cache, const
     CUDA_CHECK_LAUNCH();
 }
 
-// ---- argmax: the first index of the largest logit, NaN never winning
-// ----------------------------- The same choice as the host sampler (engine/sampling.c): among
-// non-NaN values the largest, ties to the lowest index; when every value is NaN, the last index.
-// `better` is that order, and it is associative, so a tree over the row gives what the host's
-// left-to-right scan gives.
+// ---- argmax: the first index of the largest logit, NaN never winning ---------------------------
+// The same choice as the host sampler (engine/sampling.c): among non-NaN values the largest, ties
+// to the lowest index; when every value is NaN, the last index. `better` is that order, and it is
+// associative, so a tree over the row gives what the host's left-to-right scan gives.
 
 __device__ __forceinline__ bool better(float value, int index, float best_value, int best_index) {
     if (isnan(value)) return isnan(best_value) && index > best_index;
@@ -230,8 +226,7 @@ void argmax_cuda(ci_backend *be, ci_tensor *ids, const ci_tensor *logits) {
     CUDA_CHECK_LAUNCH();
 }
 
-// ---- helpers for matmul and the weight upload
-// ----------------------------------------------------
+// ---- helpers for matmul and the weight upload --------------------------------------------------
 
 __global__ void bias_add_kernel(float *out, const void *bias, ci_dtype bias_dtype, int64_t n_rows,
                                 int64_t n_cols) {

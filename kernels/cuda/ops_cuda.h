@@ -52,8 +52,7 @@ static inline int attention_key_span(const cuda_backend *cu, int pos0, int n_tok
     return cu->capturing ? n_ctx : pos0 + n_tokens;
 }
 
-// ---- device helpers
-// ------------------------------------------------------------------------------
+// ---- device helpers ----------------------------------------------------------------------------
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
@@ -124,9 +123,8 @@ void kv_store_cuda(ci_backend *be, ci_tensor *k_cache, ci_tensor *v_cache, const
                    const ci_tensor *v_new, int pos0);
 void argmax_cuda(ci_backend *be, ci_tensor *ids, const ci_tensor *logits);
 
-// ---- helpers the ops share
-// ----------------------------------------------------------------------- out[t, n] += bias[n] out
-// F32 [T, N], bias [N]
+// ---- helpers the ops share ---------------------------------------------------------------------
+// out[t, n] += bias[n]; out is F32 [T, N], bias [N] in F32, BF16 or F16
 void bias_add_cuda(cuda_backend *cu, float *out, const ci_tensor *bias, int64_t n_rows,
                    int64_t n_cols);
 // dst[i] = src[i] converted (round to nearest even), F32/BF16/F16 either side
