@@ -326,9 +326,9 @@ TEST_F(CudaOps, RopeMatchesCpuForEveryScalingType) {
 // The GPU's scores are F32 dot products over D terms (|q·k| ~ sqrt(D) here, so a score can be off
 // by ~sqrt(D)·D·u / sqrt(D) ~ 1e-5 at D = 256), its softmax sums and P·V accumulate in F32; the
 // output is a convex combination of values, moved by a score error δ at most about δ·max |v|.
-// Bound: 1e-4·max |v|, ten times that, and still far below what one key wrongly in or out of the
-// mask moves (p·|v|, p >= 1/n_keys). Differential attention's group norm rescales by the RMS of a
-// difference: its bound is relative to the output's own scale, 1e-4·(1 + |y|).
+// Bound: 1e-4·max |v|, ten times that estimate, and still far below what one key wrongly in or out
+// of the mask moves (p·|v|, p >= 1/n_keys). Differential attention's group norm rescales by the RMS
+// of a difference: its bound is relative to the output's own scale, 1e-4·(1 + |y|).
 
 struct AttentionCase {
     int head_dim, n_heads, n_kv_heads, n_tokens, pos0;
