@@ -37,6 +37,8 @@ static const char *run_dtype_name(cinfer_dtype dtype) {
     }
 }
 
+enum { MAX_TENSORS_PER_LAYER = 16 }; // the Llama layer's tensors, biases included
+
 // Every tensor the model holds, once (lm_head is left out when it is the embedding itself).
 static int list_weights(cinfer_model *m, ci_tensor **list) {
     int n = 0;
@@ -58,7 +60,6 @@ static int list_weights(cinfer_model *m, ci_tensor **list) {
     }
     return n;
 }
-enum { MAX_TENSORS_PER_LAYER = 16 };
 
 static int by_host_address(const void *a, const void *b) {
     const uintptr_t x = (uintptr_t)(*(ci_tensor *const *)a)->data;
