@@ -4,19 +4,18 @@
 #include <stdlib.h>
 
 #include "../kernels/cpu/ops_cpu.h"
+#include "device.h"
 #include "error.h"
 
 cinfer_status ci_backend_available(cinfer_backend kind) {
-    if (kind != CINFER_BACKEND_CPU)
-        return CI_FAIL(CINFER_ERR_UNSUPPORTED,
-                       "only the CPU backend is available in this build (the CUDA backend is "
-                       "not implemented yet)");
-    return CINFER_OK;
+    switch (kind) {
+    case CINFER_BACKEND_CPU: return CINFER_OK;
+    case CINFER_BACKEND_CUDA: return ci_cuda_available(0);
+    }
+    return CI_FAIL(CINFER_ERR_ARGUMENT, "unknown backend %d (expected cpu or cuda)", (int)kind);
 }
 
-cinfer_status ci_backend_create(cinfer_backend kind, int n_threads, ci_backend **out) {
-    *out = NULL;
-    CI_TRY(ci_backend_available(kind));
+static cinfer_status cpu_backend_create(int n_threads, ci_backend **out) {
     ci_backend *be = calloc(1, sizeof *be);
     CI_CHECK_ALLOC(be, sizeof *be);
     be->ops = &ci_cpu_ops;
@@ -25,9 +24,23 @@ cinfer_status ci_backend_create(cinfer_backend kind, int n_threads, ci_backend *
     return CINFER_OK;
 }
 
+cinfer_status ci_backend_create(cinfer_backend kind, int n_threads, ci_backend **out) {
+    const cinfer_load_options options = {.backend = kind, .n_threads = n_threads};
+    return ci_backend_create_for(&options, out);
+}
+
+cinfer_status ci_backend_create_for(const cinfer_load_options *options, ci_backend **out) {
+    *out = NULL;
+    CI_TRY(ci_backend_available(options->backend));
+    if (options->backend == CINFER_BACKEND_CUDA)
+        return ci_cuda_backend_create(options->device, out);
+    return cpu_backend_create(options->n_threads, out);
+}
+
 void ci_backend_free(ci_backend *be) {
     if (!be) return;
     if (be->workspace) be->ops->free(be, be->workspace);
+    if (be->ops->release) be->ops->release(be);
     free(be);
 }
 
@@ -41,4 +54,14 @@ cinfer_status ci_backend_reserve(ci_backend *be, size_t bytes) {
     be->workspace = grown;
     be->workspace_bytes = bytes;
     return CINFER_OK;
+}
+
+cinfer_status ci_memory_fits(const char *what, int device, int64_t needed, int64_t free_bytes) {
+    if (needed <= free_bytes) return CINFER_OK;
+    const double mib = 1024.0 * 1024.0;
+    return CI_FAIL(CINFER_ERR_MEMORY,
+                   "%s need %.1f MiB (%lld bytes) on CUDA device %d, which has %.1f MiB (%lld "
+                   "bytes) free",
+                   what, (double)needed / mib, (long long)needed, device, (double)free_bytes / mib,
+                   (long long)free_bytes);
 }

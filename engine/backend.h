@@ -7,7 +7,35 @@
  * Conventions shared by every op:
  *   - activations are row-major tensors whose first dimension counts tokens;
  *   - weights are [out_features, in_features] as Hugging Face stores them, in F32, BF16 or F16;
- *   - shapes and dtypes were validated when the model was loaded, so ops only assert them. */
+ *   - shapes and dtypes were validated when the model was loaded, so ops only assert them.
+ *
+ * The CUDA backend (kernels/cuda), decisions that hold for all of it:
+ *   - Memory: every tensor an op sees is in device memory: weights were uploaded when the model
+ *     was loaded (kernels/cuda/weights_cuda.cu: raw checkpoint bytes through a bounded pinned
+ *     staging buffer, converted on the device), and a session allocates its activations and KV
+ *     cache once through `alloc` (cudaMalloc, zero-filled). No op allocates.
+ *   - Dtypes: matrices (the linear layers, the embedding table, lm_head) are stored in the run
+ *     dtype (cinfer_load_options.dtype); vectors (norm weights, biases) in F32. Activations, the
+ *     residual stream and the KV cache are F32 in every mode: matmul rounds its input to the
+ *     weight's dtype on the way into cuBLAS and accumulates and writes in F32. Attention (scores,
+ *     softmax, P·V) runs in F32 in every mode in this eager version.
+ *   - Streams: each backend owns one stream and one cuBLAS handle; every launch goes to that
+ *     stream and is checked (CUDA_CHECK / CUBLAS_CHECK with file and line). to_host and
+ *     to_device synchronize with the stream, so the host sees finished results.
+ *   - Positions: ops take pos0 from the host. Inside a captured decode step (capture_begin ..
+ *     capture_end) the CUDA kernels read it instead from device memory that set_position writes
+ *     before each replay, and the attention GEMMs span the whole cache (masked past the current
+ *     position), so that one graph serves every step. The price: a recorded step's attention
+ *     costs O(n_ctx), not O(position); the fused kernels of issue 4 should read the length from
+ *     device memory instead of spanning the cache.
+ *   - RoPE: the frequency table (every scaling type) is computed on the host (models/rope.c) and
+ *     uploaded when it changes; the kernel takes cos/sin of position · inv_freq with the precise
+ *     cosf/sinf, rather than reading a [n_ctx, D/2] table, which keeps dynamic scaling (whose
+ *     frequencies change with the length) as simple as the rest.
+ *   - Not fused yet: the residual add and the RMSNorm that follows it are two ops, as on the CPU.
+ *   - Greedy decoding after the prompt: argmax runs on the device and only token ids cross PCIe
+ *     (the prompt's last row of logits still comes to the host for the first token; sampling with
+ *     a temperature takes every step's logits to the host sampler). */
 #ifndef CINFER_BACKEND_H
 #define CINFER_BACKEND_H
 
@@ -19,6 +47,9 @@
 #include "tensor.h"
 
 typedef struct ci_backend ci_backend;
+
+/* Tokens per forward pass: longer prompts run in several passes (bounds activation memory). */
+enum { CI_MAX_BATCH = 512 };
 
 /* RoPE frequencies for one forward call: inv_freq has head_dim/2 entries, and cos/sin are
  * multiplied by attention_scaling (1 except for yarn). */
@@ -63,6 +94,27 @@ typedef struct ci_backend_ops {
                              const ci_tensor *up, ci_activation act);
     /* x += y                                                                      both [T, E] */
     void (*add)(ci_backend *be, ci_tensor *x, const ci_tensor *y);
+    /* cache rows [pos0, pos0 + T) = k_new, v_new          k_new, v_new [T, G, D], caches [n_ctx, G,
+     * D]
+     */
+    void (*kv_store)(ci_backend *be, ci_tensor *k_cache, ci_tensor *v_cache, const ci_tensor *k_new,
+                     const ci_tensor *v_new, int pos0);
+    /* ids[r] = first index of the largest logit of row r, NaN never winning (as the host sampler)
+     *                                                            logits [R, V] -> ids I32 [R] */
+    void (*argmax)(ci_backend *be, ci_tensor *ids, const ci_tensor *logits);
+
+    /* Optional (NULL on the CPU): a decode step recorded once and replayed. Between capture_begin
+     * and capture_end the ops read their position from what set_position last wrote and their
+     * attention spans the whole cache; with record = 1 they are recorded, not run (replay runs
+     * the recording), with record = 0 they run: a rehearsal that does the one-time work (kernel
+     * loading, cuBLAS's choices) that must not happen while recording. capture_end returns
+     * non-zero when the recording failed, and the caller then runs its ops eagerly. */
+    void (*capture_begin)(ci_backend *be, int record);
+    int (*capture_end)(ci_backend *be);
+    void (*replay)(ci_backend *be);
+    void (*set_position)(ci_backend *be, int pos0);
+    /* Optional: called by ci_backend_free before the struct is freed (streams, handles, graphs). */
+    void (*release)(ci_backend *be);
 } ci_backend_ops;
 
 /* An execution context on one device. Each session owns one, so that sessions never share
@@ -77,6 +129,8 @@ struct ci_backend {
 /* CINFER_OK when this build can run `kind`; else the message says why. */
 cinfer_status ci_backend_available(cinfer_backend kind);
 cinfer_status ci_backend_create(cinfer_backend kind, int n_threads, ci_backend **out);
+/* The same from load options (the CUDA device index among them). */
+cinfer_status ci_backend_create_for(const cinfer_load_options *options, ci_backend **out);
 void ci_backend_free(ci_backend *be);
 /* Makes sure the workspace holds bytes, once, before the hot path runs. */
 cinfer_status ci_backend_reserve(ci_backend *be, size_t bytes);
@@ -113,6 +167,13 @@ static inline void ci_gated_activation(ci_backend *be, ci_tensor *out, const ci_
 }
 static inline void ci_add(ci_backend *be, ci_tensor *x, const ci_tensor *y) {
     be->ops->add(be, x, y);
+}
+static inline void ci_kv_store(ci_backend *be, ci_tensor *k_cache, ci_tensor *v_cache,
+                               const ci_tensor *k_new, const ci_tensor *v_new, int pos0) {
+    be->ops->kv_store(be, k_cache, v_cache, k_new, v_new, pos0);
+}
+static inline void ci_argmax(ci_backend *be, ci_tensor *ids, const ci_tensor *logits) {
+    be->ops->argmax(be, ids, logits);
 }
 
 #endif

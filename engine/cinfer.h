@@ -51,9 +51,29 @@ typedef struct cinfer_model cinfer_model;
 
 typedef enum cinfer_backend { CINFER_BACKEND_CPU = 0, CINFER_BACKEND_CUDA = 1 } cinfer_backend;
 
+/* The dtype GEMM inputs and weights have on the device. The residual stream, norms, softmax and
+ * the KV cache stay F32 in every mode; the CPU reference computes in F32 only. */
+typedef enum cinfer_dtype {
+    CINFER_DTYPE_F32 = 0, /* weights widened to F32; TF32 off, so GPU runs verify tightly */
+    CINFER_DTYPE_BF16 = 1,
+    CINFER_DTYPE_F16 = 2
+} cinfer_dtype;
+
+/* How attention is computed. Only eager exists so far; sdpa and flash are reserved for the fused
+ * kernels of issue 4 and rejected by cinfer_model_load until then. */
+typedef enum cinfer_attention {
+    CINFER_ATTENTION_EAGER = 0, /* scores, masked softmax, then P·V, as transformers' eager */
+    CINFER_ATTENTION_SDPA = 1,
+    CINFER_ATTENTION_FLASH = 2
+} cinfer_attention;
+
+/* A zeroed struct is the CPU reference path in F32 with eager attention. */
 typedef struct cinfer_load_options {
-    cinfer_backend backend; /* CINFER_BACKEND_CPU is the reference path */
-    int n_threads;          /* CPU threads; 0 = OpenMP's default */
+    cinfer_backend backend;     /* CINFER_BACKEND_CPU is the reference path */
+    int n_threads;              /* CPU threads; 0 = OpenMP's default */
+    cinfer_dtype dtype;         /* CUDA: run dtype of the GEMMs; the CPU takes F32 only */
+    cinfer_attention attention; /* eager only, for now */
+    int device;                 /* CUDA device index */
 } cinfer_load_options;
 
 /* What a loaded model is; filled from config.json and the checkpoint. */

@@ -4,6 +4,9 @@
  *   cinfer run --model DIR --tokens "1 15 7 42" [--max-new-tokens N] [--temperature T]
  *              [--top-k K] [--top-p P] [--seed S] [--ctx-size N] [--threads N]
  *              [--ignore-eos] [--dump-logits out.npy]
+ *              [--backend cpu|cuda] [--dtype f32|bf16|fp16] [--attn eager] [--device N]
+ *   cinfer compare --model DIR --tokens "1 15 7" [--dtype ...] [--attn ...] [--device N]
+ *                                              (engine/cli_compare.c)
  *   cinfer tokenize --model DIR [--text TEXT | < file] [--ids] [--no-special]
  *
  * Errors go to stderr as one line naming what was wrong, with exit status 1 (2 for misuse). */
@@ -25,6 +28,7 @@
 #include "../loaders/tokenizer.h"
 #include "../models/model.h"
 #include "cinfer.h"
+#include "cli_util.h"
 #include "device.h"
 #include "error.h"
 #include "npy.h"
@@ -41,6 +45,8 @@ static const char *usage_text =
     "  run --model DIR --tokens \"1 15 7\"   generate token ids from a prompt of token ids\n"
     "  bench --model DIR [-p 512] [-n 128]   prefill and decode throughput (bench --help)\n"
     "  tokenize --model DIR [--text TEXT]  text (or stdin) to token ids with tokenizer.json\n"
+    "  compare --model DIR --tokens \"1 15 7\"   the GPU against the CPU reference, layer by "
+    "layer\n"
     "\n"
     "run options:\n"
     "  --system TEXT        with --chat: a system turn before the user's\n"
@@ -55,21 +61,26 @@ static const char *usage_text =
     "  --ignore-eos         keep generating after an eos token\n"
     "  --dump-logits PATH   write the logits of every prompt position as float32 .npy\n"
     "                       of shape [prompt tokens, vocab_size]\n"
-    "  --backend cpu        the CPU reference path (the only backend so far)\n"
+    "  --backend B          cpu (the reference path, default) or cuda\n"
+    "  --dtype D            cuda: f32 (default), bf16 or fp16 for weights and GEMM inputs\n"
+    "  --attn A             eager (default; sdpa and flash are not implemented yet)\n"
+    "  --device N           cuda: the GPU to run on (default 0)\n"
+    "\n"
+    "compare options: --dtype, --attn, --device, --threads as above\n"
     "\n"
     "tokenize options (only the tokenizer files of DIR are read):\n"
     "  --text TEXT          the text (default: all of stdin)\n"
     "  --ids                print only the ids, space-separated on one line\n"
     "  --no-special         do not add BOS/EOS (the post_processor's special tokens)\n";
 
-static int usage_error(const char *fmt, const char *arg) {
+int usage_error(const char *fmt, const char *arg) {
     fprintf(stderr, "cinfer: ");
     fprintf(stderr, fmt, arg);
     fprintf(stderr, "\n\n%s", usage_text);
     return EXIT_USAGE;
 }
 
-static int fail(void) {
+int fail(void) {
     fprintf(stderr, "cinfer: error: %s\n", cinfer_last_error());
     if (getenv("CINFER_DEBUG"))
         fprintf(stderr, "cinfer: raised at %s\n", cinfer_last_error_location());
@@ -77,7 +88,7 @@ static int fail(void) {
 }
 
 /* Strict number parsing: the whole argument must be a number in range. */
-static int parse_long(const char *text, long minimum, long maximum, long *out) {
+int parse_long(const char *text, long minimum, long maximum, long *out) {
     char *end;
     errno = 0;
     long v = strtol(text, &end, 10);
@@ -97,6 +108,7 @@ static int parse_float(const char *text, float *out) {
 
 typedef struct options {
     const char *model_dir;
+    cinfer_load_options load; /* --backend, --dtype, --attn, --device, --threads */
     const char *tokens_text;
     const char *prompt_text; /* --prompt: plain text, encoded with the checkpoint's tokenizer */
     const char *chat_text;   /* --chat: one user turn, formatted with its chat template */
@@ -163,10 +175,10 @@ static int parse_options(int argc, char **argv, int allow_run_options, options *
             if (parse_float(value, &o->sampling.top_p) != 0 || !(o->sampling.top_p > 0.0f) ||
                 o->sampling.top_p > 1.0f)
                 return usage_error("--top-p needs a number in (0, 1], got '%s'", value);
-        } else if (strcmp(flag, "--backend") == 0) {
-            if (strcmp(value, "cpu") != 0)
-                return usage_error("--backend '%s' is not available in this build (cpu only)",
-                                   value);
+        } else if (strcmp(flag, "--backend") == 0 || strcmp(flag, "--dtype") == 0 ||
+                   strcmp(flag, "--attn") == 0 || strcmp(flag, "--device") == 0) {
+            int bad = parse_load_option(flag, value, &o->load);
+            if (bad) return bad;
         } else if (is_switch) {
             o->ignore_eos = 1;
         } else {
@@ -180,7 +192,7 @@ static int parse_options(int argc, char **argv, int allow_run_options, options *
 
 /* "1 15 7 42" -> ids; each must be an integer (the vocabulary check comes with the model).
  * Returns 0, or the exit status once the reason is printed: a malformed list is misuse. */
-static int parse_token_list(const char *text, int32_t **ids, int *n_ids) {
+int parse_token_list(const char *text, int32_t **ids, int *n_ids) {
     size_t capacity = strlen(text) / 2 + 1;
     int32_t *list = malloc(capacity * sizeof *list);
     int n = 0;
@@ -447,7 +459,8 @@ static int cmd_run(int argc, char **argv) {
     }
     if (!o.seed_given) o.sampling.seed = (uint64_t)time(NULL);
 
-    cinfer_load_options load = {.backend = CINFER_BACKEND_CPU, .n_threads = o.n_threads};
+    cinfer_load_options load = o.load;
+    load.n_threads = o.n_threads;
     cinfer_model *model = NULL;
     cinfer_session *session = NULL;
     float *prompt_logits = NULL;
@@ -664,5 +677,6 @@ int main(int argc, char **argv) {
     if (strcmp(argv[1], "run") == 0) return cmd_run(argc - 2, argv + 2);
     if (strcmp(argv[1], "bench") == 0) return cinfer_bench_main(argc - 2, argv + 2);
     if (strcmp(argv[1], "tokenize") == 0) return cmd_tokenize(argc - 2, argv + 2);
+    if (strcmp(argv[1], "compare") == 0) return cmd_compare(argc - 2, argv + 2);
     return usage_error("unknown command '%s'", argv[1]);
 }

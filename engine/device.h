@@ -1,9 +1,14 @@
-/* What accelerators this process can use. Without CUDA compiled in, or without a device, the list
- * is empty: callers (inspect, the GPU tests) treat that as "no GPU here", never as an error. */
+/* What accelerators this process can use, and the entry points of the CUDA backend that the
+ * engine's C code calls. Without CUDA compiled in (engine/device_none.c), or without a device,
+ * the list is empty and the entry points say so: callers (inspect, the GPU tests) treat that as
+ * "no GPU here", never as a crash. */
 #ifndef CINFER_DEVICE_H
 #define CINFER_DEVICE_H
 
 #include <stddef.h>
+#include <stdint.h>
+
+#include "cinfer.h"
 
 typedef struct ci_device_info {
     char name[256];
@@ -16,5 +21,25 @@ typedef struct ci_device_info {
 int ci_cuda_devices(ci_device_info *devices, int max);
 /* 1 when this build has the CUDA code compiled in. */
 int ci_cuda_compiled(void);
+
+/* CINFER_OK when CUDA device `device` exists and can run; else the message says why. */
+cinfer_status ci_cuda_available(int device);
+
+struct ci_backend;
+/* A CUDA backend on one device: its own stream, cuBLAS handle and (decode) graph. */
+cinfer_status ci_cuda_backend_create(int device, struct ci_backend **out);
+
+struct cinfer_model;
+/* Checks that the weights fit in the device's free memory, then uploads every bound tensor,
+ * converted to the run dtype, and points the model's tensors at the device copies. */
+cinfer_status ci_cuda_upload_weights(struct cinfer_model *model);
+/* Frees what ci_cuda_upload_weights allocated (nothing when it did not run). */
+void ci_cuda_free_weights(struct cinfer_model *model);
+/* Free and total bytes of device `device`; CINFER_ERR_UNSUPPORTED when there is none. */
+cinfer_status ci_cuda_memory(int device, size_t *free_bytes, size_t *total_bytes);
+
+/* The check before anything is allocated: CINFER_ERR_MEMORY naming both figures when needed
+ * exceeds free. `what` says what the memory is for ("model weights in bf16"). */
+cinfer_status ci_memory_fits(const char *what, int device, int64_t needed, int64_t free_bytes);
 
 #endif

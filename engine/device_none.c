@@ -1,5 +1,7 @@
-/* Builds without CUDA (-DCINFER_CUDA=OFF, or no nvcc): there are no devices. */
+/* Builds without CUDA (-DCINFER_CUDA=OFF, or no nvcc): there are no devices, and asking for the
+ * CUDA backend says how to get one. */
 #include "device.h"
+#include "error.h"
 
 int ci_cuda_devices(ci_device_info *devices, int max) {
     (void)devices;
@@ -8,3 +10,33 @@ int ci_cuda_devices(ci_device_info *devices, int max) {
 }
 
 int ci_cuda_compiled(void) { return 0; }
+
+static cinfer_status not_built(void) {
+    return CI_FAIL(CINFER_ERR_UNSUPPORTED,
+                   "this build of cinfer has no CUDA backend (it was configured with "
+                   "CINFER_CUDA=OFF or without nvcc); rebuild with the CUDA toolkit installed");
+}
+
+cinfer_status ci_cuda_available(int device) {
+    (void)device;
+    return not_built();
+}
+
+cinfer_status ci_cuda_backend_create(int device, struct ci_backend **out) {
+    (void)device;
+    *out = NULL;
+    return not_built();
+}
+
+cinfer_status ci_cuda_upload_weights(struct cinfer_model *model) {
+    (void)model;
+    return not_built();
+}
+
+void ci_cuda_free_weights(struct cinfer_model *model) { (void)model; }
+
+cinfer_status ci_cuda_memory(int device, size_t *free_bytes, size_t *total_bytes) {
+    (void)device;
+    *free_bytes = *total_bytes = 0;
+    return not_built();
+}

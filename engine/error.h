@@ -43,6 +43,12 @@ void ci_error_clear(void);
     do {                                                                                           \
         if (!(cond)) ci_assert_fail(__FILE__, __LINE__, #cond);                                    \
     } while (0)
-_Noreturn void ci_assert_fail(const char *file, int line, const char *condition);
+/* [[noreturn]] when the CUDA sources (C++) include this header */
+#ifdef __cplusplus
+[[noreturn]]
+#else
+_Noreturn
+#endif
+void ci_assert_fail(const char *file, int line, const char *condition);
 
 #endif

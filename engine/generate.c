@@ -57,9 +57,14 @@ cinfer_status cinfer_generate(cinfer_session *s, const int32_t *prompt, int n_pr
     stats->prefill_seconds = now_seconds() - t0;
     stats->stop_reason = CINFER_STOP_MAX_TOKENS;
 
+    /* On a GPU, greedy decoding keeps the logits on the device (ci_session_greedy_step); the CPU
+     * reference keeps its own path, with the logits on the host. */
+    const int greedy_on_device =
+        params->sampling.temperature <= 0.0f && s->model->options.backend != CINFER_BACKEND_CPU;
+    int32_t picked = -1; /* the token the device picked in the last step, if it did */
     double t_decode = now_seconds();
     for (int i = 0; status == CINFER_OK && i < params->max_new_tokens; i++) {
-        const int32_t token = cinfer_sampler_sample(sampler, logits);
+        const int32_t token = picked >= 0 ? picked : cinfer_sampler_sample(sampler, logits);
         stats->n_generated++;
         if (i == 0) t_decode = now_seconds();
         if (on_token && on_token(user, token) != 0) {
@@ -75,7 +80,12 @@ cinfer_status cinfer_generate(cinfer_session *s, const int32_t *prompt, int n_pr
             stats->stop_reason = CINFER_STOP_CONTEXT;
             break;
         }
-        status = cinfer_session_forward(s, &token, 1, CINFER_LOGITS_LAST, logits);
+        if (greedy_on_device) {
+            /* the next token is picked on the device; its id is all that comes back */
+            status = ci_session_greedy_step(s, token, &picked);
+        } else {
+            status = cinfer_session_forward(s, &token, 1, CINFER_LOGITS_LAST, logits);
+        }
     }
     stats->decode_seconds = stats->n_generated > 1 ? now_seconds() - t_decode : 0.0;
     free(logits);

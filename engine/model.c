@@ -4,6 +4,7 @@
 
 #include "../models/model.h"
 #include "backend.h"
+#include "device.h"
 #include "error.h"
 
 static void fill_info(cinfer_model *m) {
@@ -32,12 +33,42 @@ static void fill_info(cinfer_model *m) {
         2 * (int64_t)c->n_layers * c->n_kv_heads * c->head_dim * (int64_t)sizeof(float);
 }
 
+static const char *attention_name(cinfer_attention attention) {
+    switch (attention) {
+    case CINFER_ATTENTION_EAGER: return "eager";
+    case CINFER_ATTENTION_SDPA: return "sdpa";
+    case CINFER_ATTENTION_FLASH: return "flash";
+    }
+    return "unknown";
+}
+
+static cinfer_status check_options(const cinfer_load_options *o) {
+    if (o->dtype != CINFER_DTYPE_F32 && o->dtype != CINFER_DTYPE_BF16 &&
+        o->dtype != CINFER_DTYPE_F16)
+        return CI_FAIL(CINFER_ERR_ARGUMENT, "load options: dtype %d is not f32, bf16 or fp16",
+                       (int)o->dtype);
+    if (o->attention != CINFER_ATTENTION_EAGER)
+        return CI_FAIL(CINFER_ERR_UNSUPPORTED,
+                       "load options: attention '%s' is not implemented yet (fused sdpa and flash "
+                       "attention come with issue 4); use eager",
+                       attention_name(o->attention));
+    if (o->backend == CINFER_BACKEND_CPU && o->dtype != CINFER_DTYPE_F32)
+        return CI_FAIL(CINFER_ERR_UNSUPPORTED,
+                       "load options: the CPU reference backend computes in f32 only; dtype %s "
+                       "needs the CUDA backend",
+                       o->dtype == CINFER_DTYPE_BF16 ? "bf16" : "fp16");
+    if (o->device < 0)
+        return CI_FAIL(CINFER_ERR_ARGUMENT, "load options: device index %d is negative", o->device);
+    if (o->backend == CINFER_BACKEND_CUDA) return ci_cuda_available(o->device);
+    return ci_backend_available(o->backend);
+}
+
 cinfer_status cinfer_model_load(const char *dir, const cinfer_load_options *options,
                                 cinfer_model **out) {
     *out = NULL;
     ci_error_clear();
     if (!dir) return CI_FAIL(CINFER_ERR_ARGUMENT, "no model folder given");
-    CI_TRY(ci_backend_available(options ? options->backend : CINFER_BACKEND_CPU));
+    if (options) CI_TRY(check_options(options));
     cinfer_model *m = calloc(1, sizeof *m);
     CI_CHECK_ALLOC(m, sizeof *m);
     if (options) m->options = *options;
@@ -48,6 +79,9 @@ cinfer_status cinfer_model_load(const char *dir, const cinfer_load_options *opti
                                                        : &ci_llama_architecture;
         status = ci_bind_model_weights(m);
     }
+    /* every check on the files has passed: only now is device memory worth asking for */
+    if (status == CINFER_OK && m->options.backend == CINFER_BACKEND_CUDA)
+        status = ci_cuda_upload_weights(m);
     if (status != CINFER_OK) {
         cinfer_model_free(m);
         return status;
@@ -59,6 +93,7 @@ cinfer_status cinfer_model_load(const char *dir, const cinfer_load_options *opti
 
 void cinfer_model_free(cinfer_model *m) {
     if (!m) return;
+    ci_cuda_free_weights(m);
     for (int i = 0; i < m->n_aligned_copies; i++) free(m->aligned_copies[i]);
     free(m->aligned_copies);
     free(m->bound);

@@ -1,13 +1,14 @@
 /* Sessions: the KV cache and activation buffers of one sequence, sized once at creation so that
  * no forward pass allocates, and the checks every input passes before it reaches the model. */
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "device.h"
 #include "error.h"
 #include "session.h"
 
-/* Prompts longer than this run in several passes: bounds activation memory, not results. */
-enum { SESSION_MAX_BATCH = 512 };
+/* Prompts longer than CI_MAX_BATCH run in several passes: bounds activation memory, not results. */
 /* Logits leave the device this many rows at a time: [rows, vocab] stays a few MB. */
 enum { SESSION_LOGIT_ROWS = 16 };
 
@@ -20,27 +21,30 @@ typedef struct buffer_spec {
     int64_t d0, d1, d2;
 } buffer_spec;
 
-enum { N_ACTIVATION_BUFFERS = 9 };
+enum { N_ACTIVATION_BUFFERS = 12 };
 
 static void activation_buffers(cinfer_session *s, const ci_config *c, int max_batch, int logit_rows,
                                buffer_spec specs[N_ACTIVATION_BUFFERS]) {
     const int64_t B = max_batch, E = c->hidden_size, I = c->intermediate_size;
-    const int64_t H = c->n_heads, D = c->head_dim;
+    const int64_t H = c->n_heads, G = c->n_kv_heads, D = c->head_dim;
     const buffer_spec list[N_ACTIVATION_BUFFERS] = {
         {&s->tokens, CI_I32, 1, B, 0, 0},
         {&s->x, CI_F32, 2, B, E, 0},
         {&s->x_norm, CI_F32, 2, B, E, 0},
         {&s->q, CI_F32, 3, B, H, D},
+        {&s->k_new, CI_F32, 3, B, G, D},
+        {&s->v_new, CI_F32, 3, B, G, D},
         {&s->attn, CI_F32, 3, B, H, D},
         {&s->proj, CI_F32, 2, B, E, 0},
         {&s->gate, CI_F32, 2, B, I, 0},
         {&s->up, CI_F32, 2, B, I, 0},
         {&s->logits, CI_F32, 2, logit_rows, c->vocab_size, 0},
+        {&s->sampled, CI_I32, 1, 1, 0, 0},
     };
     memcpy(specs, list, sizeof list);
 }
 
-static int batch_for(int n_ctx) { return n_ctx < SESSION_MAX_BATCH ? n_ctx : SESSION_MAX_BATCH; }
+static int batch_for(int n_ctx) { return n_ctx < CI_MAX_BATCH ? n_ctx : CI_MAX_BATCH; }
 
 static size_t spec_bytes(const buffer_spec *spec) {
     ci_tensor t = {NULL, spec->dtype, spec->n_dims, {spec->d0, spec->d1, spec->d2, 0}};
@@ -89,20 +93,37 @@ static cinfer_status allocate(cinfer_session *s) {
     return ci_backend_reserve(s->be, s->be->ops->workspace_bytes(s->be, c, s->n_ctx));
 }
 
-int64_t cinfer_session_memory_bytes(const cinfer_model *model, int n_ctx) {
+static int64_t session_bytes(const cinfer_model *model, int n_ctx, const ci_backend *be) {
     const ci_config *c = model->config;
-    if (n_ctx <= 0) n_ctx = c->max_position_embeddings;
     cinfer_session shape_only = {0};
     buffer_spec specs[N_ACTIVATION_BUFFERS];
     activation_buffers(&shape_only, c, batch_for(n_ctx), SESSION_LOGIT_ROWS, specs);
     int64_t total = model->info.kv_bytes_per_token * n_ctx;
     for (int i = 0; i < N_ACTIVATION_BUFFERS; i++) total += (int64_t)spec_bytes(&specs[i]);
-    ci_backend *be;
-    if (ci_backend_create(model->options.backend, model->options.n_threads, &be) == CINFER_OK) {
-        total += (int64_t)be->ops->workspace_bytes(be, c, n_ctx);
-        ci_backend_free(be);
-    }
+    if (be) total += (int64_t)be->ops->workspace_bytes(be, c, n_ctx);
     return total;
+}
+
+int64_t cinfer_session_memory_bytes(const cinfer_model *model, int n_ctx) {
+    if (n_ctx <= 0) n_ctx = model->config->max_position_embeddings;
+    ci_backend *be = NULL;
+    if (ci_backend_create_for(&model->options, &be) != CINFER_OK) ci_error_clear();
+    const int64_t total = session_bytes(model, n_ctx, be);
+    ci_backend_free(be);
+    return total;
+}
+
+/* On a GPU, a session that cannot fit is refused before its first allocation, with both figures.
+ */
+static cinfer_status check_device_memory(const cinfer_session *s) {
+    if (s->model->options.backend != CINFER_BACKEND_CUDA) return CINFER_OK;
+    size_t free_bytes = 0, total_bytes = 0;
+    CI_TRY(ci_cuda_memory(s->model->options.device, &free_bytes, &total_bytes));
+    char what[96];
+    snprintf(what, sizeof what, "a session with n_ctx = %d (KV cache, activations, scratch)",
+             s->n_ctx);
+    return ci_memory_fits(what, s->model->options.device, session_bytes(s->model, s->n_ctx, s->be),
+                          (int64_t)free_bytes);
 }
 
 cinfer_status cinfer_session_create(cinfer_model *model, int n_ctx, cinfer_session **out) {
@@ -114,8 +135,8 @@ cinfer_status cinfer_session_create(cinfer_model *model, int n_ctx, cinfer_sessi
     s->model = model;
     s->n_ctx = n_ctx > 0 ? n_ctx : model->config->max_position_embeddings;
     s->max_batch = batch_for(s->n_ctx);
-    cinfer_status status =
-        ci_backend_create(model->options.backend, model->options.n_threads, &s->be);
+    cinfer_status status = ci_backend_create_for(&model->options, &s->be);
+    if (status == CINFER_OK) status = check_device_memory(s);
     if (status == CINFER_OK) status = allocate(s);
     if (status != CINFER_OK) {
         cinfer_session_free(s);
@@ -210,5 +231,55 @@ cinfer_status cinfer_session_forward(cinfer_session *s, const int32_t *tokens, i
         s->n_past += chunk;
         done += chunk;
     }
+    return CINFER_OK;
+}
+
+/* The body of a greedy step: the forward pass of one token, its logits left on the device, and
+ * their argmax into session->sampled. */
+static void forward_and_argmax(cinfer_session *s, int pos0) {
+    ci_decoder_forward(s, 1, pos0, 0, 1, NULL);
+    ci_tensor logits = ci_tensor_rows(&s->logits, 0, 1);
+    ci_argmax(s->be, &s->sampled, &logits);
+}
+
+cinfer_status ci_session_greedy_step(cinfer_session *s, int32_t token, int32_t *next) {
+    ci_error_clear();
+    const ci_config *c = s->model->config;
+    if (token < 0 || token >= c->vocab_size)
+        return CI_FAIL(CINFER_ERR_ARGUMENT,
+                       "token id %d at position %d is outside the vocabulary (vocab_size = %d in "
+                       "config.json)",
+                       token, s->n_past, c->vocab_size);
+    if (s->n_past >= s->n_ctx)
+        return CI_FAIL(CINFER_ERR_CONTEXT_FULL,
+                       "1 token does not fit: the context holds %d and %d are used", s->n_ctx,
+                       s->n_past);
+    ci_backend *be = s->be;
+    update_rope(s, s->n_past + 1);
+    be->ops->to_device(be, s->tokens.data, &token, sizeof token);
+    /* Every argument a recorded step depends on is either fixed for the session's life (buffer
+     * addresses, shapes, layer constants) or read on the device at replay time: the position
+     * (set_position), the token (just copied), the RoPE frequencies (update_rope). */
+    const int can_capture = be->ops->capture_begin && !s->observer && s->decode_graph >= 0;
+    if (can_capture) {
+        be->ops->set_position(be, s->n_past);
+        if (s->decode_graph == 0) {
+            /* A rehearsal first, then the recording. The rehearsal runs the step for real; the
+             * replay below runs it again, which is harmless: it rewrites the same cache row with
+             * the same values and picks the same token. */
+            be->ops->capture_begin(be, 0);
+            forward_and_argmax(s, s->n_past);
+            be->ops->capture_end(be);
+            be->ops->capture_begin(be, 1);
+            forward_and_argmax(s, s->n_past);
+            s->decode_graph = be->ops->capture_end(be) == 0 ? 1 : -1;
+        }
+    }
+    if (s->decode_graph == 1 && can_capture)
+        be->ops->replay(be);
+    else
+        forward_and_argmax(s, s->n_past);
+    be->ops->to_host(be, next, s->sampled.data, sizeof *next);
+    s->n_past++;
     return CINFER_OK;
 }

@@ -22,11 +22,14 @@ void ci_decoder_forward(cinfer_session *s, int n_tokens, int pos0, int logits_ro
     const ci_config *c = m->config;
     ci_backend *be = s->be;
     const float eps = (float)c->rms_norm_eps;
+    CI_ASSERT(logits_host || n_logits <= s->logit_rows);
 
     ci_tensor tokens = ci_tensor_rows(&s->tokens, 0, n_tokens);
     ci_tensor x = ci_tensor_rows(&s->x, 0, n_tokens);
     ci_tensor n = ci_tensor_rows(&s->x_norm, 0, n_tokens);
     ci_tensor q = ci_tensor_rows(&s->q, 0, n_tokens);
+    ci_tensor k = ci_tensor_rows(&s->k_new, 0, n_tokens);
+    ci_tensor v = ci_tensor_rows(&s->v_new, 0, n_tokens);
     ci_tensor attn = ci_tensor_rows(&s->attn, 0, n_tokens);
     ci_tensor proj = ci_tensor_rows(&s->proj, 0, n_tokens);
     ci_tensor gate = ci_tensor_rows(&s->gate, 0, n_tokens);
@@ -38,9 +41,6 @@ void ci_decoder_forward(cinfer_session *s, int n_tokens, int pos0, int logits_ro
 
     for (int l = 0; l < c->n_layers; l++) {
         const ci_layer *w = &m->layers[l];
-        /* K and V of the new tokens are written straight into their rows of the cache */
-        ci_tensor k = ci_tensor_rows(&s->k_cache[l], pos0, n_tokens);
-        ci_tensor v = ci_tensor_rows(&s->v_cache[l], pos0, n_tokens);
 
         /* x = x + o_proj(Attention(RMSNorm(x))) */
         ci_rmsnorm(be, &n, &x, &w->input_layernorm, eps);
@@ -48,6 +48,8 @@ void ci_decoder_forward(cinfer_session *s, int n_tokens, int pos0, int logits_ro
         ci_matmul(be, &k, &n, &w->k_proj, &w->k_bias);
         ci_matmul(be, &v, &n, &w->v_proj, &w->v_bias);
         ci_rope(be, &q, &k, pos0, &s->rope);
+        /* the new keys and values join the cache, at rows [pos0, pos0 + T) */
+        ci_kv_store(be, &s->k_cache[l], &s->v_cache[l], &k, &v, pos0);
         m->arch->attention(be, m, l, &attn, &q, &s->k_cache[l], &s->v_cache[l], pos0);
         ci_matmul(be, &proj, &attn, &w->o_proj, &w->o_bias);
         ci_add(be, &x, &proj);
@@ -70,6 +72,7 @@ void ci_decoder_forward(cinfer_session *s, int n_tokens, int pos0, int logits_ro
         ci_tensor normed = ci_tensor_rows(&n, logits_row0 + r, rows);
         ci_tensor logits = ci_tensor_rows(&s->logits, 0, rows);
         ci_matmul(be, &logits, &normed, &m->lm_head, NULL);
+        if (!logits_host) continue; /* left on the device for the caller (one block at most) */
         be->ops->to_host(be, logits_host + (size_t)r * (size_t)c->vocab_size, logits.data,
                          ci_tensor_nbytes(&logits));
     }

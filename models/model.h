@@ -50,6 +50,10 @@ struct cinfer_model {
     bool *bound;           /* [checkpoint->n_index]: tensors the model uses; the rest are unused */
     void **aligned_copies; /* tensors the file stores misaligned, copied once (rare) */
     int n_aligned_copies;
+    /* CUDA backend: one device allocation holds every weight, and the tensors above point into it
+     * (see engine/backend.h for the dtypes); NULL on the CPU, where they point into the files. */
+    void *device_weights;
+    size_t device_weight_bytes;
 };
 
 /* Looks name up in the checkpoint and checks it against the shape the config implies:

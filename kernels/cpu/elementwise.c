@@ -1,5 +1,7 @@
-/* The MLP's gated activation and the residual add. */
+/* The MLP's gated activation, the residual add, storing new keys and values in the cache, and
+ * the argmax of greedy decoding. */
 #include <math.h>
+#include <string.h>
 
 #include "../../engine/error.h"
 #include "ops_cpu.h"
@@ -35,4 +37,33 @@ void add_cpu(ci_backend *be, ci_tensor *x, const ci_tensor *y) {
     float *a = x->data;
     const float *b = y->data;
     for (int64_t i = 0; i < n; i++) a[i] += b[i];
+}
+
+void kv_store_cpu(ci_backend *be, ci_tensor *k_cache, ci_tensor *v_cache, const ci_tensor *k_new,
+                  const ci_tensor *v_new, int pos0) {
+    (void)be;
+    const int64_t n_tokens = k_new->shape[0];
+    CI_ASSERT(k_cache->n_dims == 3 && v_cache->n_dims == 3 && k_new->n_dims == 3);
+    CI_ASSERT(ci_tensor_numel(v_new) == ci_tensor_numel(k_new));
+    CI_ASSERT(ci_tensor_row_size(k_new) == ci_tensor_row_size(k_cache));
+    CI_ASSERT(pos0 >= 0 && pos0 + n_tokens <= k_cache->shape[0]);
+    ci_tensor k_rows = ci_tensor_rows(k_cache, pos0, n_tokens);
+    ci_tensor v_rows = ci_tensor_rows(v_cache, pos0, n_tokens);
+    memcpy(k_rows.data, k_new->data, ci_tensor_nbytes(k_new));
+    memcpy(v_rows.data, v_new->data, ci_tensor_nbytes(v_new));
+}
+
+/* First index of the largest value; NaN never wins unless every value is NaN (then the last),
+ * exactly as the host sampler's argmax (engine/sampling.c). */
+void argmax_cpu(ci_backend *be, ci_tensor *ids, const ci_tensor *logits) {
+    (void)be;
+    const int64_t n_rows = ci_tensor_n_rows(logits), n = ci_tensor_row_size(logits);
+    CI_ASSERT(ids->dtype == CI_I32 && ci_tensor_numel(ids) >= n_rows && logits->dtype == CI_F32);
+    for (int64_t r = 0; r < n_rows; r++) {
+        const float *row = (const float *)logits->data + r * n;
+        int64_t best = 0;
+        for (int64_t i = 1; i < n; i++)
+            if (row[i] > row[best] || isnan(row[best])) best = i;
+        ((int32_t *)ids->data)[r] = (int32_t)best;
+    }
 }

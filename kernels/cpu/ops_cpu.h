@@ -23,6 +23,9 @@ void diff_attention_cpu(ci_backend *be, ci_tensor *out, const ci_tensor *q,
 void gated_activation_cpu(ci_backend *be, ci_tensor *out, const ci_tensor *gate,
                           const ci_tensor *up, ci_activation act);
 void add_cpu(ci_backend *be, ci_tensor *x, const ci_tensor *y);
+void kv_store_cpu(ci_backend *be, ci_tensor *k_cache, ci_tensor *v_cache, const ci_tensor *k_new,
+                  const ci_tensor *v_new, int pos0);
+void argmax_cpu(ci_backend *be, ci_tensor *ids, const ci_tensor *logits);
 
 extern const ci_backend_ops ci_cpu_ops;
 

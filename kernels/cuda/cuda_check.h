@@ -1,7 +1,9 @@
-/* Error checks for CUDA runtime calls: one handler, with the failing statement, file and line. */
+/* Error checks for CUDA runtime and cuBLAS calls: one handler each, with the failing statement,
+ * file and line. */
 #ifndef CINFER_CUDA_CHECK_H
 #define CINFER_CUDA_CHECK_H
 
+#include <cublas_v2.h>
 #include <cuda_runtime.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -17,5 +19,17 @@ static inline void ci_cuda_check(cudaError_t error, const char *statement, const
     abort();
 }
 #define CUDA_CHECK(call) ci_cuda_check((call), #call, __FILE__, __LINE__)
+
+/* After every kernel launch: a bad configuration shows at the launch that caused it. */
+#define CUDA_CHECK_LAUNCH() ci_cuda_check(cudaGetLastError(), "kernel launch", __FILE__, __LINE__)
+
+static inline void ci_cublas_check(cublasStatus_t status, const char *statement, const char *file,
+                                   int line) {
+    if (status == CUBLAS_STATUS_SUCCESS) return;
+    fprintf(stderr, "cinfer: cuBLAS error %s (%s) in %s at %s:%d\n", cublasGetStatusName(status),
+            cublasGetStatusString(status), statement, file, line);
+    abort();
+}
+#define CUBLAS_CHECK(call) ci_cublas_check((call), #call, __FILE__, __LINE__)
 
 #endif

@@ -1,0 +1,169 @@
+// Eager causal attention over the KV cache, standard and differential, as transformers' eager
+// path computes it: scores through batched GEMMs, the causal mask and softmax in one kernel, then
+// P·V through batched GEMMs. All in F32 (the cache is F32 in every run dtype); the fused SDPA and
+// flash kernels of issue 4 replace this.
+//
+// Query t of the call sits at position pos0 + t and sees keys [0, pos0 + t]. Query rows are taken
+// in chunks so that the scores [H, rows, keys] fit the workspace at any context length.
+//
+// GQA by indexing: query head h reads KV head h / g (g = H / G) in place. With h = kv·g + j, the
+// heads of one j over all KV heads sit at constant strides (query: g·D, cache: D), so one
+// strided-batched GEMM per j (batch G) covers them; K and V are never copied per head.
+//
+// Layouts, row-major: q and out [T, H, D]; caches [n_ctx, G, D]; scores [H, rows, S] with S the
+// keys spanned; diff-attention's per-head outputs [H, rows, 2D]. In cuBLAS's column-major terms:
+//   scores_h (S×rows, ld S)    = K_kvᵀ-as-stored (lda G·D, op T) · Q_h (D×rows, ld H·D)
+//   out_h    (D×rows, ld H·D)  = V_kv (D×S, ld G·D, op N)       · P_h (S×rows, ld S)
+#include <math.h>
+
+#include "ops_cuda.h"
+
+size_t attention_cuda_scratch_bytes(int n_heads, int head_dim, int n_ctx, int n_query_rows) {
+    // per query row: a row of scores for every head, and a 2·D output per head (diff attention)
+    const size_t per_row = (size_t)n_heads * ((size_t)n_ctx + 2 * (size_t)head_dim) * sizeof(float);
+    return per_row * (size_t)n_query_rows;
+}
+
+typedef struct attention_shape {
+    int n_tokens, n_heads, n_kv_heads, head_dim, n_ctx, group;
+    int rows_per_chunk; // query rows whose scores fit the workspace at once
+} attention_shape;
+
+static attention_shape check_shapes(const ci_backend *be, const ci_tensor *out, const ci_tensor *q,
+                                    const ci_tensor *k_cache, const ci_tensor *v_cache, int pos0) {
+    attention_shape s;
+    s.n_tokens = (int)q->shape[0];
+    s.n_heads = (int)q->shape[1];
+    s.head_dim = (int)q->shape[2];
+    s.n_kv_heads = (int)k_cache->shape[1];
+    s.n_ctx = (int)k_cache->shape[0];
+    CI_ASSERT(q->n_dims == 3 && k_cache->n_dims == 3 && v_cache->n_dims == 3 && out->n_dims == 3);
+    CI_ASSERT(k_cache->shape[2] == s.head_dim && v_cache->shape[1] == s.n_kv_heads &&
+              v_cache->shape[2] == s.head_dim && v_cache->shape[0] == s.n_ctx);
+    CI_ASSERT(s.n_heads % s.n_kv_heads == 0 && pos0 >= 0 && pos0 + s.n_tokens <= s.n_ctx);
+    CI_ASSERT(ci_tensor_numel(out) == ci_tensor_numel(q));
+    CI_ASSERT(q->dtype == CI_F32 && k_cache->dtype == CI_F32 && v_cache->dtype == CI_F32);
+    s.group = s.n_heads / s.n_kv_heads;
+    const size_t per_row = attention_cuda_scratch_bytes(s.n_heads, s.head_dim, s.n_ctx, 1);
+    const size_t fit = be->workspace_bytes / per_row;
+    CI_ASSERT(fit >= 1); // workspace_bytes reserves at least one query row
+    s.rows_per_chunk = fit < (size_t)s.n_tokens ? (int)fit : s.n_tokens;
+    return s;
+}
+
+// ---- the mask and softmax: one block per (head, query row) -------------------------------------
+// Row r = h·rows + t of scores[.., S] is query t0 + t, which sees keys [0, pos0 + t0 + t]. Those
+// become softmax probabilities; the rest of the row becomes exactly 0, so that P·V over the whole
+// span adds nothing from keys the query must not see (the cache is zero-filled when allocated, so
+// the rows past the position hold finite values).
+
+__global__ void masked_softmax_kernel(float *scores, int rows, int n_keys_spanned,
+                                      position_arg pos0, int t0) {
+    __shared__ float shared[ROW_THREADS / WARP];
+    const int t = blockIdx.x % rows;
+    float *row = scores + (int64_t)blockIdx.x * n_keys_spanned;
+    const int visible = position_value(pos0) + t0 + t + 1;
+    float local_max = -INFINITY;
+    for (int s = threadIdx.x; s < visible; s += blockDim.x) local_max = fmaxf(local_max, row[s]);
+    const float row_max = block_max(local_max, shared);
+    float local_sum = 0.0f;
+    for (int s = threadIdx.x; s < visible; s += blockDim.x) local_sum += expf(row[s] - row_max);
+    const float sum = block_sum(local_sum, shared);
+    for (int s = threadIdx.x; s < n_keys_spanned; s += blockDim.x)
+        row[s] = s < visible ? expf(row[s] - row_max) / sum : 0.0f;
+}
+
+// scores[h, t, :] = Q[t0 + t, h] · K_kv(h)ᵀ / sqrt(D), then masked softmax
+static void attention_probabilities(cuda_backend *cu, const attention_shape &s, float *scores,
+                                    const float *q, const float *k_cache, int pos0, int t0,
+                                    int rows, int span) {
+    const float scale = (float)(1.0 / sqrt((double)s.head_dim)), zero = 0.0f;
+    const int D = s.head_dim, G = s.n_kv_heads, H = s.n_heads, g = s.group;
+    for (int j = 0; j < g; j++)
+        CUBLAS_CHECK(cublasSgemmStridedBatched(
+            cu->cublas, CUBLAS_OP_T, CUBLAS_OP_N, span, rows, D, &scale, k_cache, G * D,
+            (long long)D, q + ((int64_t)t0 * H + j) * D, H * D, (long long)g * D, &zero,
+            scores + (int64_t)j * rows * span, span, (long long)g * rows * span, G));
+    masked_softmax_kernel<<<(unsigned)(H * rows), ROW_THREADS, 0, cu->stream>>>(
+        scores, rows, span, position_for(cu, pos0), t0);
+    CUDA_CHECK_LAUNCH();
+}
+
+void attention_cuda(ci_backend *be, ci_tensor *out, const ci_tensor *q, const ci_tensor *k_cache,
+                    const ci_tensor *v_cache, int pos0) {
+    cuda_backend *cu = cuda_of(be);
+    const attention_shape s = check_shapes(be, out, q, k_cache, v_cache, pos0);
+    const int D = s.head_dim, G = s.n_kv_heads, H = s.n_heads, g = s.group;
+    float *scores = (float *)be->workspace;
+    const float one = 1.0f, zero = 0.0f;
+    for (int t0 = 0; t0 < s.n_tokens; t0 += s.rows_per_chunk) {
+        const int rows = s.n_tokens - t0 < s.rows_per_chunk ? s.n_tokens - t0 : s.rows_per_chunk;
+        const int span = attention_key_span(cu, pos0 + t0, rows, s.n_ctx);
+        attention_probabilities(cu, s, scores, (const float *)q->data, (const float *)k_cache->data,
+                                pos0, t0, rows, span);
+        // out[t0 + t, h] = P_h[t] · V_kv(h)
+        for (int j = 0; j < g; j++)
+            CUBLAS_CHECK(cublasSgemmStridedBatched(
+                cu->cublas, CUBLAS_OP_N, CUBLAS_OP_N, D, rows, span, &one,
+                (const float *)v_cache->data, G * D, (long long)D,
+                scores + (int64_t)j * rows * span, span, (long long)g * rows * span, &zero,
+                (float *)out->data + ((int64_t)t0 * H + j) * D, H * D, (long long)g * D, G));
+    }
+}
+
+// ---- differential attention --------------------------------------------------------------------
+// Head pair p = (p, p + P), P = H/2. Both maps weight Vcat_p = [V_kv(p) ‖ V_kv(p+P)]: each head h
+// gets its own [rows, 2D] output, O_h = A_h·Vcat_p(h), and the epilogue combines the pair.
+
+// Y_p = (1 − lambda_init) · (O_p − lambda·O_{p+P}) / sqrt(mean over 2D of its squares + eps),
+// into out[t0 + t, 2pD : 2(p+1)D]. One block per (query row, pair).
+__global__ void diff_epilogue_kernel(float *out, const float *per_head, int rows, int n_pairs,
+                                     int head_dim, float lambda, float lambda_init, float eps,
+                                     int t0) {
+    __shared__ float shared[ROW_THREADS / WARP];
+    const int t = blockIdx.x / n_pairs, p = blockIdx.x % n_pairs, width = 2 * head_dim;
+    const float *o1 = per_head + ((int64_t)p * rows + t) * width;
+    const float *o2 = per_head + ((int64_t)(p + n_pairs) * rows + t) * width;
+    float local = 0.0f;
+    for (int j = threadIdx.x; j < width; j += blockDim.x) {
+        const float o = o1[j] - lambda * o2[j];
+        local += o * o;
+    }
+    const float sum_squares = block_sum(local, shared);
+    const float norm = (1.0f - lambda_init) / sqrtf(sum_squares / (float)width + eps);
+    float *y = out + ((int64_t)(t0 + t) * 2 * n_pairs + 2 * p) * head_dim;
+    for (int j = threadIdx.x; j < width; j += blockDim.x) y[j] = (o1[j] - lambda * o2[j]) * norm;
+}
+
+void diff_attention_cuda(ci_backend *be, ci_tensor *out, const ci_tensor *q,
+                         const ci_tensor *k_cache, const ci_tensor *v_cache, int pos0, float lambda,
+                         float lambda_init, float eps) {
+    cuda_backend *cu = cuda_of(be);
+    const attention_shape s = check_shapes(be, out, q, k_cache, v_cache, pos0);
+    CI_ASSERT(s.n_heads % 2 == 0);
+    const int D = s.head_dim, G = s.n_kv_heads, H = s.n_heads, P = s.n_heads / 2;
+    const float one = 1.0f, zero = 0.0f;
+    float *scores = (float *)be->workspace;
+    // the per-head outputs follow the largest scores block of a chunk
+    float *per_head = scores + (size_t)H * s.rows_per_chunk * s.n_ctx;
+    for (int t0 = 0; t0 < s.n_tokens; t0 += s.rows_per_chunk) {
+        const int rows = s.n_tokens - t0 < s.rows_per_chunk ? s.n_tokens - t0 : s.rows_per_chunk;
+        const int span = attention_key_span(cu, pos0 + t0, rows, s.n_ctx);
+        attention_probabilities(cu, s, scores, (const float *)q->data, (const float *)k_cache->data,
+                                pos0, t0, rows, span);
+        // O_h[:, half·D : (half+1)·D] = A_h · V_kv(p + half·P), p = h mod P
+        for (int h = 0; h < H; h++) {
+            const int p = h % P;
+            for (int half = 0; half < 2; half++) {
+                const int kv = (p + half * P) / s.group;
+                CUBLAS_CHECK(cublasSgemm(cu->cublas, CUBLAS_OP_N, CUBLAS_OP_N, D, rows, span, &one,
+                                         (const float *)v_cache->data + (int64_t)kv * D, G * D,
+                                         scores + (int64_t)h * rows * span, span, &zero,
+                                         per_head + (int64_t)h * rows * 2 * D + half * D, 2 * D));
+            }
+        }
+        diff_epilogue_kernel<<<(unsigned)(rows * P), ROW_THREADS, 0, cu->stream>>>(
+            (float *)out->data, per_head, rows, P, D, lambda, lambda_init, eps, t0);
+        CUDA_CHECK_LAUNCH();
+    }
+}

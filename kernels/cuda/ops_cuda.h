@@ -1,0 +1,139 @@
+// The CUDA backend's ops, with the same names as the CPU reference's (kernels/cpu/ops_cpu.h), and
+// the backend state they share. Included by the .cu files only. See engine/backend.h for what
+// each op computes and for the decisions the CUDA backend makes (dtypes, memory, positions).
+#ifndef CINFER_OPS_CUDA_H
+#define CINFER_OPS_CUDA_H
+
+#include <cublas_v2.h>
+#include <cuda_runtime.h>
+
+#include "cuda_check.h"
+
+extern "C" {
+#include "../../engine/backend.h"
+#include "../../engine/error.h"
+}
+
+// One CUDA backend: a device, a stream every op is queued on, a cuBLAS handle bound to it, and
+// the recorded decode step.
+struct cuda_backend {
+    ci_backend base; // first: ci_backend_free frees the whole struct through it
+    int device;
+    cudaStream_t stream;
+    cublasHandle_t cublas;
+    void *cublas_workspace; // given to cuBLAS so that it never allocates while a graph records
+    int *position;          // device: pos0 of a recorded step, written by set_position
+    int *host_position;     // pinned staging for it
+    int capturing;          // between capture_begin and capture_end: positions on the device
+    int recording;          // ... and the stream is being recorded into `graph`
+    cudaGraph_t graph;
+    cudaGraphExec_t graph_exec;
+};
+
+static inline cuda_backend *cuda_of(ci_backend *be) { return (cuda_backend *)be; }
+
+// Where a kernel finds pos0: by value in eager calls; in a recorded step, in device memory that is
+// rewritten before each replay (a value passed at record time would be frozen into the graph).
+struct position_arg {
+    const int *device;
+    int host;
+};
+static inline position_arg position_for(const cuda_backend *cu, int pos0) {
+    position_arg p = {cu->capturing ? cu->position : nullptr, pos0};
+    return p;
+}
+__device__ __forceinline__ int position_value(position_arg p) {
+    return p.device ? *p.device : p.host;
+}
+
+// Keys the attention GEMMs span for queries ending at pos0 + n_tokens: exactly those when run
+// eagerly, the whole cache when recorded (the softmax masks what lies past the position).
+static inline int attention_key_span(const cuda_backend *cu, int pos0, int n_tokens, int n_ctx) {
+    return cu->capturing ? n_ctx : pos0 + n_tokens;
+}
+
+// ---- device helpers ----------------------------------------------------------------------------
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+// Element i of a weight (F32, BF16 or F16) as F32: widening is exact.
+__device__ __forceinline__ float load_f32(const void *data, ci_dtype dtype, int64_t i) {
+    switch (dtype) {
+    case CI_BF16: return __bfloat162float(((const __nv_bfloat16 *)data)[i]);
+    case CI_F16: return __half2float(((const __half *)data)[i]);
+    default: return ((const float *)data)[i];
+    }
+}
+
+// Threads per block of the row kernels (norms, softmax, argmax): a multiple of the warp.
+enum { ROW_THREADS = 256, WARP = 32 };
+
+// Sum and max over a block of ROW_THREADS threads; every thread gets the result. `shared` holds
+// ROW_THREADS / WARP floats; the call ends with a barrier, so it can be called again at once.
+__device__ __forceinline__ float warp_sum(float v) {
+    for (int offset = WARP / 2; offset > 0; offset /= 2)
+        v += __shfl_xor_sync(0xffffffffu, v, offset);
+    return v;
+}
+__device__ __forceinline__ float warp_max(float v) {
+    for (int offset = WARP / 2; offset > 0; offset /= 2)
+        v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, offset));
+    return v;
+}
+__device__ __forceinline__ float block_sum(float v, float *shared) {
+    v = warp_sum(v);
+    if (threadIdx.x % WARP == 0) shared[threadIdx.x / WARP] = v;
+    __syncthreads();
+    float total = 0.0f;
+    for (int w = 0; w < ROW_THREADS / WARP; w++) total += shared[w];
+    __syncthreads();
+    return total;
+}
+__device__ __forceinline__ float block_max(float v, float *shared) {
+    v = warp_max(v);
+    if (threadIdx.x % WARP == 0) shared[threadIdx.x / WARP] = v;
+    __syncthreads();
+    float best = -INFINITY;
+    for (int w = 0; w < ROW_THREADS / WARP; w++) best = fmaxf(best, shared[w]);
+    __syncthreads();
+    return best;
+}
+
+static inline unsigned blocks_for(int64_t n, int threads) {
+    return (unsigned)((n + threads - 1) / threads);
+}
+
+// ---- ops (same names as the CPU's) --------------------------------------------------------------
+void embedding_cuda(ci_backend *be, ci_tensor *out, const ci_tensor *tokens,
+                    const ci_tensor *table);
+void rmsnorm_cuda(ci_backend *be, ci_tensor *out, const ci_tensor *x, const ci_tensor *weight,
+                  float eps);
+void matmul_cuda(ci_backend *be, ci_tensor *out, const ci_tensor *x, const ci_tensor *weight,
+                 const ci_tensor *bias);
+void rope_cuda(ci_backend *be, ci_tensor *q, ci_tensor *k, int pos0, const ci_rope_freqs *freqs);
+void attention_cuda(ci_backend *be, ci_tensor *out, const ci_tensor *q, const ci_tensor *k_cache,
+                    const ci_tensor *v_cache, int pos0);
+void diff_attention_cuda(ci_backend *be, ci_tensor *out, const ci_tensor *q,
+                         const ci_tensor *k_cache, const ci_tensor *v_cache, int pos0, float lambda,
+                         float lambda_init, float eps);
+void gated_activation_cuda(ci_backend *be, ci_tensor *out, const ci_tensor *gate,
+                           const ci_tensor *up, ci_activation act);
+void add_cuda(ci_backend *be, ci_tensor *x, const ci_tensor *y);
+void kv_store_cuda(ci_backend *be, ci_tensor *k_cache, ci_tensor *v_cache, const ci_tensor *k_new,
+                   const ci_tensor *v_new, int pos0);
+void argmax_cuda(ci_backend *be, ci_tensor *ids, const ci_tensor *logits);
+
+// ---- helpers the ops share ---------------------------------------------------------------------
+// out[t, n] += bias[n]; out is F32 [T, N], bias [N] in F32, BF16 or F16
+void bias_add_cuda(cuda_backend *cu, float *out, const ci_tensor *bias, int64_t n_rows,
+                   int64_t n_cols);
+// dst[i] = src[i] converted (round to nearest even), F32/BF16/F16 either side
+void convert_cuda(cudaStream_t stream, void *dst, ci_dtype dst_dtype, const void *src,
+                  ci_dtype src_dtype, int64_t n);
+
+// Scratch: the ops run one after another on one stream, so each uses the workspace from its
+// start and the backend reserves the largest need.
+size_t matmul_cuda_scratch_bytes(int64_t n_rows, int64_t widest_input);
+size_t attention_cuda_scratch_bytes(int n_heads, int head_dim, int n_ctx, int n_query_rows);
+
+#endif

@@ -1,0 +1,238 @@
+#!/usr/bin/env bash
+# One command for a machine with an NVIDIA GPU: builds cinfer for sm_90 (H100/H200), runs the GPU
+# tests, `cinfer compare` on every fixture in f32, bf16 and fp16, compute-sanitizer on short runs,
+# a short decode benchmark, and prints a summary table last.
+#
+# The GPU machine has nvcc, cuBLAS, CMake and a compiler but neither cJSON nor GoogleTest, and
+# nothing can be installed there: run scripts/fetch_gpu_deps.sh on a Debian machine first and
+# carry .deps/ along. The .debs are unpacked into $BUILD_DIR/deps-root (dpkg -x, or ar + tar where
+# there is no dpkg); GoogleTest is built from its source package with this machine's compiler
+# (the prebuilt Debian 12 archive is the fallback), and CMake is pointed at both.
+#
+#   scripts/gpu_check.sh                 everything
+#   scripts/gpu_check.sh --build-only    unpack, configure, build (no GPU needed)
+#   scripts/gpu_check.sh --no-build      the checks only, on the build a --build-only call left
+#                                        (two calls fit a 10-minute limit per command better)
+#   scripts/gpu_check.sh --hide-system   also hide the system's cJSON/GoogleTest from CMake, to
+#                                        prove on a machine that has them that .deps suffices
+# Environment: JOBS (default nproc), BUILD_DIR (default build-gpu), CUDA_ARCH (default 90),
+#   GPU_CHECK_BIG=1 also makes a 1.2B-parameter random DiffLlama (scripts/make_fixtures.py --big,
+#   needs torch + transformers) and times decoding on it. Logs go to $BUILD_DIR/gpu_check/ and,
+#   when $OUT is set (the device tool's output folder), are copied there too.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+repo=$(pwd)
+
+build_only=0
+no_build=0
+hide_system=0
+for arg in "$@"; do
+  case "$arg" in
+    --build-only) build_only=1 ;;
+    --no-build) no_build=1 ;;
+    --hide-system) hide_system=1 ;;
+    *) echo "gpu_check: unknown argument '$arg'" >&2; exit 2 ;;
+  esac
+done
+jobs=${JOBS:-$(nproc)}
+build=${BUILD_DIR:-build-gpu}
+arch=${CUDA_ARCH:-90}
+logs="$build/gpu_check"
+mkdir -p "$logs"
+export PATH="$PATH:/usr/local/cuda/bin"
+
+summary=()   # "step|result|detail"
+failures=0
+record() { # step result detail
+  summary+=("$1|$2|$3")
+  [ "$2" = ok ] || [ "$2" = skipped ] || failures=$((failures + 1))
+}
+section() { printf '\n==== %s ====\n' "$*"; }
+print_summary() {
+  section "summary"
+  printf '%-44s %-8s %s\n' "step" "result" "detail"
+  printf '%-44s %-8s %s\n' "----" "------" "------"
+  for row in "${summary[@]}"; do
+    IFS='|' read -r step result detail <<<"$row"
+    printf '%-44s %-8s %s\n' "$step" "$result" "$detail"
+  done
+  printf '\n%d step(s) failed\n' "$failures"
+  if [ -n "${OUT:-}" ] && [ -d "${OUT:-}" ]; then cp -r "$logs" "$OUT/" 2>/dev/null || true; fi
+}
+finish() { print_summary; [ "$failures" -eq 0 ]; exit $?; }
+
+if [ "$no_build" = 1 ]; then
+  if [ ! -x "$build/cinfer" ]; then
+    record "build" FAIL "--no-build, but $build/cinfer does not exist: run --build-only first"
+    finish
+  fi
+  record "build" ok "reused $build (--no-build)"
+else
+# ---- 1. dependencies from .deps ----------------------------------------------------------------
+section "dependencies (.deps)"
+deps="$repo/.deps"
+root="$repo/$build/deps-root" # unpacked here, per machine: .deps itself only holds the .debs
+if ! ls "$deps"/libcjson-dev_*.deb "$deps"/libgtest-dev_*.deb >/dev/null 2>&1; then
+  record "dependencies" FAIL ".deps/*.deb missing: run scripts/fetch_gpu_deps.sh on a Debian machine"
+  finish
+fi
+rm -rf "$root"
+mkdir -p "$root"
+for deb in "$deps"/*.deb; do
+  if command -v dpkg >/dev/null; then
+    dpkg -x "$deb" "$root"
+  else # a .deb is an ar archive holding data.tar.*
+    tmp=$(mktemp -d)
+    (cd "$tmp" && ar x "$deb" && tar -xf data.tar.* -C "$root")
+    rm -rf "$tmp"
+  fi
+done
+multiarch=$(gcc -print-multiarch 2>/dev/null || echo x86_64-linux-gnu)
+cjson_include="$root/usr/include"
+cjson_library=$(ls "$root"/usr/lib/*/libcjson.so 2>/dev/null | head -n 1)
+if [ ! -f "$cjson_include/cjson/cJSON.h" ] || [ -z "$cjson_library" ]; then
+  record "dependencies" FAIL "cJSON not found in the unpacked .debs"
+  finish
+fi
+
+# GoogleTest from its source package, with this machine's compiler; else Debian's prebuilt one
+gtest_prefix="$repo/$build/gtest" # built with this machine's compiler
+gtest_how="built from source"
+if [ ! -f "$gtest_prefix/lib/cmake/GTest/GTestConfig.cmake" ] &&
+   [ ! -f "$gtest_prefix/lib64/cmake/GTest/GTestConfig.cmake" ]; then
+  if [ -d "$root/usr/src/googletest" ] &&
+     cmake -S "$root/usr/src/googletest" -B "$build/gtest-build" -DCMAKE_BUILD_TYPE=Release \
+       -DBUILD_GMOCK=OFF -DINSTALL_GTEST=ON -DCMAKE_INSTALL_PREFIX="$gtest_prefix" \
+       >"$logs/gtest.log" 2>&1 &&
+     cmake --build "$build/gtest-build" -j "$jobs" >>"$logs/gtest.log" 2>&1 &&
+     cmake --install "$build/gtest-build" >>"$logs/gtest.log" 2>&1; then
+    :
+  else
+    gtest_prefix="$root/usr"
+    gtest_how="Debian's prebuilt archive (source build failed: $logs/gtest.log)"
+  fi
+fi
+record "dependencies" ok "cJSON $(basename "$cjson_library"), GoogleTest $gtest_how"
+
+# ---- 2. configure and build ---------------------------------------------------------------------
+section "configure and build (sm_$arch)"
+cmake_args=(-S . -B "$build" -DCMAKE_BUILD_TYPE=Release -DCINFER_CUDA=ON
+  -DCMAKE_CUDA_ARCHITECTURES="$arch"
+  -DCJSON_INCLUDE_DIR="$cjson_include" -DCJSON_LIBRARY="$cjson_library"
+  -DCMAKE_PREFIX_PATH="$gtest_prefix")
+if [ "$hide_system" = 1 ]; then
+  # the system's copies out of CMake's sight (libm named explicitly, since its folder is hidden)
+  cmake_args+=("-DCMAKE_IGNORE_PATH=/usr/include;/usr/lib/$multiarch;/usr/lib/$multiarch/cmake;/usr/lib/$multiarch/cmake/GTest;/usr/lib/cmake/GTest"
+    "-DMATH_LIBRARY=/usr/lib/$multiarch/libm.so")
+fi
+if ! cmake "${cmake_args[@]}" >"$logs/configure.log" 2>&1; then
+  tail -n 30 "$logs/configure.log"
+  record "configure" FAIL "see $logs/configure.log"
+  finish
+fi
+grep -E "CJSON_(INCLUDE_DIR|LIBRARY)|GTest_DIR" "$build/CMakeCache.txt" | grep -v "^//" \
+  | tee "$logs/found.log"
+record "configure" ok "$(grep -o 'CUDA code enabled.*' "$logs/configure.log" | head -n 1)"
+if ! cmake --build "$build" -j "$jobs" >"$logs/build.log" 2>&1; then
+  grep -E "error|Error" "$logs/build.log" | head -n 30
+  record "build" FAIL "see $logs/build.log"
+  finish
+fi
+record "build" ok "$(grep -c 'warning' "$logs/build.log") warning line(s)"
+fi # no_build
+[ "$build_only" = 1 ] && finish
+
+cli="$build/cinfer"
+section "the GPU"
+nvidia-smi -L 2>&1 | tee "$logs/nvidia-smi.log"
+"$cli" inspect --model tests/fixtures/llama_mha | grep -E "^GPU" | tee -a "$logs/nvidia-smi.log"
+
+# ---- 3. tests -----------------------------------------------------------------------------------
+section "GPU tests (ctest -R cuda)"
+# verbose, so that the log keeps the figures the tests print ("[cinfer] ... logits max ...")
+(cd "$build" && ctest -R cuda -V -j 4) >"$logs/ctest_cuda.log" 2>&1
+gpu_tests=$?
+grep "\[cinfer\]" "$logs/ctest_cuda.log" | sed 's/^[0-9]*: //' | sort -u >"$logs/measured.log"
+tail -n 15 "$logs/ctest_cuda.log"
+n_skipped=$(grep -c "(Skipped)" "$logs/ctest_cuda.log")
+line=$(grep -E "tests passed|tests failed" "$logs/ctest_cuda.log" | tail -n 1)
+if [ "$gpu_tests" -eq 0 ] && [ "$n_skipped" -le 3 ]; then
+  # three tests skip on purpose when a GPU is present (they check the no-GPU messages)
+  record "GPU tests" ok "$line; $n_skipped skipped"
+else
+  record "GPU tests" FAIL "$line; $n_skipped skipped (see $logs/ctest_cuda.log)"
+fi
+
+section "all other tests (CPU)"
+(cd "$build" && ctest -E cuda -j "$jobs") >"$logs/ctest_cpu.log" 2>&1
+cpu_tests=$?
+record "CPU tests" "$([ $cpu_tests -eq 0 ] && echo ok || echo FAIL)" \
+  "$(grep -E 'tests passed|tests failed' "$logs/ctest_cpu.log" | tail -n 1)"
+
+# ---- 4. compare on every fixture ------------------------------------------------------------------
+section "cinfer compare"
+tokens="1 15 7 42 9 3 27 11 100 64 5 77"
+for fixture in tests/fixtures/*/; do
+  name=$(basename "$fixture")
+  [ -f "$fixture/config.json" ] || continue
+  for dtype in f32 bf16 fp16; do
+    log="$logs/compare_${name}_${dtype}.log"
+    "$cli" compare --model "$fixture" --dtype "$dtype" --attn eager --tokens "$tokens" >"$log" 2>&1
+    rc=$?
+    logits=$(grep "^logits" "$log" | awk '{print "max " $2 ", rel L2 " $3}')
+    worst=$(grep -E "^(embedding|layer|final norm)" "$log" | awk '{print $(NF-1)}' | sort -g | tail -n 1)
+    top1=$(grep "^top-1" "$log" | awk '{print $3 "/" $5}')
+    if [ -n "$logits" ]; then
+      detail="logits $logits; worst hidden rel L2 ${worst:-?}; top-1 ${top1:-?}"
+    else
+      detail=$(tail -n 1 "$log")
+    fi
+    record "compare $name $dtype" "$([ $rc -eq 0 ] && echo ok || echo FAIL)" "$detail"
+  done
+done
+
+# ---- 5. compute-sanitizer ---------------------------------------------------------------------------
+section "compute-sanitizer"
+if command -v compute-sanitizer >/dev/null; then
+  for run in "memcheck diffllama_gqa2_llama3 bf16" "memcheck llama_gqa_llama3 f32" \
+             "memcheck llama_yarn fp16" "racecheck diffllama_gqa4 f32"; do
+    read -r tool fixture dtype <<<"$run"
+    log="$logs/sanitizer_${tool}_${fixture}_${dtype}.log"
+    compute-sanitizer --tool "$tool" --error-exitcode 99 "$cli" run --model "tests/fixtures/$fixture" \
+      --backend cuda --dtype "$dtype" --tokens "1 15 7 42 9" --max-new-tokens 6 >"$log" 2>&1
+    rc=$?
+    errors=$(grep -o "ERROR SUMMARY: [0-9]* error" "$log" | tail -n 1)
+    record "sanitizer $tool $fixture $dtype" "$([ $rc -eq 0 ] && echo ok || echo FAIL)" \
+      "${errors:-no summary (rc $rc)}"
+  done
+else
+  record "compute-sanitizer" FAIL "not found in PATH (looked in /usr/local/cuda/bin too)"
+fi
+
+# ---- 6. a short bench ----------------------------------------------------------------------------------
+section "bench (decode on a fixture; the real figures need a real-size model: GPU_CHECK_BIG=1)"
+bench() { # label model backend dtype n_new
+  local log="$logs/bench_$1.log"
+  "$cli" run --model "$2" --backend "$3" --dtype "$4" --tokens "1 15 7 42 9 3 27 11 100 64" \
+    --max-new-tokens "$5" --ctx-size $(( $5 + 16 )) --ignore-eos >/dev/null 2>"$log"
+  local rc=$?
+  record "bench $1" "$([ $rc -eq 0 ] && echo ok || echo FAIL)" \
+    "$(grep -o 'prompt:.*' "$log" | head -n 1 || true)$([ $rc -eq 0 ] || tail -n 1 "$log")"
+}
+bench "llama_gqa_llama3 cpu f32" tests/fixtures/llama_gqa_llama3 cpu f32 200
+for dtype in f32 bf16 fp16; do
+  bench "llama_gqa_llama3 cuda $dtype" tests/fixtures/llama_gqa_llama3 cuda "$dtype" 200
+done
+if [ "${GPU_CHECK_BIG:-0}" = 1 ]; then
+  big="$build/big"
+  if [ -f "$big/config.json" ] || python3 scripts/make_fixtures.py --big "$big" >"$logs/big.log" 2>&1; then
+    for dtype in bf16 fp16 f32; do bench "1.2B diffllama cuda $dtype" "$big" cuda "$dtype" 64; done
+    "$cli" compare --model "$big" --dtype bf16 --tokens "1 15 7 42 9 3 27 11" >"$logs/compare_big_bf16.log" 2>&1
+    record "compare 1.2B diffllama bf16" "$([ $? -eq 0 ] && echo ok || echo FAIL)" \
+      "$(grep '^logits' "$logs/compare_big_bf16.log" | awk '{print "max " $2 ", rel L2 " $3}')"
+  else
+    record "big model" FAIL "scripts/make_fixtures.py --big failed: $logs/big.log"
+  fi
+fi
+
+finish

@@ -1,0 +1,502 @@
+// Each CUDA op against its CPU op (kernels/cpu, the reference), on fresh random inputs every run
+// (CINFER_TEST_SEED replays one), over many shapes: odd sizes, GQA ratios, head dims 32-256,
+// weights in F32, BF16 and F16. Every output is poisoned (all bits set: NaN for floats, -1 for
+// ids) before the op runs, so an element the op never writes fails the comparison.
+//
+// Without a CUDA device (or in a build without CUDA) every test here is skipped, visibly.
+//
+// Tolerances are per element, derived beside each test from how the GPU's F32 arithmetic can
+// differ from the CPU's double accumulation; ops that only move or widen data must match exactly.
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <functional>
+#include <string>
+#include <tuple>
+#include <vector>
+
+#include "test_util.h"
+
+extern "C" {
+#include "engine/backend.h"
+#include "engine/device.h"
+#include "engine/tensor.h"
+#include "models/model.h"
+}
+
+using cinfer_test::fresh_seed;
+
+namespace {
+
+constexpr double kUlp = 0x1.0p-24; // F32 unit roundoff
+
+// Why there is no GPU to test on, or "" when there is one.
+std::string gpu_missing() {
+    if (ci_backend_available(CINFER_BACKEND_CUDA) != CINFER_OK) return cinfer_last_error();
+    if (ci_cuda_devices(nullptr, 0) == 0) return "no CUDA device found";
+    return "";
+}
+
+std::mt19937_64 test_rng() {
+    const auto *info = ::testing::UnitTest::GetInstance()->current_test_info();
+    const std::string name = std::string(info->test_suite_name()) + "." + info->name();
+    return std::mt19937_64(fresh_seed() ^ std::hash<std::string>{}(name));
+}
+
+// Host bytes of values in a weight dtype, and the values they actually hold.
+struct Encoded {
+    std::vector<unsigned char> bytes;
+    std::vector<float> values;
+};
+
+Encoded encode(const std::vector<float> &values, ci_dtype dtype) {
+    Encoded e;
+    e.bytes.resize(values.size() * ci_dtype_size(dtype));
+    e.values.resize(values.size());
+    for (size_t i = 0; i < values.size(); i++) {
+        if (dtype == CI_F32) {
+            std::memcpy(e.bytes.data() + 4 * i, &values[i], 4);
+            e.values[i] = values[i];
+        } else {
+            const uint16_t h =
+                dtype == CI_BF16 ? ci_f32_to_bf16(values[i]) : ci_f32_to_f16(values[i]);
+            std::memcpy(e.bytes.data() + 2 * i, &h, 2);
+            e.values[i] = dtype == CI_BF16 ? ci_bf16_to_f32(h) : ci_f16_to_f32(h);
+        }
+    }
+    return e;
+}
+
+ci_tensor view(void *data, ci_dtype dtype, std::initializer_list<int64_t> shape) {
+    ci_tensor t{};
+    t.data = data;
+    t.dtype = dtype;
+    for (int64_t d : shape) t.shape[t.n_dims++] = d;
+    return t;
+}
+
+// The CPU reference backend and a CUDA backend side by side, and device buffers that are freed
+// with the test.
+class CudaOps : public ::testing::Test {
+  protected:
+    void SetUp() override {
+        const std::string missing = gpu_missing();
+        if (!missing.empty()) GTEST_SKIP() << "no GPU to test on: " << missing;
+        ASSERT_EQ(ci_backend_create(CINFER_BACKEND_CPU, 2, &cpu_), CINFER_OK)
+            << cinfer_last_error();
+        ASSERT_EQ(ci_backend_create(CINFER_BACKEND_CUDA, 0, &gpu_), CINFER_OK)
+            << cinfer_last_error();
+        rng_ = test_rng();
+    }
+    void TearDown() override {
+        for (void *p : allocations_) gpu_->ops->free(gpu_, p);
+        ci_backend_free(gpu_);
+        ci_backend_free(cpu_);
+    }
+
+    // Both backends reserve what they ask for a model of this shape.
+    void reserve(int64_t widest_input, int n_heads, int n_kv_heads, int head_dim, int n_ctx) {
+        ci_config config{};
+        config.hidden_size = config.intermediate_size = (int)widest_input;
+        config.n_heads = n_heads;
+        config.n_kv_heads = n_kv_heads;
+        config.head_dim = head_dim;
+        for (ci_backend *be : {cpu_, gpu_})
+            ASSERT_EQ(ci_backend_reserve(be, be->ops->workspace_bytes(be, &config, n_ctx)),
+                      CINFER_OK)
+                << cinfer_last_error();
+    }
+
+    // A device copy of host bytes, viewed with the host tensor's dtype and shape.
+    ci_tensor upload(const ci_tensor &host) {
+        const size_t bytes = ci_tensor_nbytes(&host);
+        void *p = gpu_->ops->alloc(gpu_, bytes);
+        EXPECT_NE(p, nullptr);
+        allocations_.push_back(p);
+        gpu_->ops->to_device(gpu_, p, host.data, bytes);
+        ci_tensor t = host;
+        t.data = p;
+        return t;
+    }
+    // A device output with every bit set.
+    ci_tensor poisoned(const ci_tensor &host) {
+        std::vector<unsigned char> poison(ci_tensor_nbytes(&host), 0xff);
+        ci_tensor h = host;
+        h.data = poison.data();
+        return upload(h);
+    }
+    template <typename T> std::vector<T> download(const ci_tensor &device) {
+        std::vector<T> out(ci_tensor_nbytes(&device) / sizeof(T));
+        gpu_->ops->to_host(gpu_, out.data(), device.data, ci_tensor_nbytes(&device));
+        return out;
+    }
+
+    std::vector<float> randn(size_t n, float scale = 1.0f) {
+        return cinfer_test::random_floats(rng_, n, scale);
+    }
+
+    ci_backend *cpu_ = nullptr, *gpu_ = nullptr;
+    std::vector<void *> allocations_;
+    std::mt19937_64 rng_;
+};
+
+// Every element within its tolerance; NaN (an unwritten, poisoned element) fails.
+::testing::AssertionResult all_close(const std::vector<float> &gpu, const std::vector<float> &cpu,
+                                     const std::function<double(size_t)> &tolerance) {
+    if (gpu.size() != cpu.size())
+        return ::testing::AssertionFailure()
+               << "sizes differ: " << gpu.size() << " vs " << cpu.size();
+    size_t n_bad = 0, worst = 0;
+    double worst_ratio = -1.0;
+    for (size_t i = 0; i < cpu.size(); i++) {
+        const double error = std::fabs((double)gpu[i] - (double)cpu[i]);
+        const double ratio = std::isnan(error) ? INFINITY : error / tolerance(i);
+        if (!(error <= tolerance(i))) n_bad++;
+        if (ratio > worst_ratio) worst_ratio = ratio, worst = i;
+    }
+    if (n_bad == 0) return ::testing::AssertionSuccess();
+    return ::testing::AssertionFailure()
+           << n_bad << " of " << cpu.size() << " elements out of tolerance; worst at " << worst
+           << ": gpu " << gpu[worst] << ", cpu " << cpu[worst] << " ± " << tolerance(worst);
+}
+
+// ---- embedding: a gather that widens, so exact -------------------------------------------------
+
+TEST_F(CudaOps, EmbeddingGathersRowsExactly) {
+    for (ci_dtype dtype : {CI_F32, CI_BF16, CI_F16})
+        for (auto [vocab, dim, n_tokens] :
+             std::vector<std::tuple<int, int, int>>{{5, 7, 1}, {1000, 64, 17}, {313, 300, 64}}) {
+            SCOPED_TRACE(std::string(ci_dtype_name(dtype)) + " vocab " + std::to_string(vocab) +
+                         " dim " + std::to_string(dim) + " tokens " + std::to_string(n_tokens));
+            Encoded table = encode(randn((size_t)vocab * dim), dtype);
+            std::vector<int32_t> ids(n_tokens);
+            std::uniform_int_distribution<int> pick(0, vocab - 1);
+            for (auto &id : ids) id = pick(rng_);
+            ids[0] = vocab - 1; // the last row too
+            ci_tensor h_table = view(table.bytes.data(), dtype, {vocab, dim});
+            ci_tensor h_ids = view(ids.data(), CI_I32, {n_tokens});
+            std::vector<float> want(n_tokens * (size_t)dim);
+            ci_tensor h_out = view(want.data(), CI_F32, {n_tokens, dim});
+            cpu_->ops->embedding(cpu_, &h_out, &h_ids, &h_table);
+            ci_tensor d_table = upload(h_table), d_ids = upload(h_ids), d_out = poisoned(h_out);
+            gpu_->ops->embedding(gpu_, &d_out, &d_ids, &d_table);
+            EXPECT_TRUE(all_close(download<float>(d_out), want, [](size_t) { return 0.0; }));
+        }
+}
+
+// ---- RMSNorm -----------------------------------------------------------------------------------
+// The GPU sums squares in F32 over a tree (error below log2(dim)·u relative), takes 1/sqrt in F32;
+// the CPU sums in double. 1e-5 relative to each output covers dim up to 2^16 with margin.
+
+TEST_F(CudaOps, RmsnormMatchesCpu) {
+    for (ci_dtype dtype : {CI_F32, CI_BF16, CI_F16})
+        for (int dim : {1, 7, 64, 255, 1000, 4096})
+            for (int rows : {1, 3, 17}) {
+                SCOPED_TRACE(std::string(ci_dtype_name(dtype)) + " dim " + std::to_string(dim) +
+                             " rows " + std::to_string(rows));
+                reserve(dim, 1, 1, 2, 1);
+                std::vector<float> x = randn((size_t)rows * dim, 3.0f);
+                Encoded w = encode(randn(dim), dtype);
+                std::vector<float> want(x.size());
+                ci_tensor h_x = view(x.data(), CI_F32, {rows, dim});
+                ci_tensor h_w = view(w.bytes.data(), dtype, {dim});
+                ci_tensor h_out = view(want.data(), CI_F32, {rows, dim});
+                cpu_->ops->rmsnorm(cpu_, &h_out, &h_x, &h_w, 1e-6f);
+                ci_tensor d_x = upload(h_x), d_w = upload(h_w), d_out = poisoned(h_out);
+                gpu_->ops->rmsnorm(gpu_, &d_out, &d_x, &d_w, 1e-6f);
+                EXPECT_TRUE(all_close(download<float>(d_out), want,
+                                      [&](size_t i) { return 1e-5 * std::fabs(want[i]) + 1e-30; }));
+            }
+}
+
+// ---- matmul ------------------------------------------------------------------------------------
+// Bound per output: the F32 accumulation (at most K·u relative to Σ|x·w|, whatever order cuBLAS
+// sums in) plus, with BF16/F16 weights, the rounding of x to that dtype on the way in (at most the
+// unit roundoff of that dtype, 2^-8 for bf16 and 2^-11 for fp16, relative to each |x·w| term),
+// doubled for margin.
+
+struct MatmulShape {
+    int n_tokens, n_in, n_out;
+};
+
+TEST_F(CudaOps, MatmulMatchesCpuInEveryWeightDtype) {
+    const MatmulShape shapes[] = {{1, 64, 96},    {3, 65, 7},     {17, 256, 129},
+                                  {64, 1000, 33}, {5, 4096, 250}, {130, 96, 1024}};
+    for (ci_dtype dtype : {CI_F32, CI_BF16, CI_F16})
+        for (const MatmulShape &s : shapes)
+            for (int with_bias : {0, 1}) {
+                SCOPED_TRACE(std::string(ci_dtype_name(dtype)) + " T " +
+                             std::to_string(s.n_tokens) + " K " + std::to_string(s.n_in) + " N " +
+                             std::to_string(s.n_out) + (with_bias ? " bias" : ""));
+                reserve(s.n_in, 1, 1, 2, s.n_tokens);
+                std::vector<float> x = randn((size_t)s.n_tokens * s.n_in);
+                Encoded w = encode(randn((size_t)s.n_out * s.n_in, 0.05f), dtype);
+                Encoded b = encode(randn(s.n_out), CI_F32);
+                std::vector<float> want((size_t)s.n_tokens * s.n_out);
+                ci_tensor h_x = view(x.data(), CI_F32, {s.n_tokens, s.n_in});
+                ci_tensor h_w = view(w.bytes.data(), dtype, {s.n_out, s.n_in});
+                ci_tensor h_b = view(b.bytes.data(), CI_F32, {s.n_out});
+                ci_tensor h_out = view(want.data(), CI_F32, {s.n_tokens, s.n_out});
+                cpu_->ops->matmul(cpu_, &h_out, &h_x, &h_w, with_bias ? &h_b : nullptr);
+                ci_tensor d_x = upload(h_x), d_w = upload(h_w), d_b = upload(h_b);
+                ci_tensor d_out = poisoned(h_out);
+                gpu_->ops->matmul(gpu_, &d_out, &d_x, &d_w, with_bias ? &d_b : nullptr);
+                const double input_rounding = dtype == CI_BF16  ? 0x1.0p-8
+                                              : dtype == CI_F16 ? 0x1.0p-11
+                                                                : 0.0;
+                const double relative = 2.0 * (input_rounding + s.n_in * kUlp);
+                EXPECT_TRUE(all_close(download<float>(d_out), want, [&](size_t i) {
+                    const size_t t = i / s.n_out, n = i % s.n_out;
+                    double magnitude = 0.0;
+                    for (int k = 0; k < s.n_in; k++)
+                        magnitude +=
+                            std::fabs((double)x[t * s.n_in + k] * (double)w.values[n * s.n_in + k]);
+                    return relative * magnitude + 4.0 * kUlp * std::fabs(want[i]) + 1e-30;
+                }));
+            }
+}
+
+// ---- RoPE --------------------------------------------------------------------------------------
+// The frequencies come from models/rope.c for every scaling type; angles are the same F32 products
+// on both sides, cos/sin within 2 ulps of each other, and the GPU may fuse the final multiply-add:
+// a few ulps of |x1| + |x2| times the attention scaling.
+
+ci_config rope_config(ci_rope_type type, int head_dim) {
+    ci_config c{};
+    c.head_dim = head_dim;
+    c.max_position_embeddings = 2048;
+    c.rope.type = type;
+    c.rope.theta = type == CI_ROPE_LLAMA3 ? 500000.0 : 10000.0;
+    c.rope.factor = 4.0;
+    c.rope.low_freq_factor = 1.0;
+    c.rope.high_freq_factor = 4.0;
+    c.rope.original_max_position_embeddings = 512;
+    c.rope.attention_factor = -1.0;
+    c.rope.beta_fast = 32.0;
+    c.rope.beta_slow = 1.0;
+    c.rope.truncate = true;
+    return c;
+}
+
+TEST_F(CudaOps, RopeMatchesCpuForEveryScalingType) {
+    const ci_rope_type types[] = {CI_ROPE_DEFAULT, CI_ROPE_LINEAR, CI_ROPE_DYNAMIC, CI_ROPE_LLAMA3,
+                                  CI_ROPE_YARN};
+    const std::tuple<int, int> heads[] = {{4, 4}, {8, 2}, {6, 1}};
+    for (ci_rope_type type : types)
+        for (int head_dim : {32, 64, 80, 128, 256})
+            for (auto [n_heads, n_kv_heads] : heads)
+                for (auto [n_tokens, pos0] :
+                     std::vector<std::tuple<int, int>>{{1, 0}, {7, 3}, {1, 4999}, {20, 3000}}) {
+                    SCOPED_TRACE(std::string(ci_rope_type_name(type)) + " D " +
+                                 std::to_string(head_dim) + " H " + std::to_string(n_heads) +
+                                 " G " + std::to_string(n_kv_heads) + " T " +
+                                 std::to_string(n_tokens) + " pos0 " + std::to_string(pos0));
+                    const ci_config c = rope_config(type, head_dim);
+                    std::vector<float> inv_freq(head_dim / 2);
+                    ci_rope_freqs freqs{};
+                    ci_rope_frequencies(&c, pos0 + n_tokens, inv_freq.data(),
+                                        &freqs.attention_scaling);
+                    std::vector<float> q = randn((size_t)n_tokens * n_heads * head_dim);
+                    std::vector<float> k = randn((size_t)n_tokens * n_kv_heads * head_dim);
+                    std::vector<float> q_in = q, k_in = k;
+                    ci_tensor h_q = view(q.data(), CI_F32, {n_tokens, n_heads, head_dim});
+                    ci_tensor h_k = view(k.data(), CI_F32, {n_tokens, n_kv_heads, head_dim});
+                    ci_tensor d_q = upload(h_q), d_k = upload(h_k);
+                    ci_tensor h_freq = view(inv_freq.data(), CI_F32, {head_dim / 2});
+                    ci_tensor d_freq = upload(h_freq);
+                    freqs.inv_freq = inv_freq.data();
+                    cpu_->ops->rope(cpu_, &h_q, &h_k, pos0, &freqs);
+                    ci_rope_freqs d_freqs = {(const float *)d_freq.data, freqs.attention_scaling};
+                    gpu_->ops->rope(gpu_, &d_q, &d_k, pos0, &d_freqs);
+                    const int half = head_dim / 2;
+                    auto tolerance_for = [&](const std::vector<float> &in) {
+                        return [&, half](size_t i) {
+                            const size_t base = i / head_dim * head_dim, j = i % head_dim % half;
+                            return 8.0 * kUlp * freqs.attention_scaling *
+                                       (std::fabs(in[base + j]) + std::fabs(in[base + j + half])) +
+                                   1e-30;
+                        };
+                    };
+                    EXPECT_TRUE(all_close(download<float>(d_q), q, tolerance_for(q_in)));
+                    EXPECT_TRUE(all_close(download<float>(d_k), k, tolerance_for(k_in)));
+                }
+}
+
+// ---- attention ---------------------------------------------------------------------------------
+// The GPU's scores are F32 dot products over D terms (|q·k| ~ sqrt(D) here, so a score can be off
+// by ~sqrt(D)·D·u / sqrt(D) ~ 1e-5 at D = 256), its softmax sums and P·V accumulate in F32; the
+// output is a convex combination of values, moved by a score error δ at most about δ·max |v|.
+// Bound: 1e-4·max |v|, ten times that estimate, and still far below what one key wrongly in or out
+// of the mask moves (p·|v|, p >= 1/n_keys). Differential attention's group norm rescales by the RMS
+// of a difference: its bound is relative to the output's own scale, 1e-4·(1 + |y|).
+
+struct AttentionCase {
+    int head_dim, n_heads, n_kv_heads, n_tokens, pos0;
+};
+
+std::vector<AttentionCase> attention_cases() {
+    std::vector<AttentionCase> cases;
+    const std::tuple<int, int> heads[] = {{4, 4}, {8, 2}, {8, 1}, {12, 4}, {6, 3}};
+    const std::tuple<int, int> steps[] = {{1, 0}, {1, 37}, {7, 0}, {5, 11}, {33, 100}};
+    for (int head_dim : {32, 64, 80, 128, 256})
+        for (auto [h, g] : heads)
+            for (auto [t, pos0] : steps) cases.push_back({head_dim, h, g, t, pos0});
+    return cases;
+}
+
+std::string case_name(const AttentionCase &c) {
+    return "D" + std::to_string(c.head_dim) + " H" + std::to_string(c.n_heads) + " G" +
+           std::to_string(c.n_kv_heads) + " T" + std::to_string(c.n_tokens) + " pos0 " +
+           std::to_string(c.pos0);
+}
+
+class CudaAttention : public CudaOps {
+  protected:
+    // Runs standard (lambda < 0) or differential attention on both backends and compares.
+    void check(const AttentionCase &c, bool differential, size_t gpu_workspace_rows = 0) {
+        SCOPED_TRACE(case_name(c) + (differential ? " differential" : " standard"));
+        const int n_ctx = c.pos0 + c.n_tokens + 3; // rows past the last position stay unused
+        reserve(64, c.n_heads, c.n_kv_heads, c.head_dim, n_ctx);
+        if (gpu_workspace_rows) {
+            // a fresh backend whose workspace holds this many query rows of scores (the
+            // attention scratch per row, kernels/cuda/attention.cu): the op must work in chunks
+            ci_backend_free(gpu_);
+            ASSERT_EQ(ci_backend_create(CINFER_BACKEND_CUDA, 0, &gpu_), CINFER_OK);
+            const size_t per_row = (size_t)c.n_heads * (n_ctx + 2 * (size_t)c.head_dim) * 4;
+            ASSERT_EQ(ci_backend_reserve(gpu_, per_row * gpu_workspace_rows), CINFER_OK);
+        }
+        const size_t q_n = (size_t)c.n_tokens * c.n_heads * c.head_dim;
+        const size_t kv_n = (size_t)n_ctx * c.n_kv_heads * c.head_dim;
+        std::vector<float> q = randn(q_n), k = randn(kv_n), v = randn(kv_n, 2.0f), want(q_n);
+        ci_tensor h_q = view(q.data(), CI_F32, {c.n_tokens, c.n_heads, c.head_dim});
+        ci_tensor h_k = view(k.data(), CI_F32, {n_ctx, c.n_kv_heads, c.head_dim});
+        ci_tensor h_v = view(v.data(), CI_F32, {n_ctx, c.n_kv_heads, c.head_dim});
+        ci_tensor h_out = view(want.data(), CI_F32, {c.n_tokens, c.n_heads, c.head_dim});
+        ci_tensor d_q = upload(h_q), d_k = upload(h_k), d_v = upload(h_v), d_out = poisoned(h_out);
+        std::uniform_real_distribution<float> unit(0.1f, 0.9f);
+        const float lambda = unit(rng_), lambda_init = unit(rng_), eps = 1e-5f;
+        if (differential) {
+            cpu_->ops->diff_attention(cpu_, &h_out, &h_q, &h_k, &h_v, c.pos0, lambda, lambda_init,
+                                      eps);
+            gpu_->ops->diff_attention(gpu_, &d_out, &d_q, &d_k, &d_v, c.pos0, lambda, lambda_init,
+                                      eps);
+        } else {
+            cpu_->ops->attention(cpu_, &h_out, &h_q, &h_k, &h_v, c.pos0);
+            gpu_->ops->attention(gpu_, &d_out, &d_q, &d_k, &d_v, c.pos0);
+        }
+        double v_max = 0.0;
+        for (float x : v) v_max = std::max(v_max, (double)std::fabs(x));
+        const double tolerance = differential ? 1e-4 : 1e-4 * v_max;
+        EXPECT_TRUE(all_close(download<float>(d_out), want, [&](size_t i) {
+            return differential ? tolerance * (1.0 + std::fabs(want[i])) : tolerance;
+        }));
+    }
+};
+
+TEST_F(CudaAttention, StandardMatchesCpuOverShapesAndGqaRatios) {
+    for (const AttentionCase &c : attention_cases()) check(c, false);
+}
+
+TEST_F(CudaAttention, DifferentialMatchesCpuOverShapesAndGqaRatios) {
+    for (const AttentionCase &c : attention_cases()) check(c, true);
+}
+
+TEST_F(CudaAttention, LongPromptsRunInChunksOfQueryRows) {
+    check({64, 8, 2, 33, 5}, false, 3);
+    check({64, 8, 2, 33, 5}, true, 3);
+    check({128, 4, 4, 10, 0}, false, 1);
+}
+
+// ---- the gated activation and the residual add -------------------------------------------------
+// F32 expf/erff/tanhf against double: a few ulps of the result, plus, where 1 + tanh or 1 + erf
+// cancels (large negative gate), an ulp of 1 times 0.5·|gate|·|up|.
+
+TEST_F(CudaOps, GatedActivationMatchesCpu) {
+    for (ci_activation act : {CI_ACT_SILU, CI_ACT_GELU, CI_ACT_GELU_TANH, CI_ACT_RELU})
+        for (int n : {1, 33, 4097, 70000}) {
+            SCOPED_TRACE("activation " + std::to_string((int)act) + " n " + std::to_string(n));
+            std::vector<float> gate = randn(n, 3.0f), up = randn(n), want(n);
+            ci_tensor h_g = view(gate.data(), CI_F32, {1, n}),
+                      h_u = view(up.data(), CI_F32, {1, n});
+            ci_tensor h_out = view(want.data(), CI_F32, {1, n});
+            cpu_->ops->gated_activation(cpu_, &h_out, &h_g, &h_u, act);
+            ci_tensor d_g = upload(h_g), d_u = upload(h_u), d_out = poisoned(h_out);
+            gpu_->ops->gated_activation(gpu_, &d_out, &d_g, &d_u, act);
+            EXPECT_TRUE(all_close(download<float>(d_out), want, [&](size_t i) {
+                return 8.0 * kUlp * std::fabs(want[i]) +
+                       4.0 * kUlp * (1.0 + std::fabs(gate[i])) * std::fabs(up[i]) + 1e-30;
+            }));
+        }
+}
+
+TEST_F(CudaOps, AddIsExact) {
+    for (int n : {1, 1000, 65537}) {
+        std::vector<float> x = randn(n), y = randn(n);
+        ci_tensor h_x = view(x.data(), CI_F32, {1, n}), h_y = view(y.data(), CI_F32, {1, n});
+        ci_tensor d_x = upload(h_x), d_y = upload(h_y);
+        cpu_->ops->add(cpu_, &h_x, &h_y);
+        gpu_->ops->add(gpu_, &d_x, &d_y);
+        EXPECT_TRUE(all_close(download<float>(d_x), x, [](size_t) { return 0.0; })) << n;
+    }
+}
+
+// ---- the KV cache store: rows [pos0, pos0 + T) replaced, every other row untouched -------------
+
+TEST_F(CudaOps, KvStoreWritesExactlyItsRows) {
+    for (auto [n_ctx, n_tokens, pos0] : std::vector<std::tuple<int, int, int>>{
+             {8, 1, 0}, {8, 1, 7}, {50, 17, 20}, {600, 512, 88}}) {
+        const int G = 3, D = 40;
+        std::vector<float> k_cache = randn((size_t)n_ctx * G * D), v_cache = randn(k_cache.size());
+        std::vector<float> k_new = randn((size_t)n_tokens * G * D), v_new = randn(k_new.size());
+        ci_tensor h_kc = view(k_cache.data(), CI_F32, {n_ctx, G, D});
+        ci_tensor h_vc = view(v_cache.data(), CI_F32, {n_ctx, G, D});
+        ci_tensor h_kn = view(k_new.data(), CI_F32, {n_tokens, G, D});
+        ci_tensor h_vn = view(v_new.data(), CI_F32, {n_tokens, G, D});
+        ci_tensor d_kc = upload(h_kc), d_vc = upload(h_vc), d_kn = upload(h_kn),
+                  d_vn = upload(h_vn);
+        cpu_->ops->kv_store(cpu_, &h_kc, &h_vc, &h_kn, &h_vn, pos0);
+        gpu_->ops->kv_store(gpu_, &d_kc, &d_vc, &d_kn, &d_vn, pos0);
+        EXPECT_TRUE(all_close(download<float>(d_kc), k_cache, [](size_t) { return 0.0; }));
+        EXPECT_TRUE(all_close(download<float>(d_vc), v_cache, [](size_t) { return 0.0; }));
+    }
+}
+
+// ---- argmax: the host sampler's choice exactly, ties and NaN included --------------------------
+
+TEST_F(CudaOps, ArgmaxPicksWhatTheHostSamplerPicks) {
+    for (int vocab : {1, 7, 1000, 32001, 128256})
+        for (int variant = 0; variant < 4; variant++) {
+            SCOPED_TRACE("vocab " + std::to_string(vocab) + " variant " + std::to_string(variant));
+            const int rows = 3;
+            std::vector<float> logits = randn((size_t)rows * vocab);
+            std::uniform_int_distribution<int> pick(0, vocab - 1);
+            for (int r = 0; r < rows; r++) {
+                float *row = logits.data() + (size_t)r * vocab;
+                const int a = pick(rng_), b = pick(rng_);
+                if (variant == 1) row[a] = row[b] = 100.0f;                // a tie: the lower index
+                if (variant == 2) row[a] = NAN, row[b] = 50.0f;            // NaN never wins
+                if (variant == 3) std::fill(row, row + vocab, (float)NAN); // all NaN: the last
+            }
+            std::vector<int32_t> want(rows);
+            ci_tensor h_logits = view(logits.data(), CI_F32, {rows, vocab});
+            ci_tensor h_ids = view(want.data(), CI_I32, {rows});
+            cpu_->ops->argmax(cpu_, &h_ids, &h_logits);
+            ci_tensor d_logits = upload(h_logits), d_ids = poisoned(h_ids);
+            gpu_->ops->argmax(gpu_, &d_ids, &d_logits);
+            EXPECT_EQ(download<int32_t>(d_ids), want);
+        }
+}
+
+// ---- without a GPU: the skip above must be a skip, not a silent pass ---------------------------
+
+TEST(CudaAvailability, SaysWhyWhenThereIsNoGpu) {
+    const std::string missing = gpu_missing();
+    if (missing.empty()) GTEST_SKIP() << "a GPU is present";
+    EXPECT_NE(ci_backend_available(CINFER_BACKEND_CUDA), CINFER_OK);
+    EXPECT_FALSE(std::string(cinfer_last_error()).empty());
+    ci_backend *be = nullptr;
+    EXPECT_NE(ci_backend_create(CINFER_BACKEND_CUDA, 0, &be), CINFER_OK);
+    EXPECT_EQ(be, nullptr);
+}
+
+} // namespace
