@@ -20,6 +20,7 @@
 #include <cjson/cJSON.h>
 
 #include "../engine/cinfer.h"
+#include "../engine/session.h"
 #include "bench.h"
 
 enum { EXIT_ERROR = 1, EXIT_USAGE = 2, MAX_LIST = 16 };
@@ -33,7 +34,10 @@ static const char *bench_usage_text =
     "  -b, --batch-size N,...   sequences decoded together (default 1; only 1 so far)\n"
     "  -t, --threads N,N,...    CPU threads (default: OpenMP's)\n"
     "  -r, --repetitions N      timed runs per test after one warm-up (default 5)\n"
-    "  --backend cpu            backend(s) to measure, comma-separated (default cpu)\n"
+    "  --backend cpu,cuda       backend(s) to measure (default cpu)\n"
+    "  --dtype f32,bf16,fp16    cuda: run dtype(s) (default bf16); the CPU computes in f32\n"
+    "  --attn eager,sdpa,flash  cuda: attention backend(s) (default eager)\n"
+    "  --device N               cuda: the GPU (default 0)\n"
     "  --output md|csv|json     table format on stdout (default md)\n"
     "  --seed S                 seed of the random prompt tokens (default 1)\n"
     "  Use 0 in -p or -n to skip that kind of test.\n";
@@ -49,15 +53,17 @@ typedef struct bench_options {
     const char *model_dir;
     int_list n_prompt, n_gen, n_depth, batch, threads;
     int repetitions;
-    cinfer_backend backends[2];
-    int n_backends;
+    int use_backend[2];   /* indexed by cinfer_backend */
+    int use_dtype[3];     /* indexed by cinfer_dtype: CUDA rows */
+    int use_attention[3]; /* indexed by cinfer_attention: CUDA rows */
+    int device;
     output_format output;
     uint64_t seed;
 } bench_options;
 
 /* One row of the table: a test on one configuration, with every timed repetition. */
 typedef struct bench_row {
-    const char *backend;
+    const char *backend, *dtype, *attention;
     int n_threads; /* 0: OpenMP's default */
     int n_prompt, n_gen, n_depth, batch;
     int repetitions;
@@ -88,6 +94,22 @@ static int parse_int_list(const char *text, int minimum, int maximum, int_list *
     }
 }
 
+/* "bf16,fp16" -> chosen[i] = 1 for each name; names[] ends with NULL and the enum's order. */
+static int parse_name_list(const char *text, const char *const *names, int *chosen) {
+    int n_names = 0;
+    while (names[n_names]) chosen[n_names++] = 0;
+    for (const char *p = text;;) {
+        size_t length = strcspn(p, ",");
+        int found = 0;
+        for (int i = 0; i < n_names && !found; i++)
+            if (strlen(names[i]) == length && strncmp(p, names[i], length) == 0)
+                chosen[i] = found = 1;
+        if (!found) return -1;
+        if (p[length] == '\0') return 0;
+        p += length + 1;
+    }
+}
+
 static int parse_bench_options(int argc, char **argv, bench_options *o) {
     *o = (bench_options){.n_prompt = {1, {512}},
                          .n_gen = {1, {128}},
@@ -95,8 +117,9 @@ static int parse_bench_options(int argc, char **argv, bench_options *o) {
                          .batch = {1, {1}},
                          .threads = {1, {0}},
                          .repetitions = 5,
-                         .backends = {CINFER_BACKEND_CPU},
-                         .n_backends = 1,
+                         .use_backend = {1, 0},
+                         .use_dtype = {0, 1, 0},
+                         .use_attention = {1, 0, 0},
                          .output = OUTPUT_MD,
                          .seed = 1};
     for (int i = 0; i < argc; i++) {
@@ -151,11 +174,27 @@ static int parse_bench_options(int argc, char **argv, bench_options *o) {
             else
                 return bench_usage("--output needs md, csv or json, got '%s'", value);
         } else if (strcmp(flag, "--backend") == 0) {
-            if (strcmp(value, "cpu") != 0)
-                return bench_usage("--backend '%s' is not available in this build (cpu only)",
+            static const char *const names[] = {"cpu", "cuda", NULL};
+            if (parse_name_list(value, names, o->use_backend))
+                return bench_usage("--backend needs cpu and/or cuda separated by commas, got '%s'",
                                    value);
-            o->backends[0] = CINFER_BACKEND_CPU;
-            o->n_backends = 1;
+        } else if (strcmp(flag, "--dtype") == 0) {
+            static const char *const names[] = {"f32", "bf16", "fp16", NULL};
+            if (parse_name_list(value, names, o->use_dtype))
+                return bench_usage("--dtype needs f32, bf16 and/or fp16 separated by commas, got "
+                                   "'%s'",
+                                   value);
+        } else if (strcmp(flag, "--attn") == 0) {
+            static const char *const names[] = {"eager", "sdpa", "flash", NULL};
+            if (parse_name_list(value, names, o->use_attention))
+                return bench_usage("--attn needs eager, sdpa and/or flash separated by commas, got "
+                                   "'%s'",
+                                   value);
+        } else if (strcmp(flag, "--device") == 0) {
+            int_list d;
+            if (parse_int_list(value, 0, 1023, &d) || d.n != 1)
+                return bench_usage("--device needs one GPU index >= 0, got '%s'", value);
+            o->device = d.values[0];
         } else {
             return bench_usage("unknown option '%s'", flag);
         }
@@ -195,9 +234,11 @@ static cinfer_status run_once(cinfer_session *session, const int32_t *tokens, in
             cinfer_session_forward(session, test_tokens, n_prompt, CINFER_LOGITS_LAST, logits);
         if (status != CINFER_OK) return status;
     }
+    /* decode as generation does (on a GPU: a recorded graph, argmax on the device), feeding the
+     * drawn ids rather than the argmax so that every run decodes the same tokens */
     for (int i = 0; i < n_gen; i++) {
-        cinfer_status status =
-            cinfer_session_forward(session, test_tokens + i, 1, CINFER_LOGITS_LAST, logits);
+        int32_t next;
+        cinfer_status status = ci_session_greedy_step(session, test_tokens[i], &next);
         if (status != CINFER_OK) return status;
     }
     *seconds = now_seconds() - start;
@@ -217,10 +258,6 @@ static void summarize(bench_row *row) {
                           ? (sum_sq - sum * sum / row->repetitions) / (row->repetitions - 1)
                           : 0.0;
     row->std_tps = variance > 0 ? sqrt(variance) : 0.0;
-}
-
-static const char *backend_name(cinfer_backend backend) {
-    return backend == CINFER_BACKEND_CUDA ? "cuda" : "cpu";
 }
 
 static void test_name(const bench_row *row, char *buf, size_t size) {
@@ -261,17 +298,16 @@ static void print_csv_field(const char *text) {
     putchar('"');
 }
 
-static void print_rows(const bench_options *o, const cinfer_model_info *info, const char *dtype,
-                       const bench_row *rows, int n_rows) {
-    char model[512], test[64];
+static void print_rows(const bench_options *o, const cinfer_model_info *info, const bench_row *rows,
+                       int n_rows) {
+    char model[512], test[64], size[32], params[32];
     model_label(o->model_dir, model, sizeof model);
-    char size[32], params[32];
     human_bytes((double)info->weight_bytes, size, sizeof size);
     human_count((double)info->n_params, params, sizeof params);
     if (o->output == OUTPUT_MD) {
-        printf("| model | arch | size | params | backend | dtype | threads | batch | test | t/s "
-               "|\n");
-        printf("| --- | --- | ---: | ---: | --- | --- | ---: | ---: | ---: | ---: |\n");
+        printf("| model | arch | size | params | backend | dtype | attn | threads | batch | test "
+               "| t/s |\n");
+        printf("| --- | --- | ---: | ---: | --- | --- | --- | ---: | ---: | ---: | ---: |\n");
         for (int i = 0; i < n_rows; i++) {
             const bench_row *r = &rows[i];
             test_name(r, test, sizeof test);
@@ -280,21 +316,21 @@ static void print_rows(const bench_options *o, const cinfer_model_info *info, co
                 snprintf(threads, sizeof threads, "%d", r->n_threads);
             else
                 snprintf(threads, sizeof threads, "default");
-            printf("| %s | %s | %s | %s | %s | %s | %s | %d | %s | %.2f ± %.2f |\n", model,
-                   info->architecture, size, params, r->backend, dtype, threads, r->batch, test,
-                   r->mean_tps, r->std_tps);
+            printf("| %s | %s | %s | %s | %s | %s | %s | %s | %d | %s | %.2f ± %.2f |\n", model,
+                   info->architecture, size, params, r->backend, r->dtype, r->attention, threads,
+                   r->batch, test, r->mean_tps, r->std_tps);
         }
     } else if (o->output == OUTPUT_CSV) {
-        printf("model,arch,weight_bytes,n_params,backend,dtype,n_threads,batch,test,n_prompt,"
+        printf("model,arch,weight_bytes,n_params,backend,dtype,attn,n_threads,batch,test,n_prompt,"
                "n_gen,n_depth,repetitions,mean_tps,std_tps,seconds\n");
         for (int i = 0; i < n_rows; i++) {
             const bench_row *r = &rows[i];
             test_name(r, test, sizeof test);
             print_csv_field(model);
-            printf(",%s,%lld,%lld,%s,%s,%d,%d,%s,%d,%d,%d,%d,%.6g,%.6g,\"", info->architecture,
-                   (long long)info->weight_bytes, (long long)info->n_params, r->backend, dtype,
-                   r->n_threads, r->batch, test, r->n_prompt, r->n_gen, r->n_depth, r->repetitions,
-                   r->mean_tps, r->std_tps);
+            printf(",%s,%lld,%lld,%s,%s,%s,%d,%d,%s,%d,%d,%d,%d,%.6g,%.6g,\"", info->architecture,
+                   (long long)info->weight_bytes, (long long)info->n_params, r->backend, r->dtype,
+                   r->attention, r->n_threads, r->batch, test, r->n_prompt, r->n_gen, r->n_depth,
+                   r->repetitions, r->mean_tps, r->std_tps);
             for (int k = 0; k < r->repetitions; k++) printf("%s%.6g", k ? ";" : "", r->seconds[k]);
             printf("\"\n");
         }
@@ -310,7 +346,8 @@ static void print_rows(const bench_options *o, const cinfer_model_info *info, co
             cJSON_AddNumberToObject(item, "weight_bytes", (double)info->weight_bytes);
             cJSON_AddNumberToObject(item, "n_params", (double)info->n_params);
             cJSON_AddStringToObject(item, "backend", r->backend);
-            cJSON_AddStringToObject(item, "dtype", dtype);
+            cJSON_AddStringToObject(item, "dtype", r->dtype);
+            cJSON_AddStringToObject(item, "attn", r->attention);
             cJSON_AddNumberToObject(item, "n_threads", r->n_threads);
             cJSON_AddNumberToObject(item, "batch", r->batch);
             cJSON_AddStringToObject(item, "test", test);
@@ -344,6 +381,41 @@ static int plan_tests(const bench_options *o, int tests[][2]) {
     return n;
 }
 
+/* One way to run the model: a backend with its dtype, attention and threads. The CPU reference
+ * computes in f32 from the weights as stored, with its own attention, whatever --dtype and
+ * --attn say; they pick the CUDA rows. */
+typedef struct run_config {
+    cinfer_load_options load;
+    const char *backend, *dtype, *attention;
+} run_config;
+
+enum { MAX_CONFIGS = MAX_LIST + 9 };
+
+static int plan_configs(const bench_options *o, run_config *configs) {
+    static const char *const dtype_names[] = {"f32", "bf16", "fp16"};
+    static const char *const attention_names[] = {"eager", "sdpa", "flash"};
+    int n = 0;
+    if (o->use_backend[CINFER_BACKEND_CPU])
+        for (int t = 0; t < o->threads.n; t++)
+            configs[n++] =
+                (run_config){{.backend = CINFER_BACKEND_CPU, .n_threads = o->threads.values[t]},
+                             "cpu",
+                             "f32",
+                             "eager"};
+    if (o->use_backend[CINFER_BACKEND_CUDA])
+        for (int d = 0; d < 3; d++)
+            for (int a = 0; a < 3; a++)
+                if (o->use_dtype[d] && o->use_attention[a])
+                    configs[n++] = (run_config){{.backend = CINFER_BACKEND_CUDA,
+                                                 .dtype = (cinfer_dtype)d,
+                                                 .attention = (cinfer_attention)a,
+                                                 .device = o->device},
+                                                "cuda",
+                                                dtype_names[d],
+                                                attention_names[a]};
+    return n;
+}
+
 int cinfer_bench_main(int argc, char **argv) {
     bench_options o;
     int usage = parse_bench_options(argc, argv, &o);
@@ -352,7 +424,9 @@ int cinfer_bench_main(int argc, char **argv) {
     int tests[2 * MAX_LIST][2];
     const int n_tests = plan_tests(&o, tests);
     if (n_tests == 0) return bench_usage("%s", "nothing to measure: -p and -n are both 0");
-    const int n_rows_max = n_tests * o.n_depth.n * o.threads.n * o.n_backends;
+    run_config configs[MAX_CONFIGS];
+    const int n_configs = plan_configs(&o, configs);
+    const int n_rows_max = n_tests * o.n_depth.n * n_configs;
     bench_row *rows = calloc((size_t)n_rows_max, sizeof *rows);
     double *seconds = calloc((size_t)n_rows_max * (size_t)o.repetitions, sizeof *seconds);
     int n_rows = 0, status = EXIT_ERROR;
@@ -360,70 +434,67 @@ int cinfer_bench_main(int argc, char **argv) {
     cinfer_session *session = NULL;
     int32_t *tokens = NULL;
     float *logits = NULL;
-    const cinfer_model_info *info = NULL;
+    cinfer_model_info info = {0};
     if (!rows || !seconds) {
         fprintf(stderr, "cinfer bench: error: out of memory\n");
         goto done;
     }
 
-    for (int b = 0; b < o.n_backends; b++) {
-        for (int t = 0; t < o.threads.n; t++) {
-            cinfer_load_options load = {.backend = o.backends[b], .n_threads = o.threads.values[t]};
-            cinfer_session_free(session);
-            cinfer_model_free(model);
-            session = NULL;
-            if (cinfer_model_load(o.model_dir, &load, &model) != CINFER_OK) goto fail;
-            info = cinfer_model_get_info(model);
+    for (int c = 0; c < n_configs; c++) {
+        const run_config *config = &configs[c];
+        cinfer_session_free(session);
+        cinfer_model_free(model);
+        session = NULL;
+        if (cinfer_model_load(o.model_dir, &config->load, &model) != CINFER_OK) goto fail;
+        info = *cinfer_model_get_info(model);
 
-            /* one session sized for the longest test at the deepest depth */
-            int n_ctx = 1;
-            for (int d = 0; d < o.n_depth.n; d++)
-                for (int k = 0; k < n_tests; k++) {
-                    int need = o.n_depth.values[d] + tests[k][0] + tests[k][1];
-                    if (need > n_ctx) n_ctx = need;
-                }
-            if (cinfer_session_create(model, n_ctx, &session) != CINFER_OK) goto fail;
-            free(tokens);
-            free(logits);
-            tokens = malloc((size_t)n_ctx * sizeof *tokens);
-            logits = malloc((size_t)info->vocab_size * sizeof *logits);
-            if (!tokens || !logits) {
-                fprintf(stderr, "cinfer bench: error: out of memory for %d tokens\n", n_ctx);
-                goto done;
+        /* one session sized for the longest test at the deepest depth */
+        int n_ctx = 1;
+        for (int d = 0; d < o.n_depth.n; d++)
+            for (int k = 0; k < n_tests; k++) {
+                int need = o.n_depth.values[d] + tests[k][0] + tests[k][1];
+                if (need > n_ctx) n_ctx = need;
             }
-            uint64_t state = o.seed;
-            for (int i = 0; i < n_ctx; i++)
-                tokens[i] = (int32_t)(next_random(&state) % (uint64_t)info->vocab_size);
+        if (cinfer_session_create(model, n_ctx, &session) != CINFER_OK) goto fail;
+        free(tokens);
+        free(logits);
+        tokens = malloc((size_t)n_ctx * sizeof *tokens);
+        logits = malloc((size_t)info.vocab_size * sizeof *logits);
+        if (!tokens || !logits) {
+            fprintf(stderr, "cinfer bench: error: out of memory for %d tokens\n", n_ctx);
+            goto done;
+        }
+        uint64_t state = o.seed;
+        for (int i = 0; i < n_ctx; i++)
+            tokens[i] = (int32_t)(next_random(&state) % (uint64_t)info.vocab_size);
 
-            for (int d = 0; d < o.n_depth.n; d++) {
-                for (int k = 0; k < n_tests; k++) {
-                    bench_row *row = &rows[n_rows];
-                    *row = (bench_row){backend_name(o.backends[b]),
-                                       o.threads.values[t],
-                                       tests[k][0],
-                                       tests[k][1],
-                                       o.n_depth.values[d],
-                                       1,
-                                       o.repetitions,
-                                       seconds + (size_t)n_rows * (size_t)o.repetitions,
-                                       0,
-                                       0};
-                    double warm_up;
+        for (int d = 0; d < o.n_depth.n; d++) {
+            for (int k = 0; k < n_tests; k++) {
+                bench_row *row = &rows[n_rows];
+                *row = (bench_row){.backend = config->backend,
+                                   .dtype = config->dtype,
+                                   .attention = config->attention,
+                                   .n_threads = config->load.n_threads,
+                                   .n_prompt = tests[k][0],
+                                   .n_gen = tests[k][1],
+                                   .n_depth = o.n_depth.values[d],
+                                   .batch = 1,
+                                   .repetitions = o.repetitions,
+                                   .seconds = seconds + (size_t)n_rows * (size_t)o.repetitions};
+                double warm_up;
+                if (run_once(session, tokens, row->n_depth, row->n_prompt, row->n_gen, logits,
+                             &warm_up) != CINFER_OK)
+                    goto fail;
+                for (int r = 0; r < o.repetitions; r++)
                     if (run_once(session, tokens, row->n_depth, row->n_prompt, row->n_gen, logits,
-                                 &warm_up) != CINFER_OK)
+                                 &row->seconds[r]) != CINFER_OK)
                         goto fail;
-                    for (int r = 0; r < o.repetitions; r++)
-                        if (run_once(session, tokens, row->n_depth, row->n_prompt, row->n_gen,
-                                     logits, &row->seconds[r]) != CINFER_OK)
-                            goto fail;
-                    summarize(row);
-                    n_rows++;
-                }
+                summarize(row);
+                n_rows++;
             }
         }
     }
-    /* dtype is the compute type: the CPU reference computes in f32 from weights as stored. */
-    print_rows(&o, info, "f32", rows, n_rows);
+    print_rows(&o, &info, rows, n_rows);
     status = 0;
     goto done;
 fail:

@@ -497,7 +497,8 @@ TEST(CliBench, CsvAndMarkdownHoldTheSameRows) {
     ASSERT_EQ(lines.size(), kBenchTests.size() + 1);
     EXPECT_EQ(lines[0].rfind("model,arch,weight_bytes,n_params,backend,dtype,", 0), 0u);
     for (size_t i = 0; i < kBenchTests.size(); i++)
-        EXPECT_NE(lines[i + 1].find(",cpu,f32,1,1," + kBenchTests[i] + ","), std::string::npos)
+        EXPECT_NE(lines[i + 1].find(",cpu,f32,eager,1,1," + kBenchTests[i] + ","),
+                  std::string::npos)
             << lines[i + 1];
 
     const CliResult md = run_cli(bench_args("md"));
@@ -521,6 +522,8 @@ TEST(CliBench, RejectsBadOptionsAndBadModels) {
              {"bench", "--model", model, "-b", "8"},
              {"bench", "--model", model, "-r", "0"},
              {"bench", "--model", model, "--backend", "tpu"},
+             {"bench", "--model", model, "--dtype", "bf16,int4"},
+             {"bench", "--model", model, "--attn", "fast"},
              {"bench", "-p", "16"},
              {"bench", "--model", model, "-n"},
          }) {
