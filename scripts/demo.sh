@@ -1,15 +1,13 @@
 #!/usr/bin/env bash
-# The main job on a fresh machine: install what is missing, build, and run a model that ships in
-# the repository on the CPU reference path.
-#
-# Until the project's own trained model lands, the model that ships is a test checkpoint made by
-# scripts/make_fixtures.py from transformers' DiffLlamaForCausalLM with random weights: its tokens
-# are not text, but they are exactly transformers' own (tests/test_fixtures.cpp checks them).
+# The main job on a fresh machine: install what is missing, build, and have the model that ships
+# in the repository (models/diffllama-tiny, a 5.5M-parameter DiffLlama trained by
+# scripts/train_tiny.py on the King James Bible) write text on the CPU reference path, and on the
+# GPU too when this machine has one.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-MODEL=${MODEL:-tests/fixtures/diffllama_gqa2_llama3}
-PROMPT=${PROMPT:-"1 15 7 42 99 3 64"}
+MODEL=${MODEL:-models/diffllama-tiny}
+PROMPT=${PROMPT:-"And the LORD spake unto Moses, saying,"}
 
 scripts/install_deps.sh
 cmake -S . -B build -DCMAKE_BUILD_TYPE=Release >/dev/null
@@ -19,17 +17,31 @@ echo "== cinfer inspect --model $MODEL"
 build/cinfer inspect --model "$MODEL" | sed -n '1,/^GPU/p'
 
 echo
-echo "== greedy: cinfer run --model $MODEL --tokens \"$PROMPT\" --max-new-tokens 24"
-build/cinfer run --model "$MODEL" --tokens "$PROMPT" --max-new-tokens 24 --ignore-eos
+echo "== cinfer tokenize --model $MODEL --text \"$PROMPT\""
+build/cinfer tokenize --model "$MODEL" --text "$PROMPT"
 
 echo
-echo "== sampled: --temperature 0.8 --top-k 40 --top-p 0.95 --seed 7 (same seed, same tokens)"
-build/cinfer run --model "$MODEL" --tokens "$PROMPT" --max-new-tokens 24 --ignore-eos \
-  --temperature 0.8 --top-k 40 --top-p 0.95 --seed 7
+echo "== greedy, streamed as it is generated (CPU reference path; speed on stderr)"
+printf '%s' "$PROMPT"
+build/cinfer run --model "$MODEL" --prompt "$PROMPT" --max-new-tokens 48
 
 echo
-out=$(mktemp -d)
-echo "== prompt logits: --max-new-tokens 0 --dump-logits $out/logits.npy"
-build/cinfer run --model "$MODEL" --tokens "$PROMPT" --max-new-tokens 0 --dump-logits "$out/logits.npy"
-echo "wrote $(stat -c %s "$out/logits.npy") bytes: float32 [$(echo "$PROMPT" | wc -w), vocab_size]"
-rm -rf "$out"
+echo "== sampled: --temperature 0.8 --top-k 40 --seed 7 (same seed, same text)"
+printf '%s' "$PROMPT"
+build/cinfer run --model "$MODEL" --prompt "$PROMPT" --max-new-tokens 96 \
+  --temperature 0.8 --top-k 40 --seed 7
+
+if command -v nvidia-smi >/dev/null && nvidia-smi -L >/dev/null 2>&1; then
+  echo
+  echo "== the same on the GPU: --backend cuda --dtype bf16"
+  printf '%s' "$PROMPT"
+  build/cinfer run --model "$MODEL" --prompt "$PROMPT" --max-new-tokens 96 \
+    --temperature 0.8 --top-k 40 --seed 7 --backend cuda --dtype bf16
+  echo
+  echo "== cinfer compare: the GPU against the CPU reference, layer by layer"
+  build/cinfer compare --model "$MODEL" --dtype f32 \
+    --tokens "$(build/cinfer tokenize --model "$MODEL" --ids --text "$PROMPT")"
+else
+  echo
+  echo "(no NVIDIA GPU here: the CUDA backend is built but not run; see scripts/gpu_check.sh)"
+fi

@@ -28,7 +28,7 @@ constexpr double kTolerance = 1e-3;
 constexpr uintmax_t kMaxFolderBytes = 20u * 1000u * 1000u;
 
 struct Prompt {
-    std::string text;
+    std::string text, greedy_text;
     std::vector<int32_t> input_ids, greedy_ids;
     std::vector<float> last_logits;
     double min_greedy_gap = 0.0;
@@ -61,6 +61,8 @@ struct Expected {
             Prompt p;
             const cJSON *text = cJSON_GetObjectItemCaseSensitive(item, "text");
             p.text = cJSON_IsString(text) ? text->valuestring : "";
+            const cJSON *greedy_text = cJSON_GetObjectItemCaseSensitive(item, "greedy_text");
+            p.greedy_text = cJSON_IsString(greedy_text) ? greedy_text->valuestring : "";
             p.input_ids = int_array(cJSON_GetObjectItemCaseSensitive(item, "input_ids"));
             p.greedy_ids = int_array(cJSON_GetObjectItemCaseSensitive(item, "greedy_ids"));
             const cJSON *value;
@@ -171,6 +173,35 @@ TEST_F(BundledModel, CliPrintsTransformersGreedyTokens) {
     std::vector<int32_t> got;
     for (int32_t id; out >> id;) got.push_back(id);
     EXPECT_EQ(got, p.greedy_ids) << "cinfer run on '" << p.text << "'";
+}
+
+// Text in, text out: cinfer's tokenizer gives transformers' prompt ids, and `cinfer run --prompt`
+// streams the text transformers decodes from its greedy ids.
+TEST_F(BundledModel, TextPromptStreamsTransformersGreedyText) {
+    cinfer_tokenizer *tok = nullptr;
+    ASSERT_EQ(cinfer_tokenizer_load(kModelDir.c_str(), &tok), CINFER_OK) << cinfer_last_error();
+    for (const Prompt &p : expected().prompts) {
+        int32_t *ids = nullptr;
+        int n_ids = 0;
+        ASSERT_EQ(cinfer_tokenize(tok, p.text.data(), p.text.size(), 1, &ids, &n_ids), CINFER_OK);
+        EXPECT_EQ(std::vector<int32_t>(ids, ids + n_ids), p.input_ids) << p.text;
+        free(ids);
+        char *decoded = nullptr;
+        ASSERT_EQ(cinfer_decode(tok, p.greedy_ids.data(), (int)p.greedy_ids.size(), 0, &decoded),
+                  CINFER_OK);
+        EXPECT_EQ(std::string(decoded), p.greedy_text);
+        free(decoded);
+
+        cinfer_test::TempDir tmp;
+        const std::string command =
+            std::string("timeout 120 '") + CINFER_CLI + "' run --model '" + kModelDir +
+            "' --prompt '" + p.text + "' --max-new-tokens " +
+            std::to_string(p.greedy_ids.size()) + " --ignore-eos >'" + tmp.file("out") + "' 2>'" +
+            tmp.file("err") + "'";
+        ASSERT_EQ(std::system(command.c_str()), 0) << cinfer_test::read_file(tmp.file("err"));
+        EXPECT_EQ(cinfer_test::read_file(tmp.file("out")), p.greedy_text + "\n") << p.text;
+    }
+    cinfer_tokenizer_free(tok);
 }
 
 } // namespace
