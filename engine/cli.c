@@ -362,6 +362,14 @@ static void add_stop_id(token_printer *p, int32_t id) {
     if (id >= 0 && p->n_stop_ids < MAX_STOP_IDS) p->stop_ids[p->n_stop_ids++] = id;
 }
 
+/* A JSON number as a stop id; non-zero when it is not a token id (checked before the cast, which
+ * is undefined for doubles out of range). */
+static int add_stop_id_value(token_printer *p, double value) {
+    if (!(value >= 0 && value <= INT32_MAX) || value != floor(value)) return 1;
+    add_stop_id(p, (int32_t)value);
+    return 0;
+}
+
 /* eos_token_id of generation_config.json (an id or a list) where the file exists. */
 static cinfer_status read_generation_eos(const char *model_dir, token_printer *p) {
     char path[4096];
@@ -376,14 +384,11 @@ static cinfer_status read_generation_eos(const char *model_dir, token_printer *p
     if (status != CINFER_OK) return status;
     const cJSON *eos = cJSON_GetObjectItemCaseSensitive(root, "eos_token_id");
     int malformed = eos && !cJSON_IsNull(eos) && !cJSON_IsNumber(eos) && !cJSON_IsArray(eos);
-    if (cJSON_IsNumber(eos)) add_stop_id(p, (int32_t)eos->valuedouble);
+    if (cJSON_IsNumber(eos)) malformed |= add_stop_id_value(p, eos->valuedouble);
     const cJSON *item;
     if (cJSON_IsArray(eos)) {
         cJSON_ArrayForEach(item, eos) {
-            if (cJSON_IsNumber(item))
-                add_stop_id(p, (int32_t)item->valuedouble);
-            else
-                malformed = 1;
+            malformed |= !cJSON_IsNumber(item) || add_stop_id_value(p, item->valuedouble);
         }
     }
     cJSON_Delete(root);

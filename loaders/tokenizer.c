@@ -16,6 +16,7 @@
 #include <pcre2.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -439,8 +440,9 @@ static cinfer_status get_bool(const char *file, const cJSON *obj, const json_pat
 static cinfer_status get_int(const char *file, const cJSON *obj, const json_path *at,
                              const char *key, int minimum, int maximum, int *out) {
     const cJSON *v = field(obj, key);
-    if (!cJSON_IsNumber(v) || v->valuedouble != (double)(int64_t)v->valuedouble ||
-        v->valuedouble < minimum || v->valuedouble > maximum)
+    /* the range check comes first: casting a double beyond int64's range is undefined */
+    if (!cJSON_IsNumber(v) || !(v->valuedouble >= minimum && v->valuedouble <= maximum) ||
+        v->valuedouble != floor(v->valuedouble))
         return CI_FAIL(CINFER_ERR_FORMAT, "%s: %s must be an integer in [%d, %d], got %s", file,
                        path_child(at, key).text, minimum, maximum,
                        cJSON_IsNumber(v) ? "a number out of range" : json_type_name(v));

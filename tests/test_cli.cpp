@@ -690,10 +690,13 @@ TEST(CliText, RejectsWhatItCannotRun) {
     EXPECT_TRUE(exits_with(r, kExitError));
     EXPECT_TRUE(contains_all(r.err, {"tokenizer.json"}));
     // a broken generation_config.json names the file and the field
-    cinfer_test::write_file(model.dir.file("generation_config.json"), "{\"eos_token_id\": \"x\"}");
-    r = run_cli({"run", "--model", model.path(), "--prompt", "hi", "--max-new-tokens", "2"});
-    EXPECT_TRUE(exits_with(r, kExitError));
-    EXPECT_TRUE(contains_all(r.err, {"generation_config.json", "eos_token_id"}));
+    for (const char *bad : {"\"x\"", "1e30", "[3, -1]", "[2.5]", "{}"}) {
+        cinfer_test::write_file(model.dir.file("generation_config.json"),
+                                std::string("{\"eos_token_id\": ") + bad + "}");
+        r = run_cli({"run", "--model", model.path(), "--prompt", "hi", "--max-new-tokens", "2"});
+        EXPECT_TRUE(exits_with(r, kExitError)) << bad;
+        EXPECT_TRUE(contains_all(r.err, {"generation_config.json", "eos_token_id"})) << bad;
+    }
     // text the tokenizer turns into ids the model does not have
     r = run_cli({"run", "--model", model.path(), "--prompt", "caf\xc3\xa9"});
     EXPECT_TRUE(exits_with(r, kExitError));
