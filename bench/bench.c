@@ -27,7 +27,10 @@ enum { EXIT_ERROR = 1, EXIT_USAGE = 2, MAX_LIST = 16 };
 
 static const char *bench_usage_text =
     "usage: cinfer bench --model DIR [options]\n"
+    "       cinfer bench --config config.json --random-weights [options]\n"
     "\n"
+    "  --random-weights         random weights of the config's shape (with --model: its\n"
+    "                           config.json); no checkpoint is read\n"
     "  -p, --n-prompt N,N,...   prefill tests pp<N> (default 512)\n"
     "  -n, --n-gen N,N,...      decode tests tg<N> (default 128)\n"
     "  -d, --n-depth N,N,...    KV cache depth before each test (default 0)\n"
@@ -51,6 +54,8 @@ typedef enum output_format { OUTPUT_MD, OUTPUT_CSV, OUTPUT_JSON } output_format;
 
 typedef struct bench_options {
     const char *model_dir;
+    const char *config_path; /* --config: a shape without a checkpoint */
+    int random_weights;
     int_list n_prompt, n_gen, n_depth, batch, threads;
     int repetitions;
     int use_backend[2];   /* indexed by cinfer_backend */
@@ -128,11 +133,17 @@ static int parse_bench_options(int argc, char **argv, bench_options *o) {
             fputs(bench_usage_text, stdout);
             return -1;
         }
+        if (strcmp(flag, "--random-weights") == 0) {
+            o->random_weights = 1;
+            continue;
+        }
         if (i + 1 >= argc) return bench_usage("option '%s' needs a value", flag);
         const char *value = argv[++i];
 #define IS(short_flag, long_flag) (strcmp(flag, short_flag) == 0 || strcmp(flag, long_flag) == 0)
         if (IS("-m", "--model")) {
             o->model_dir = value;
+        } else if (strcmp(flag, "--config") == 0) {
+            o->config_path = value;
         } else if (IS("-p", "--n-prompt")) {
             if (parse_int_list(value, 0, 1 << 20, &o->n_prompt))
                 return bench_usage("-p needs integers >= 0 separated by commas, got '%s'", value);
@@ -200,7 +211,10 @@ static int parse_bench_options(int argc, char **argv, bench_options *o) {
         }
 #undef IS
     }
-    if (!o->model_dir) return bench_usage("%s", "--model DIR is required");
+    if (!o->model_dir == !o->config_path)
+        return bench_usage("%s", "give one of --model DIR or --config config.json");
+    if (o->config_path && !o->random_weights)
+        return bench_usage("%s", "--config measures a shape: add --random-weights");
     return 0;
 }
 
@@ -301,7 +315,8 @@ static void print_csv_field(const char *text) {
 static void print_rows(const bench_options *o, const cinfer_model_info *info, const bench_row *rows,
                        int n_rows) {
     char model[512], test[64], size[32], params[32];
-    model_label(o->model_dir, model, sizeof model);
+    model_label(o->config_path ? o->config_path : o->model_dir, model, sizeof model);
+    if (o->random_weights && strlen(model) + 10 < sizeof model) strcat(model, " (random)");
     human_bytes((double)info->weight_bytes, size, sizeof size);
     human_count((double)info->n_params, params, sizeof params);
     if (o->output == OUTPUT_MD) {
@@ -416,6 +431,17 @@ static int plan_configs(const bench_options *o, run_config *configs) {
     return n;
 }
 
+static cinfer_status load_model(const bench_options *o, const cinfer_load_options *load,
+                                cinfer_model **model) {
+    if (!o->random_weights) return cinfer_model_load(o->model_dir, load, model);
+    char path[4096];
+    if (o->config_path)
+        snprintf(path, sizeof path, "%s", o->config_path);
+    else
+        snprintf(path, sizeof path, "%s/config.json", o->model_dir);
+    return cinfer_model_load_random(path, load, o->seed, model);
+}
+
 int cinfer_bench_main(int argc, char **argv) {
     bench_options o;
     int usage = parse_bench_options(argc, argv, &o);
@@ -445,7 +471,7 @@ int cinfer_bench_main(int argc, char **argv) {
         cinfer_session_free(session);
         cinfer_model_free(model);
         session = NULL;
-        if (cinfer_model_load(o.model_dir, &config->load, &model) != CINFER_OK) goto fail;
+        if (load_model(&o, &config->load, &model) != CINFER_OK) goto fail;
         info = *cinfer_model_get_info(model);
 
         /* one session sized for the longest test at the deepest depth */

@@ -63,22 +63,19 @@ static cinfer_status check_options(const cinfer_load_options *o) {
     return ci_backend_available(o->backend);
 }
 
-cinfer_status cinfer_model_load(const char *dir, const cinfer_load_options *options,
-                                cinfer_model **out) {
-    *out = NULL;
-    ci_error_clear();
-    if (!dir) return CI_FAIL(CINFER_ERR_ARGUMENT, "no model folder given");
-    if (options) CI_TRY(check_options(options));
+/* Binds the checkpoint's weights into a model and, for a GPU, uploads them. Takes ownership of
+ * the checkpoint. */
+static cinfer_status load_from(ci_checkpoint *checkpoint, const cinfer_load_options *options,
+                               cinfer_model **out) {
     cinfer_model *m = calloc(1, sizeof *m);
+    if (!m) checkpoint_close(checkpoint);
     CI_CHECK_ALLOC(m, sizeof *m);
     if (options) m->options = *options;
-    cinfer_status status = checkpoint_open(dir, &m->checkpoint);
-    if (status == CINFER_OK) {
-        m->config = &m->checkpoint->config;
-        m->arch = m->config->arch == CI_ARCH_DIFFLLAMA ? &ci_diffllama_architecture
-                                                       : &ci_llama_architecture;
-        status = ci_bind_model_weights(m);
-    }
+    m->checkpoint = checkpoint;
+    m->config = &m->checkpoint->config;
+    m->arch =
+        m->config->arch == CI_ARCH_DIFFLLAMA ? &ci_diffllama_architecture : &ci_llama_architecture;
+    cinfer_status status = ci_bind_model_weights(m);
     /* every check on the files has passed: only now is device memory worth asking for */
     if (status == CINFER_OK && m->options.backend == CINFER_BACKEND_CUDA)
         status = ci_cuda_upload_weights(m);
@@ -89,6 +86,28 @@ cinfer_status cinfer_model_load(const char *dir, const cinfer_load_options *opti
     fill_info(m);
     *out = m;
     return CINFER_OK;
+}
+
+cinfer_status cinfer_model_load(const char *dir, const cinfer_load_options *options,
+                                cinfer_model **out) {
+    *out = NULL;
+    ci_error_clear();
+    if (!dir) return CI_FAIL(CINFER_ERR_ARGUMENT, "no model folder given");
+    if (options) CI_TRY(check_options(options));
+    ci_checkpoint *checkpoint;
+    CI_TRY(checkpoint_open(dir, &checkpoint));
+    return load_from(checkpoint, options, out);
+}
+
+cinfer_status cinfer_model_load_random(const char *config_path, const cinfer_load_options *options,
+                                       uint64_t seed, cinfer_model **out) {
+    *out = NULL;
+    ci_error_clear();
+    if (!config_path) return CI_FAIL(CINFER_ERR_ARGUMENT, "no config.json given");
+    if (options) CI_TRY(check_options(options));
+    ci_checkpoint *checkpoint;
+    CI_TRY(checkpoint_synthetic(config_path, seed, &checkpoint));
+    return load_from(checkpoint, options, out);
 }
 
 void cinfer_model_free(cinfer_model *m) {

@@ -182,6 +182,28 @@ cinfer_status checkpoint_open(const char *dir, ci_checkpoint **out) {
     return CINFER_OK;
 }
 
+cinfer_status checkpoint_synthetic(const char *config_path, uint64_t seed, ci_checkpoint **out) {
+    *out = NULL;
+    ci_checkpoint *ck = calloc(1, sizeof *ck);
+    CI_CHECK_ALLOC(ck, sizeof *ck);
+    ck->synthetic = 1;
+    ck->seed = seed;
+    ck->config_path = strdup(config_path);
+    ck->dir = strdup(config_path);
+    ck->weights_description = strdup("random weights");
+    if (!ck->config_path || !ck->dir || !ck->weights_description) {
+        checkpoint_close(ck);
+        return CI_FAIL(CINFER_ERR_MEMORY, "out of memory");
+    }
+    cinfer_status status = config_load(config_path, &ck->config);
+    if (status != CINFER_OK) {
+        checkpoint_close(ck);
+        return status;
+    }
+    *out = ck;
+    return CINFER_OK;
+}
+
 void checkpoint_close(ci_checkpoint *ck) {
     if (!ck) return;
     for (int i = 0; i < ck->n_shards; i++) st_close(ck->shards[i]);

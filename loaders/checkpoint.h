@@ -18,9 +18,15 @@ typedef struct ci_checkpoint {
     int n_index;
     char
         *weights_description; /* "model.safetensors" or "model.safetensors.index.json (3 shards)" */
+    /* No files: a config alone, whose weights the model makes up (random weights of a shape,
+     * for benchmarks). checkpoint_find finds nothing; models/weights.c generates each tensor. */
+    int synthetic;
+    uint64_t seed;
 } ci_checkpoint;
 
 cinfer_status checkpoint_open(const char *dir, ci_checkpoint **out);
+/* A checkpoint of random weights drawn from `seed` for the model config_path describes. */
+cinfer_status checkpoint_synthetic(const char *config_path, uint64_t seed, ci_checkpoint **out);
 void checkpoint_close(ci_checkpoint *checkpoint);
 
 /* NULL when no shard holds the tensor. */

@@ -13,9 +13,81 @@ static int is_weight_dtype(ci_dtype dtype) {
     return dtype == CI_F32 || dtype == CI_BF16 || dtype == CI_F16;
 }
 
+/* ---- random weights (a synthetic checkpoint: a config without files) --------------------------
+ *
+ * Drawn as transformers initializes a fresh model: norm weights 1, biases 0, every other tensor
+ * uniform with the standard deviation transformers uses (initializer_range 0.02; DiffLlama's
+ * lambdas lambda_std_dev 0.1). Each value depends only on the seed, the tensor's name and its
+ * index, so a model drawn twice, or by another backend, is the same model. */
+
+static uint64_t mix64(uint64_t z) {
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+}
+
+static uint64_t name_hash(const char *name) { /* FNV-1a */
+    uint64_t h = 0xcbf29ce484222325ull;
+    for (const unsigned char *c = (const unsigned char *)name; *c; c++)
+        h = (h ^ *c) * 0x100000001b3ull;
+    return h;
+}
+
+static int ends_with(const char *text, const char *suffix) {
+    size_t n = strlen(text), k = strlen(suffix);
+    return n >= k && strcmp(text + n - k, suffix) == 0;
+}
+
+static ci_dtype config_dtype(const ci_config *c) {
+    if (strcmp(c->torch_dtype, "bfloat16") == 0) return CI_BF16;
+    if (strcmp(c->torch_dtype, "float16") == 0) return CI_F16;
+    return CI_F32;
+}
+
+static cinfer_status bind_random_weight(cinfer_model *m, const char *name, int n_dims,
+                                        const int64_t *shape, ci_tensor *out) {
+    const ci_config *c = m->config;
+    /* in the dtype the config says the files hold, vectors too, as published checkpoints do */
+    *out = (ci_tensor){NULL, config_dtype(c), n_dims, {0}};
+    for (int i = 0; i < n_dims; i++) out->shape[i] = shape[i];
+    const int64_t n = ci_tensor_numel(out);
+    const size_t bytes = ci_tensor_nbytes(out);
+    void *data = malloc(bytes ? bytes : 1);
+    void **grown = realloc(m->aligned_copies, (size_t)(m->n_aligned_copies + 1) * sizeof *grown);
+    if (!data || !grown) {
+        free(data);
+        if (grown) m->aligned_copies = grown;
+        return CI_FAIL(CINFER_ERR_MEMORY, "out of memory: %zu bytes of random weights for '%s'",
+                       bytes, name);
+    }
+    m->aligned_copies = grown;
+    m->aligned_copies[m->n_aligned_copies++] = data;
+    out->data = data;
+
+    const int is_norm = ends_with(name, "norm.weight"), is_bias = ends_with(name, ".bias");
+    const float std = strstr(name, "lambda_") ? 0.1f : 0.02f;
+    const float half_width = std * 1.7320508f; /* uniform on [-a, a] has std a/sqrt(3) */
+    const uint64_t key = mix64(m->checkpoint->seed ^ name_hash(name));
+#pragma omp parallel for schedule(static) if (n > 65536)
+    for (int64_t i = 0; i < n; i++) {
+        float u = (float)(mix64(key + (uint64_t)i * 0x9e3779b97f4a7c15ull) >> 40) * 0x1p-24f;
+        float value = is_norm ? 1.0f : is_bias ? 0.0f : half_width * (2.0f * u - 1.0f);
+        switch (out->dtype) {
+        case CI_BF16: ((uint16_t *)data)[i] = ci_f32_to_bf16(value); break;
+        case CI_F16: ((uint16_t *)data)[i] = ci_f32_to_f16(value); break;
+        default: ((float *)data)[i] = value; break;
+        }
+    }
+    /* what the files would have held: counted here, as no checkpoint index lists these */
+    m->info.n_params += n;
+    m->info.weight_bytes += (int64_t)bytes;
+    return CINFER_OK;
+}
+
 cinfer_status ci_bind_weight(cinfer_model *m, const char *name, int n_dims, const int64_t *shape,
                              const char *meaning, const char *required_by, ci_tensor *out) {
     const ci_checkpoint *ck = m->checkpoint;
+    if (ck->synthetic) return bind_random_weight(m, name, n_dims, shape, out);
     const st_tensor *t = checkpoint_find(ck, name);
     if (!t && required_by)
         return CI_FAIL(CINFER_ERR_WEIGHTS, "%s: tensor '%s' is missing from %s, but %s has %s",

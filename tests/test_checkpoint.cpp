@@ -300,7 +300,7 @@ TEST(Checkpoint, RejectsFifosWithoutWaitingForAWriter) {
         FixtureCopy ck("llama_mha");
         fs::remove(ck.file(name));
         ASSERT_EQ(mkfifo(ck.file(name).c_str(), 0600), 0);
-        alarm(10);  // waiting for a writer would hang: make that a crash, not a stuck run
+        alarm(10); // waiting for a writer would hang: make that a crash, not a stuck run
         EXPECT_TRUE(load_fails(ck.dir, CINFER_ERR_IO, {ck.file(name), "not a regular file"}));
         alarm(0);
     }
@@ -403,14 +403,14 @@ TEST(Checkpoint, RejectsMissingLmHeadWhenEmbeddingsAreNotTied) {
 TEST(Checkpoint, RejectsShapeNotMatchingHiddenSize) {
     FixtureCopy ck("llama_mha");
     edit_json(ck.file("config.json"), {"hidden_size"}, "96");
-    EXPECT_TRUE(load_fails(
-        ck.dir, CINFER_ERR_WEIGHTS,
-        {"model.safetensors", "tensor 'model.embed_tokens.weight'", "has shape [128, 64]",
-         "config.json says", "[vocab_size, hidden_size] = [128, 96]"}));
+    EXPECT_TRUE(load_fails(ck.dir, CINFER_ERR_WEIGHTS,
+                           {"model.safetensors", "tensor 'model.embed_tokens.weight'",
+                            "has shape [128, 64]", "config.json says",
+                            "[vocab_size, hidden_size] = [128, 96]"}));
 }
 
 TEST(Checkpoint, RejectsShapeNotMatchingKvHeads) {
-    FixtureCopy ck("llama_mha");  // 4 heads of 16, 4 kv heads
+    FixtureCopy ck("llama_mha"); // 4 heads of 16, 4 kv heads
     edit_json(ck.file("config.json"), {"num_key_value_heads"}, "2");
     EXPECT_TRUE(load_fails(ck.dir, CINFER_ERR_WEIGHTS,
                            {"tensor 'model.layers.0.self_attn.k_proj.weight'", "has shape [64, 64]",
@@ -439,7 +439,7 @@ TEST(Checkpoint, RejectsWeightStoredAsI64) {
         for (auto &t : tensors)
             if (t.name == "model.norm.weight") {
                 t.dtype = "I64";
-                t.bytes.assign(t.bytes.size() * 2, '\0');  // same shape, 8 bytes an element
+                t.bytes.assign(t.bytes.size() * 2, '\0'); // same shape, 8 bytes an element
             }
     });
     EXPECT_TRUE(load_fails(
@@ -447,4 +447,94 @@ TEST(Checkpoint, RejectsWeightStoredAsI64) {
         {"model.safetensors", "tensor 'model.norm.weight'", "dtype I64", "F32, BF16 or F16"}));
 }
 
-}  // namespace
+} // namespace
+
+// ---- random weights of a config's shape (cinfer_model_load_random) ----------------------------
+
+extern "C" {
+#include "../models/model.h"
+}
+
+namespace {
+
+std::vector<float> last_logits(cinfer_model *model, const std::vector<int32_t> &prompt) {
+    cinfer_session *session = nullptr;
+    EXPECT_EQ(cinfer_session_create(model, 0, &session), CINFER_OK) << cinfer_last_error();
+    std::vector<float> logits((size_t)cinfer_model_get_info(model)->vocab_size, NAN);
+    EXPECT_EQ(cinfer_session_forward(session, prompt.data(), (int)prompt.size(), CINFER_LOGITS_LAST,
+                                     logits.data()),
+              CINFER_OK)
+        << cinfer_last_error();
+    cinfer_session_free(session);
+    return logits;
+}
+
+// Every fixture's config, drawn at random, is a model of exactly the checkpoint's shape: the same
+// parameter count and bytes means every tensor was made, none twice, each in the stored dtype.
+TEST(RandomWeights, HaveTheShapeOfTheCheckpointTheConfigDescribes) {
+    for (const std::string &name : cinfer_test::fixture_names()) {
+        SCOPED_TRACE(name);
+        cinfer_model *real = nullptr, *random = nullptr;
+        ASSERT_EQ(cinfer_model_load(fixture_dir(name).c_str(), nullptr, &real), CINFER_OK);
+        ASSERT_EQ(cinfer_model_load_random((fixture_dir(name) + "/config.json").c_str(), nullptr,
+                                           cinfer_test::fresh_seed(), &random),
+                  CINFER_OK)
+            << cinfer_last_error();
+        const cinfer_model_info *a = cinfer_model_get_info(real),
+                                *b = cinfer_model_get_info(random);
+        EXPECT_EQ(a->n_params, b->n_params);
+        EXPECT_EQ(a->weight_bytes, b->weight_bytes);
+        EXPECT_STREQ(a->architecture, b->architecture);
+        std::vector<float> logits = last_logits(random, {1, 2, 3});
+        for (float v : logits) ASSERT_TRUE(std::isfinite(v));
+        cinfer_model_free(real);
+        cinfer_model_free(random);
+    }
+}
+
+// Drawn as transformers initializes a fresh model, and the same seed draws the same model.
+TEST(RandomWeights, AreDrawnLikeAFreshModelAndRepeatWithTheSeed) {
+    const std::string config = fixture_dir("diffllama_gqa4") + "/config.json";
+    const uint64_t seed = cinfer_test::fresh_seed();
+    cinfer_model *a = nullptr, *b = nullptr, *c = nullptr;
+    ASSERT_EQ(cinfer_model_load_random(config.c_str(), nullptr, seed, &a), CINFER_OK);
+    ASSERT_EQ(cinfer_model_load_random(config.c_str(), nullptr, seed, &b), CINFER_OK);
+    ASSERT_EQ(cinfer_model_load_random(config.c_str(), nullptr, seed + 1, &c), CINFER_OK);
+    const std::vector<int32_t> prompt = {5, 9, 2, 7};
+    EXPECT_EQ(last_logits(a, prompt), last_logits(b, prompt));
+    EXPECT_NE(last_logits(a, prompt), last_logits(c, prompt));
+
+    const ci_layer &layer = a->layers[0];
+    double sum = 0, sum_sq = 0;
+    const int64_t n = ci_tensor_numel(&layer.q_proj);
+    for (int64_t i = 0; i < n; i++) {
+        double v = ci_tensor_get_f32(&layer.q_proj, i);
+        sum += v;
+        sum_sq += v * v;
+    }
+    const double mean = sum / n, std = std::sqrt(sum_sq / n - mean * mean);
+    EXPECT_NEAR(std, 0.02, 0.002) << "initializer_range";
+    EXPECT_NEAR(mean, 0.0, 0.002);
+    for (int64_t i = 0; i < ci_tensor_numel(&layer.input_layernorm); i++)
+        ASSERT_EQ(ci_tensor_get_f32(&layer.input_layernorm, i), 1.0f);
+    for (int64_t i = 0; i < ci_tensor_numel(&layer.q_bias); i++)
+        ASSERT_EQ(ci_tensor_get_f32(&layer.q_bias, i), 0.0f);
+    cinfer_model_free(a);
+    cinfer_model_free(b);
+    cinfer_model_free(c);
+}
+
+TEST(RandomWeights, ABadConfigIsNamed) {
+    TempDir dir;
+    cinfer_model *model = reinterpret_cast<cinfer_model *>(1);
+    EXPECT_EQ(cinfer_model_load_random(dir.file("config.json").c_str(), nullptr, 1, &model),
+              CINFER_ERR_IO);
+    EXPECT_EQ(model, nullptr);
+    EXPECT_TRUE(contains_all(cinfer_last_error(), {"config.json"}));
+    cinfer_test::write_file(dir.file("config.json"), "{\"architectures\": [\"LlamaForCausalLM\"]}");
+    EXPECT_NE(cinfer_model_load_random(dir.file("config.json").c_str(), nullptr, 1, &model),
+              CINFER_OK);
+    EXPECT_TRUE(contains_all(cinfer_last_error(), {"config.json", "vocab_size"}));
+}
+
+} // namespace

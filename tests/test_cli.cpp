@@ -704,3 +704,18 @@ TEST(CliText, RejectsWhatItCannotRun) {
 }
 
 } // namespace
+
+namespace {
+
+TEST(CliBench, MeasuresRandomWeightsOfAShape) {
+    const std::string config = fixture_dir("diffllama_gqa2_llama3") + "/config.json";
+    const CliResult r = run_cli({"bench", "--config", config, "--random-weights", "-p", "8", "-n",
+                                 "2", "-r", "1", "--output", "csv"});
+    ASSERT_TRUE(exits_with(r, 0));
+    EXPECT_TRUE(contains_all(r.out, {"(random)\",DiffLlamaForCausalLM,", ",pp8,", ",tg2,"}));
+    const CliResult missing = run_cli({"bench", "--config", config, "-p", "8"});
+    EXPECT_TRUE(exits_with(missing, kExitUsage));
+    EXPECT_TRUE(contains_all(missing.err, {"--random-weights"}));
+}
+
+} // namespace
