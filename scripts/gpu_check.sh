@@ -172,7 +172,7 @@ record "CPU tests" "$([ $cpu_tests -eq 0 ] && echo ok || echo FAIL)" \
 # ---- 4. compare on every fixture ------------------------------------------------------------------
 section "cinfer compare"
 tokens="1 15 7 42 9 3 27 11 100 64 5 77"
-for fixture in tests/fixtures/*/; do
+for fixture in tests/fixtures/*/ models/diffllama-tiny/; do
   name=$(basename "$fixture")
   [ -f "$fixture/config.json" ] || continue
   for dtype in f32 bf16 fp16; do
@@ -233,6 +233,21 @@ if [ "${GPU_CHECK_BIG:-0}" = 1 ]; then
   else
     record "big model" FAIL "scripts/make_fixtures.py --big failed: $logs/big.log"
   fi
+  # real shapes with random weights (no checkpoint needed), and transformers on the same shapes
+  for shape in llama3.2-1b diffllama-0.3b-handcut llama3-8b diffllama-8b; do
+    log="$logs/bench_shape_$shape.log"
+    "$cli" bench --config "bench/shapes/$shape.json" --random-weights --backend cuda \
+      --dtype bf16 -p 512 -n 128 -r 3 >"$log" 2>&1
+    rc=$?
+    record "bench $shape (random) cuda bf16" "$([ $rc -eq 0 ] && echo ok || echo FAIL)" \
+      "$(grep -E '\| (pp512|tg128) \|' "$log" | awk -F'|' '{printf "%s%s t/s; ", $11, $12}')$([ $rc -eq 0 ] || tail -n 1 "$log")"
+    log="$logs/bench_hf_$shape.log"
+    python3 scripts/bench_hf.py --config "bench/shapes/$shape.json" --device cuda \
+      --dtype bfloat16 --attn sdpa -p 512 -n 128 -r 3 >"$log" 2>&1
+    rc=$?
+    record "transformers $shape cuda bf16 sdpa" "$([ $rc -eq 0 ] && echo ok || echo FAIL)" \
+      "$(grep -E '\| (pp512|tg128) \|' "$log" | awk -F'|' '{printf "%s%s t/s; ", $10, $11}')$([ $rc -eq 0 ] || tail -n 1 "$log")"
+  done
 fi
 
 finish
