@@ -556,23 +556,31 @@ static cinfer_status parse_prepend_scheme(const char *file, const cJSON *obj, co
     return CINFER_OK;
 }
 
+/* Parses one step of a pipeline (a normalizer, pre-tokenizer, decoder or post-processor). */
+typedef cinfer_status (*step_parser)(cinfer_tokenizer *t, const cJSON *v, const json_path *at);
+
+/* A "Sequence" step: each item of its array `key`, in order, as a step of the same kind. */
+static cinfer_status parse_sequence(cinfer_tokenizer *t, const cJSON *v, const json_path *at,
+                                    const char *key, step_parser parse_item) {
+    const cJSON *list = field(v, key);
+    json_path lp = path_child(at, key);
+    if (!cJSON_IsArray(list))
+        return CI_FAIL(CINFER_ERR_FORMAT, "%s: %s must be an array, got %s", t->name, lp.text,
+                       json_type_name(list));
+    int i = 0;
+    for (const cJSON *item = list->child; item; item = item->next, i++) {
+        json_path ip = path_index(&lp, i);
+        CI_TRY(parse_item(t, item, &ip));
+    }
+    return CINFER_OK;
+}
+
 static cinfer_status parse_normalizer(cinfer_tokenizer *t, const cJSON *v, const json_path *at) {
     if (!v || cJSON_IsNull(v)) return CINFER_OK;
     const char *type;
     CI_TRY(get_type(t->name, v, at, &type));
-    if (strcmp(type, "Sequence") == 0) {
-        const cJSON *list = field(v, "normalizers");
-        json_path lp = path_child(at, "normalizers");
-        if (!cJSON_IsArray(list))
-            return CI_FAIL(CINFER_ERR_FORMAT, "%s: %s must be an array, got %s", t->name, lp.text,
-                           json_type_name(list));
-        int i = 0;
-        for (const cJSON *item = list->child; item; item = item->next, i++) {
-            json_path ip = path_index(&lp, i);
-            CI_TRY(parse_normalizer(t, item, &ip));
-        }
-        return CINFER_OK;
-    }
+    if (strcmp(type, "Sequence") == 0)
+        return parse_sequence(t, v, at, "normalizers", parse_normalizer);
     if (t->n_norm >= MAX_STEPS)
         return CI_FAIL(CINFER_ERR_UNSUPPORTED, "%s: %s: more than %d normalizers", t->name,
                        at->text, MAX_STEPS);
@@ -624,19 +632,8 @@ static cinfer_status parse_pre_tokenizer(cinfer_tokenizer *t, const cJSON *v, co
     if (!v || cJSON_IsNull(v)) return CINFER_OK;
     const char *type;
     CI_TRY(get_type(t->name, v, at, &type));
-    if (strcmp(type, "Sequence") == 0) {
-        const cJSON *list = field(v, "pretokenizers");
-        json_path lp = path_child(at, "pretokenizers");
-        if (!cJSON_IsArray(list))
-            return CI_FAIL(CINFER_ERR_FORMAT, "%s: %s must be an array, got %s", t->name, lp.text,
-                           json_type_name(list));
-        int i = 0;
-        for (const cJSON *item = list->child; item; item = item->next, i++) {
-            json_path ip = path_index(&lp, i);
-            CI_TRY(parse_pre_tokenizer(t, item, &ip));
-        }
-        return CINFER_OK;
-    }
+    if (strcmp(type, "Sequence") == 0)
+        return parse_sequence(t, v, at, "pretokenizers", parse_pre_tokenizer);
     if (t->n_pre >= MAX_PRE_STEPS)
         return CI_FAIL(CINFER_ERR_UNSUPPORTED, "%s: %s: more than %d pre-tokenizers", t->name,
                        at->text, MAX_PRE_STEPS);
@@ -675,19 +672,7 @@ static cinfer_status parse_decoder(cinfer_tokenizer *t, const cJSON *v, const js
     const char *type;
     CI_TRY(get_type(t->name, v, at, &type));
     t->has_decoder = 1;
-    if (strcmp(type, "Sequence") == 0) {
-        const cJSON *list = field(v, "decoders");
-        json_path lp = path_child(at, "decoders");
-        if (!cJSON_IsArray(list))
-            return CI_FAIL(CINFER_ERR_FORMAT, "%s: %s must be an array, got %s", t->name, lp.text,
-                           json_type_name(list));
-        int i = 0;
-        for (const cJSON *item = list->child; item; item = item->next, i++) {
-            json_path ip = path_index(&lp, i);
-            CI_TRY(parse_decoder(t, item, &ip));
-        }
-        return CINFER_OK;
-    }
+    if (strcmp(type, "Sequence") == 0) return parse_sequence(t, v, at, "decoders", parse_decoder);
     if (t->n_dec >= MAX_STEPS)
         return CI_FAIL(CINFER_ERR_UNSUPPORTED, "%s: %s: more than %d decoders", t->name, at->text,
                        MAX_STEPS);
@@ -843,19 +828,8 @@ static cinfer_status parse_post_processor(cinfer_tokenizer *t, const cJSON *v,
     const char *type;
     CI_TRY(get_type(t->name, v, at, &type));
     t->has_post_processor = 1;
-    if (strcmp(type, "Sequence") == 0) {
-        const cJSON *list = field(v, "processors");
-        json_path lp = path_child(at, "processors");
-        if (!cJSON_IsArray(list))
-            return CI_FAIL(CINFER_ERR_FORMAT, "%s: %s must be an array, got %s", t->name, lp.text,
-                           json_type_name(list));
-        int i = 0;
-        for (const cJSON *item = list->child; item; item = item->next, i++) {
-            json_path ip = path_index(&lp, i);
-            CI_TRY(parse_post_processor(t, item, &ip));
-        }
-        return CINFER_OK;
-    }
+    if (strcmp(type, "Sequence") == 0)
+        return parse_sequence(t, v, at, "processors", parse_post_processor);
     if (strcmp(type, "ByteLevel") == 0) return CINFER_OK; /* offsets only; ids unchanged */
     if (strcmp(type, "TemplateProcessing") == 0) return parse_template(t, v, at);
     if (strcmp(type, "RobertaProcessing") == 0 || strcmp(type, "BertProcessing") == 0) {

@@ -10,22 +10,18 @@ formats it in C; each case records what transformers renders, or that rendering 
     python3 scripts/make_chat_fixtures.py            # uses .venv-fixtures when jinja2/transformers are missing
 """
 import json
-import subprocess
-import sys
 from pathlib import Path
+
+from fixture_venv import ensure_dependencies  # scripts/fixture_venv.py
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 OUT = REPO_ROOT / "tests" / "fixtures" / "chat" / "cases.json"
-VENV_PYTHON = REPO_ROOT / ".venv-fixtures" / "bin" / "python"
 
-try:
-    import transformers
-    from transformers.utils.chat_template_utils import render_jinja_template
-except ImportError:
-    if Path(sys.executable) == VENV_PYTHON or not VENV_PYTHON.exists():
-        subprocess.run([sys.executable, str(REPO_ROOT / "scripts" / "make_fixtures.py"), "--help"],
-                       check=True, stdout=subprocess.DEVNULL)  # creates the venv
-    sys.exit(subprocess.call([str(VENV_PYTHON), __file__, *sys.argv[1:]]))
+# must run before the imports below (it may re-execute this script in .venv-fixtures)
+ensure_dependencies(("transformers", "jinja2"), "chat fixtures")
+
+import transformers  # noqa: E402
+from transformers.utils.chat_template_utils import render_jinja_template  # noqa: E402
 
 LLAMA3 = (
     "{% set loop_messages = messages %}{% for message in loop_messages %}"

@@ -26,38 +26,18 @@ Layouts (one folder each under tests/fixtures/tokenizers/):
 
 from __future__ import annotations
 
-import importlib.util
 import os
-import subprocess
-import sys
 from pathlib import Path
+
+from fixture_venv import ensure_dependencies  # scripts/fixture_venv.py
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 OUT_DIR = REPO_ROOT / "tests" / "fixtures" / "tokenizers"
-VENV_DIR = REPO_ROOT / ".venv-fixtures"
 REQUIRED_MODULES = ("tokenizers", "transformers")
 
 
-def ensure_dependencies() -> None:
-    """Re-execute this script under <repo>/.venv-fixtures if a dependency is missing."""
-    missing = [m for m in REQUIRED_MODULES if importlib.util.find_spec(m) is None]
-    if not missing:
-        return
-    venv_python = VENV_DIR / "bin" / "python"
-    if Path(sys.prefix).resolve() == VENV_DIR.resolve():
-        sys.exit(f"error: {', '.join(missing)} still missing inside {VENV_DIR}; "
-                 f"delete that folder and run again")
-    print(f"[tokenizer fixtures] missing {', '.join(missing)}; using the venv {VENV_DIR}")
-    if not venv_python.exists():
-        subprocess.run([sys.executable, "-m", "venv", str(VENV_DIR)], check=True)
-    cmd = [str(venv_python), "-m", "pip", "install", "--disable-pip-version-check",
-           "tokenizers", "transformers"]
-    if subprocess.run(cmd).returncode != 0:
-        sys.exit("error: could not install tokenizers/transformers")
-    os.execv(str(venv_python), [str(venv_python), str(Path(__file__).resolve()), *sys.argv[1:]])
 
-
-ensure_dependencies()
+ensure_dependencies(REQUIRED_MODULES, "tokenizer fixtures")
 
 # pylint: disable=wrong-import-position
 import json  # noqa: E402

@@ -38,47 +38,19 @@ and re-runs itself with that interpreter.
 
 from __future__ import annotations
 
-import importlib.util
-import os
 import subprocess
 import sys
 from pathlib import Path
 
+from fixture_venv import ensure_dependencies  # scripts/fixture_venv.py
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
-VENV_DIR = REPO_ROOT / ".venv-fixtures"
 REQUIRED_MODULES = ("torch", "transformers", "tokenizers", "safetensors", "numpy")
-TORCH_CPU_INDEX = "https://download.pytorch.org/whl/cpu"
 
 
-def ensure_dependencies() -> None:
-    """Re-execute this script under <repo>/.venv-fixtures if a dependency is missing."""
-    missing = [m for m in REQUIRED_MODULES if importlib.util.find_spec(m) is None]
-    if not missing:
-        return
-    venv_python = VENV_DIR / "bin" / "python"
-    if Path(sys.prefix).resolve() == VENV_DIR.resolve():
-        sys.exit(f"error: {', '.join(missing)} still missing inside {VENV_DIR}; "
-                 f"delete that folder and run again")
-    print(f"[train_tiny] missing {', '.join(missing)}; using the venv {VENV_DIR}", flush=True)
-    if not venv_python.exists():
-        subprocess.run([sys.executable, "-m", "venv", str(VENV_DIR)], check=True)
 
-    def pip(*args: str) -> bool:
-        cmd = [str(venv_python), "-m", "pip", "install", "--disable-pip-version-check", *args]
-        print("[train_tiny] $", " ".join(cmd), flush=True)
-        return subprocess.run(cmd).returncode == 0
-
-    have_torch = subprocess.run([str(venv_python), "-c", "import torch"],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL).returncode == 0
-    # The CPU-only torch wheel is a fraction of the size of the default CUDA one.
-    if not have_torch and not pip("torch", "--index-url", TORCH_CPU_INDEX) and not pip("torch"):
-        sys.exit("error: could not install torch")
-    if not pip("transformers", "tokenizers", "safetensors", "numpy"):
-        sys.exit("error: could not install transformers/tokenizers/safetensors/numpy")
-    os.execv(str(venv_python), [str(venv_python), str(Path(__file__).resolve()), *sys.argv[1:]])
-
-
-ensure_dependencies()  # must run before the imports below (may re-execute this script)
+# must run before the imports below (it may re-execute this script in .venv-fixtures)
+ensure_dependencies(REQUIRED_MODULES, "train_tiny")
 
 # pylint: disable=wrong-import-position
 import argparse  # noqa: E402
