@@ -20,6 +20,7 @@
 #include <cjson/cJSON.h>
 
 #include "../engine/cinfer.h"
+#include "../engine/profile.h"
 #include "../engine/session.h"
 #include "bench.h"
 
@@ -43,6 +44,9 @@ static const char *bench_usage_text =
     "  --device N               cuda: the GPU (default 0)\n"
     "  --output md|csv|json     table format on stdout (default md)\n"
     "  --seed S                 seed of the random prompt tokens (default 1)\n"
+    "  --profile                also time one step of each test op class by op class\n"
+    "                           (attention, matmul, norm, other), waiting for the device\n"
+    "                           after every op\n"
     "  Use 0 in -p or -n to skip that kind of test.\n";
 
 typedef struct int_list {
@@ -56,6 +60,7 @@ typedef struct bench_options {
     const char *model_dir;
     const char *config_path; /* --config: a shape without a checkpoint */
     int random_weights;
+    int profile; /* --profile: one step of each test op class by op class */
     int_list n_prompt, n_gen, n_depth, batch, threads;
     int repetitions;
     int use_backend[2];   /* indexed by cinfer_backend */
@@ -74,6 +79,8 @@ typedef struct bench_row {
     int repetitions;
     double *seconds; /* [repetitions] */
     double mean_tps, std_tps;
+    ci_op_profile profile; /* with --profile: one step (the prompt, or one decode step) */
+    double profile_step_seconds;
 } bench_row;
 
 static int bench_usage(const char *fmt, const char *arg) {
@@ -133,8 +140,8 @@ static int parse_bench_options(int argc, char **argv, bench_options *o) {
             fputs(bench_usage_text, stdout);
             return -1;
         }
-        if (strcmp(flag, "--random-weights") == 0) {
-            o->random_weights = 1;
+        if (strcmp(flag, "--random-weights") == 0 || strcmp(flag, "--profile") == 0) {
+            *(flag[2] == 'r' ? &o->random_weights : &o->profile) = 1;
             continue;
         }
         if (i + 1 >= argc) return bench_usage("option '%s' needs a value", flag);
@@ -259,6 +266,26 @@ static cinfer_status run_once(cinfer_session *session, const int32_t *tokens, in
     return CINFER_OK;
 }
 
+/* One step of the test with every op timed: the whole prompt for pp, one token for tg (run as a
+ * plain forward pass: a recorded graph's ops cannot be timed one by one). */
+static cinfer_status profile_once(cinfer_session *session, const int32_t *tokens, bench_row *row,
+                                  float *logits) {
+    cinfer_session_reset(session);
+    if (row->n_depth > 0) {
+        cinfer_status status =
+            cinfer_session_forward(session, tokens, row->n_depth, CINFER_LOGITS_NONE, NULL);
+        if (status != CINFER_OK) return status;
+    }
+    const int n_step = row->n_prompt > 0 ? row->n_prompt : 1;
+    ci_profile_start(session->be, &row->profile);
+    double start = now_seconds();
+    cinfer_status status =
+        cinfer_session_forward(session, tokens + row->n_depth, n_step, CINFER_LOGITS_LAST, logits);
+    row->profile_step_seconds = now_seconds() - start;
+    ci_profile_stop(session->be);
+    return status;
+}
+
 static void summarize(bench_row *row) {
     const int tokens = row->n_prompt > 0 ? row->n_prompt : row->n_gen;
     double sum = 0, sum_sq = 0;
@@ -335,9 +362,25 @@ static void print_rows(const bench_options *o, const cinfer_model_info *info, co
                    info->architecture, size, params, r->backend, r->dtype, r->attention, threads,
                    r->batch, test, r->mean_tps, r->std_tps);
         }
+        if (o->profile) {
+            printf("\nOne step per test, every op timed to completion (--profile):\n\n");
+            printf("| backend | dtype | test | step ms | attention | matmul | norm | other |\n");
+            printf("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |\n");
+            for (int i = 0; i < n_rows; i++) {
+                const bench_row *r = &rows[i];
+                test_name(r, test, sizeof test);
+                printf("| %s | %s | %s | %.3f |", r->backend, r->dtype, test,
+                       1e3 * r->profile_step_seconds);
+                for (int c = 0; c < CI_OP_CLASS_COUNT; c++)
+                    printf(" %.3f ms (%.0f%%) |", 1e3 * r->profile.seconds[c],
+                           100.0 * r->profile.seconds[c] / r->profile_step_seconds);
+                printf("\n");
+            }
+        }
     } else if (o->output == OUTPUT_CSV) {
         printf("model,arch,weight_bytes,n_params,backend,dtype,attn,n_threads,batch,test,n_prompt,"
-               "n_gen,n_depth,repetitions,mean_tps,std_tps,seconds\n");
+               "n_gen,n_depth,repetitions,mean_tps,std_tps,seconds%s\n",
+               o->profile ? ",step_ms,attention_ms,matmul_ms,norm_ms,other_ms" : "");
         for (int i = 0; i < n_rows; i++) {
             const bench_row *r = &rows[i];
             test_name(r, test, sizeof test);
@@ -347,7 +390,13 @@ static void print_rows(const bench_options *o, const cinfer_model_info *info, co
                    r->attention, r->n_threads, r->batch, test, r->n_prompt, r->n_gen, r->n_depth,
                    r->repetitions, r->mean_tps, r->std_tps);
             for (int k = 0; k < r->repetitions; k++) printf("%s%.6g", k ? ";" : "", r->seconds[k]);
-            printf("\"\n");
+            printf("\"");
+            if (o->profile) {
+                printf(",%.6g", 1e3 * r->profile_step_seconds);
+                for (int c = 0; c < CI_OP_CLASS_COUNT; c++)
+                    printf(",%.6g", 1e3 * r->profile.seconds[c]);
+            }
+            printf("\n");
         }
     } else {
         cJSON *array = cJSON_CreateArray();
@@ -374,6 +423,15 @@ static void print_rows(const bench_options *o, const cinfer_model_info *info, co
             cJSON_AddNumberToObject(item, "std_tps", r->std_tps);
             cJSON_AddItemToObject(item, "seconds",
                                   cJSON_CreateDoubleArray(r->seconds, r->repetitions));
+            if (o->profile) {
+                cJSON *profile = cJSON_AddObjectToObject(item, "profile");
+                cJSON_AddNumberToObject(profile, "step_ms", 1e3 * r->profile_step_seconds);
+                for (int c = 0; c < CI_OP_CLASS_COUNT; c++) {
+                    char key[32];
+                    snprintf(key, sizeof key, "%s_ms", ci_op_class_name((ci_op_class)c));
+                    cJSON_AddNumberToObject(profile, key, 1e3 * r->profile.seconds[c]);
+                }
+            }
         }
         char *json = array ? cJSON_Print(array) : NULL;
         if (json)
@@ -516,6 +574,7 @@ int cinfer_bench_main(int argc, char **argv) {
                                  &row->seconds[r]) != CINFER_OK)
                         goto fail;
                 summarize(row);
+                if (o.profile && profile_once(session, tokens, row, logits) != CINFER_OK) goto fail;
                 n_rows++;
             }
         }

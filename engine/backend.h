@@ -115,6 +115,9 @@ typedef struct ci_backend_ops {
     void (*set_position)(ci_backend *be, int pos0);
     /* Optional: called by ci_backend_free before the struct is freed (streams, handles, graphs). */
     void (*release)(ci_backend *be);
+    /* Optional (NULL where ops finish before they return, as on the CPU): waits until every op
+     * issued so far has finished. For timing single ops (engine/profile.c). */
+    void (*synchronize)(ci_backend *be);
 } ci_backend_ops;
 
 /* An execution context on one device. Each session owns one, so that sessions never share

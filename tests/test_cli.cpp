@@ -719,3 +719,36 @@ TEST(CliBench, MeasuresRandomWeightsOfAShape) {
 }
 
 } // namespace
+
+namespace {
+
+// --profile splits one step of each test among the op classes: every class ran, and together
+// they fit inside the step they were timed in.
+TEST(CliBench, ProfileSplitsAStepAmongTheOpClasses) {
+    const CliResult r = run_cli({"bench", "--model", fixture_dir("diffllama_gqa4"), "-p", "16",
+                                 "-n", "2", "-r", "1", "--profile", "--output", "json"});
+    ASSERT_TRUE(exits_with(r, 0));
+    cJSON *rows = cJSON_Parse(r.out.c_str());
+    ASSERT_NE(rows, nullptr) << r.out;
+    ASSERT_EQ(cJSON_GetArraySize(rows), 2);
+    for (int i = 0; i < 2; i++) {
+        const cJSON *profile = cJSON_GetObjectItem(cJSON_GetArrayItem(rows, i), "profile");
+        ASSERT_NE(profile, nullptr);
+        const double step = cJSON_GetObjectItem(profile, "step_ms")->valuedouble;
+        double sum = 0;
+        for (const char *op_class : {"attention_ms", "matmul_ms", "norm_ms", "other_ms"}) {
+            const double ms = cJSON_GetObjectItem(profile, op_class)->valuedouble;
+            EXPECT_GT(ms, 0.0) << op_class;
+            sum += ms;
+        }
+        EXPECT_LE(sum, step * 1.0001 + 1e-6);
+    }
+    cJSON_Delete(rows);
+    const CliResult md = run_cli({"bench", "--model", fixture_dir("diffllama_gqa4"), "-p", "16",
+                                  "-n", "0", "-r", "1", "--profile"});
+    ASSERT_TRUE(exits_with(md, 0));
+    EXPECT_TRUE(
+        contains_all(md.out, {"| step ms | attention | matmul | norm | other |", "| pp16 |"}));
+}
+
+} // namespace

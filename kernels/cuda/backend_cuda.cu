@@ -162,6 +162,10 @@ static void cuda_release(ci_backend *be) {
     if (cu->stream) CUDA_CHECK(cudaStreamDestroy(cu->stream));
 }
 
+static void cuda_synchronize(ci_backend *be) {
+    CUDA_CHECK(cudaStreamSynchronize(cuda_of(be)->stream));
+}
+
 static const ci_backend_ops cuda_ops = {
     /* name */ "cuda",
     /* alloc */ cuda_alloc,
@@ -184,6 +188,7 @@ static const ci_backend_ops cuda_ops = {
     /* replay */ cuda_replay,
     /* set_position */ cuda_set_position,
     /* release */ cuda_release,
+    /* synchronize */ cuda_synchronize,
 };
 
 // Setup calls can fail for reasons outside the program (a device in exclusive mode, memory taken):
