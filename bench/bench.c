@@ -22,6 +22,7 @@
 #include "../engine/cinfer.h"
 #include "../engine/profile.h"
 #include "../engine/session.h"
+#include "ceilings.h"
 #include "bench.h"
 
 enum { EXIT_ERROR = 1, EXIT_USAGE = 2, MAX_LIST = 16 };
@@ -44,6 +45,8 @@ static const char *bench_usage_text =
     "  --device N               cuda: the GPU (default 0)\n"
     "  --output md|csv|json     table format on stdout (default md)\n"
     "  --seed S                 seed of the random prompt tokens (default 1)\n"
+    "  --no-ceilings            skip measuring the read bandwidth and GEMM ceilings that\n"
+    "                           the rows are compared with\n"
     "  --profile                also time one step of each test op class by op class\n"
     "                           (attention, matmul, norm, other), waiting for the device\n"
     "                           after every op\n"
@@ -61,6 +64,7 @@ typedef struct bench_options {
     const char *config_path; /* --config: a shape without a checkpoint */
     int random_weights;
     int profile; /* --profile: one step of each test op class by op class */
+    int no_ceilings;
     int_list n_prompt, n_gen, n_depth, batch, threads;
     int repetitions;
     int use_backend[2];   /* indexed by cinfer_backend */
@@ -79,6 +83,10 @@ typedef struct bench_row {
     int repetitions;
     double *seconds; /* [repetitions] */
     double mean_tps, std_tps;
+    /* against the hardware: for tg the bytes a step reads (weights + KV cache) per second, for pp
+     * the FLOP/s of its linear layers; beside the ceilings measured in the same run */
+    double achieved_bytes_per_s, achieved_flops;
+    bench_ceilings ceilings;
     ci_op_profile profile; /* with --profile: one step (the prompt, or one decode step) */
     double profile_step_seconds;
 } bench_row;
@@ -140,8 +148,11 @@ static int parse_bench_options(int argc, char **argv, bench_options *o) {
             fputs(bench_usage_text, stdout);
             return -1;
         }
-        if (strcmp(flag, "--random-weights") == 0 || strcmp(flag, "--profile") == 0) {
-            *(flag[2] == 'r' ? &o->random_weights : &o->profile) = 1;
+        if (strcmp(flag, "--random-weights") == 0 || strcmp(flag, "--profile") == 0 ||
+            strcmp(flag, "--no-ceilings") == 0) {
+            *(flag[2] == 'r'   ? &o->random_weights
+              : flag[2] == 'p' ? &o->profile
+                               : &o->no_ceilings) = 1;
             continue;
         }
         if (i + 1 >= argc) return bench_usage("option '%s' needs a value", flag);
@@ -286,6 +297,26 @@ static cinfer_status profile_once(cinfer_session *session, const int32_t *tokens
     return status;
 }
 
+/* What one token of the row's test moves or computes, from the model's shape. Decode reads every
+ * weight once (the embedding table only a row, unless it doubles as lm_head) and the KV cache up
+ * to its position; prefill's FLOPs are its linear layers' (attention's are left out), with
+ * lm_head once per prompt. */
+static void roofline(bench_row *row, const cinfer_model_info *info, const cinfer_model *model,
+                     double weight_element_bytes) {
+    const double V = info->vocab_size, E = info->hidden_size;
+    const int tied = model->config->tie_word_embeddings;
+    const double table = V * E;
+    const double linear_params = (double)info->n_params - table * (tied ? 1 : 2);
+    if (row->n_gen > 0) {
+        double weights = ((double)info->n_params - (tied ? 0 : table)) * weight_element_bytes;
+        double kv = (double)info->kv_bytes_per_token * (row->n_depth + row->n_gen / 2.0);
+        row->achieved_bytes_per_s = (weights + kv) * row->mean_tps;
+    } else {
+        double flops = 2.0 * linear_params + 2.0 * table / row->n_prompt;
+        row->achieved_flops = flops * row->mean_tps;
+    }
+}
+
 static void summarize(bench_row *row) {
     const int tokens = row->n_prompt > 0 ? row->n_prompt : row->n_gen;
     double sum = 0, sum_sq = 0;
@@ -329,6 +360,22 @@ static void human_count(double count, char *buf, size_t size) {
     snprintf(buf, size, "%.2f%s%s", count, *units[u] ? " " : "", units[u]);
 }
 
+/* "23.1 GB/s = 77% of 30.0" for decode, "1.20 TFLOP/s = 61% of 1.97" for prefill. */
+static void against_ceiling(const bench_row *r, char *buf, size_t size) {
+    if (r->achieved_bytes_per_s > 0) {
+        int n = snprintf(buf, size, "%.1f GB/s", r->achieved_bytes_per_s / 1e9);
+        if (r->ceilings.bytes_per_s > 0 && n > 0 && (size_t)n < size)
+            snprintf(buf + n, size - (size_t)n, " = %.0f%% of %.1f",
+                     100.0 * r->achieved_bytes_per_s / r->ceilings.bytes_per_s,
+                     r->ceilings.bytes_per_s / 1e9);
+    } else {
+        int n = snprintf(buf, size, "%.3f TFLOP/s", r->achieved_flops / 1e12);
+        if (r->ceilings.flops > 0 && n > 0 && (size_t)n < size)
+            snprintf(buf + n, size - (size_t)n, " = %.0f%% of %.1f",
+                     100.0 * r->achieved_flops / r->ceilings.flops, r->ceilings.flops / 1e12);
+    }
+}
+
 /* RFC 4180: quoted, with quotes doubled. */
 static void print_csv_field(const char *text) {
     putchar('"');
@@ -348,8 +395,9 @@ static void print_rows(const bench_options *o, const cinfer_model_info *info, co
     human_count((double)info->n_params, params, sizeof params);
     if (o->output == OUTPUT_MD) {
         printf("| model | arch | size | params | backend | dtype | attn | threads | batch | test "
-               "| t/s |\n");
-        printf("| --- | --- | ---: | ---: | --- | --- | --- | ---: | ---: | ---: | ---: |\n");
+               "| t/s | against the ceiling |\n");
+        printf(
+            "| --- | --- | ---: | ---: | --- | --- | --- | ---: | ---: | ---: | ---: | ---: |\n");
         for (int i = 0; i < n_rows; i++) {
             const bench_row *r = &rows[i];
             test_name(r, test, sizeof test);
@@ -358,10 +406,19 @@ static void print_rows(const bench_options *o, const cinfer_model_info *info, co
                 snprintf(threads, sizeof threads, "%d", r->n_threads);
             else
                 snprintf(threads, sizeof threads, "default");
-            printf("| %s | %s | %s | %s | %s | %s | %s | %s | %d | %s | %.2f ± %.2f |\n", model,
-                   info->architecture, size, params, r->backend, r->dtype, r->attention, threads,
-                   r->batch, test, r->mean_tps, r->std_tps);
+            char against[96];
+            against_ceiling(r, against, sizeof against);
+            printf("| %s | %s | %s | %s | %s | %s | %s | %s | %d | %s | %.2f ± %.2f | %s |\n",
+                   model, info->architecture, size, params, r->backend, r->dtype, r->attention,
+                   threads, r->batch, test, r->mean_tps, r->std_tps, against);
         }
+        const char *how = NULL;
+        for (int i = 0; i < n_rows; i++)
+            if (rows[i].ceilings.how) how = rows[i].ceilings.how;
+        if (how)
+            printf("\nCeilings measured in this run: %s. Decode: weights and KV cache read per "
+                   "token x t/s; prefill: FLOP/s of the linear layers.\n",
+                   how);
         if (o->profile) {
             printf("\nOne step per test, every op timed to completion (--profile):\n\n");
             printf("| backend | dtype | test | step ms | attention | matmul | norm | other |\n");
@@ -379,7 +436,8 @@ static void print_rows(const bench_options *o, const cinfer_model_info *info, co
         }
     } else if (o->output == OUTPUT_CSV) {
         printf("model,arch,weight_bytes,n_params,backend,dtype,attn,n_threads,batch,test,n_prompt,"
-               "n_gen,n_depth,repetitions,mean_tps,std_tps,seconds%s\n",
+               "n_gen,n_depth,repetitions,mean_tps,std_tps,seconds,achieved_bytes_per_s,"
+               "ceiling_bytes_per_s,achieved_flops,ceiling_flops%s\n",
                o->profile ? ",step_ms,attention_ms,matmul_ms,norm_ms,other_ms" : "");
         for (int i = 0; i < n_rows; i++) {
             const bench_row *r = &rows[i];
@@ -390,7 +448,8 @@ static void print_rows(const bench_options *o, const cinfer_model_info *info, co
                    r->attention, r->n_threads, r->batch, test, r->n_prompt, r->n_gen, r->n_depth,
                    r->repetitions, r->mean_tps, r->std_tps);
             for (int k = 0; k < r->repetitions; k++) printf("%s%.6g", k ? ";" : "", r->seconds[k]);
-            printf("\"");
+            printf("\",%.6g,%.6g,%.6g,%.6g", r->achieved_bytes_per_s, r->ceilings.bytes_per_s,
+                   r->achieved_flops, r->ceilings.flops);
             if (o->profile) {
                 printf(",%.6g", 1e3 * r->profile_step_seconds);
                 for (int c = 0; c < CI_OP_CLASS_COUNT; c++)
@@ -423,6 +482,10 @@ static void print_rows(const bench_options *o, const cinfer_model_info *info, co
             cJSON_AddNumberToObject(item, "std_tps", r->std_tps);
             cJSON_AddItemToObject(item, "seconds",
                                   cJSON_CreateDoubleArray(r->seconds, r->repetitions));
+            cJSON_AddNumberToObject(item, "achieved_bytes_per_s", r->achieved_bytes_per_s);
+            cJSON_AddNumberToObject(item, "ceiling_bytes_per_s", r->ceilings.bytes_per_s);
+            cJSON_AddNumberToObject(item, "achieved_flops", r->achieved_flops);
+            cJSON_AddNumberToObject(item, "ceiling_flops", r->ceilings.flops);
             if (o->profile) {
                 cJSON *profile = cJSON_AddObjectToObject(item, "profile");
                 cJSON_AddNumberToObject(profile, "step_ms", 1e3 * r->profile_step_seconds);
@@ -531,6 +594,19 @@ int cinfer_bench_main(int argc, char **argv) {
         session = NULL;
         if (load_model(&o, &config->load, &model) != CINFER_OK) goto fail;
         info = *cinfer_model_get_info(model);
+        const int on_gpu = config->load.backend == CINFER_BACKEND_CUDA;
+        /* what a weight costs to read: as stored on the CPU, in the run dtype on a GPU */
+        const double weight_element_bytes =
+            on_gpu ? (config->load.dtype == CINFER_DTYPE_F32 ? 4.0 : 2.0)
+                   : (double)info.weight_bytes / (double)info.n_params;
+        bench_ceilings ceilings = {0.0, 0.0, NULL};
+        if (!o.no_ceilings) {
+            cinfer_status measured =
+                on_gpu ? bench_cuda_ceilings(config->load.device, config->load.dtype, &ceilings)
+                       : bench_cpu_ceilings(config->load.n_threads, &ceilings);
+            if (measured != CINFER_OK)
+                fprintf(stderr, "cinfer bench: ceilings not measured: %s\n", cinfer_last_error());
+        }
 
         /* one session sized for the longest test at the deepest depth */
         int n_ctx = 1;
@@ -574,6 +650,8 @@ int cinfer_bench_main(int argc, char **argv) {
                                  &row->seconds[r]) != CINFER_OK)
                         goto fail;
                 summarize(row);
+                roofline(row, &info, model, weight_element_bytes);
+                row->ceilings = ceilings;
                 if (o.profile && profile_once(session, tokens, row, logits) != CINFER_OK) goto fail;
                 n_rows++;
             }

@@ -452,11 +452,12 @@ namespace {
 const std::vector<std::string> kBenchTests = {"pp16", "tg4", "pp16 @ d8", "tg4 @ d8"};
 
 std::vector<std::string> bench_args(const std::string &format) {
-    return {"bench", "--model",  fixture_dir("llama_gqa_llama3"),
-            "-p",    "16",       "-n",
-            "4",     "-d",       "0,8",
-            "-r",    "2",        "-t",
-            "1",     "--output", format};
+    return {"bench", "--model", fixture_dir("llama_gqa_llama3"),
+            "-p",    "16",      "-n",
+            "4",     "-d",      "0,8",
+            "-r",    "2",       "--no-ceilings",
+            "-t",    "1",       "--output",
+            format};
 }
 
 TEST(CliBench, JsonHoldsTheAskedForRowsWithConsistentFigures) {
@@ -709,8 +710,8 @@ namespace {
 
 TEST(CliBench, MeasuresRandomWeightsOfAShape) {
     const std::string config = fixture_dir("diffllama_gqa2_llama3") + "/config.json";
-    const CliResult r = run_cli({"bench", "--config", config, "--random-weights", "-p", "8", "-n",
-                                 "2", "-r", "1", "--output", "csv"});
+    const CliResult r = run_cli({"bench", "--config", config, "--random-weights", "--no-ceilings",
+                                 "-p", "8", "-n", "2", "-r", "1", "--output", "csv"});
     ASSERT_TRUE(exits_with(r, 0));
     EXPECT_TRUE(contains_all(r.out, {"(random)\",DiffLlamaForCausalLM,", ",pp8,", ",tg2,"}));
     const CliResult missing = run_cli({"bench", "--config", config, "-p", "8"});
@@ -725,8 +726,9 @@ namespace {
 // --profile splits one step of each test among the op classes: every class ran, and together
 // they fit inside the step they were timed in.
 TEST(CliBench, ProfileSplitsAStepAmongTheOpClasses) {
-    const CliResult r = run_cli({"bench", "--model", fixture_dir("diffllama_gqa4"), "-p", "16",
-                                 "-n", "2", "-r", "1", "--profile", "--output", "json"});
+    const CliResult r =
+        run_cli({"bench", "--model", fixture_dir("diffllama_gqa4"), "-p", "16", "-n", "2", "-r",
+                 "1", "--profile", "--no-ceilings", "--output", "json"});
     ASSERT_TRUE(exits_with(r, 0));
     cJSON *rows = cJSON_Parse(r.out.c_str());
     ASSERT_NE(rows, nullptr) << r.out;
@@ -745,10 +747,40 @@ TEST(CliBench, ProfileSplitsAStepAmongTheOpClasses) {
     }
     cJSON_Delete(rows);
     const CliResult md = run_cli({"bench", "--model", fixture_dir("diffllama_gqa4"), "-p", "16",
-                                  "-n", "0", "-r", "1", "--profile"});
+                                  "-n", "0", "-r", "1", "--profile", "--no-ceilings"});
     ASSERT_TRUE(exits_with(md, 0));
     EXPECT_TRUE(
         contains_all(md.out, {"| step ms | attention | matmul | norm | other |", "| pp16 |"}));
+}
+
+} // namespace
+
+namespace {
+
+// Each row against the hardware: decode's bytes per token are about the weights (plus a little
+// KV cache), prefill's FLOPs per token about twice the parameters, and the CPU's read ceiling
+// was measured in the run.
+TEST(CliBench, RowsStandAgainstCeilingsMeasuredInTheRun) {
+    const CliResult r = run_cli({"bench", "--model", fixture_dir("llama_mha"), "-p", "16", "-n",
+                                 "4", "-r", "2", "--output", "json"});
+    ASSERT_TRUE(exits_with(r, 0));
+    cJSON *rows = cJSON_Parse(r.out.c_str());
+    ASSERT_NE(rows, nullptr) << r.out;
+    ASSERT_EQ(cJSON_GetArraySize(rows), 2);
+    auto number = [](const cJSON *row, const char *key) {
+        return cJSON_GetObjectItem(row, key)->valuedouble;
+    };
+    const cJSON *pp = cJSON_GetArrayItem(rows, 0), *tg = cJSON_GetArrayItem(rows, 1);
+    const double params = number(pp, "n_params"), bytes = number(tg, "weight_bytes");
+    const double flops_per_token = number(pp, "achieved_flops") / number(pp, "mean_tps");
+    EXPECT_GT(flops_per_token, 2.0 * params * 0.3);
+    EXPECT_LT(flops_per_token, 2.0 * params);
+    const double bytes_per_token = number(tg, "achieved_bytes_per_s") / number(tg, "mean_tps");
+    EXPECT_GT(bytes_per_token, 0.5 * bytes);
+    EXPECT_LT(bytes_per_token, 1.5 * bytes);
+    EXPECT_GT(number(tg, "ceiling_bytes_per_s"), 1e8);
+    EXPECT_EQ(number(tg, "ceiling_flops"), 0.0) << "the CPU has no GEMM ceiling to measure";
+    cJSON_Delete(rows);
 }
 
 } // namespace
