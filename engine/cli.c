@@ -438,6 +438,14 @@ static const char *stop_reason_name(cinfer_stop_reason reason) {
     return "?";
 }
 
+/* After the text, not before it, so that it never lands inside the output on a terminal. */
+static void print_sampling(const cinfer_sampling *sampling) {
+    if (sampling->temperature > 0.0f)
+        fprintf(stderr, "cinfer: sampled with temperature %g, top-k %d, top-p %g, seed %llu\n",
+                (double)sampling->temperature, sampling->top_k, (double)sampling->top_p,
+                (unsigned long long)sampling->seed);
+}
+
 static int cmd_run(int argc, char **argv) {
     options o;
     int usage = parse_options(argc, argv, 1, &o);
@@ -505,10 +513,6 @@ static int cmd_run(int argc, char **argv) {
             goto done;
         }
     }
-    if (o.sampling.temperature > 0.0f)
-        fprintf(stderr, "cinfer: sampling with temperature %g, top-k %d, top-p %g, seed %llu\n",
-                (double)o.sampling.temperature, o.sampling.top_k, (double)o.sampling.top_p,
-                (unsigned long long)o.sampling.seed);
     cinfer_generate_params params = {o.max_new_tokens, o.sampling, o.ignore_eos};
     cinfer_generate_stats stats;
     cinfer_status generated = cinfer_generate(session, prompt, n_prompt, &params, print_token,
@@ -521,6 +525,7 @@ static int cmd_run(int argc, char **argv) {
     }
     if (generated != CINFER_OK || printer.failed) {
         if (printer.n_printed) printf("\n");
+        print_sampling(&o.sampling); /* the seed, to replay what went wrong */
         status = fail();
         goto done;
     }
@@ -539,6 +544,7 @@ static int cmd_run(int argc, char **argv) {
                 (stats.n_generated - 1) / stats.decode_seconds);
     fprintf(stderr, "; stop: %s\n",
             printer.stopped_at_stop_id ? "eos token" : stop_reason_name(stats.stop_reason));
+    print_sampling(&o.sampling);
     status = 0;
 done:
     free(prompt_logits);
