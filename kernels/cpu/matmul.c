@@ -49,6 +49,39 @@ static void dot4_bf16(const float *x, const uint16_t *const w[ROWS_PER_BLOCK], i
     sums[0] = s0, sums[1] = s1, sums[2] = s2, sums[3] = s3;
 }
 
+/* Two tokens at once against the same four rows: each widened weight serves two products, which
+ * is what prefill is bound by. Each sum runs over i in the same order as dot4's. */
+static void dot2x4_f32(const float *x0, const float *x1, const float *const w[ROWS_PER_BLOCK],
+                       int64_t n, double sums0[ROWS_PER_BLOCK], double sums1[ROWS_PER_BLOCK]) {
+    double a0 = 0.0, a1 = 0.0, a2 = 0.0, a3 = 0.0, b0 = 0.0, b1 = 0.0, b2 = 0.0, b3 = 0.0;
+    const float *w0 = w[0], *w1 = w[1], *w2 = w[2], *w3 = w[3];
+#pragma omp simd reduction(+ : a0, a1, a2, a3, b0, b1, b2, b3)
+    for (int64_t i = 0; i < n; i++) {
+        const double u = x0[i], v = x1[i];
+        const double c0 = w0[i], c1 = w1[i], c2 = w2[i], c3 = w3[i];
+        a0 += u * c0, a1 += u * c1, a2 += u * c2, a3 += u * c3;
+        b0 += v * c0, b1 += v * c1, b2 += v * c2, b3 += v * c3;
+    }
+    sums0[0] = a0, sums0[1] = a1, sums0[2] = a2, sums0[3] = a3;
+    sums1[0] = b0, sums1[1] = b1, sums1[2] = b2, sums1[3] = b3;
+}
+
+static void dot2x4_bf16(const float *x0, const float *x1, const uint16_t *const w[ROWS_PER_BLOCK],
+                        int64_t n, double sums0[ROWS_PER_BLOCK], double sums1[ROWS_PER_BLOCK]) {
+    double a0 = 0.0, a1 = 0.0, a2 = 0.0, a3 = 0.0, b0 = 0.0, b1 = 0.0, b2 = 0.0, b3 = 0.0;
+    const uint16_t *w0 = w[0], *w1 = w[1], *w2 = w[2], *w3 = w[3];
+#pragma omp simd reduction(+ : a0, a1, a2, a3, b0, b1, b2, b3)
+    for (int64_t i = 0; i < n; i++) {
+        const double u = x0[i], v = x1[i];
+        const double c0 = ci_bf16_to_f32(w0[i]), c1 = ci_bf16_to_f32(w1[i]);
+        const double c2 = ci_bf16_to_f32(w2[i]), c3 = ci_bf16_to_f32(w3[i]);
+        a0 += u * c0, a1 += u * c1, a2 += u * c2, a3 += u * c3;
+        b0 += v * c0, b1 += v * c1, b2 += v * c2, b3 += v * c3;
+    }
+    sums0[0] = a0, sums0[1] = a1, sums0[2] = a2, sums0[3] = a3;
+    sums1[0] = b0, sums1[1] = b1, sums1[2] = b2, sums1[3] = b3;
+}
+
 void matmul_cpu(ci_backend *be, ci_tensor *out, const ci_tensor *x, const ci_tensor *weight,
                 const ci_tensor *bias) {
     const int64_t n_tokens = ci_tensor_n_rows(x), n_in = ci_tensor_row_size(x);
@@ -84,13 +117,26 @@ void matmul_cpu(ci_backend *be, ci_tensor *out, const ci_tensor *x, const ci_ten
                 }
                 bias_values[r] = bias && bias->data ? ci_tensor_get_f32(bias, n) : 0.0f;
             }
-            for (int64_t t = 0; t < n_tokens; t++) {
+            int64_t t = 0;
+            for (; t + 1 < n_tokens; t += 2) {
+                double sums0[ROWS_PER_BLOCK], sums1[ROWS_PER_BLOCK];
+                const float *x0 = xs + t * n_in, *x1 = x0 + n_in;
+                if (weight->dtype == CI_BF16)
+                    dot2x4_bf16(x0, x1, (const uint16_t *const *)rows, n_in, sums0, sums1);
+                else
+                    dot2x4_f32(x0, x1, (const float *const *)rows, n_in, sums0, sums1);
+                /* torch rounds the product to F32, then adds the bias */
+                for (int r = 0; r < n_rows; r++) {
+                    ys[t * n_out + n0 + r] = (float)sums0[r] + bias_values[r];
+                    ys[(t + 1) * n_out + n0 + r] = (float)sums1[r] + bias_values[r];
+                }
+            }
+            for (; t < n_tokens; t++) {
                 double sums[ROWS_PER_BLOCK];
                 if (weight->dtype == CI_BF16)
                     dot4_bf16(xs + t * n_in, (const uint16_t *const *)rows, n_in, sums);
                 else
                     dot4_f32(xs + t * n_in, (const float *const *)rows, n_in, sums);
-                /* torch rounds the product to F32, then adds the bias */
                 for (int r = 0; r < n_rows; r++)
                     ys[t * n_out + n0 + r] = (float)sums[r] + bias_values[r];
             }
