@@ -15,10 +15,12 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include <cjson/cJSON.h>
 
+#include "../engine/cli_util.h"
+#include "../engine/clock.h"
+#include "../engine/splitmix.h"
 #include "../engine/cinfer.h"
 #include "../engine/profile.h"
 #include "../engine/session.h"
@@ -236,20 +238,6 @@ static int parse_bench_options(int argc, char **argv, bench_options *o) {
     return 0;
 }
 
-static double now_seconds(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
-/* splitmix64: the prompt tokens only need to be reproducible, not good random numbers */
-static uint64_t next_random(uint64_t *state) {
-    uint64_t z = (*state += 0x9e3779b97f4a7c15ull);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    return z ^ (z >> 31);
-}
-
 /* One run of a test on a reset session: fills `depth` tokens untimed, then times the test. */
 static cinfer_status run_once(cinfer_session *session, const int32_t *tokens, int depth,
                               int n_prompt, int n_gen, float *logits, double *seconds) {
@@ -260,7 +248,7 @@ static cinfer_status run_once(cinfer_session *session, const int32_t *tokens, in
         if (status != CINFER_OK) return status;
     }
     const int32_t *test_tokens = tokens + depth;
-    double start = now_seconds();
+    double start = ci_now_seconds();
     if (n_prompt > 0) {
         cinfer_status status =
             cinfer_session_forward(session, test_tokens, n_prompt, CINFER_LOGITS_LAST, logits);
@@ -273,7 +261,7 @@ static cinfer_status run_once(cinfer_session *session, const int32_t *tokens, in
         cinfer_status status = ci_session_greedy_step(session, test_tokens[i], &next);
         if (status != CINFER_OK) return status;
     }
-    *seconds = now_seconds() - start;
+    *seconds = ci_now_seconds() - start;
     return CINFER_OK;
 }
 
@@ -289,10 +277,10 @@ static cinfer_status profile_once(cinfer_session *session, const int32_t *tokens
     }
     const int n_step = row->n_prompt > 0 ? row->n_prompt : 1;
     ci_profile_start(session->be, &row->profile);
-    double start = now_seconds();
+    double start = ci_now_seconds();
     cinfer_status status =
         cinfer_session_forward(session, tokens + row->n_depth, n_step, CINFER_LOGITS_LAST, logits);
-    row->profile_step_seconds = now_seconds() - start;
+    row->profile_step_seconds = ci_now_seconds() - start;
     ci_profile_stop(session->be);
     return status;
 }
@@ -346,13 +334,6 @@ static void model_label(const char *dir, char *buf, size_t size) {
     while (n > 1 && buf[n - 1] == '/') buf[--n] = '\0';
 }
 
-static void human_bytes(double bytes, char *buf, size_t size) {
-    const char *units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
-    int u = 0;
-    while (bytes >= 1024.0 && u < 4) bytes /= 1024.0, u++;
-    snprintf(buf, size, "%.2f %s", bytes, units[u]);
-}
-
 static void human_count(double count, char *buf, size_t size) {
     const char *units[] = {"", "K", "M", "B", "T"};
     int u = 0;
@@ -391,7 +372,7 @@ static void print_rows(const bench_options *o, const cinfer_model_info *info, co
     char model[512], test[64], size[32], params[32];
     model_label(o->config_path ? o->config_path : o->model_dir, model, sizeof model);
     if (o->random_weights && strlen(model) + 10 < sizeof model) strcat(model, " (random)");
-    human_bytes((double)info->weight_bytes, size, sizeof size);
+    format_bytes((double)info->weight_bytes, size, sizeof size);
     human_count((double)info->n_params, params, sizeof params);
     if (o->output == OUTPUT_MD) {
         printf("| model | arch | size | params | backend | dtype | attn | threads | batch | test "
@@ -626,7 +607,7 @@ int cinfer_bench_main(int argc, char **argv) {
         }
         uint64_t state = o.seed;
         for (int i = 0; i < n_ctx; i++)
-            tokens[i] = (int32_t)(next_random(&state) % (uint64_t)info.vocab_size);
+            tokens[i] = (int32_t)(ci_splitmix64(&state) % (uint64_t)info.vocab_size);
 
         for (int d = 0; d < o.n_depth.n; d++) {
             for (int k = 0; k < n_tests; k++) {

@@ -2,16 +2,10 @@
 #include <omp.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
+#include "../engine/clock.h"
 #include "../engine/error.h"
 #include "ceilings.h"
-
-static double now_seconds(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
 
 cinfer_status bench_cpu_ceilings(int n_threads, bench_ceilings *out) {
     const size_t n = ((size_t)1 << 30) / sizeof(float);
@@ -23,13 +17,13 @@ cinfer_status bench_cpu_ceilings(int n_threads, bench_ceilings *out) {
     for (size_t i = 0; i < n; i++) buffer[i] = (float)(i & 7);
     double best = 0, sink = 0;
     for (int repeat = 0; repeat < 3; repeat++) {
-        double start = now_seconds();
+        double start = ci_now_seconds();
         float sum = 0;
         /* simd lets the sum be split over vector lanes: one chain of adds would be bound by
          * their latency, not by memory */
 #pragma omp parallel for simd num_threads(threads) schedule(static) reduction(+ : sum)
         for (size_t i = 0; i < n; i++) sum += buffer[i];
-        double rate = (double)(n * sizeof *buffer) / (now_seconds() - start);
+        double rate = (double)(n * sizeof *buffer) / (ci_now_seconds() - start);
         if (rate > best) best = rate;
         sink += sum;
     }

@@ -9,15 +9,9 @@
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
-#include <time.h>
 
+#include "../engine/clock.h"
 #include "cinfer.h"
-
-static double now_seconds(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
 
 static char *read_all(const char *path, size_t *n) {
     FILE *f = fopen(path, "rb");
@@ -60,18 +54,18 @@ int main(int argc, char **argv) {
     int n_ids = 0;
     for (int r = 0; r < runs; r++) {
         free(ids);
-        double t0 = now_seconds();
+        double t0 = ci_now_seconds();
         if (cinfer_tokenize(tok, text, n_text, 0, &ids, &n_ids) != CINFER_OK) {
             fprintf(stderr, "%s\n", cinfer_last_error());
             return 1;
         }
-        double t1 = now_seconds();
+        double t1 = ci_now_seconds();
         char *decoded;
         if (cinfer_decode(tok, ids, n_ids, 0, &decoded) != CINFER_OK) {
             fprintf(stderr, "%s\n", cinfer_last_error());
             return 1;
         }
-        double t2 = now_seconds();
+        double t2 = ci_now_seconds();
         free(decoded);
         if (t1 - t0 < best_encode) best_encode = t1 - t0;
         if (t2 - t1 < best_decode) best_decode = t2 - t1;

@@ -159,7 +159,7 @@ int32_t cinfer_sampler_sample(cinfer_sampler *sampler, const float *logits);
 
 typedef enum cinfer_stop_reason {
     CINFER_STOP_MAX_TOKENS = 0, /* generated max_new_tokens */
-    CINFER_STOP_EOS = 1,        /* generated one of the model's eos tokens (it is included) */
+    CINFER_STOP_EOS = 1,        /* generated an eos or stop token (it is included) */
     CINFER_STOP_CONTEXT = 2,    /* the KV cache is full */
     CINFER_STOP_CALLBACK = 3    /* the token callback asked to stop */
 } cinfer_stop_reason;
@@ -167,7 +167,11 @@ typedef enum cinfer_stop_reason {
 typedef struct cinfer_generate_params {
     int max_new_tokens;
     cinfer_sampling sampling;
-    int ignore_eos; /* keep going past eos tokens */
+    int ignore_eos; /* keep going past eos tokens (config.json's and stop_tokens) */
+    /* Tokens that end generation as config.json's eos tokens do, e.g. a chat checkpoint's
+     * end-of-turn from generation_config.json or the tokenizer; may be NULL. */
+    const int32_t *stop_tokens;
+    int n_stop_tokens;
 } cinfer_generate_params;
 
 typedef struct cinfer_generate_stats {

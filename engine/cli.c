@@ -18,19 +18,13 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
-#include <unistd.h>
-
-#include <cjson/cJSON.h>
 
 #include "../bench/bench.h"
-#include "../loaders/json.h"
-#include "../loaders/read_file.h"
 #include "../loaders/tokenizer.h"
 #include "../models/model.h"
 #include "cinfer.h"
 #include "cli_util.h"
 #include "device.h"
-#include "error.h"
 #include "npy.h"
 
 enum { EXIT_ERROR = 1, EXIT_USAGE = 2 };
@@ -227,14 +221,20 @@ int parse_token_list(const char *text, int32_t **ids, int *n_ids) {
     return 0;
 }
 
-static void print_bytes(const char *label, double bytes, const char *note) {
+void format_bytes(double bytes, char *buf, size_t size) {
     const char *unit = "B";
     const char *units[] = {"KiB", "MiB", "GiB", "TiB"};
     for (int i = 0; i < 4 && bytes >= 1024.0; i++) {
         bytes /= 1024.0;
         unit = units[i];
     }
-    printf("  %-22s %.2f %s%s\n", label, bytes, unit, note);
+    snprintf(buf, size, "%.2f %s", bytes, unit);
+}
+
+static void print_bytes(const char *label, double bytes, const char *note) {
+    char amount[32];
+    format_bytes(bytes, amount, sizeof amount);
+    printf("  %-22s %s%s\n", label, amount, note);
 }
 
 static int cmd_inspect(int argc, char **argv) {
@@ -324,16 +324,15 @@ static int cmd_inspect(int argc, char **argv) {
 }
 
 /* What `run` prints as tokens arrive: ids for an id prompt, else text as soon as it forms whole
- * UTF-8 characters. Text runs also stop at the tokenizer's and generation_config.json's eos
+ * UTF-8 characters. Text runs also end at the tokenizer's and generation_config.json's eos
  * tokens, which chat checkpoints use beside config.json's (Llama 3 Instruct ends turns with
- * <|eot_id|>). */
-enum { MAX_STOP_IDS = 16 };
+ * <|eot_id|>); those end the text and are not part of it. */
+enum { MAX_STOP_TOKENS = 1 + CI_MAX_EOS_TOKENS };
 typedef struct token_printer {
     int n_printed;
     cinfer_detokenizer *detokenizer; /* NULL: print ids */
-    int32_t stop_ids[MAX_STOP_IDS];
-    int n_stop_ids;
-    int stopped_at_stop_id;
+    int32_t stop_tokens[MAX_STOP_TOKENS];
+    int n_stop_tokens;
     int failed; /* the detokenizer refused a token; its message is set */
 } token_printer;
 
@@ -344,8 +343,8 @@ static int print_token(void *user, int32_t token) {
         fflush(stdout);
         return 0;
     }
-    for (int i = 0; i < p->n_stop_ids; i++)
-        if (token == p->stop_ids[i]) return p->stopped_at_stop_id = 1;
+    for (int i = 0; i < p->n_stop_tokens; i++)
+        if (token == p->stop_tokens[i]) return 0; /* generation ends here; not text */
     const char *text;
     size_t n_bytes;
     if (cinfer_detokenize(p->detokenizer, token, &text, &n_bytes) != CINFER_OK)
@@ -354,48 +353,6 @@ static int print_token(void *user, int32_t token) {
     fflush(stdout);
     p->n_printed++;
     return 0;
-}
-
-static void add_stop_id(token_printer *p, int32_t id) {
-    for (int i = 0; i < p->n_stop_ids; i++)
-        if (p->stop_ids[i] == id) return;
-    if (id >= 0 && p->n_stop_ids < MAX_STOP_IDS) p->stop_ids[p->n_stop_ids++] = id;
-}
-
-/* A JSON number as a stop id; non-zero when it is not a token id (checked before the cast, which
- * is undefined for doubles out of range). */
-static int add_stop_id_value(token_printer *p, double value) {
-    if (!(value >= 0 && value <= INT32_MAX) || value != floor(value)) return 1;
-    add_stop_id(p, (int32_t)value);
-    return 0;
-}
-
-/* eos_token_id of generation_config.json (an id or a list) where the file exists. */
-static cinfer_status read_generation_eos(const char *model_dir, token_printer *p) {
-    char path[4096];
-    snprintf(path, sizeof path, "%s/generation_config.json", model_dir);
-    if (access(path, F_OK) != 0) return CINFER_OK;
-    char *text;
-    size_t length;
-    cJSON *root;
-    CI_TRY(ci_read_file(path, 1 << 20, &text, &length));
-    cinfer_status status = ci_json_parse(path, text, length, &root);
-    free(text);
-    if (status != CINFER_OK) return status;
-    const cJSON *eos = cJSON_GetObjectItemCaseSensitive(root, "eos_token_id");
-    int malformed = eos && !cJSON_IsNull(eos) && !cJSON_IsNumber(eos) && !cJSON_IsArray(eos);
-    if (cJSON_IsNumber(eos)) malformed |= add_stop_id_value(p, eos->valuedouble);
-    const cJSON *item;
-    if (cJSON_IsArray(eos)) {
-        cJSON_ArrayForEach(item, eos) {
-            malformed |= !cJSON_IsNumber(item) || add_stop_id_value(p, item->valuedouble);
-        }
-    }
-    cJSON_Delete(root);
-    if (malformed)
-        return CI_FAIL(CINFER_ERR_CONFIG,
-                       "%s: eos_token_id must be a token id or a list of token ids", path);
-    return CINFER_OK;
 }
 
 /* --prompt and --chat: the prompt ids from text, and the printer that turns ids back into text. */
@@ -422,8 +379,13 @@ static int encode_text_prompt(const options *o, cinfer_tokenizer **tok, token_pr
     }
     if (cinfer_detokenizer_create(*tok, 1, &printer->detokenizer) != CINFER_OK) return fail();
     if (!o->ignore_eos) {
-        add_stop_id(printer, cinfer_tokenizer_eos_id(*tok));
-        if (read_generation_eos(o->model_dir, printer) != CINFER_OK) return fail();
+        int n_generation_eos;
+        if (config_load_generation_eos(o->model_dir, printer->stop_tokens, &n_generation_eos) !=
+            CINFER_OK)
+            return fail();
+        printer->n_stop_tokens = n_generation_eos;
+        const int32_t tokenizer_eos = cinfer_tokenizer_eos_id(*tok);
+        if (tokenizer_eos >= 0) printer->stop_tokens[printer->n_stop_tokens++] = tokenizer_eos;
     }
     return 0;
 }
@@ -513,7 +475,8 @@ static int cmd_run(int argc, char **argv) {
             goto done;
         }
     }
-    cinfer_generate_params params = {o.max_new_tokens, o.sampling, o.ignore_eos};
+    cinfer_generate_params params = {o.max_new_tokens, o.sampling, o.ignore_eos,
+                                     printer.stop_tokens, printer.n_stop_tokens};
     cinfer_generate_stats stats;
     cinfer_status generated = cinfer_generate(session, prompt, n_prompt, &params, print_token,
                                               &printer, prompt_logits, &stats);
@@ -542,8 +505,7 @@ static int cmd_run(int argc, char **argv) {
     if (stats.n_generated > 1)
         fprintf(stderr, "; generated %d tokens, %.2f tokens/s after the first", stats.n_generated,
                 (stats.n_generated - 1) / stats.decode_seconds);
-    fprintf(stderr, "; stop: %s\n",
-            printer.stopped_at_stop_id ? "eos token" : stop_reason_name(stats.stop_reason));
+    fprintf(stderr, "; stop: %s\n", stop_reason_name(stats.stop_reason));
     print_sampling(&o.sampling);
     status = 0;
 done:

@@ -3,6 +3,7 @@
 #ifndef CINFER_CLI_UTIL_H
 #define CINFER_CLI_UTIL_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 #include "cinfer.h"
@@ -13,6 +14,8 @@ int usage_error(const char *fmt, const char *arg);
 int fail(void);
 /* The whole of text as an integer in [minimum, maximum]: 0, else -1. */
 int parse_long(const char *text, long minimum, long maximum, long *out);
+/* "1.50 GiB": bytes in the largest binary unit that keeps the number at 1 or more. */
+void format_bytes(double bytes, char *buf, size_t size);
 /* "1 15 7 42" -> ids (malloc'd); 0, or the exit status once the reason is printed. */
 int parse_token_list(const char *text, int32_t **ids, int *n_ids);
 

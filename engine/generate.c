@@ -2,20 +2,17 @@
  * max_new_tokens, an eos token, the end of the context, or the caller says stop. */
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
+#include "clock.h"
 #include "error.h"
 #include "session.h"
 
-static double now_seconds(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
-static int is_eos(const ci_config *c, int32_t token) {
+static int ends_generation(const ci_config *c, const cinfer_generate_params *params,
+                           int32_t token) {
     for (int i = 0; i < c->n_eos; i++)
         if (c->eos_token_ids[i] == token) return 1;
+    for (int i = 0; i < params->n_stop_tokens; i++)
+        if (params->stop_tokens[i] == token) return 1;
     return 0;
 }
 
@@ -28,6 +25,9 @@ cinfer_status cinfer_generate(cinfer_session *s, const int32_t *prompt, int n_pr
     if (!stats) stats = &local;
     memset(stats, 0, sizeof *stats);
     if (n_prompt <= 0) return CI_FAIL(CINFER_ERR_ARGUMENT, "the prompt is empty");
+    if (params->n_stop_tokens < 0 || (params->n_stop_tokens > 0 && !params->stop_tokens))
+        return CI_FAIL(CINFER_ERR_ARGUMENT, "stop_tokens is NULL but n_stop_tokens is %d",
+                       params->n_stop_tokens);
     if (params->max_new_tokens < 0)
         return CI_FAIL(CINFER_ERR_ARGUMENT, "max_new_tokens must be >= 0, got %d",
                        params->max_new_tokens);
@@ -45,7 +45,7 @@ cinfer_status cinfer_generate(cinfer_session *s, const int32_t *prompt, int n_pr
     }
 
     stats->n_prompt = n_prompt;
-    double t0 = now_seconds();
+    double t0 = ci_now_seconds();
     cinfer_status status;
     if (prompt_logits) {
         status = cinfer_session_forward(s, prompt, n_prompt, CINFER_LOGITS_ALL, prompt_logits);
@@ -54,7 +54,7 @@ cinfer_status cinfer_generate(cinfer_session *s, const int32_t *prompt, int n_pr
     } else {
         status = cinfer_session_forward(s, prompt, n_prompt, CINFER_LOGITS_LAST, logits);
     }
-    stats->prefill_seconds = now_seconds() - t0;
+    stats->prefill_seconds = ci_now_seconds() - t0;
     stats->stop_reason = CINFER_STOP_MAX_TOKENS;
 
     /* On a GPU, greedy decoding keeps the logits on the device (ci_session_greedy_step); the CPU
@@ -62,16 +62,16 @@ cinfer_status cinfer_generate(cinfer_session *s, const int32_t *prompt, int n_pr
     const int greedy_on_device =
         params->sampling.temperature <= 0.0f && s->model->options.backend != CINFER_BACKEND_CPU;
     int32_t picked = -1; /* the token the device picked in the last step, if it did */
-    double t_decode = now_seconds();
+    double t_decode = ci_now_seconds();
     for (int i = 0; status == CINFER_OK && i < params->max_new_tokens; i++) {
         const int32_t token = picked >= 0 ? picked : cinfer_sampler_sample(sampler, logits);
         stats->n_generated++;
-        if (i == 0) t_decode = now_seconds();
+        if (i == 0) t_decode = ci_now_seconds();
         if (on_token && on_token(user, token) != 0) {
             stats->stop_reason = CINFER_STOP_CALLBACK;
             break;
         }
-        if (!params->ignore_eos && is_eos(c, token)) {
+        if (!params->ignore_eos && ends_generation(c, params, token)) {
             stats->stop_reason = CINFER_STOP_EOS;
             break;
         }
@@ -87,7 +87,7 @@ cinfer_status cinfer_generate(cinfer_session *s, const int32_t *prompt, int n_pr
             status = cinfer_session_forward(s, &token, 1, CINFER_LOGITS_LAST, logits);
         }
     }
-    stats->decode_seconds = stats->n_generated > 1 ? now_seconds() - t_decode : 0.0;
+    stats->decode_seconds = stats->n_generated > 1 ? ci_now_seconds() - t_decode : 0.0;
     free(logits);
     cinfer_sampler_free(sampler);
     return status;

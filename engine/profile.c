@@ -1,7 +1,7 @@
 /* Op timing by wrapping a backend's op table: each wrapper waits for the device, times the real
  * op to completion and charges it to its class. */
-#include <time.h>
 
+#include "clock.h"
 #include "error.h"
 #include "profile.h"
 
@@ -9,12 +9,6 @@ static struct {
     const ci_backend_ops *real; /* the backend's own table while a profile runs */
     ci_op_profile *profile;
 } active;
-
-static double now_seconds(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
 
 static void synchronize(ci_backend *be) {
     if (active.real->synchronize) active.real->synchronize(be);
@@ -24,10 +18,10 @@ static void synchronize(ci_backend *be) {
 #define TIMED(be, op_class, call)                                                                  \
     do {                                                                                           \
         synchronize(be);                                                                           \
-        double start_ = now_seconds();                                                             \
+        double start_ = ci_now_seconds();                                                          \
         call;                                                                                      \
         synchronize(be);                                                                           \
-        active.profile->seconds[op_class] += now_seconds() - start_;                               \
+        active.profile->seconds[op_class] += ci_now_seconds() - start_;                            \
         active.profile->calls[op_class]++;                                                         \
     } while (0)
 

@@ -5,6 +5,7 @@
 #include <math.h>
 #include <stdlib.h>
 
+#include "splitmix.h"
 #include "error.h"
 
 struct cinfer_sampler {
@@ -15,13 +16,6 @@ struct cinfer_sampler {
     float *scaled;  /* [V] logits / temperature */
     double *probs;  /* [V] */
 };
-
-static uint64_t splitmix64(uint64_t *state) {
-    uint64_t z = (*state += 0x9e3779b97f4a7c15ull);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    return z ^ (z >> 31);
-}
 
 static uint64_t rotl(uint64_t x, int k) { return (x << k) | (x >> (64 - k)); }
 
@@ -58,7 +52,7 @@ cinfer_status cinfer_sampler_create(const cinfer_sampling *params, int vocab_siz
     s->params = *params;
     s->vocab_size = vocab_size;
     uint64_t seed = params->seed;
-    for (int i = 0; i < 4; i++) s->rng[i] = splitmix64(&seed);
+    for (int i = 0; i < 4; i++) s->rng[i] = ci_splitmix64(&seed);
     s->order = malloc((size_t)vocab_size * sizeof *s->order);
     s->scaled = malloc((size_t)vocab_size * sizeof *s->scaled);
     s->probs = malloc((size_t)vocab_size * sizeof *s->probs);

@@ -290,15 +290,12 @@ static cinfer_status read_rope(const parser *p, ci_config *c) {
     return CINFER_OK;
 }
 
-static cinfer_status read_special_tokens(const parser *p, ci_config *c) {
-    CI_TRY(read_int(p, p->root, "bos_token_id", false, -1, 0, &c->bos_token_id));
-    const cJSON *bos = cJSON_GetObjectItemCaseSensitive(p->root, "bos_token_id");
-    if (!bos) c->bos_token_id = 1; /* transformers' default when the field is absent */
+/* eos_token_id as config.json and generation_config.json write it: one id or a list (null: none).
+ */
+static cinfer_status read_eos_token_ids(const parser *p, int ids[CI_MAX_EOS_TOKENS], int *n_ids) {
     const cJSON *eos = cJSON_GetObjectItemCaseSensitive(p->root, "eos_token_id");
-    c->n_eos = 0;
-    if (!eos) {
-        c->eos_token_ids[c->n_eos++] = 2; /* transformers' default */
-    } else if (cJSON_IsArray(eos)) {
+    *n_ids = 0;
+    if (cJSON_IsArray(eos)) {
         if (cJSON_GetArraySize(eos) > CI_MAX_EOS_TOKENS)
             return CI_FAIL(CINFER_ERR_CONFIG, "%s: field 'eos_token_id' lists more than %d tokens",
                            p->name, CI_MAX_EOS_TOKENS);
@@ -307,13 +304,25 @@ static cinfer_status read_special_tokens(const parser *p, ci_config *c) {
                 id->valuedouble != floor(id->valuedouble) || id->valuedouble > INT_MAX)
                 return CI_FAIL(CINFER_ERR_CONFIG,
                                "%s: field 'eos_token_id' must hold non-negative integers", p->name);
-            c->eos_token_ids[c->n_eos++] = (int)id->valuedouble;
+            ids[(*n_ids)++] = (int)id->valuedouble;
         }
     } else if (present(eos)) {
-        int id;
-        CI_TRY(read_int(p, p->root, "eos_token_id", true, 0, 0, &id));
-        c->eos_token_ids[c->n_eos++] = id;
+        CI_TRY(read_int(p, p->root, "eos_token_id", true, 0, 0, &ids[0]));
+        *n_ids = 1;
     }
+    return CINFER_OK;
+}
+
+static cinfer_status read_special_tokens(const parser *p, ci_config *c) {
+    CI_TRY(read_int(p, p->root, "bos_token_id", false, -1, 0, &c->bos_token_id));
+    const cJSON *bos = cJSON_GetObjectItemCaseSensitive(p->root, "bos_token_id");
+    if (!bos) c->bos_token_id = 1; /* transformers' default when the field is absent */
+    const cJSON *eos = cJSON_GetObjectItemCaseSensitive(p->root, "eos_token_id");
+    c->n_eos = 0;
+    if (!eos)
+        c->eos_token_ids[c->n_eos++] = 2; /* transformers' default */
+    else
+        CI_TRY(read_eos_token_ids(p, c->eos_token_ids, &c->n_eos));
     for (int i = 0; i < c->n_eos; i++)
         if (c->eos_token_ids[i] >= c->vocab_size)
             return CI_FAIL(CINFER_ERR_CONFIG,
@@ -406,5 +415,26 @@ cinfer_status config_load(const char *path, ci_config *config) {
     CI_TRY(ci_read_file(path, CONFIG_MAX_BYTES, &text, &length));
     cinfer_status status = config_parse(path, text, length, config);
     free(text);
+    return status;
+}
+
+cinfer_status config_load_generation_eos(const char *dir, int ids[CI_MAX_EOS_TOKENS], int *n_ids) {
+    *n_ids = 0;
+    char path[4096];
+    snprintf(path, sizeof path, "%s/generation_config.json", dir);
+    FILE *exists = fopen(path, "rb");
+    if (!exists) return CINFER_OK; /* optional: most test checkpoints have none */
+    fclose(exists);
+    char *text;
+    size_t length;
+    cJSON *root;
+    CI_TRY(ci_read_file(path, CONFIG_MAX_BYTES, &text, &length));
+    cinfer_status status = ci_json_parse(path, text, length, &root);
+    free(text);
+    if (status != CINFER_OK) return status;
+    const parser p = {path, root};
+    status = cJSON_IsObject(root) ? read_eos_token_ids(&p, ids, n_ids)
+                                  : CI_FAIL(CINFER_ERR_CONFIG, "%s: expected a JSON object", path);
+    cJSON_Delete(root);
     return status;
 }

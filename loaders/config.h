@@ -68,6 +68,9 @@ typedef struct ci_config {
 
 /* Reads and validates path (a config.json). Messages start with the path. */
 cinfer_status config_load(const char *path, ci_config *config);
+/* eos_token_id of dir/generation_config.json (chat checkpoints list their end-of-turn tokens
+ * there); *n_ids = 0 when the file does not exist. */
+cinfer_status config_load_generation_eos(const char *dir, int ids[CI_MAX_EOS_TOKENS], int *n_ids);
 /* The same from JSON text in memory; name is used in messages. */
 cinfer_status config_parse(const char *name, const char *json, size_t length, ci_config *config);
 

@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "../engine/splitmix.h"
 #include "../engine/error.h"
 #include "model.h"
 
@@ -19,12 +20,6 @@ static int is_weight_dtype(ci_dtype dtype) {
  * uniform with the standard deviation transformers uses (initializer_range 0.02; DiffLlama's
  * lambdas lambda_std_dev 0.1). Each value depends only on the seed, the tensor's name and its
  * index, so a model drawn twice, or by another backend, is the same model. */
-
-static uint64_t mix64(uint64_t z) {
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    return z ^ (z >> 31);
-}
 
 static uint64_t name_hash(const char *name) { /* FNV-1a */
     uint64_t h = 0xcbf29ce484222325ull;
@@ -67,10 +62,12 @@ static cinfer_status bind_random_weight(cinfer_model *m, const char *name, int n
     const int is_norm = ends_with(name, "norm.weight"), is_bias = ends_with(name, ".bias");
     const float std = strstr(name, "lambda_") ? 0.1f : 0.02f;
     const float half_width = std * 1.7320508f; /* uniform on [-a, a] has std a/sqrt(3) */
-    const uint64_t key = mix64(m->checkpoint->seed ^ name_hash(name));
+    uint64_t seed_of_name = m->checkpoint->seed ^ name_hash(name);
+    const uint64_t key = ci_splitmix64(&seed_of_name);
 #pragma omp parallel for schedule(static) if (n > 65536)
     for (int64_t i = 0; i < n; i++) {
-        float u = (float)(mix64(key + (uint64_t)i * 0x9e3779b97f4a7c15ull) >> 40) * 0x1p-24f;
+        uint64_t state = key + (uint64_t)i; /* element i's own stream: any thread can draw it */
+        float u = (float)(ci_splitmix64(&state) >> 40) * 0x1p-24f;
         float value = is_norm ? 1.0f : is_bias ? 0.0f : half_width * (2.0f * u - 1.0f);
         switch (out->dtype) {
         case CI_BF16: ((uint16_t *)data)[i] = ci_f32_to_bf16(value); break;

@@ -1,0 +1,17 @@
+/* splitmix64, for the places that need reproducible pseudo-random numbers: seeding the sampler,
+ * random weights, bench's prompt ids. */
+#ifndef CINFER_SPLITMIX_H
+#define CINFER_SPLITMIX_H
+
+#include <stdint.h>
+
+/* Advances *state and returns the next output. scripts/bench_hf.py draws the same sequence for
+ * its prompt ids. */
+static inline uint64_t ci_splitmix64(uint64_t *state) {
+    uint64_t z = (*state += 0x9e3779b97f4a7c15ull);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+}
+
+#endif
