@@ -523,13 +523,14 @@ static int plan_configs(const bench_options *o, run_config *configs) {
         for (int d = 0; d < 3; d++)
             for (int a = 0; a < 3; a++)
                 if (o->use_dtype[d] && o->use_attention[a])
-                    configs[n++] = (run_config){{.backend = CINFER_BACKEND_CUDA,
-                                                 .dtype = (cinfer_dtype)d,
-                                                 .attention = (cinfer_attention)a,
-                                                 .device = o->device},
-                                                "cuda",
-                                                dtype_names[d],
-                                                attention_names[a]};
+                    configs[n++] =
+                        (run_config){{.backend = CINFER_BACKEND_CUDA,
+                                      .dtype = (cinfer_dtype)d,
+                                      .attention = (cinfer_attention)(CINFER_ATTENTION_EAGER + a),
+                                      .device = o->device},
+                                     "cuda",
+                                     dtype_names[d],
+                                     attention_names[a]};
     return n;
 }
 

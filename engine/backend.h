@@ -124,6 +124,7 @@ typedef struct ci_backend_ops {
  * scratch memory (or, on a GPU, streams). */
 struct ci_backend {
     const ci_backend_ops *ops;
+    cinfer_attention attention; /* the kind the attention ops run (CUDA; never AUTO once loaded) */
     int n_threads;
     void *workspace; /* scratch the ops may use; sized by ci_backend_reserve */
     size_t workspace_bytes;

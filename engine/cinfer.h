@@ -59,20 +59,22 @@ typedef enum cinfer_dtype {
     CINFER_DTYPE_F16 = 2
 } cinfer_dtype;
 
-/* How attention is computed. Only eager exists so far; sdpa and flash are reserved for the fused
- * kernels of issue 4 and rejected by cinfer_model_load until then. */
+/* How the CUDA backend computes attention (the CPU reference has one way, its own). */
 typedef enum cinfer_attention {
-    CINFER_ATTENTION_EAGER = 0, /* scores, masked softmax, then P·V, as transformers' eager */
-    CINFER_ATTENTION_SDPA = 1,
-    CINFER_ATTENTION_FLASH = 2
+    CINFER_ATTENTION_AUTO = 0,  /* the fastest kind that runs the model in the run dtype */
+    CINFER_ATTENTION_EAGER = 1, /* scores through cuBLAS into global memory, masked softmax, then
+                                   P·V, as transformers' eager */
+    CINFER_ATTENTION_SDPA = 2,  /* one fused SIMT kernel, no score matrix in global memory */
+    CINFER_ATTENTION_FLASH = 3  /* tiled, online softmax, tensor cores in bf16/fp16; split-K
+                                   flash-decoding for one new query */
 } cinfer_attention;
 
-/* A zeroed struct is the CPU reference path in F32 with eager attention. */
+/* A zeroed struct is the CPU reference path in F32. */
 typedef struct cinfer_load_options {
     cinfer_backend backend;     /* CINFER_BACKEND_CPU is the reference path */
     int n_threads;              /* CPU threads; 0 = OpenMP's default */
     cinfer_dtype dtype;         /* CUDA: run dtype of the GEMMs; the CPU takes F32 only */
-    cinfer_attention attention; /* eager only, for now */
+    cinfer_attention attention; /* CUDA: attention kind; AUTO picks the fastest that runs */
     int device;                 /* CUDA device index */
 } cinfer_load_options;
 

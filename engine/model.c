@@ -35,6 +35,7 @@ static void fill_info(cinfer_model *m) {
 
 static const char *attention_name(cinfer_attention attention) {
     switch (attention) {
+    case CINFER_ATTENTION_AUTO: return "auto";
     case CINFER_ATTENTION_EAGER: return "eager";
     case CINFER_ATTENTION_SDPA: return "sdpa";
     case CINFER_ATTENTION_FLASH: return "flash";
@@ -47,7 +48,7 @@ static cinfer_status check_options(const cinfer_load_options *o) {
         o->dtype != CINFER_DTYPE_F16)
         return CI_FAIL(CINFER_ERR_ARGUMENT, "load options: dtype %d is not f32, bf16 or fp16",
                        (int)o->dtype);
-    if (o->attention != CINFER_ATTENTION_EAGER)
+    if (o->attention != CINFER_ATTENTION_AUTO && o->attention != CINFER_ATTENTION_EAGER)
         return CI_FAIL(CINFER_ERR_UNSUPPORTED,
                        "load options: attention '%s' is not implemented yet (fused sdpa and flash "
                        "attention come with issue 4); use eager",
