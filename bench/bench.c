@@ -43,7 +43,8 @@ static const char *bench_usage_text =
     "  -r, --repetitions N      timed runs per test after one warm-up (default 5)\n"
     "  --backend cpu,cuda       backend(s) to measure (default cpu)\n"
     "  --dtype f32,bf16,fp16    cuda: run dtype(s) (default bf16); the CPU computes in f32\n"
-    "  --attn eager,sdpa,flash  cuda: attention backend(s) (default eager)\n"
+    "  --attn auto,eager,sdpa,flash  cuda: attention kind(s) (default auto: the fastest that\n"
+    "                           runs the model; the row names the kind that ran)\n"
     "  --device N               cuda: the GPU (default 0)\n"
     "  --output md|csv|json     table format on stdout (default md)\n"
     "  --seed S                 seed of the random prompt tokens (default 1)\n"
@@ -71,7 +72,7 @@ typedef struct bench_options {
     int repetitions;
     int use_backend[2];   /* indexed by cinfer_backend */
     int use_dtype[3];     /* indexed by cinfer_dtype: CUDA rows */
-    int use_attention[3]; /* indexed by cinfer_attention: CUDA rows */
+    int use_attention[4]; /* indexed by cinfer_attention: CUDA rows */
     int device;
     output_format output;
     uint64_t seed;
@@ -141,7 +142,7 @@ static int parse_bench_options(int argc, char **argv, bench_options *o) {
                          .repetitions = 5,
                          .use_backend = {1, 0},
                          .use_dtype = {0, 1, 0},
-                         .use_attention = {1, 0, 0},
+                         .use_attention = {1, 0, 0, 0},
                          .output = OUTPUT_MD,
                          .seed = 1};
     for (int i = 0; i < argc; i++) {
@@ -216,9 +217,10 @@ static int parse_bench_options(int argc, char **argv, bench_options *o) {
                                    "'%s'",
                                    value);
         } else if (strcmp(flag, "--attn") == 0) {
-            static const char *const names[] = {"eager", "sdpa", "flash", NULL};
+            static const char *const names[] = {"auto", "eager", "sdpa", "flash", NULL};
             if (parse_name_list(value, names, o->use_attention))
-                return bench_usage("--attn needs eager, sdpa and/or flash separated by commas, got "
+                return bench_usage("--attn needs auto, eager, sdpa and/or flash separated by "
+                                   "commas, got "
                                    "'%s'",
                                    value);
         } else if (strcmp(flag, "--device") == 0) {
@@ -510,7 +512,7 @@ enum { MAX_CONFIGS = MAX_LIST + 9 };
 
 static int plan_configs(const bench_options *o, run_config *configs) {
     static const char *const dtype_names[] = {"f32", "bf16", "fp16"};
-    static const char *const attention_names[] = {"eager", "sdpa", "flash"};
+    static const char *const attention_names[] = {"auto", "eager", "sdpa", "flash"};
     int n = 0;
     if (o->use_backend[CINFER_BACKEND_CPU])
         for (int t = 0; t < o->threads.n; t++)
@@ -518,19 +520,18 @@ static int plan_configs(const bench_options *o, run_config *configs) {
                 (run_config){{.backend = CINFER_BACKEND_CPU, .n_threads = o->threads.values[t]},
                              "cpu",
                              "f32",
-                             "eager"};
+                             "reference"};
     if (o->use_backend[CINFER_BACKEND_CUDA])
         for (int d = 0; d < 3; d++)
-            for (int a = 0; a < 3; a++)
+            for (int a = 0; a < 4; a++)
                 if (o->use_dtype[d] && o->use_attention[a])
-                    configs[n++] =
-                        (run_config){{.backend = CINFER_BACKEND_CUDA,
-                                      .dtype = (cinfer_dtype)d,
-                                      .attention = (cinfer_attention)(CINFER_ATTENTION_EAGER + a),
-                                      .device = o->device},
-                                     "cuda",
-                                     dtype_names[d],
-                                     attention_names[a]};
+                    configs[n++] = (run_config){{.backend = CINFER_BACKEND_CUDA,
+                                                 .dtype = (cinfer_dtype)d,
+                                                 .attention = (cinfer_attention)a,
+                                                 .device = o->device},
+                                                "cuda",
+                                                dtype_names[d],
+                                                attention_names[a]};
     return n;
 }
 
@@ -615,7 +616,7 @@ int cinfer_bench_main(int argc, char **argv) {
                 bench_row *row = &rows[n_rows];
                 *row = (bench_row){.backend = config->backend,
                                    .dtype = config->dtype,
-                                   .attention = config->attention,
+                                   .attention = info.attention, /* auto resolved */
                                    .n_threads = config->load.n_threads,
                                    .n_prompt = tests[k][0],
                                    .n_gen = tests[k][1],

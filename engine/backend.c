@@ -24,6 +24,15 @@ static cinfer_status cpu_backend_create(int n_threads, ci_backend **out) {
     return CINFER_OK;
 }
 
+ci_dtype ci_kv_cache_dtype(const cinfer_load_options *options) {
+    if (options->backend != CINFER_BACKEND_CUDA) return CI_F32;
+    switch (options->dtype) {
+    case CINFER_DTYPE_BF16: return CI_BF16;
+    case CINFER_DTYPE_F16: return CI_F16;
+    default: return CI_F32;
+    }
+}
+
 cinfer_status ci_backend_create(cinfer_backend kind, int n_threads, ci_backend **out) {
     const cinfer_load_options options = {.backend = kind, .n_threads = n_threads};
     return ci_backend_create_for(&options, out);
@@ -32,9 +41,11 @@ cinfer_status ci_backend_create(cinfer_backend kind, int n_threads, ci_backend *
 cinfer_status ci_backend_create_for(const cinfer_load_options *options, ci_backend **out) {
     *out = NULL;
     CI_TRY(ci_backend_available(options->backend));
-    if (options->backend == CINFER_BACKEND_CUDA)
-        return ci_cuda_backend_create(options->device, out);
-    return cpu_backend_create(options->n_threads, out);
+    CI_TRY(options->backend == CINFER_BACKEND_CUDA ? ci_cuda_backend_create(options->device, out)
+                                                   : cpu_backend_create(options->n_threads, out));
+    (*out)->attention =
+        options->attention == CINFER_ATTENTION_AUTO ? CINFER_ATTENTION_EAGER : options->attention;
+    return CINFER_OK;
 }
 
 void ci_backend_free(ci_backend *be) {

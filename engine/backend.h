@@ -130,10 +130,16 @@ struct ci_backend {
     size_t workspace_bytes;
 };
 
+/* The dtype of the KV cache: F32 on the CPU reference path; the run dtype on CUDA, where the fused
+ * attention kernels read BF16/F16 K and V straight into the tensor cores and decode reads half the
+ * bytes. */
+ci_dtype ci_kv_cache_dtype(const cinfer_load_options *options);
+
 /* CINFER_OK when this build can run `kind`; else the message says why. */
 cinfer_status ci_backend_available(cinfer_backend kind);
 cinfer_status ci_backend_create(cinfer_backend kind, int n_threads, ci_backend **out);
-/* The same from load options (the CUDA device index among them). */
+/* The same from load options (the CUDA device index, the attention kind among them; a backend made
+ * without a model, as tests and benches do, runs eager attention when the options say auto). */
 cinfer_status ci_backend_create_for(const cinfer_load_options *options, ci_backend **out);
 void ci_backend_free(ci_backend *be);
 /* Makes sure the workspace holds bytes, once, before the hot path runs. */

@@ -95,6 +95,8 @@ typedef struct cinfer_model_info {
     int64_t n_params;           /* elements in all weight tensors */
     int64_t weight_bytes;       /* bytes of all weight tensors as stored */
     int64_t kv_bytes_per_token; /* KV cache bytes per token of context, all layers */
+    const char *attention;      /* the kind that runs: "reference" on the CPU, else eager, sdpa or
+                                   flash (auto resolved at load) */
 } cinfer_model_info;
 
 /* Loads a Hugging Face checkpoint folder: config.json plus model.safetensors or

@@ -4,8 +4,8 @@
  *   cinfer run --model DIR --tokens "1 15 7 42" [--max-new-tokens N] [--temperature T]
  *              [--top-k K] [--top-p P] [--seed S] [--ctx-size N] [--threads N]
  *              [--ignore-eos] [--dump-logits out.npy]
- *              [--backend cpu|cuda] [--dtype f32|bf16|fp16] [--attn eager] [--device N]
- *   cinfer compare --model DIR --tokens "1 15 7" [--dtype ...] [--attn ...] [--device N]
+ *              [--backend cpu|cuda] [--dtype f32|bf16|fp16] [--attn auto|eager|sdpa|flash]
+ * [--device N] cinfer compare --model DIR --tokens "1 15 7" [--dtype ...] [--attn ...] [--device N]
  *                                              (engine/cli_compare.c)
  *   cinfer tokenize --model DIR [--text TEXT | < file] [--ids] [--no-special]
  *
@@ -57,7 +57,8 @@ static const char *usage_text =
     "                       of shape [prompt tokens, vocab_size]\n"
     "  --backend B          cpu (the reference path, default) or cuda\n"
     "  --dtype D            cuda: f32 (default), bf16 or fp16 for weights and GEMM inputs\n"
-    "  --attn A             eager (default; sdpa and flash are not implemented yet)\n"
+    "  --attn A             cuda: auto (default: the fastest that runs the model), eager, sdpa\n"
+    "                       or flash\n"
     "  --device N           cuda: the GPU to run on (default 0)\n"
     "\n"
     "compare options: --dtype, --attn, --device, --threads as above\n"

@@ -2,7 +2,8 @@
  * stage (embedding, each decoder layer, final norm, logits) with the tolerance of the GPU's run
  * dtype (engine/compare.h). Exits 1 when any row is outside it.
  *
- *   cinfer compare --model DIR --tokens "1 15 7 42 9" [--dtype f32|bf16|fp16] [--attn eager]
+ *   cinfer compare --model DIR --tokens "1 15 7 42 9" [--dtype f32|bf16|fp16]
+ *                  [--attn auto|eager|sdpa|flash]
  *                  [--device N] [--threads N]
  *
  * Also here: parsing the options that pick a backend, which `run` shares. */
@@ -35,14 +36,16 @@ int parse_load_option(const char *flag, const char *value, cinfer_load_options *
         else
             return usage_error("--dtype needs f32, bf16 or fp16, got '%s'", value);
     } else if (strcmp(flag, "--attn") == 0) {
-        if (strcmp(value, "eager") == 0)
+        if (strcmp(value, "auto") == 0)
+            o->attention = CINFER_ATTENTION_AUTO;
+        else if (strcmp(value, "eager") == 0)
             o->attention = CINFER_ATTENTION_EAGER;
         else if (strcmp(value, "sdpa") == 0)
             o->attention = CINFER_ATTENTION_SDPA;
         else if (strcmp(value, "flash") == 0)
             o->attention = CINFER_ATTENTION_FLASH;
         else
-            return usage_error("--attn needs eager, sdpa or flash, got '%s'", value);
+            return usage_error("--attn needs auto, eager, sdpa or flash, got '%s'", value);
     } else if (strcmp(flag, "--device") == 0) {
         long device;
         if (parse_long(value, 0, 1023, &device) != 0)
@@ -201,9 +204,10 @@ int cmd_compare(int argc, char **argv) {
     }
 
     const ci_tolerance tol = ci_tolerance_for(gpu.dtype);
-    printf("compare %s: %d tokens, cuda %s (eager attention) on device %d against the CPU "
+    printf("compare %s: %d tokens, cuda %s (%s attention) on device %d against the CPU "
            "reference (f32)\n",
-           model_dir, n_tokens, ci_run_dtype_name(gpu.dtype), gpu.device);
+           model_dir, n_tokens, ci_run_dtype_name(gpu.dtype),
+           cinfer_model_get_info(gpu_model)->attention, gpu.device);
     if (tol.max_abs > 0.0)
         printf("tolerance: max |gpu - cpu| <= %g x max(1, max |cpu|) per row\n", tol.max_abs);
     if (tol.rel_l2 > 0.0)

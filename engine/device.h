@@ -25,6 +25,10 @@ int ci_cuda_compiled(void);
 /* CINFER_OK when CUDA device `device` exists and can run; else the message says why. */
 cinfer_status ci_cuda_available(int device);
 
+/* 1 when the CUDA attention kind can run a model with this head_dim (every kind runs every
+ * cache dtype); 0 without CUDA. */
+int ci_cuda_attention_supports(cinfer_attention kind, int head_dim);
+
 struct ci_backend;
 /* A CUDA backend on one device: its own stream, cuBLAS handle and (decode) graph. */
 cinfer_status ci_cuda_backend_create(int device, struct ci_backend **out);

@@ -11,6 +11,12 @@ int ci_cuda_devices(ci_device_info *devices, int max) {
 
 int ci_cuda_compiled(void) { return 0; }
 
+int ci_cuda_attention_supports(cinfer_attention kind, int head_dim) {
+    (void)kind;
+    (void)head_dim;
+    return 0;
+}
+
 static cinfer_status not_built(void) {
     return CI_FAIL(CINFER_ERR_UNSUPPORTED,
                    "this build of cinfer has no CUDA backend (it was configured with "

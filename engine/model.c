@@ -7,6 +7,16 @@
 #include "device.h"
 #include "error.h"
 
+static const char *attention_name(cinfer_attention attention) {
+    switch (attention) {
+    case CINFER_ATTENTION_AUTO: return "auto";
+    case CINFER_ATTENTION_EAGER: return "eager";
+    case CINFER_ATTENTION_SDPA: return "sdpa";
+    case CINFER_ATTENTION_FLASH: return "flash";
+    }
+    return "unknown";
+}
+
 static void fill_info(cinfer_model *m) {
     const ci_config *c = m->config;
     cinfer_model_info *info = &m->info;
@@ -28,19 +38,13 @@ static void fill_info(cinfer_model *m) {
         info->n_params += st_tensor_numel(t);
         info->weight_bytes += (int64_t)(t->end - t->begin);
     }
-    /* K and V in F32, every layer */
-    info->kv_bytes_per_token =
-        2 * (int64_t)c->n_layers * c->n_kv_heads * c->head_dim * (int64_t)sizeof(float);
-}
-
-static const char *attention_name(cinfer_attention attention) {
-    switch (attention) {
-    case CINFER_ATTENTION_AUTO: return "auto";
-    case CINFER_ATTENTION_EAGER: return "eager";
-    case CINFER_ATTENTION_SDPA: return "sdpa";
-    case CINFER_ATTENTION_FLASH: return "flash";
-    }
-    return "unknown";
+    /* K and V, every layer, in the cache dtype */
+    const ci_tensor kv_row = {
+        NULL, ci_kv_cache_dtype(&m->options), 1, {c->n_kv_heads * c->head_dim}};
+    info->kv_bytes_per_token = 2 * (int64_t)c->n_layers * (int64_t)ci_tensor_nbytes(&kv_row);
+    info->attention = m->options.backend == CINFER_BACKEND_CUDA
+                          ? attention_name(m->options.attention)
+                          : "reference";
 }
 
 static cinfer_status check_options(const cinfer_load_options *o) {
@@ -48,10 +52,14 @@ static cinfer_status check_options(const cinfer_load_options *o) {
         o->dtype != CINFER_DTYPE_F16)
         return CI_FAIL(CINFER_ERR_ARGUMENT, "load options: dtype %d is not f32, bf16 or fp16",
                        (int)o->dtype);
-    if (o->attention != CINFER_ATTENTION_AUTO && o->attention != CINFER_ATTENTION_EAGER)
+    if (o->attention < CINFER_ATTENTION_AUTO || o->attention > CINFER_ATTENTION_FLASH)
+        return CI_FAIL(CINFER_ERR_ARGUMENT,
+                       "load options: attention %d is not auto, eager, sdpa or flash",
+                       (int)o->attention);
+    if (o->backend == CINFER_BACKEND_CPU && o->attention != CINFER_ATTENTION_AUTO)
         return CI_FAIL(CINFER_ERR_UNSUPPORTED,
-                       "load options: attention '%s' is not implemented yet (fused sdpa and flash "
-                       "attention come with issue 4); use eager",
+                       "load options: attention '%s' selects among the CUDA backend's kinds; the "
+                       "CPU reference path computes attention one way (leave it auto)",
                        attention_name(o->attention));
     if (o->backend == CINFER_BACKEND_CPU && o->dtype != CINFER_DTYPE_F32)
         return CI_FAIL(CINFER_ERR_UNSUPPORTED,
@@ -62,6 +70,31 @@ static cinfer_status check_options(const cinfer_load_options *o) {
         return CI_FAIL(CINFER_ERR_ARGUMENT, "load options: device index %d is negative", o->device);
     if (o->backend == CINFER_BACKEND_CUDA) return ci_cuda_available(o->device);
     return ci_backend_available(o->backend);
+}
+
+/* On CUDA, auto becomes the fastest kind that runs the model, and a kind asked for by name must
+ * run it: refused here, before any weight is uploaded, rather than mid-forward. */
+static cinfer_status resolve_attention(cinfer_model *m) {
+    cinfer_load_options *o = &m->options;
+    const int head_dim = m->config->head_dim;
+    if (o->backend != CINFER_BACKEND_CUDA) return CINFER_OK;
+    if (o->attention == CINFER_ATTENTION_AUTO) {
+        static const cinfer_attention fastest_first[] = {CINFER_ATTENTION_FLASH,
+                                                         CINFER_ATTENTION_SDPA};
+        o->attention = CINFER_ATTENTION_EAGER; /* cuBLAS runs any head_dim */
+        for (int i = 0; i < 2; i++)
+            if (ci_cuda_attention_supports(fastest_first[i], head_dim)) {
+                o->attention = fastest_first[i];
+                break;
+            }
+        return CINFER_OK;
+    }
+    if (!ci_cuda_attention_supports(o->attention, head_dim))
+        return CI_FAIL(CINFER_ERR_UNSUPPORTED,
+                       "%s: head_dim %d is beyond what attention '%s' was built for (eager runs "
+                       "any head_dim; sdpa up to 256; flash up to 128)",
+                       m->checkpoint->config_path, head_dim, attention_name(o->attention));
+    return CINFER_OK;
 }
 
 /* Binds the checkpoint's weights into a model and, for a GPU, uploads them. Takes ownership of
@@ -77,6 +110,7 @@ static cinfer_status load_from(ci_checkpoint *checkpoint, const cinfer_load_opti
     m->arch =
         m->config->arch == CI_ARCH_DIFFLLAMA ? &ci_diffllama_architecture : &ci_llama_architecture;
     cinfer_status status = ci_bind_model_weights(m);
+    if (status == CINFER_OK) status = resolve_attention(m);
     /* every check on the files has passed: only now is device memory worth asking for */
     if (status == CINFER_OK && m->options.backend == CINFER_BACKEND_CUDA)
         status = ci_cuda_upload_weights(m);

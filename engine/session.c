@@ -73,9 +73,10 @@ static cinfer_status allocate(cinfer_session *s) {
     s->k_cache = calloc((size_t)c->n_layers, sizeof *s->k_cache);
     s->v_cache = calloc((size_t)c->n_layers, sizeof *s->v_cache);
     if (!s->k_cache || !s->v_cache) return CI_FAIL(CINFER_ERR_MEMORY, "out of memory");
+    const ci_dtype kv_dtype = ci_kv_cache_dtype(&s->model->options);
     for (int l = 0; l < c->n_layers; l++) {
-        const buffer_spec k = {&s->k_cache[l], CI_F32, 3, s->n_ctx, c->n_kv_heads, D};
-        const buffer_spec v = {&s->v_cache[l], CI_F32, 3, s->n_ctx, c->n_kv_heads, D};
+        const buffer_spec k = {&s->k_cache[l], kv_dtype, 3, s->n_ctx, c->n_kv_heads, D};
+        const buffer_spec v = {&s->v_cache[l], kv_dtype, 3, s->n_ctx, c->n_kv_heads, D};
         CI_TRY(alloc_tensor(s, &k));
         CI_TRY(alloc_tensor(s, &v));
     }

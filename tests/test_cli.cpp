@@ -498,7 +498,7 @@ TEST(CliBench, CsvAndMarkdownHoldTheSameRows) {
     ASSERT_EQ(lines.size(), kBenchTests.size() + 1);
     EXPECT_EQ(lines[0].rfind("model,arch,weight_bytes,n_params,backend,dtype,", 0), 0u);
     for (size_t i = 0; i < kBenchTests.size(); i++)
-        EXPECT_NE(lines[i + 1].find(",cpu,f32,eager,1,1," + kBenchTests[i] + ","),
+        EXPECT_NE(lines[i + 1].find(",cpu,f32,reference,1,1," + kBenchTests[i] + ","),
                   std::string::npos)
             << lines[i + 1];
 

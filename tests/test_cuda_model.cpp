@@ -1,7 +1,8 @@
 // Whole models on the GPU against the CPU reference, on every committed fixture, in f32, bf16 and
-// fp16 (engine/compare.h holds the tolerances and their derivation; bf16/fp16 are provisional
-// until measured on a GPU). Prompts are fresh random token ids every run (CINFER_TEST_SEED
-// replays them), of lengths that cover one token, a few, and more than a warp.
+// fp16, with each attention kind (eager, sdpa, flash) (engine/compare.h holds the tolerances and
+// their derivation; bf16/fp16 are provisional until measured on a GPU). Prompts are fresh random
+// token ids every run (CINFER_TEST_SEED replays them), of lengths that cover one token, a few, and
+// more than a warp.
 //
 // The GPU suites skip, visibly, without a CUDA device. The option checks and the greedy step at
 // the bottom run everywhere: they need no GPU.
@@ -76,17 +77,24 @@ struct Stages {
     }
 };
 
-cinfer_model *load(const std::string &dir, cinfer_backend backend, cinfer_dtype dtype) {
+cinfer_model *load(const std::string &dir, cinfer_backend backend, cinfer_dtype dtype,
+                   cinfer_attention attention = CINFER_ATTENTION_AUTO) {
     cinfer_load_options o{};
     o.backend = backend;
     o.dtype = dtype;
+    o.attention = attention;
     cinfer_model *m = nullptr;
     EXPECT_EQ(cinfer_model_load(dir.c_str(), &o, &m), CINFER_OK) << cinfer_last_error();
     return m;
 }
 
-// A model on the CPU and the same checkpoint on the GPU in one run dtype.
-class CudaModel : public ::testing::TestWithParam<std::tuple<std::string, cinfer_dtype>> {
+const char *attention_name(cinfer_attention a) {
+    return a == CINFER_ATTENTION_EAGER ? "eager" : a == CINFER_ATTENTION_SDPA ? "sdpa" : "flash";
+}
+
+// A model on the CPU and the same checkpoint on the GPU in one run dtype and attention kind.
+class CudaModel
+    : public ::testing::TestWithParam<std::tuple<std::string, cinfer_dtype, cinfer_attention>> {
   protected:
     void SetUp() override {
         const std::string missing = gpu_missing();
@@ -95,8 +103,10 @@ class CudaModel : public ::testing::TestWithParam<std::tuple<std::string, cinfer
         dtype_ = std::get<1>(GetParam());
         tol_ = ci_tolerance_for(dtype_);
         cpu_ = load(dir_, CINFER_BACKEND_CPU, CINFER_DTYPE_F32);
-        gpu_ = load(dir_, CINFER_BACKEND_CUDA, dtype_);
+        gpu_ = load(dir_, CINFER_BACKEND_CUDA, dtype_, std::get<2>(GetParam()));
         ASSERT_TRUE(cpu_ && gpu_);
+        ASSERT_STREQ(cinfer_model_get_info(gpu_)->attention,
+                     attention_name(std::get<2>(GetParam())));
         info_ = cinfer_model_get_info(cpu_);
         const auto *test = ::testing::UnitTest::GetInstance()->current_test_info();
         rng_.seed(fresh_seed() ^ std::hash<std::string>{}(test->name()));
@@ -168,9 +178,10 @@ TEST_P(CudaModel, LogitsAgreeWithTheCpuReference) {
         const std::vector<int32_t> ids = random_prompt(n);
         const std::vector<float> want = logits(cpu_, ids, n), got = logits(gpu_, ids, n);
         const Difference d = compare(got, want);
-        std::printf("[cinfer] %-24s %-4s %2d tokens: logits max |gpu - cpu| %.2e, rel L2 %.2e\n",
-                    std::get<0>(GetParam()).c_str(), ci_run_dtype_name(dtype_), n, d.max_abs,
-                    d.rel_l2);
+        std::printf("[cinfer] %-24s %-4s %-5s %2d tokens: logits max |gpu - cpu| %.2e, rel L2 "
+                    "%.2e\n",
+                    std::get<0>(GetParam()).c_str(), ci_run_dtype_name(dtype_),
+                    attention_name(std::get<2>(GetParam())), n, d.max_abs, d.rel_l2);
         EXPECT_TRUE(within(d, tol_, "logits")) << n << " tokens";
         int agree = 0;
         for (int t = 0; t < n; t++)
@@ -245,14 +256,17 @@ TEST_P(CudaModel, LongPromptsInSeveralPassesAgree) {
 }
 
 std::string param_name(const ::testing::TestParamInfo<CudaModel::ParamType> &info) {
-    return std::get<0>(info.param) + "_" + ci_run_dtype_name(std::get<1>(info.param));
+    return std::get<0>(info.param) + "_" + ci_run_dtype_name(std::get<1>(info.param)) + "_" +
+           attention_name(std::get<2>(info.param));
 }
 
-INSTANTIATE_TEST_SUITE_P(Fixtures, CudaModel,
-                         ::testing::Combine(::testing::ValuesIn(fixture_names()),
-                                            ::testing::Values(CINFER_DTYPE_F32, CINFER_DTYPE_BF16,
-                                                              CINFER_DTYPE_F16)),
-                         param_name);
+INSTANTIATE_TEST_SUITE_P(
+    Fixtures, CudaModel,
+    ::testing::Combine(::testing::ValuesIn(fixture_names()),
+                       ::testing::Values(CINFER_DTYPE_F32, CINFER_DTYPE_BF16, CINFER_DTYPE_F16),
+                       ::testing::Values(CINFER_ATTENTION_EAGER, CINFER_ATTENTION_SDPA,
+                                         CINFER_ATTENTION_FLASH)),
+    param_name);
 
 // A checkpoint that cannot fit says so before anything is allocated, with both figures.
 TEST(CudaMemory, TheCheckNamesNeededAndFree) {
@@ -265,16 +279,30 @@ TEST(CudaMemory, TheCheckNamesNeededAndFree) {
 
 // ---- option checks and the greedy step: no GPU needed ------------------------------------------
 
-TEST(LoadOptions, SdpaAndFlashAreRefusedUntilTheyExist) {
-    for (cinfer_attention attention : {CINFER_ATTENTION_SDPA, CINFER_ATTENTION_FLASH}) {
+// The CPU reference computes attention one way: naming a CUDA kind for it is a mistake to report,
+// not to ignore; auto (the zeroed default) is its way.
+TEST(LoadOptions, AttentionKindsSelectAmongTheCudaKernels) {
+    for (cinfer_attention attention :
+         {CINFER_ATTENTION_EAGER, CINFER_ATTENTION_SDPA, CINFER_ATTENTION_FLASH}) {
         cinfer_load_options o{};
         o.attention = attention;
         cinfer_model *m = nullptr;
         EXPECT_EQ(cinfer_model_load(fixture_dir("llama_mha").c_str(), &o, &m),
                   CINFER_ERR_UNSUPPORTED);
         EXPECT_EQ(m, nullptr);
-        EXPECT_TRUE(contains_all(cinfer_last_error(), {"not implemented", "eager"}));
+        EXPECT_TRUE(contains_all(cinfer_last_error(),
+                                 {attention_name(attention), "CUDA", "CPU reference", "auto"}))
+            << cinfer_last_error();
     }
+    cinfer_load_options o{};
+    o.attention = (cinfer_attention)7;
+    cinfer_model *m = nullptr;
+    EXPECT_EQ(cinfer_model_load(fixture_dir("llama_mha").c_str(), &o, &m), CINFER_ERR_ARGUMENT);
+    EXPECT_TRUE(contains_all(cinfer_last_error(), {"attention 7", "auto, eager, sdpa or flash"}));
+    o.attention = CINFER_ATTENTION_AUTO;
+    ASSERT_EQ(cinfer_model_load(fixture_dir("llama_mha").c_str(), &o, &m), CINFER_OK);
+    EXPECT_STREQ(cinfer_model_get_info(m)->attention, "reference");
+    cinfer_model_free(m);
 }
 
 TEST(LoadOptions, TheCpuComputesInF32Only) {
@@ -383,12 +411,15 @@ TEST(CliBackendOptions, UnknownValuesAreMisuse) {
     }
 }
 
-TEST(CliBackendOptions, SdpaIsRefusedWithAReason) {
+TEST(CliBackendOptions, AnAttentionKindOnTheCpuIsRefusedWithAReason) {
     CliResult r =
         run_cli({"run", "--model", fixture_dir("llama_mha"), "--tokens", "1 2", "--attn", "sdpa"});
     EXPECT_EQ(r.exit_code, 1) << r.err;
-    EXPECT_TRUE(contains_all(r.err, {"sdpa", "not implemented", "eager"}));
+    EXPECT_TRUE(contains_all(r.err, {"sdpa", "CUDA", "CPU reference"}));
     EXPECT_EQ(r.out, "");
+    r = run_cli({"run", "--model", fixture_dir("llama_mha"), "--tokens", "1 2", "--attn", "fast"});
+    EXPECT_EQ(r.exit_code, 2) << r.err;
+    EXPECT_TRUE(contains_all(r.err, {"--attn", "auto, eager, sdpa or flash", "fast"}));
 }
 
 TEST(CliBackendOptions, WithoutAGpuRunAndCompareSayWhy) {

@@ -1,7 +1,10 @@
-// Eager causal attention over the KV cache, standard and differential, as transformers' eager
-// path computes it: scores through batched GEMMs, the causal mask and softmax in one kernel, then
-// P·V through batched GEMMs. All in F32 (the cache is F32 in every run dtype); the fused SDPA and
-// flash kernels of issue 4 replace this.
+// Causal attention over the KV cache, standard and differential: the op the model calls, which
+// runs the backend's attention kind (be->attention):
+//   eager  here: scores through batched cuBLAS GEMMs into global memory, the causal mask and
+//          softmax in one kernel, then P·V through batched GEMMs, as transformers' eager path;
+//          all in F32 (a BF16/F16 cache is widened into the workspace first);
+//   sdpa, flash: the fused kernels of attention_sdpa.cuh, attention_flash.cuh and
+//          attention_decode.cuh (see attention_kernels.cuh), which read the cache in its dtype.
 //
 // Query t of the call sits at position pos0 + t and sees keys [0, pos0 + t]. Query rows are taken
 // in chunks so that the scores [H, rows, keys] fit the workspace at any context length.
@@ -18,16 +21,39 @@
 
 #include "ops_cuda.h"
 
+// Eager's scores are computed in chunks of query rows sized to about this much scratch.
+static const size_t ATTENTION_SCRATCH_TARGET = 256u << 20;
+
 size_t attention_cuda_scratch_bytes(int n_heads, int head_dim, int n_ctx, int n_query_rows) {
     // per query row: a row of scores for every head, and a 2·D output per head (diff attention)
     const size_t per_row = (size_t)n_heads * ((size_t)n_ctx + 2 * (size_t)head_dim) * sizeof(float);
     return per_row * (size_t)n_query_rows;
 }
 
+size_t attention_cuda_widened_cache_bytes(int n_kv_heads, int head_dim, int n_ctx) {
+    return 2 * (size_t)n_ctx * (size_t)n_kv_heads * (size_t)head_dim * sizeof(float);
+}
+
 typedef struct attention_shape {
     int n_tokens, n_heads, n_kv_heads, head_dim, n_ctx, group;
-    int rows_per_chunk; // query rows whose scores fit the workspace at once
+    const float *k, *v; // the caches in F32: as stored, or widened into the workspace
+    float *scratch;     // the workspace past the widened caches
+    int rows_per_chunk; // query rows whose scores fit the scratch at once
 } attention_shape;
+
+// A BF16/F16 cache becomes F32 rows [0, span) at the start of the workspace (eager's GEMMs run in
+// F32 whatever the run dtype; eager is the baseline, not the fast path).
+static void widen_caches(cuda_backend *cu, attention_shape *s, const ci_tensor *k_cache,
+                         const ci_tensor *v_cache, int span) {
+    if (k_cache->dtype == CI_F32) return;
+    float *k = (float *)cu->base.workspace;
+    float *v = k + (size_t)s->n_ctx * s->n_kv_heads * s->head_dim;
+    const int64_t n = (int64_t)span * s->n_kv_heads * s->head_dim;
+    convert_cuda(cu->stream, k, CI_F32, k_cache->data, k_cache->dtype, n);
+    convert_cuda(cu->stream, v, CI_F32, v_cache->data, v_cache->dtype, n);
+    s->k = k;
+    s->v = v;
+}
 
 static attention_shape check_shapes(const ci_backend *be, const ci_tensor *out, const ci_tensor *q,
                                     const ci_tensor *k_cache, const ci_tensor *v_cache, int pos0) {
@@ -42,10 +68,18 @@ static attention_shape check_shapes(const ci_backend *be, const ci_tensor *out, 
               v_cache->shape[2] == s.head_dim && v_cache->shape[0] == s.n_ctx);
     CI_ASSERT(s.n_heads % s.n_kv_heads == 0 && pos0 >= 0 && pos0 + s.n_tokens <= s.n_ctx);
     CI_ASSERT(ci_tensor_numel(out) == ci_tensor_numel(q));
-    CI_ASSERT(q->dtype == CI_F32 && k_cache->dtype == CI_F32 && v_cache->dtype == CI_F32);
+    CI_ASSERT(q->dtype == CI_F32 && k_cache->dtype == v_cache->dtype);
     s.group = s.n_heads / s.n_kv_heads;
+    s.k = (const float *)k_cache->data;
+    s.v = (const float *)v_cache->data;
+    const size_t widened =
+        k_cache->dtype == CI_F32
+            ? 0
+            : attention_cuda_widened_cache_bytes(s.n_kv_heads, s.head_dim, s.n_ctx);
+    CI_ASSERT(be->workspace_bytes > widened);
+    s.scratch = (float *)((char *)be->workspace + widened);
     const size_t per_row = attention_cuda_scratch_bytes(s.n_heads, s.head_dim, s.n_ctx, 1);
-    const size_t fit = be->workspace_bytes / per_row;
+    const size_t fit = (be->workspace_bytes - widened) / per_row;
     CI_ASSERT(fit >= 1); // workspace_bytes reserves at least one query row
     s.rows_per_chunk = fit < (size_t)s.n_tokens ? (int)fit : s.n_tokens;
     return s;
@@ -89,23 +123,21 @@ static void attention_probabilities(cuda_backend *cu, const attention_shape &s, 
     CUDA_CHECK_LAUNCH();
 }
 
-void attention_cuda(ci_backend *be, ci_tensor *out, const ci_tensor *q, const ci_tensor *k_cache,
-                    const ci_tensor *v_cache, int pos0) {
-    cuda_backend *cu = cuda_of(be);
-    const attention_shape s = check_shapes(be, out, q, k_cache, v_cache, pos0);
+static void eager_attention(cuda_backend *cu, ci_tensor *out, const ci_tensor *q,
+                            const ci_tensor *k_cache, const ci_tensor *v_cache, int pos0) {
+    attention_shape s = check_shapes(&cu->base, out, q, k_cache, v_cache, pos0);
     const int D = s.head_dim, G = s.n_kv_heads, H = s.n_heads, g = s.group;
-    float *scores = (float *)be->workspace;
+    widen_caches(cu, &s, k_cache, v_cache, attention_key_span(cu, pos0, s.n_tokens, s.n_ctx));
+    float *scores = s.scratch;
     const float one = 1.0f, zero = 0.0f;
     for (int t0 = 0; t0 < s.n_tokens; t0 += s.rows_per_chunk) {
         const int rows = s.n_tokens - t0 < s.rows_per_chunk ? s.n_tokens - t0 : s.rows_per_chunk;
         const int span = attention_key_span(cu, pos0 + t0, rows, s.n_ctx);
-        attention_probabilities(cu, s, scores, (const float *)q->data, (const float *)k_cache->data,
-                                pos0, t0, rows, span);
+        attention_probabilities(cu, s, scores, (const float *)q->data, s.k, pos0, t0, rows, span);
         // out[t0 + t, h] = P_h[t] · V_kv(h)
         for (int j = 0; j < g; j++)
             CUBLAS_CHECK(cublasSgemmStridedBatched(
-                cu->cublas, CUBLAS_OP_N, CUBLAS_OP_N, D, rows, span, &one,
-                (const float *)v_cache->data, G * D, (long long)D,
+                cu->cublas, CUBLAS_OP_N, CUBLAS_OP_N, D, rows, span, &one, s.v, G * D, (long long)D,
                 scores + (int64_t)j * rows * span, span, (long long)g * rows * span, &zero,
                 (float *)out->data + ((int64_t)t0 * H + j) * D, H * D, (long long)g * D, G));
     }
@@ -135,29 +167,28 @@ __global__ void diff_epilogue_kernel(float *out, const float *per_head, int rows
     for (int j = threadIdx.x; j < width; j += blockDim.x) y[j] = (o1[j] - lambda * o2[j]) * norm;
 }
 
-void diff_attention_cuda(ci_backend *be, ci_tensor *out, const ci_tensor *q,
-                         const ci_tensor *k_cache, const ci_tensor *v_cache, int pos0, float lambda,
-                         float lambda_init, float eps) {
-    cuda_backend *cu = cuda_of(be);
-    const attention_shape s = check_shapes(be, out, q, k_cache, v_cache, pos0);
+static void eager_diff_attention(cuda_backend *cu, ci_tensor *out, const ci_tensor *q,
+                                 const ci_tensor *k_cache, const ci_tensor *v_cache, int pos0,
+                                 float lambda, float lambda_init, float eps) {
+    attention_shape s = check_shapes(&cu->base, out, q, k_cache, v_cache, pos0);
     CI_ASSERT(s.n_heads % 2 == 0);
     const int D = s.head_dim, G = s.n_kv_heads, H = s.n_heads, P = s.n_heads / 2;
+    widen_caches(cu, &s, k_cache, v_cache, attention_key_span(cu, pos0, s.n_tokens, s.n_ctx));
     const float one = 1.0f, zero = 0.0f;
-    float *scores = (float *)be->workspace;
+    float *scores = s.scratch;
     // the per-head outputs follow the largest scores block of a chunk
     float *per_head = scores + (size_t)H * s.rows_per_chunk * s.n_ctx;
     for (int t0 = 0; t0 < s.n_tokens; t0 += s.rows_per_chunk) {
         const int rows = s.n_tokens - t0 < s.rows_per_chunk ? s.n_tokens - t0 : s.rows_per_chunk;
         const int span = attention_key_span(cu, pos0 + t0, rows, s.n_ctx);
-        attention_probabilities(cu, s, scores, (const float *)q->data, (const float *)k_cache->data,
-                                pos0, t0, rows, span);
+        attention_probabilities(cu, s, scores, (const float *)q->data, s.k, pos0, t0, rows, span);
         // O_h[:, half·D : (half+1)·D] = A_h · V_kv(p + half·P), p = h mod P
         for (int h = 0; h < H; h++) {
             const int p = h % P;
             for (int half = 0; half < 2; half++) {
                 const int kv = (p + half * P) / s.group;
                 CUBLAS_CHECK(cublasSgemm(cu->cublas, CUBLAS_OP_N, CUBLAS_OP_N, D, rows, span, &one,
-                                         (const float *)v_cache->data + (int64_t)kv * D, G * D,
+                                         s.v + (int64_t)kv * D, G * D,
                                          scores + (int64_t)h * rows * span, span, &zero,
                                          per_head + (int64_t)h * rows * 2 * D + half * D, 2 * D));
             }
@@ -166,4 +197,31 @@ void diff_attention_cuda(ci_backend *be, ci_tensor *out, const ci_tensor *q,
             (float *)out->data, per_head, rows, P, D, lambda, lambda_init, eps, t0);
         CUDA_CHECK_LAUNCH();
     }
+}
+
+// ---- the op: the backend's attention kind ------------------------------------------------------
+
+void attention_cuda(ci_backend *be, ci_tensor *out, const ci_tensor *q, const ci_tensor *k_cache,
+                    const ci_tensor *v_cache, int pos0) {
+    eager_attention(cuda_of(be), out, q, k_cache, v_cache, pos0);
+}
+
+void diff_attention_cuda(ci_backend *be, ci_tensor *out, const ci_tensor *q,
+                         const ci_tensor *k_cache, const ci_tensor *v_cache, int pos0, float lambda,
+                         float lambda_init, float eps) {
+    eager_diff_attention(cuda_of(be), out, q, k_cache, v_cache, pos0, lambda, lambda_init, eps);
+}
+
+size_t attention_cuda_workspace_bytes(cinfer_attention kind, const ci_config *c, int n_ctx,
+                                      int max_rows) {
+    (void)kind;
+    const size_t per_row = attention_cuda_scratch_bytes(c->n_heads, c->head_dim, n_ctx, 1);
+    size_t rows = ATTENTION_SCRATCH_TARGET / per_row;
+    if (rows < 1) rows = 1;
+    if (rows > (size_t)max_rows) rows = (size_t)max_rows;
+    return attention_cuda_widened_cache_bytes(c->n_kv_heads, c->head_dim, n_ctx) + per_row * rows;
+}
+
+extern "C" int ci_cuda_attention_supports(cinfer_attention kind, int head_dim) {
+    return kind == CINFER_ATTENTION_EAGER && head_dim > 0;
 }

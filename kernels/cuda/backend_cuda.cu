@@ -11,8 +11,6 @@ extern "C" {
 // cuBLAS's own scratch, handed to it so that it never allocates while a graph records; 32 MiB is
 // what NVIDIA's documentation recommends for Hopper.
 static const size_t CUBLAS_WORKSPACE_BYTES = 32u << 20;
-// Attention scores are computed in chunks of query rows sized to about this much scratch.
-static const size_t ATTENTION_SCRATCH_TARGET = 256u << 20;
 
 extern "C" cinfer_status ci_cuda_available(int device) {
     int count = 0;
@@ -80,20 +78,15 @@ static void cuda_to_host(ci_backend *be, void *host_dst, const void *device_src,
 }
 
 // The ops share the workspace from its start (they run one after another on one stream): the
-// largest of matmul's rounded input and attention's scores for one chunk of query rows.
+// largest of matmul's rounded input and what the backend's attention kind needs.
 static size_t cuda_workspace_bytes(const ci_backend *be, const ci_config *c, int n_ctx) {
-    (void)be;
     int64_t widest_input = c->hidden_size;
     if (c->intermediate_size > widest_input) widest_input = c->intermediate_size;
     if ((int64_t)c->n_heads * c->head_dim > widest_input)
         widest_input = (int64_t)c->n_heads * c->head_dim;
     const int batch = n_ctx < CI_MAX_BATCH ? n_ctx : CI_MAX_BATCH;
     const size_t matmul = matmul_cuda_scratch_bytes(batch, widest_input);
-    const size_t per_row = attention_cuda_scratch_bytes(c->n_heads, c->head_dim, n_ctx, 1);
-    size_t rows = ATTENTION_SCRATCH_TARGET / per_row;
-    if (rows < 1) rows = 1;
-    if (rows > (size_t)batch) rows = (size_t)batch;
-    const size_t attention = per_row * rows;
+    const size_t attention = attention_cuda_workspace_bytes(be->attention, c, n_ctx, batch);
     return matmul > attention ? matmul : attention;
 }
 

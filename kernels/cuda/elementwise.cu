@@ -153,14 +153,25 @@ void add_cuda(ci_backend *be, ci_tensor *x, const ci_tensor *y) {
 // The row comes from position_arg, so that a recorded decode step writes where the current position
 // says, not where it said when it was recorded.
 
-__global__ void kv_store_kernel(float *k_cache, float *v_cache, const float *k_new,
-                                const float *v_new, int64_t n, int64_t row_size,
-                                position_arg pos0) {
+// The cache holds the run dtype (engine/backend.h: ci_kv_cache_dtype): K and V are rounded to it
+// once, here, as transformers' bf16 cache does.
+template <typename T>
+__global__ void kv_store_kernel(T *k_cache, T *v_cache, const float *k_new, const float *v_new,
+                                int64_t n, int64_t row_size, position_arg pos0) {
     const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= n) return;
     const int64_t offset = (int64_t)position_value(pos0) * row_size + i;
-    k_cache[offset] = k_new[i];
-    v_cache[offset] = v_new[i];
+    k_cache[offset] = ci_from_float<T>(k_new[i]);
+    v_cache[offset] = ci_from_float<T>(v_new[i]);
+}
+
+template <typename T>
+static void kv_store_as(cuda_backend *cu, ci_tensor *k_cache, ci_tensor *v_cache,
+                        const ci_tensor *k_new, const ci_tensor *v_new, int64_t n, int pos0) {
+    kv_store_kernel<T><<<blocks_for(n, ELEMENT_THREADS), ELEMENT_THREADS, 0, cu->stream>>>(
+        (T *)k_cache->data, (T *)v_cache->data, (const float *)k_new->data,
+        (const float *)v_new->data, n, ci_tensor_row_size(k_cache), position_for(cu, pos0));
+    CUDA_CHECK_LAUNCH();
 }
 
 void kv_store_cuda(ci_backend *be, ci_tensor *k_cache, ci_tensor *v_cache, const ci_tensor *k_new,
@@ -171,11 +182,13 @@ void kv_store_cuda(ci_backend *be, ci_tensor *k_cache, ci_tensor *v_cache, const
     CI_ASSERT(ci_tensor_numel(v_new) == n &&
               ci_tensor_row_size(k_new) == ci_tensor_row_size(k_cache));
     CI_ASSERT(pos0 >= 0 && pos0 + n_tokens <= k_cache->shape[0]);
+    CI_ASSERT(k_cache->dtype == v_cache->dtype && k_new->dtype == CI_F32);
     if (n == 0) return;
-    kv_store_kernel<<<blocks_for(n, ELEMENT_THREADS), ELEMENT_THREADS, 0, cu->stream>>>(
-        (float *)k_cache->data, (float *)v_cache->data, (const float *)k_new->data,
-        (const float *)v_new->data, n, ci_tensor_row_size(k_cache), position_for(cu, pos0));
-    CUDA_CHECK_LAUNCH();
+    switch (k_cache->dtype) {
+    case CI_BF16: kv_store_as<__nv_bfloat16>(cu, k_cache, v_cache, k_new, v_new, n, pos0); break;
+    case CI_F16: kv_store_as<__half>(cu, k_cache, v_cache, k_new, v_new, n, pos0); break;
+    default: kv_store_as<float>(cu, k_cache, v_cache, k_new, v_new, n, pos0); break;
+    }
 }
 
 // ---- argmax: the first index of the largest logit, NaN never winning ---------------------------

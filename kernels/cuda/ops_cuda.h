@@ -8,6 +8,7 @@
 #include <cuda_runtime.h>
 
 #include "cuda_check.h"
+#include "kernel_api.cuh"
 
 extern "C" {
 #include "../../engine/backend.h"
@@ -32,18 +33,11 @@ struct cuda_backend {
 
 static inline cuda_backend *cuda_of(ci_backend *be) { return (cuda_backend *)be; }
 
-// Where a kernel finds pos0: by value in eager calls; in a recorded step, in device memory that is
-// rewritten before each replay (a value passed at record time would be frozen into the graph).
-struct position_arg {
-    const int *device;
-    int host;
-};
+// Where a kernel finds pos0 (position_arg, kernel_api.cuh): by value in eager calls, from device
+// memory in a recorded step.
 static inline position_arg position_for(const cuda_backend *cu, int pos0) {
     position_arg p = {cu->capturing ? cu->position : nullptr, pos0};
     return p;
-}
-__device__ __forceinline__ int position_value(position_arg p) {
-    return p.device ? *p.device : p.host;
 }
 
 // Keys the attention GEMMs span for queries ending at pos0 + n_tokens: exactly those when run
@@ -135,5 +129,9 @@ void convert_cuda(cudaStream_t stream, void *dst, ci_dtype dst_dtype, const void
 // start and the backend reserves the largest need.
 size_t matmul_cuda_scratch_bytes(int64_t n_rows, int64_t widest_input);
 size_t attention_cuda_scratch_bytes(int n_heads, int head_dim, int n_ctx, int n_query_rows);
+// What the attention kind needs for a model of config c with n_ctx of context, at most max_rows
+// new queries per call.
+size_t attention_cuda_workspace_bytes(cinfer_attention kind, const ci_config *c, int n_ctx,
+                                      int max_rows);
 
 #endif
