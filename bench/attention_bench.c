@@ -38,19 +38,22 @@
  * kv(p) ≠ kv(p+P) (H = 32, G = 8: p/4 and p/4 + 4):
  *   cinfer flash, one pass per pair: both K tiles and the Vcat tile, each streamed once and
  *     used by both maps:                              K 2·S·D·b + V 2·S·D·b = 4·S·D·b
- *   transformers' flash_attention_2 path: two flash calls over all H heads, call i with V_i (one
- *     half of Vcat, repeated to G heads): each call, each query head reads K_kv(h) and a D-wide
- *     V half                                           2 calls · 2 heads · 2·S·D·b = 8·S·D·b
- *   transformers' sdpa path: one SDPA call with K repeated to H heads and Vcat (2·D wide)
- *     repeated to H heads: each query head reads its K and the whole Vcat
- *                                                      2 heads · (S·D + 2·S·D)·b = 6·S·D·b
- *   D = 128, S = 4096, bf16 (b = 2): 4 MiB (cinfer) vs 8 MiB (flash path, 2×) vs 6 MiB (sdpa
- *   path, 1.5×) per pair and pass. Both transformers paths also materialize their repeats once per
- *   forward (sdpa: repeat_kv writes K and V as [H, S, D], then Vcat repeated as [H, S, 2·D]:
- *   about 4·H·S·D·b = 128 MiB at H = 32; the flash path: the two repeated V halves,
- *   2·G·S·D·b = 16 MiB), which the per-pass figures leave out. Under GQA a kernel that runs query
- *   heads independently re-reads each KV head g = H/G times from global memory (the L2 may absorb
- *   it); that factor is the same on every side of the comparison above.
+ *   transformers 5.x (DiffLlamaAttention, every _attn_implementation: sdpa and flash_attention_2
+ *     alike): two attention calls over all H heads, call i with V_i, one D-wide half of Vcat
+ *     (V's KV heads split in two, each half repeated back to G heads); in each call each query
+ *     head reads K_kv(h) and its V half:                 2 calls · 2 heads · 2·S·D·b = 8·S·D·b
+ *   transformers 4.x sdpa path (DiffLlamaSdpaAttention): one SDPA call with K repeated to H heads
+ *     and Vcat (2·D wide) repeated to H heads; each query head reads its K and the whole Vcat
+ *                                                        2 heads · (S·D + 2·S·D)·b = 6·S·D·b
+ *   D = 128, S = 4096, bf16 (b = 2): 4 MiB (cinfer) vs 8 MiB (two calls, 2×) vs 6 MiB (4.x's
+ *   one call, 1.5×) per pair and pass. Both transformers paths also write copies once per
+ *   forward, which the per-pass figures leave out: 5.x the two repeated V halves, 2·G·S·D·b =
+ *   16 MiB at G = 8 (K and V are not repeated per query head: its sdpa dispatch passes
+ *   enable_gqa=True when there is no mask, flash-attn takes GQA natively); 4.x repeat_kv's K and V
+ *   as [H, S, D] and Vcat repeated as [H, S, 2·D], 4·H·S·D·b = 128 MiB at H = 32 (and its V wider
+ *   than Q keeps SDPA off its flash kernel). Under GQA a kernel that runs query heads
+ *   independently re-reads each KV head g = H/G times from global memory (the L2 may absorb it);
+ *   that factor is the same on every side of the comparison above.
  *
  * Memory (--check-memory): "no score matrix in global memory", shown as far as a benchmark can.
  * For every kind and shape asked for, a child process (this program, re-run with a hidden
