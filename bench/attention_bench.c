@@ -14,7 +14,12 @@
  * decode, whose calls last microseconds) between two CUDA events on the backend's stream; a row
  * shows the mean ± sd of the milliseconds per call. The output is copied back once and checked for
  * non-finite values. A row whose workspace cannot be had (eager's score chunks at long contexts,
- * if device memory is short) is printed as skipped, with the reason, rather than failing the run.
+ * if device memory is short) is printed as skipped, with the reason, rather than failing the run;
+ * so is a row whose kind refuses its variant, mode, dtype or head dim (the ops abort on shapes they
+ * were not built for): before the first such row a child process (this program with a hidden
+ * --probe-support) runs it at S = min(S, 256), and if the child dies its last words become the
+ * reason. --no-probe runs everything in one process (under ncu or nsys, which would follow the
+ * children too).
  *
  * FLOPs (causal; a multiply-add counts as 2). The queries of a call see
  *   n_visible = Σ_t (pos0 + t + 1) = T·pos0 + T(T+1)/2        keys in all (prefill: S(S+1)/2)
@@ -128,6 +133,9 @@ static const char *usage_text =
     "  --seed S                  seed of the random q, K, V (default 1)\n"
     "  --backend cuda|cpu        cpu: the CPU reference op (f32 caches only), timed by the\n"
     "                            wall clock: for checking this program without a GPU\n"
+    "  --no-probe                skip asking a child process first whether each kind runs\n"
+    "                            each variant, mode, dtype and head dim (a kind that refuses\n"
+    "                            aborts the whole run then); use it under ncu/nsys\n"
     "  --check-memory            instead of timing: run every kind with a workspace below one\n"
     "                            [H, S] score row (see the comment at the top of\n"
     "                            bench/attention_bench.c for what that shows)\n";
@@ -153,6 +161,8 @@ typedef struct options {
     int flush_l2, check_memory;
     int cpu; /* --backend cpu: the reference op, to check this program where there is no GPU */
     long long probe_workspace; /* > 0: this process is a --check-memory child */
+    int probe_support;         /* this process is a child asked whether a kind runs a shape */
+    int no_probe;              /* --no-probe: run every row in this process, unchecked */
     output_format output;
     int device;
     uint64_t seed;
@@ -172,7 +182,7 @@ typedef struct row {
     double mean_ms, std_ms;
     size_t workspace_bytes;
     int non_finite;    /* outputs that were NaN or inf */
-    char skipped[192]; /* "" when measured */
+    char skipped[352]; /* "" when measured */
 } row;
 
 static int usage(const char *fmt, const char *arg) {
@@ -245,6 +255,10 @@ static int parse_options(int argc, char **argv, options *o) {
         }
         if (strcmp(flag, "--check-memory") == 0) {
             o->check_memory = 1;
+            continue;
+        }
+        if (strcmp(flag, "--no-probe") == 0 || strcmp(flag, "--probe-support") == 0) {
+            *(flag[5] == 'p' ? &o->no_probe : &o->probe_support) = 1;
             continue;
         }
         if (i + 1 >= argc) return usage("option '%s' needs a value", flag);
@@ -672,6 +686,19 @@ static void device_label(int device, char *name, size_t size) {
         snprintf(name, size, "CUDA device %d", device);
 }
 
+typedef struct probe_result probe_result;
+static void run_child(const options *o, const row *r, size_t small_bytes, probe_result *p);
+
+/* Whether a kind runs a (variant, mode, dtype, head dim), asked once of a child process at a short
+ * context: an op that refuses a shape aborts (CI_ASSERT), and that must not end the whole run. */
+typedef struct support {
+    int kind, dtype, decode, differential, head_dim;
+    int runs;
+    char said[320];
+} support;
+
+static const support *kind_support(const options *o, const row *r, support *known, int *n_known);
+
 static cinfer_load_options backend_options(const options *o) {
     const cinfer_load_options load = {.backend = o->cpu ? CINFER_BACKEND_CPU : CINFER_BACKEND_CUDA,
                                       .device = o->device};
@@ -684,8 +711,9 @@ static int run_benchmark(const options *o) {
     ci_backend *be = NULL;
     bench_timer *timer = NULL;
     buffers b = {0};
-    int status = EXIT_ERROR;
-    if (!rows || !ms) {
+    int status = EXIT_ERROR, n_known = 0;
+    support *known = calloc(MAX_ROWS, sizeof *known);
+    if (!rows || !ms || !known) {
         fprintf(stderr, "bench_attention: error: out of memory\n");
         goto done;
     }
@@ -711,7 +739,11 @@ static int run_benchmark(const options *o) {
         fprintf(stderr, "bench_attention: %s %s %s D=%d S=%d %s\n", variant_names[r->differential],
                 mode_names[r->decode], dtype_names[r->dtype], r->head_dim, r->seq,
                 attention_names[r->kind]);
-        measure(be, timer, o, &b, r);
+        const support *verdict = o->no_probe ? NULL : kind_support(o, r, known, &n_known);
+        if (verdict && !verdict->runs)
+            snprintf(r->skipped, sizeof r->skipped, "skipped: %s", verdict->said);
+        else
+            measure(be, timer, o, &b, r);
     }
     char device_name[320];
     if (o->cpu)
@@ -728,6 +760,7 @@ done:
     if (be) buffers_free(be, &b);
     bench_timer_free(timer);
     ci_backend_free(be);
+    free(known);
     free(ms);
     free(rows);
     return status;
@@ -765,6 +798,14 @@ static int run_probe(const options *o) {
     const size_t out_bytes = (size_t)n_out * sizeof(float);
     call_attention(full, &r, &b, b.out);
     full->ops->to_host(full, b.out_host, b.out, out_bytes);
+    if (o->probe_support) { /* it ran: that is all the parent asked */
+        int non_finite = 0;
+        for (int64_t i = 0; i < n_out; i++) non_finite += !isfinite(b.out_host[i]);
+        printf("probe: ran workspace_asked=%zu max_abs_diff=0 max_abs_out=0 non_finite=%d "
+               "free_delta=0\n",
+               r.workspace_bytes, non_finite);
+        goto done;
+    }
 
     if (ci_backend_create_for(&load, &small) != CINFER_OK) goto fail;
     small->attention = full->attention;
@@ -805,15 +846,18 @@ done:
     return 0;
 }
 
-/* What one child said: whether the op ran on the small workspace and agreed with the reference. */
+/* What one child said: whether the op ran (on the small workspace, when one was given) and agreed
+ * with the reference. */
 typedef struct probe_result {
-    int ran, agrees;
+    int ran, agrees, non_finite;
     size_t workspace_asked;
     double max_diff;
     long long free_delta;
     char said[256]; /* the child's own words when it did not run: its last line */
 } probe_result;
 
+/* Runs this program on one row in a child process: with small_bytes > 0 the --check-memory probe,
+ * with 0 only whether the kind runs the row at all. */
 static void run_child(const options *o, const row *r, size_t small_bytes, probe_result *p) {
     memset(p, 0, sizeof *p);
     char self[4096];
@@ -823,14 +867,14 @@ static void run_child(const options *o, const row *r, size_t small_bytes, probe_
         return;
     }
     self[length] = '\0';
-    char command[8192];
-    snprintf(
-        command, sizeof command,
-        "exec '%s' --probe-workspace %zu --backend %s --attn %s --variant %s --mode %s --dtype %s "
-        "--head-dim %d --seq %d --heads %d --kv-heads %d --device %d --seed %llu 2>&1",
-        self, small_bytes, o->cpu ? "cpu" : "cuda", attention_names[r->kind],
-        variant_names[r->differential], mode_names[r->decode], dtype_names[r->dtype], r->head_dim,
-        r->seq, r->heads, r->kv_heads, o->device, (unsigned long long)o->seed);
+    char command[8192], probe[64] = "--probe-support";
+    if (small_bytes > 0) snprintf(probe, sizeof probe, "--probe-workspace %zu", small_bytes);
+    snprintf(command, sizeof command,
+             "exec '%s' %s --backend %s --attn %s --variant %s --mode %s --dtype %s "
+             "--head-dim %d --seq %d --heads %d --kv-heads %d --device %d --seed %llu 2>&1",
+             self, probe, o->cpu ? "cpu" : "cuda", attention_names[r->kind],
+             variant_names[r->differential], mode_names[r->decode], dtype_names[r->dtype],
+             r->head_dim, r->seq, r->heads, r->kv_heads, o->device, (unsigned long long)o->seed);
     FILE *child = popen(command, "r"); /* exec: its status is the child's own, signals included */
     if (!child) {
         snprintf(p->said, sizeof p->said, "cannot start the child: %s", strerror(errno));
@@ -847,6 +891,7 @@ static void run_child(const options *o, const row *r, size_t small_bytes, probe_
                             "non_finite=%d free_delta=%lld",
                             &p->workspace_asked, &p->max_diff, &max_out, &non_finite,
                             &p->free_delta) == 5;
+            p->non_finite = non_finite;
             p->agrees = p->ran && non_finite == 0 && p->max_diff <= SAME_OUTPUT_TOLERANCE;
         } else if (line[0]) {
             snprintf(last, sizeof last, "%s", line);
@@ -859,6 +904,32 @@ static void run_child(const options *o, const row *r, size_t small_bytes, probe_
         else
             snprintf(p->said, sizeof p->said, "%s", last[0] ? last : "no result");
     }
+}
+
+/* The context a support probe runs at: long enough for every tile and split the kernels have,
+ * short enough to take a fraction of a second. */
+enum { SUPPORT_PROBE_SEQ = 256 };
+
+static const support *kind_support(const options *o, const row *r, support *known, int *n_known) {
+    for (int i = 0; i < *n_known; i++) {
+        const support *k = &known[i];
+        if (k->kind == r->kind && k->dtype == r->dtype && k->decode == r->decode &&
+            k->differential == r->differential && k->head_dim == r->head_dim)
+            return k;
+    }
+    support *k = &known[(*n_known)++];
+    *k = (support){r->kind, r->dtype, r->decode, r->differential, r->head_dim, 0, ""};
+    row small = *r;
+    small.seq = r->seq < SUPPORT_PROBE_SEQ ? r->seq : SUPPORT_PROBE_SEQ;
+    small.n_tokens = r->decode ? 1 : small.seq;
+    small.pos0 = r->decode ? small.seq - 1 : 0;
+    probe_result p;
+    run_child(o, &small, 0, &p);
+    k->runs = p.ran;
+    if (!p.ran)
+        snprintf(k->said, sizeof k->said, "%s does not run this (asked at S = %d: %s)",
+                 attention_names[r->kind], small.seq, p.said);
+    return k;
 }
 
 static int run_memory_check(const options *o) {
@@ -914,7 +985,7 @@ int main(int argc, char **argv) {
         printf("bench_attention: no CUDA device: %s; nothing measured\n", cinfer_last_error());
         return 0;
     }
-    if (o.probe_workspace > 0) return run_probe(&o);
+    if (o.probe_workspace > 0 || o.probe_support) return run_probe(&o);
     if (o.check_memory) return run_memory_check(&o);
     return run_benchmark(&o);
 }
