@@ -78,6 +78,8 @@ struct cinfer_model {
  * `meaning` spells that shape in config terms ("[num_attention_heads*head_dim, hidden_size]"),
  * so that a mismatch says which field disagrees. `required_by`, when not NULL, names the config
  * setting that asks for the tensor ("attention_bias = true"), for the message when it is missing.
+ * For an architecture's extras: the tensor's values are readable on the host after the call, on
+ * every backend (a random model draws it on the host even on CUDA), and it is not uploaded.
  */
 cinfer_status ci_bind_weight(cinfer_model *model, const char *name, int n_dims,
                              const int64_t *shape, const char *meaning, const char *required_by,

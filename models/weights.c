@@ -40,12 +40,11 @@ static ci_dtype config_dtype(const ci_config *c) {
 }
 
 ci_random_draw ci_random_draw_of(uint64_t seed, const char *name) {
+    const uint64_t key = ci_random_stream_key(seed, ci_random_name_hash(name));
+    if (ends_with(name, "norm.weight")) return (ci_random_draw){key, 0.0f, 1.0f};
+    if (ends_with(name, ".bias")) return (ci_random_draw){key, 0.0f, 0.0f};
     const float std = strstr(name, "lambda_") ? 0.1f : 0.02f;
-    ci_random_draw draw = {ci_random_stream_key(seed, ci_random_name_hash(name)), std * 1.7320508f,
-                           /* uniform on [-a, a] has std a/sqrt(3) */ 0.0f};
-    if (ends_with(name, "norm.weight")) draw = (ci_random_draw){draw.key, 0.0f, 1.0f};
-    if (ends_with(name, ".bias")) draw = (ci_random_draw){draw.key, 0.0f, 0.0f};
-    return draw;
+    return (ci_random_draw){key, std * 1.7320508f, 0.0f}; /* uniform on [-a, a]: std a/sqrt(3) */
 }
 
 /* Keeps memory the model frees with itself (cinfer_model_free). */
