@@ -105,7 +105,8 @@ cinfer_status cinfer_model_load(const char *dir, const cinfer_load_options *opti
                                 cinfer_model **out);
 /* A model of the shape config_path (a config.json) describes, with random weights drawn from
  * seed as transformers initializes a fresh model (in the config's torch_dtype): for benchmarks
- * of any shape without a checkpoint. The same seed gives the same weights. */
+ * of any shape without a checkpoint. The same seed gives the same weights, on every backend; on
+ * CUDA they are drawn in device memory, with no host copy. */
 cinfer_status cinfer_model_load_random(const char *config_path, const cinfer_load_options *options,
                                        uint64_t seed, cinfer_model **out);
 void cinfer_model_free(cinfer_model *model);

@@ -8,6 +8,7 @@
 #include "../engine/backend.h"
 #include "../engine/cinfer.h"
 #include "../loaders/checkpoint.h"
+#include "random_weights.h"
 
 typedef struct ci_layer {
     ci_tensor input_layernorm;        /* [E] */
@@ -22,6 +23,17 @@ typedef struct ci_layer {
      * lambda = exp(λq1·λk1) − exp(λq2·λk2) + lambda_init. */
     float lambda, lambda_init;
 } ci_layer;
+
+/* The tensors of ci_layer above, biases included: 2 norms, 7 matrices, 7 biases. */
+enum { CI_LAYER_MAX_TENSORS = 16 };
+
+/* A tensor of a random model that the device draws (cinfer_model_load_random on CUDA): between
+ * binding and the upload, the tensor's data points at this entry, which marks it present (data
+ * NULL would mean an absent bias) though it holds no values anywhere yet. */
+typedef struct ci_device_draw {
+    ci_tensor *tensor; /* the model's own tensor, in the config's dtype, as the files would be */
+    ci_random_draw draw;
+} ci_device_draw;
 
 /* The architecture-specific parts. Everything else is the Llama decoder in models/llama.c. */
 typedef struct ci_architecture {
@@ -47,9 +59,15 @@ struct cinfer_model {
     ci_tensor norm;         /* [E] */
     ci_tensor lm_head;      /* [V, E]; the embedding itself when tie_word_embeddings */
     cinfer_model_info info;
-    bool *bound;           /* [checkpoint->n_index]: tensors the model uses; the rest are unused */
-    void **aligned_copies; /* tensors the file stores misaligned, copied once (rare) */
+    bool *bound; /* [checkpoint->n_index]: tensors the model uses; the rest are unused */
+    /* host memory the model owns: tensors the file stores misaligned, copied once (rare),
+     * random weights drawn on the host, and device_draws */
+    void **aligned_copies;
     int n_aligned_copies;
+    /* a random model on CUDA: the tensors the upload draws on the device, in binding order;
+     * NULL otherwise */
+    ci_device_draw *device_draws; /* [max_device_draws] */
+    int n_device_draws, max_device_draws;
     /* CUDA backend: one device allocation holds every weight, and the tensors above point into it
      * (see engine/backend.h for the dtypes); NULL on the CPU, where they point into the files. */
     void *device_weights;
@@ -60,10 +78,16 @@ struct cinfer_model {
  * `meaning` spells that shape in config terms ("[num_attention_heads*head_dim, hidden_size]"),
  * so that a mismatch says which field disagrees. `required_by`, when not NULL, names the config
  * setting that asks for the tensor ("attention_bias = true"), for the message when it is missing.
+ * For an architecture's extras: the tensor's values are readable on the host after the call, on
+ * every backend (a random model draws it on the host even on CUDA), and it is not uploaded.
  */
 cinfer_status ci_bind_weight(cinfer_model *model, const char *name, int n_dims,
                              const int64_t *shape, const char *meaning, const char *required_by,
                              ci_tensor *out);
+
+/* How the tensor called name is drawn in a random model of this seed: norm weights 1, biases 0,
+ * the rest uniform with transformers' standard deviation. */
+ci_random_draw ci_random_draw_of(uint64_t seed, const char *name);
 
 /* Binds every tensor of the Llama layout (and the architecture's extras) into model. */
 cinfer_status ci_bind_model_weights(cinfer_model *model);

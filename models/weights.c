@@ -6,9 +6,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "../engine/splitmix.h"
 #include "../engine/error.h"
 #include "model.h"
+#include "random_weights.h"
 
 static int is_weight_dtype(ci_dtype dtype) {
     return dtype == CI_F32 || dtype == CI_BF16 || dtype == CI_F16;
@@ -19,14 +19,14 @@ static int is_weight_dtype(ci_dtype dtype) {
  * Drawn as transformers initializes a fresh model: norm weights 1, biases 0, every other tensor
  * uniform with the standard deviation transformers uses (initializer_range 0.02; DiffLlama's
  * lambdas lambda_std_dev 0.1). Each value depends only on the seed, the tensor's name and its
- * index, so a model drawn twice, or by another backend, is the same model. */
-
-static uint64_t name_hash(const char *name) { /* FNV-1a */
-    uint64_t h = 0xcbf29ce484222325ull;
-    for (const unsigned char *c = (const unsigned char *)name; *c; c++)
-        h = (h ^ *c) * 0x100000001b3ull;
-    return h;
-}
+ * index (models/random_weights.h), so a model drawn twice, or by another backend, is the same
+ * model.
+ *
+ * On the CPU the values are drawn here, into host memory. On CUDA the tensors the device holds
+ * are not drawn here at all: each gets an entry in m->device_draws, and the upload
+ * (kernels/cuda/weights_cuda.cu) draws them straight into device memory, bit for bit what
+ * rounding the host draw to the device's dtype would give. An 8B model then costs the host no
+ * 16 GB, and the device no upload. */
 
 static int ends_with(const char *text, const char *suffix) {
     size_t n = strlen(text), k = strlen(suffix);
@@ -39,52 +39,73 @@ static ci_dtype config_dtype(const ci_config *c) {
     return CI_F32;
 }
 
+ci_random_draw ci_random_draw_of(uint64_t seed, const char *name) {
+    const uint64_t key = ci_random_stream_key(seed, ci_random_name_hash(name));
+    if (ends_with(name, "norm.weight")) return (ci_random_draw){key, 0.0f, 1.0f};
+    if (ends_with(name, ".bias")) return (ci_random_draw){key, 0.0f, 0.0f};
+    const float std = strstr(name, "lambda_") ? 0.1f : 0.02f;
+    return (ci_random_draw){key, std * 1.7320508f, 0.0f}; /* uniform on [-a, a]: std a/sqrt(3) */
+}
+
+/* Keeps memory the model frees with itself (cinfer_model_free). */
+static cinfer_status keep_allocation(cinfer_model *m, void *memory, size_t bytes, const char *what,
+                                     const char *name) {
+    void **grown =
+        memory ? realloc(m->aligned_copies, (size_t)(m->n_aligned_copies + 1) * sizeof *grown)
+               : NULL;
+    if (!grown) {
+        free(memory);
+        return CI_FAIL(CINFER_ERR_MEMORY, "out of memory: %zu bytes of %s for '%s'", bytes, what,
+                       name);
+    }
+    m->aligned_copies = grown;
+    m->aligned_copies[m->n_aligned_copies++] = memory;
+    return CINFER_OK;
+}
+
 static cinfer_status bind_random_weight(cinfer_model *m, const char *name, int n_dims,
-                                        const int64_t *shape, ci_tensor *out) {
+                                        const int64_t *shape, bool read_on_host, ci_tensor *out) {
     const ci_config *c = m->config;
     /* in the dtype the config says the files hold, vectors too, as published checkpoints do */
     *out = (ci_tensor){NULL, config_dtype(c), n_dims, {0}};
     for (int i = 0; i < n_dims; i++) out->shape[i] = shape[i];
     const int64_t n = ci_tensor_numel(out);
     const size_t bytes = ci_tensor_nbytes(out);
-    void *data = malloc(bytes ? bytes : 1);
-    void **grown = realloc(m->aligned_copies, (size_t)(m->n_aligned_copies + 1) * sizeof *grown);
-    if (!data || !grown) {
-        free(data);
-        if (grown) m->aligned_copies = grown;
-        return CI_FAIL(CINFER_ERR_MEMORY, "out of memory: %zu bytes of random weights for '%s'",
-                       bytes, name);
-    }
-    m->aligned_copies = grown;
-    m->aligned_copies[m->n_aligned_copies++] = data;
-    out->data = data;
+    const ci_random_draw draw = ci_random_draw_of(m->checkpoint->seed, name);
+    /* what the files would have held: counted here, as no checkpoint index lists these */
+    m->info.n_params += n;
+    m->info.weight_bytes += (int64_t)bytes;
 
-    const int is_norm = ends_with(name, "norm.weight"), is_bias = ends_with(name, ".bias");
-    const float std = strstr(name, "lambda_") ? 0.1f : 0.02f;
-    const float half_width = std * 1.7320508f; /* uniform on [-a, a] has std a/sqrt(3) */
-    uint64_t seed_of_name = m->checkpoint->seed ^ name_hash(name);
-    const uint64_t key = ci_splitmix64(&seed_of_name);
+    if (m->device_draws && !read_on_host) {
+        CI_ASSERT(m->n_device_draws < m->max_device_draws); /* counted in ci_bind_model_weights */
+        ci_device_draw *pending = &m->device_draws[m->n_device_draws++];
+        *pending = (ci_device_draw){out, draw};
+        out->data = pending; /* present, drawn on the device by the upload */
+        return CINFER_OK;
+    }
+
+    void *data = malloc(bytes ? bytes : 1);
+    CI_TRY(keep_allocation(m, data, bytes, "random weights", name));
+    out->data = data;
 #pragma omp parallel for schedule(static) if (n > 65536)
     for (int64_t i = 0; i < n; i++) {
-        uint64_t state = key + (uint64_t)i; /* element i's own stream: any thread can draw it */
-        float u = (float)(ci_splitmix64(&state) >> 40) * 0x1p-24f;
-        float value = is_norm ? 1.0f : is_bias ? 0.0f : half_width * (2.0f * u - 1.0f);
+        const float value = ci_random_value(&draw, (uint64_t)i);
         switch (out->dtype) {
         case CI_BF16: ((uint16_t *)data)[i] = ci_f32_to_bf16(value); break;
         case CI_F16: ((uint16_t *)data)[i] = ci_f32_to_f16(value); break;
         default: ((float *)data)[i] = value; break;
         }
     }
-    /* what the files would have held: counted here, as no checkpoint index lists these */
-    m->info.n_params += n;
-    m->info.weight_bytes += (int64_t)bytes;
     return CINFER_OK;
 }
 
-cinfer_status ci_bind_weight(cinfer_model *m, const char *name, int n_dims, const int64_t *shape,
-                             const char *meaning, const char *required_by, ci_tensor *out) {
+/* Binds one tensor. read_on_host: the model reads its values on the host while binding (the
+ * DiffLlama lambdas), so a random one is drawn on the host whatever the backend. */
+static cinfer_status bind_weight(cinfer_model *m, const char *name, int n_dims,
+                                 const int64_t *shape, const char *meaning, const char *required_by,
+                                 bool read_on_host, ci_tensor *out) {
     const ci_checkpoint *ck = m->checkpoint;
-    if (ck->synthetic) return bind_random_weight(m, name, n_dims, shape, out);
+    if (ck->synthetic) return bind_random_weight(m, name, n_dims, shape, read_on_host, out);
     const st_tensor *t = checkpoint_find(ck, name);
     if (!t && required_by)
         return CI_FAIL(CINFER_ERR_WEIGHTS, "%s: tensor '%s' is missing from %s, but %s has %s",
@@ -117,30 +138,30 @@ cinfer_status ci_bind_weight(cinfer_model *m, const char *name, int n_dims, cons
     if ((uintptr_t)t->data % ci_dtype_size(t->dtype) != 0) {
         size_t bytes = ci_tensor_nbytes(out);
         void *copy = malloc(bytes ? bytes : 1);
-        void **grown =
-            realloc(m->aligned_copies, (size_t)(m->n_aligned_copies + 1) * sizeof *grown);
-        if (!copy || !grown) {
-            free(copy);
-            if (grown) m->aligned_copies = grown;
-            return CI_FAIL(CINFER_ERR_MEMORY, "out of memory copying misaligned tensor '%s'", name);
-        }
+        CI_TRY(keep_allocation(m, copy, bytes, "a copy of misaligned tensor", name));
         memcpy(copy, t->data, bytes);
-        m->aligned_copies = grown;
-        m->aligned_copies[m->n_aligned_copies++] = copy;
         out->data = copy;
     }
     return CINFER_OK;
 }
 
+cinfer_status ci_bind_weight(cinfer_model *m, const char *name, int n_dims, const int64_t *shape,
+                             const char *meaning, const char *required_by, ci_tensor *out) {
+    return bind_weight(m, name, n_dims, shape, meaning, required_by, true, out);
+}
+
+/* The Llama layout below: every tensor the backend computes with, and only those, so on CUDA
+ * each one is a device tensor (read_on_host false). */
+
 static cinfer_status bind_vector(cinfer_model *m, const char *name, int64_t size,
                                  const char *meaning, ci_tensor *out) {
-    return ci_bind_weight(m, name, 1, &size, meaning, NULL, out);
+    return bind_weight(m, name, 1, &size, meaning, NULL, false, out);
 }
 
 static cinfer_status bind_matrix(cinfer_model *m, const char *name, int64_t rows, int64_t cols,
                                  const char *meaning, ci_tensor *out) {
     const int64_t shape[2] = {rows, cols};
-    return ci_bind_weight(m, name, 2, shape, meaning, NULL, out);
+    return bind_weight(m, name, 2, shape, meaning, NULL, false, out);
 }
 
 /* The bias of a linear layer exists exactly when the config flag (e.g. "attention_bias = true")
@@ -148,7 +169,7 @@ static cinfer_status bind_matrix(cinfer_model *m, const char *name, int64_t rows
 static cinfer_status bind_bias(cinfer_model *m, bool present, const char *flag, const char *name,
                                int64_t size, const char *meaning, ci_tensor *out) {
     *out = (ci_tensor){NULL, CI_F32, 1, {size}};
-    return present ? ci_bind_weight(m, name, 1, &size, meaning, flag, out) : CINFER_OK;
+    return present ? bind_weight(m, name, 1, &size, meaning, flag, false, out) : CINFER_OK;
 }
 
 static cinfer_status bind_layer(cinfer_model *m, int l) {
@@ -200,6 +221,13 @@ cinfer_status ci_bind_model_weights(cinfer_model *m) {
     const int64_t V = c->vocab_size, E = c->hidden_size;
     m->bound = calloc((size_t)m->checkpoint->n_index + 1, sizeof *m->bound);
     CI_CHECK_ALLOC(m->bound, (size_t)m->checkpoint->n_index);
+    if (m->checkpoint->synthetic && m->options.backend == CINFER_BACKEND_CUDA) {
+        /* at most: the embedding, the final norm, lm_head, and every tensor of every layer */
+        m->max_device_draws = 3 + c->n_layers * CI_LAYER_MAX_TENSORS;
+        const size_t bytes = (size_t)m->max_device_draws * sizeof *m->device_draws;
+        m->device_draws = malloc(bytes);
+        CI_TRY(keep_allocation(m, m->device_draws, bytes, "pending draws", "the model"));
+    }
     CI_TRY(bind_matrix(m, "model.embed_tokens.weight", V, E, "[vocab_size, hidden_size]",
                        &m->embed_tokens));
     CI_TRY(bind_vector(m, "model.norm.weight", E, "[hidden_size]", &m->norm));
@@ -207,10 +235,10 @@ cinfer_status ci_bind_model_weights(cinfer_model *m) {
     if (c->tie_word_embeddings)
         m->lm_head = m->embed_tokens;
     else
-        CI_TRY(ci_bind_weight(m, "lm_head.weight", 2, lm_head_shape, "[vocab_size, hidden_size]",
-                              "tie_word_embeddings = false (true would reuse "
-                              "model.embed_tokens.weight)",
-                              &m->lm_head));
+        CI_TRY(bind_weight(m, "lm_head.weight", 2, lm_head_shape, "[vocab_size, hidden_size]",
+                           "tie_word_embeddings = false (true would reuse "
+                           "model.embed_tokens.weight)",
+                           false, &m->lm_head));
     m->layers = calloc((size_t)c->n_layers, sizeof *m->layers);
     CI_CHECK_ALLOC(m->layers, (size_t)c->n_layers * sizeof *m->layers);
     for (int l = 0; l < c->n_layers; l++) CI_TRY(bind_layer(m, l));

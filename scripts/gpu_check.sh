@@ -223,6 +223,17 @@ bench "llama_gqa_llama3 cpu f32" tests/fixtures/llama_gqa_llama3 cpu f32 200
 for dtype in f32 bf16 fp16; do
   bench "llama_gqa_llama3 cuda $dtype" tests/fixtures/llama_gqa_llama3 cuda "$dtype" 200
 done
+# an 8B shape with no checkpoint: random weights drawn in device memory, never on the host, so the
+# host's peak RSS stays far below the 16 GB of weights
+log="$logs/bench_random_llama3-8b.log"
+timer=()
+[ -x /usr/bin/time ] && timer=(/usr/bin/time -f "host peak RSS %M KiB" -o "$logs/rss_random_llama3-8b.txt")
+${timer[@]+"${timer[@]}"} "$cli" bench --config bench/shapes/llama3-8b.json --random-weights --backend cuda \
+  --dtype bf16 -p 16 -n 4 -r 1 --no-ceilings >"$log" 2>&1
+rc=$?
+record "bench llama3-8b (random, drawn on the device) cuda bf16" \
+  "$([ $rc -eq 0 ] && echo ok || echo FAIL)" \
+  "$(cat "$logs/rss_random_llama3-8b.txt" 2>/dev/null || echo 'no /usr/bin/time: RSS not measured'); $(grep -E '\| tg4 \|' "$log" | awk -F'|' '{printf "tg4 %s t/s", $12}')$([ $rc -eq 0 ] || tail -n 1 "$log")"
 if [ "${GPU_CHECK_BIG:-0}" = 1 ]; then
   big="$build/big"
   if [ -f "$big/config.json" ] || python3 scripts/make_fixtures.py --big "$big" >"$logs/big.log" 2>&1; then

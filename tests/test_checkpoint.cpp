@@ -524,6 +524,47 @@ TEST(RandomWeights, AreDrawnLikeAFreshModelAndRepeatWithTheSeed) {
     cinfer_model_free(c);
 }
 
+// The values themselves are pinned: models/random_weights.h must keep drawing what the host drew
+// before the device could (splitmix64 of key + i, its top 24 bits as u, half_width·(2u − 1)),
+// so that a seed names the same model across versions and backends. On the CPU every tensor is
+// drawn on the host, and none is left for a device to draw.
+TEST(RandomWeights, TheValuesAreTheDrawTheHeaderDefines) {
+    const std::string config = fixture_dir("diffllama_gqa4") + "/config.json"; // f32, biases, tied
+    cinfer_model *m = nullptr;
+    ASSERT_EQ(cinfer_model_load_random(config.c_str(), nullptr, 12345, &m), CINFER_OK)
+        << cinfer_last_error();
+    EXPECT_EQ(m->device_draws, nullptr);
+    const ci_tensor &q = m->layers[0].q_proj, &embed = m->embed_tokens;
+    ASSERT_EQ(q.dtype, CI_F32);
+    const float *qv = static_cast<const float *>(q.data),
+                *ev = static_cast<const float *>(embed.data);
+    const float q_want[] = {-0x1.d582fep-6f, 0x1.b8c018p-8f, 0x1.8bb22ap-6f, -0x1.a428d8p-7f};
+    const float embed_want[] = {-0x1.681494p-9f, 0x1.333794p-7f, 0x1.a47108p-6f, 0x1.20740cp-7f};
+    for (int i = 0; i < 4; i++) {
+        EXPECT_EQ(qv[i], q_want[i]) << "q_proj element " << i;
+        EXPECT_EQ(ev[i], embed_want[i]) << "embed_tokens element " << i;
+    }
+    // every element of every tensor is ci_random_value of the draw its name gives
+    struct Named {
+        const char *name;
+        const ci_tensor *tensor;
+    };
+    const Named tensors[] = {
+        {"model.embed_tokens.weight", &m->embed_tokens},
+        {"model.norm.weight", &m->norm},
+        {"model.layers.2.self_attn.k_proj.weight", &m->layers[2].k_proj},
+        {"model.layers.2.self_attn.k_proj.bias", &m->layers[2].k_bias},
+        {"model.layers.1.mlp.down_proj.weight", &m->layers[1].down_proj},
+        {"model.layers.1.post_attention_layernorm.weight", &m->layers[1].post_attention_layernorm}};
+    for (const Named &t : tensors) {
+        const ci_random_draw draw = ci_random_draw_of(12345, t.name);
+        for (int64_t i = 0; i < ci_tensor_numel(t.tensor); i++)
+            ASSERT_EQ(ci_tensor_get_f32(t.tensor, i), ci_random_value(&draw, (uint64_t)i))
+                << t.name << " element " << i;
+    }
+    cinfer_model_free(m);
+}
+
 TEST(RandomWeights, ABadConfigIsNamed) {
     TempDir dir;
     cinfer_model *model = reinterpret_cast<cinfer_model *>(1);

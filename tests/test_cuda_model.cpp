@@ -21,6 +21,7 @@ extern "C" {
 #include "engine/compare.h"
 #include "engine/device.h"
 #include "engine/session.h"
+#include "models/model.h"
 }
 
 using namespace cinfer_test;
@@ -267,6 +268,169 @@ INSTANTIATE_TEST_SUITE_P(
                        ::testing::Values(CINFER_ATTENTION_EAGER, CINFER_ATTENTION_SDPA,
                                          CINFER_ATTENTION_FLASH)),
     param_name);
+
+// ---- random weights drawn on the device
+// ---------------------------------------------------------- cinfer_model_load_random on CUDA draws
+// the weights in device memory (kernels/cuda/random_fill.cuh) instead of drawing them on the host
+// and uploading them. The device must hold exactly what the upload of the host draw would have: the
+// host's values rounded to the device's dtype.
+
+cinfer_model *load_random(const std::string &config, uint64_t seed, cinfer_backend backend,
+                          cinfer_dtype dtype) {
+    cinfer_load_options o{};
+    o.backend = backend;
+    o.dtype = dtype;
+    cinfer_model *m = nullptr;
+    EXPECT_EQ(cinfer_model_load_random(config.c_str(), &o, seed, &m), CINFER_OK)
+        << cinfer_last_error();
+    return m;
+}
+
+ci_dtype element_dtype(cinfer_dtype run) {
+    return run == CINFER_DTYPE_BF16 ? CI_BF16 : run == CINFER_DTYPE_F16 ? CI_F16 : CI_F32;
+}
+
+// The bits the upload would store for element i of a host tensor, in the device's dtype.
+uint32_t device_bits(const ci_tensor &host, int64_t i, ci_dtype device_dtype) {
+    const float value = ci_tensor_get_f32(&host, i); // widening the file dtype is exact
+    switch (device_dtype) {
+    case CI_BF16: return ci_f32_to_bf16(value);
+    case CI_F16: return ci_f32_to_f16(value);
+    default: {
+        uint32_t bits;
+        std::memcpy(&bits, &value, sizeof bits);
+        return bits;
+    }
+    }
+}
+
+// Fixtures chosen for what they cover: biases, tied embeddings and the DiffLlama lambdas (drawn on
+// the host) in f32 files; bf16 and fp16 files, whose rounding comes before the device's.
+class CudaRandomWeights : public ::testing::TestWithParam<std::tuple<std::string, cinfer_dtype>> {
+  protected:
+    void SetUp() override {
+        const std::string missing = gpu_missing();
+        if (!missing.empty()) GTEST_SKIP() << "no GPU to test on: " << missing;
+        config_ = fixture_dir(std::get<0>(GetParam())) + "/config.json";
+        dtype_ = std::get<1>(GetParam());
+        seed_ = fresh_seed();
+        cpu_ = load_random(config_, seed_, CINFER_BACKEND_CPU, CINFER_DTYPE_F32);
+        gpu_ = load_random(config_, seed_, CINFER_BACKEND_CUDA, dtype_);
+        ASSERT_TRUE(cpu_ && gpu_);
+    }
+    void TearDown() override {
+        cinfer_model_free(gpu_);
+        cinfer_model_free(cpu_);
+    }
+    std::string config_;
+    cinfer_dtype dtype_ = CINFER_DTYPE_F32;
+    uint64_t seed_ = 0;
+    cinfer_model *cpu_ = nullptr, *gpu_ = nullptr;
+};
+
+TEST_P(CudaRandomWeights, TheDeviceHoldsTheHostDrawInItsDtype) {
+    // drawn on the device: every device tensor was a pending draw, and the host kept no values
+    ASSERT_NE(gpu_->device_draws, nullptr);
+    EXPECT_EQ(cpu_->device_draws, nullptr);
+    struct Pair {
+        const char *what;
+        const ci_tensor *host, *device;
+    };
+    std::vector<Pair> pairs = {{"embed_tokens", &cpu_->embed_tokens, &gpu_->embed_tokens},
+                               {"norm", &cpu_->norm, &gpu_->norm},
+                               {"lm_head", &cpu_->lm_head, &gpu_->lm_head}};
+    for (int l = 0; l < gpu_->config->n_layers; l++) {
+        const ci_layer &h = cpu_->layers[l], &d = gpu_->layers[l];
+        const ci_tensor *host[] = {
+            &h.input_layernorm, &h.q_proj,  &h.k_proj,    &h.v_proj,  &h.q_bias,
+            &h.k_bias,          &h.v_bias,  &h.o_proj,    &h.o_bias,  &h.post_attention_layernorm,
+            &h.gate_proj,       &h.up_proj, &h.gate_bias, &h.up_bias, &h.down_proj,
+            &h.down_bias};
+        const ci_tensor *device[] = {
+            &d.input_layernorm, &d.q_proj,  &d.k_proj,    &d.v_proj,  &d.q_bias,
+            &d.k_bias,          &d.v_bias,  &d.o_proj,    &d.o_bias,  &d.post_attention_layernorm,
+            &d.gate_proj,       &d.up_proj, &d.gate_bias, &d.up_bias, &d.down_proj,
+            &d.down_bias};
+        for (size_t i = 0; i < sizeof host / sizeof host[0]; i++) {
+            ASSERT_EQ(host[i]->data == nullptr, device[i]->data == nullptr) << "layer " << l;
+            if (host[i]->data) pairs.push_back({"layer tensor", host[i], device[i]});
+        }
+        EXPECT_EQ(d.lambda, h.lambda) << "layer " << l << ": lambdas are drawn on the host";
+    }
+    EXPECT_EQ(gpu_->n_device_draws,
+              (int)pairs.size() - (gpu_->config->tie_word_embeddings ? 1 : 0));
+
+    cinfer_load_options o{};
+    o.backend = CINFER_BACKEND_CUDA;
+    ci_backend *be = nullptr;
+    ASSERT_EQ(ci_backend_create_for(&o, &be), CINFER_OK) << cinfer_last_error();
+    for (const Pair &p : pairs) {
+        const int64_t n = ci_tensor_numel(p.host);
+        ASSERT_EQ(n, ci_tensor_numel(p.device)) << p.what;
+        const ci_dtype want_dtype = p.device->n_dims == 2 ? element_dtype(dtype_) : CI_F32;
+        ASSERT_EQ(p.device->dtype, want_dtype)
+            << p.what << ": matrices in the run dtype, vectors F32";
+        std::vector<unsigned char> bytes(ci_tensor_nbytes(p.device));
+        be->ops->to_host(be, bytes.data(), p.device->data, bytes.size());
+        int64_t differ = 0, first = -1;
+        for (int64_t i = 0; i < n; i++) {
+            uint32_t got = 0;
+            if (want_dtype == CI_F32)
+                std::memcpy(&got, &bytes[(size_t)i * 4], 4);
+            else {
+                uint16_t half;
+                std::memcpy(&half, &bytes[(size_t)i * 2], 2);
+                got = half;
+            }
+            if (got != device_bits(*p.host, i, want_dtype) && differ++ == 0) first = i;
+        }
+        EXPECT_EQ(differ, 0) << p.what << " [" << p.host->shape[0] << "...]: " << differ << " of "
+                             << n << " elements differ from the host draw, first at " << first;
+    }
+    ci_backend_free(be);
+}
+
+// The model the device drew runs: its logits agree with the host-drawn model on the CPU as a
+// checkpoint's do (the tolerances of engine/compare.h).
+TEST_P(CudaRandomWeights, LogitsAgreeWithTheCpuReference) {
+    const cinfer_model_info *info = cinfer_model_get_info(cpu_);
+    EXPECT_EQ(cinfer_model_get_info(gpu_)->n_params, info->n_params);
+    EXPECT_EQ(cinfer_model_get_info(gpu_)->weight_bytes, info->weight_bytes);
+    const ci_tolerance tol = ci_tolerance_for(dtype_);
+    std::mt19937_64 rng(seed_);
+    std::uniform_int_distribution<int32_t> pick(0, info->vocab_size - 1);
+    for (int n : {1, 5, 37}) {
+        std::vector<int32_t> ids(n);
+        for (auto &id : ids) id = pick(rng);
+        std::vector<float> want, got;
+        for (auto [m, out] : {std::pair{cpu_, &want}, std::pair{gpu_, &got}}) {
+            cinfer_session *s = nullptr;
+            ASSERT_EQ(cinfer_session_create(m, n, &s), CINFER_OK) << cinfer_last_error();
+            out->assign((size_t)n * info->vocab_size, NAN);
+            ASSERT_EQ(cinfer_session_forward(s, ids.data(), n, CINFER_LOGITS_ALL, out->data()),
+                      CINFER_OK)
+                << cinfer_last_error();
+            cinfer_session_free(s);
+        }
+        const Difference d = compare(got, want);
+        std::printf("[cinfer] random %-22s %-4s %2d tokens: logits max |gpu - cpu| %.2e, rel L2 "
+                    "%.2e\n",
+                    std::get<0>(GetParam()).c_str(), ci_run_dtype_name(dtype_), n, d.max_abs,
+                    d.rel_l2);
+        EXPECT_TRUE(within(d, tol, "logits")) << n << " tokens";
+    }
+}
+
+std::string random_param_name(const ::testing::TestParamInfo<CudaRandomWeights::ParamType> &info) {
+    return std::get<0>(info.param) + "_" + ci_run_dtype_name(std::get<1>(info.param));
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Fixtures, CudaRandomWeights,
+    ::testing::Combine(::testing::Values("diffllama_gqa4", "llama_gqa_llama3", "llama_bf16_sharded",
+                                         "diffllama_fp16"),
+                       ::testing::Values(CINFER_DTYPE_F32, CINFER_DTYPE_BF16, CINFER_DTYPE_F16)),
+    random_param_name);
 
 // A checkpoint that cannot fit says so before anything is allocated, with both figures.
 TEST(CudaMemory, TheCheckNamesNeededAndFree) {

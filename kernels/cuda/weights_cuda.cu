@@ -7,6 +7,10 @@
 // staging buffer whatever the model's size; a bf16 checkpoint is never copied whole on the host.
 //
 // Matrices become the run dtype; vectors (norm weights, biases) become F32 (engine/backend.h).
+//
+// A random model (cinfer_model_load_random) has no files: its tensors are drawn straight into
+// their place in the same allocation (random_fill.cuh), and nothing is staged. The host holds
+// only the model's list of pending draws (models/model.h, ci_device_draw).
 #include <stdlib.h>
 #include <string.h>
 
@@ -36,8 +40,6 @@ static const char *run_dtype_name(cinfer_dtype dtype) {
     default: return "f32";
     }
 }
-
-enum { MAX_TENSORS_PER_LAYER = 16 }; // the Llama layer's tensors, biases included
 
 // Every tensor the model holds, once (lm_head is left out when it is the embedding itself).
 static int list_weights(cinfer_model *m, ci_tensor **list) {
@@ -95,15 +97,27 @@ static cudaError_t upload_tensor(const ci_tensor *t, void *dst, ci_dtype dst_dty
     return cudaSuccess;
 }
 
+// The pending draw of a random model's tensor t: where its data points until the upload.
+static const ci_device_draw *pending_draw(const cinfer_model *m, const ci_tensor *t) {
+    const ci_device_draw *d = (const ci_device_draw *)t->data;
+    CI_ASSERT(m->device_draws && d >= m->device_draws && d < m->device_draws + m->n_device_draws);
+    CI_ASSERT(d->tensor == t);
+    return d;
+}
+
 extern "C" cinfer_status ci_cuda_upload_weights(cinfer_model *m) {
     const int device = m->options.device;
     const ci_dtype run = run_dtype(m->options.dtype);
-    const int max_tensors = 3 + m->config->n_layers * MAX_TENSORS_PER_LAYER;
+    const int max_tensors = 3 + m->config->n_layers * CI_LAYER_MAX_TENSORS;
     ci_tensor **list = (ci_tensor **)malloc((size_t)max_tensors * sizeof *list);
     CI_CHECK_ALLOC(list, (size_t)max_tensors * sizeof *list);
     const int n = list_weights(m, list);
     qsort(list, (size_t)n, sizeof *list, by_host_address);
 
+    // a random model draws its tensors in place: no staging buffers
+    const bool drawn = m->device_draws != NULL;
+    const size_t staging_bytes = drawn ? 0 : STAGING_BYTES;
+    CI_ASSERT(!drawn || n == m->n_device_draws); // every device tensor is drawn, none twice
     size_t needed = 0;
     for (int i = 0; i < n; i++)
         needed +=
@@ -111,12 +125,16 @@ extern "C" cinfer_status ci_cuda_upload_weights(cinfer_model *m) {
     size_t free_bytes = 0, total_bytes = 0;
     cinfer_status status = ci_cuda_memory(device, &free_bytes, &total_bytes);
     if (status == CINFER_OK) {
-        char what[96];
-        snprintf(what, sizeof what, "the weights of %s in %s (plus %zu MiB of upload staging)",
-                 ci_base_name(m->checkpoint->dir), run_dtype_name(m->options.dtype),
-                 STAGING_BYTES >> 20);
+        char what[160];
+        if (drawn)
+            snprintf(what, sizeof what, "random weights of the shape of %s in %s",
+                     ci_base_name(m->checkpoint->dir), run_dtype_name(m->options.dtype));
+        else
+            snprintf(what, sizeof what, "the weights of %s in %s (plus %zu MiB of upload staging)",
+                     ci_base_name(m->checkpoint->dir), run_dtype_name(m->options.dtype),
+                     STAGING_BYTES >> 20);
         status =
-            ci_memory_fits(what, device, (int64_t)(needed + STAGING_BYTES), (int64_t)free_bytes);
+            ci_memory_fits(what, device, (int64_t)(needed + staging_bytes), (int64_t)free_bytes);
     }
     if (status != CINFER_OK) {
         free(list);
@@ -126,19 +144,25 @@ extern "C" cinfer_status ci_cuda_upload_weights(cinfer_model *m) {
     void *weights = NULL, *staging = NULL, *pinned = NULL;
     cudaStream_t stream = NULL;
     cudaError_t error = cudaMalloc(&weights, needed ? needed : 1);
-    if (error == cudaSuccess) error = cudaMalloc(&staging, STAGING_BYTES);
-    if (error == cudaSuccess) error = cudaMallocHost(&pinned, STAGING_BYTES);
+    if (error == cudaSuccess && !drawn) error = cudaMalloc(&staging, STAGING_BYTES);
+    if (error == cudaSuccess && !drawn) error = cudaMallocHost(&pinned, STAGING_BYTES);
     if (error == cudaSuccess) error = cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking);
     size_t offset = 0;
     for (int i = 0; error == cudaSuccess && i < n; i++) {
         ci_tensor *t = list[i];
         const ci_dtype dtype = device_dtype(t, run);
         void *dst = (char *)weights + offset;
-        error = upload_tensor(t, dst, dtype, pinned, staging, stream);
+        if (drawn) {
+            random_fill_cuda(stream, dst, dtype, t->dtype, pending_draw(m, t)->draw,
+                             ci_tensor_numel(t));
+        } else {
+            error = upload_tensor(t, dst, dtype, pinned, staging, stream);
+        }
         offset += align_up((size_t)ci_tensor_numel(t) * ci_dtype_size(dtype));
         t->data = dst; // the model's tensor now names the device copy
         t->dtype = dtype;
     }
+    if (drawn && error == cudaSuccess) error = cudaStreamSynchronize(stream);
     if (stream) cudaStreamDestroy(stream);
     if (pinned) cudaFreeHost(pinned);
     if (staging) cudaFree(staging);
