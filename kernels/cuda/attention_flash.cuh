@@ -429,6 +429,170 @@ __global__ void __launch_bounds__(flash_tc_config<D_PAD, DIFF>::THREADS)
     }
 }
 
+// ---- SIMT: T = float
+// ------------------------------------------------------------------------------
+
+// Same blocks, tiles and pipeline as the tensor-core kernel, in F32 with FMAs. A query row
+// belongs to the 4 threads of a quad (lanes 4i .. 4i+3): for S, thread `part` of the quad scores
+// keys part, part + 4, ... of the tile (a warp reads 4 consecutive K rows and 8 Q rows at once,
+// distinct banks with the 4-float row pad); the row max and sum go across the quad by shuffles
+// as in the tensor-core kernel; the probabilities go through shared memory to the row's 4
+// threads, and thread `part` accumulates output columns part, part + 4, ... (a warp reads 4
+// consecutive words of one V row: conflict-free). BR = 32 rows (128 threads per head); BC = 32
+// keys, 16 for the differential kernel at D = 128 so that its 106 KiB fit sm_80.
+template <int D_PAD, bool DIFF> struct flash_simt_config {
+    static constexpr int HEADS = DIFF ? 2 : 1;
+    static constexpr int BR = 32;
+    static constexpr int BC = (DIFF && D_PAD == 128) ? 16 : 32;
+    static constexpr int THREADS_PER_HEAD = 4 * BR;
+    static constexpr int THREADS = THREADS_PER_HEAD * HEADS;
+    static constexpr int STRIDE = D_PAD + 4; // floats per shared row (16-byte pad)
+    static constexpr int P_STRIDE = BC + 1;  // probabilities: a warp's 8 rows on distinct banks
+    static constexpr int O_WIDTH = HEADS * D_PAD;
+    static constexpr int Q_ELEMS = HEADS * BR * STRIDE;
+    static constexpr int STAGE_ELEMS = HEADS * BC * STRIDE;
+    static constexpr int P_ELEMS = HEADS * BR * P_STRIDE;
+    static constexpr int X_STRIDE = 2 * D_PAD + 4;
+    static constexpr size_t TILE_BYTES = (size_t)(Q_ELEMS + 4 * STAGE_ELEMS + P_ELEMS) * 4;
+    static constexpr size_t EXCHANGE_BYTES =
+        (size_t)Q_ELEMS * 4 + (DIFF ? (size_t)BR * X_STRIDE * 4 : 0);
+    static constexpr size_t SHARED_BYTES =
+        TILE_BYTES > EXCHANGE_BYTES ? TILE_BYTES : EXCHANGE_BYTES;
+};
+
+template <int D_PAD, bool DIFF>
+__global__ void __launch_bounds__(flash_simt_config<D_PAD, DIFF>::THREADS)
+    attention_flash_simt_kernel(const attention_params p, int vector_loads) {
+    using C = flash_simt_config<D_PAD, DIFF>;
+    constexpr int BR = C::BR, BC = C::BC, STRIDE = C::STRIDE, THREADS = C::THREADS;
+    CI_DYNAMIC_SHARED(float, shared);
+    float *q_tiles = shared;                // [HEADS][BR][STRIDE]
+    float *k_stages = q_tiles + C::Q_ELEMS; // [2 stages][HEADS][BC][STRIDE]
+    float *v_stages = k_stages + 2 * C::STAGE_ELEMS;
+    float *probs = v_stages + 2 * C::STAGE_ELEMS; // [HEADS][BR][P_STRIDE]
+
+    const flash_block blk = flash_block_of<DIFF, BR>(p);
+    if (blk.n_keys <= 0) return; // the whole block alike, before any barrier
+    const int tid = threadIdx.x;
+    const int role = tid / C::THREADS_PER_HEAD; // which head of the block this thread computes
+    const int row = (tid % C::THREADS_PER_HEAD) / 4, part = tid % 4;
+    const int n_tiles = (blk.n_keys + BC - 1) / BC;
+
+    FLASH_UNROLL
+    for (int h = 0; h < C::HEADS; h++)
+        flash_load_queries<float, BR, D_PAD, STRIDE, THREADS>(q_tiles + h * BR * STRIDE, p, blk,
+                                                              blk.head[h], tid);
+    flash_load_stage<float, BC, D_PAD, STRIDE, THREADS, C::HEADS>(k_stages, v_stages, p, blk, 0,
+                                                                  vector_loads, tid);
+    ci_cp_async_commit();
+
+    const float *q_row = q_tiles + (role * BR + row) * STRIDE;
+    float *p_row = probs + (role * BR + row) * C::P_STRIDE;
+    const int k_slot = (role == 1 && blk.n_kv == 2) ? 1 : 0;
+    const int v2_slot = blk.n_kv == 2 ? 1 : 0;
+    const int t = blk.t0 + row, limit = flash_row_limit(blk, t);
+    const float scale_log2 = p.scale * 1.44269504088896341f;
+    float o[C::O_WIDTH / 4];
+    FLASH_UNROLL
+    for (int i = 0; i < C::O_WIDTH / 4; i++) o[i] = 0.0f;
+    float row_max = -INFINITY, row_sum = 0.0f; // row_sum: this thread's keys only
+
+    for (int j = 0; j < n_tiles; j++) {
+        flash_next_tile<float, BC, D_PAD, STRIDE, THREADS, C::HEADS>(k_stages, v_stages, p, blk, j,
+                                                                     n_tiles, vector_loads, tid);
+        const float *k_tile = k_stages + (j & 1) * C::STAGE_ELEMS + k_slot * BC * STRIDE;
+        const float *v_tile = v_stages + (j & 1) * C::STAGE_ELEMS;
+
+        float s[BC / 4]; // keys part + 4i of the tile
+        float tile_max = -INFINITY;
+        FLASH_UNROLL
+        for (int i = 0; i < BC / 4; i++) {
+            const float *k_row = k_tile + (part + 4 * i) * STRIDE;
+            float dot = 0.0f;
+            FLASH_UNROLL
+            for (int d = 0; d < D_PAD; d++) dot += q_row[d] * k_row[d];
+            s[i] = j * BC + part + 4 * i > limit ? -INFINITY : dot * scale_log2;
+            tile_max = fmaxf(tile_max, s[i]);
+        }
+        tile_max = fmaxf(tile_max, __shfl_xor_sync(0xffffffffu, tile_max, 1));
+        tile_max = fmaxf(tile_max, __shfl_xor_sync(0xffffffffu, tile_max, 2));
+        const float new_max = fmaxf(row_max, tile_max);
+        const float base = flash_exp_base(new_max);
+        const float correction = exp2f(row_max - base);
+        row_max = new_max;
+        row_sum *= correction;
+        FLASH_UNROLL
+        for (int i = 0; i < C::O_WIDTH / 4; i++) o[i] *= correction;
+        FLASH_UNROLL
+        for (int i = 0; i < BC / 4; i++) {
+            const float prob = exp2f(s[i] - base);
+            row_sum += prob;
+            p_row[part + 4 * i] = prob;
+        }
+        __syncthreads(); // the row's probabilities, from all 4 of its threads
+
+        // O += P·V over Vcat's halves; column part + 4i of the accumulator
+        FLASH_UNROLL
+        for (int half = 0; half < C::HEADS; half++) {
+            const float *v_half = v_tile + (half == 1 ? v2_slot : 0) * BC * STRIDE + part;
+            for (int key = 0; key < BC; key++) {
+                const float prob = p_row[key];
+                FLASH_UNROLL
+                for (int i = 0; i < D_PAD / 4; i++)
+                    o[half * (D_PAD / 4) + i] += prob * v_half[key * STRIDE + 4 * i];
+            }
+        }
+        __syncthreads(); // every thread is done with this stage and these probabilities
+    }
+
+    row_sum += __shfl_xor_sync(0xffffffffu, row_sum, 1);
+    row_sum += __shfl_xor_sync(0xffffffffu, row_sum, 2);
+    const float inv_sum = 1.0f / row_sum;
+    const int64_t row_stride = (int64_t)p.n_heads * p.head_dim; // of q and out
+
+    if constexpr (!DIFF) {
+        float *out = p.out + ((int64_t)blk.seq * p.n_tokens * p.n_heads + blk.head[0]) * p.head_dim;
+        if (t < p.n_tokens) {
+            FLASH_UNROLL
+            for (int i = 0; i < D_PAD / 4; i++) {
+                const int col = part + 4 * i;
+                if (col < p.head_dim) out[t * row_stride + col] = o[i] * inv_sum;
+            }
+        }
+    } else {
+        // O2/l2 of head p + P to shared memory over the K/V stages, as in the tensor-core kernel.
+        float *exchange = k_stages; // [BR][X_STRIDE]
+        if (role == 1) {
+            FLASH_UNROLL
+            for (int i = 0; i < C::O_WIDTH / 4; i++)
+                exchange[row * C::X_STRIDE + part + 4 * i] = o[i] * inv_sum;
+        }
+        __syncthreads();
+        if (role == 0) {
+            float sum_squares = 0.0f;
+            FLASH_UNROLL
+            for (int i = 0; i < C::O_WIDTH / 4; i++) {
+                o[i] = o[i] * inv_sum - p.lambda * exchange[row * C::X_STRIDE + part + 4 * i];
+                sum_squares += o[i] * o[i];
+            }
+            sum_squares += __shfl_xor_sync(0xffffffffu, sum_squares, 1);
+            sum_squares += __shfl_xor_sync(0xffffffffu, sum_squares, 2);
+            const float norm =
+                (1.0f - p.lambda_init) * rsqrtf(sum_squares / (float)(2 * p.head_dim) + p.eps);
+            float *out = p.out + (int64_t)blk.seq * p.n_tokens * row_stride +
+                         (int64_t)blk.head[0] * 2 * p.head_dim;
+            if (t < p.n_tokens) {
+                FLASH_UNROLL
+                for (int i = 0; i < C::O_WIDTH / 4; i++) {
+                    const int half = i / (D_PAD / 4), col = part + 4 * (i % (D_PAD / 4));
+                    if (col < p.head_dim)
+                        out[t * row_stride + half * p.head_dim + col] = o[i] * norm;
+                }
+            }
+        }
+    }
+}
+
 // ---- launch -------------------------------------------------------------------------------------
 
 // Whether K and V rows can move as 16-byte copies: every row of a head starts 16-byte aligned.
@@ -438,30 +602,53 @@ template <typename T> static inline int flash_vector_loads(const attention_param
            (uintptr_t)p.v_cache % 16 == 0;
 }
 
+// Grid: (query blocks, heads or head pairs, sequences); every block has work (n_tokens is known
+// on the host even in a recorded call: only the positions are not).
+template <int BR, bool DIFF> static inline dim3 flash_grid(const attention_params &p) {
+    return dim3((unsigned)((p.n_tokens + BR - 1) / BR),
+                (unsigned)(DIFF ? p.n_heads / 2 : p.n_heads), (unsigned)p.n_seqs);
+}
+
 template <typename T, int D_PAD, bool DIFF>
 static inline int flash_tc_launch(const attention_params &p, cudaStream_t stream) {
     using C = flash_tc_config<D_PAD, DIFF>;
     auto kernel = attention_flash_tc_kernel<T, D_PAD, DIFF>;
     ci_allow_dynamic_shared(kernel, C::SHARED_BYTES);
-    const dim3 grid((p.n_tokens + C::BR - 1) / C::BR, DIFF ? p.n_heads / 2 : p.n_heads, p.n_seqs);
+    const dim3 grid = flash_grid<C::BR, DIFF>(p);
     CI_LAUNCH(kernel, grid, C::THREADS, C::SHARED_BYTES, stream, p, flash_vector_loads<T>(p));
     return 0;
 }
 
-// The head dims the kernels are built for: any head_dim ≤ 128 runs in the next D_PAD up.
-inline int attention_flash_supports(int head_dim) { return head_dim >= 1 && head_dim <= 128; }
+template <int D_PAD, bool DIFF>
+static inline int flash_simt_launch(const attention_params &p, cudaStream_t stream) {
+    using C = flash_simt_config<D_PAD, DIFF>;
+    auto kernel = attention_flash_simt_kernel<D_PAD, DIFF>;
+    ci_allow_dynamic_shared(kernel, C::SHARED_BYTES);
+    const dim3 grid = flash_grid<C::BR, DIFF>(p);
+    CI_LAUNCH(kernel, grid, C::THREADS, C::SHARED_BYTES, stream, p, flash_vector_loads<float>(p));
+    return 0;
+}
+
+// BF16/F16 on tensor cores, F32 on the SIMT kernel, in the smallest D_PAD that holds head_dim.
+template <typename T, int D_PAD, bool DIFF>
+static inline int flash_launch_kernel(const attention_params &p, cudaStream_t stream) {
+    if constexpr (sizeof(T) == 2)
+        return flash_tc_launch<T, D_PAD, DIFF>(p, stream);
+    else
+        return flash_simt_launch<D_PAD, DIFF>(p, stream);
+}
 
 template <typename T, bool DIFF>
 static inline int flash_launch_padded(const attention_params &p, cudaStream_t stream) {
-    if constexpr (sizeof(T) == 2) {
-        if (p.head_dim <= 16) return flash_tc_launch<T, 16, DIFF>(p, stream);
-        if (p.head_dim <= 32) return flash_tc_launch<T, 32, DIFF>(p, stream);
-        if (p.head_dim <= 64) return flash_tc_launch<T, 64, DIFF>(p, stream);
-        return flash_tc_launch<T, 128, DIFF>(p, stream);
-    } else {
-        return 1; // F32: not yet
-    }
+    if (p.head_dim <= 16) return flash_launch_kernel<T, 16, DIFF>(p, stream);
+    if (p.head_dim <= 32) return flash_launch_kernel<T, 32, DIFF>(p, stream);
+    if (p.head_dim <= 64) return flash_launch_kernel<T, 64, DIFF>(p, stream);
+    return flash_launch_kernel<T, 128, DIFF>(p, stream);
 }
+
+// The head dims the kernels are built for: any head_dim ≤ 128 runs in the next D_PAD up (16, 32,
+// 64, 128), for every cache dtype.
+inline int attention_flash_supports(int head_dim) { return head_dim >= 1 && head_dim <= 128; }
 
 template <typename T> int attention_flash_launch(const attention_params &p, cudaStream_t stream) {
     if (!attention_flash_supports(p.head_dim) || p.n_kv_heads <= 0 ||
