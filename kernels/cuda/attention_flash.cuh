@@ -58,8 +58,23 @@
 //   transformers' flash path: two flash calls, one per V half (V1 = V_kv(p), V2 = V_kv(p+P)
 //   repeated over both halves of the heads), each call running heads p and p + P, each head
 //   reading its K and that call's V half: 2 calls × 2 heads × (S·D·e + S·D·e) = 8·S·D·e,
-//   plus writing and re-reading two [T, H, D] outputs for the concat and the group norm.
+//   plus materializing each V half twice (value_states.chunk(2, dim=heads).repeat(1, 1, 2, 1)),
+//   and writing and re-reading two [T, H, D] outputs for the concat and the group norm.
 //   So half the K/V traffic (a quarter with a shared KV head), and the output written once.
+//
+// ptxas (nvcc 13, -Xptxas -v; registers per thread, spills in bytes; shared memory is dynamic,
+// the configs' SHARED_BYTES):        sm_90                      sm_80
+//   tensor cores, standard  D 128   171 regs, no spill, 85 KiB  166, none
+//                           D 64    128, none, 45 KiB           129, none
+//   tensor cores, diff      D 128   255, 16 B spill, 102 KiB    255, 4 B
+//                           D 64    172, none, 90 KiB           208, none
+//                           D 16    128, 28 B spill, 30 KiB     128, 24 B
+//   SIMT F32, standard      D 128   140, none, 87 KiB           128, 12 B
+//   SIMT F32, diff          D 128   128, 16 B spill, 103 KiB    178, none
+//   (sm_90 SIMT standard D 32: 64 regs, 8 B spill.) The small spills are ptxas's own choice of
+// a register cap for occupancy: with __launch_bounds__(THREADS, 1), sm_90's tensor-core diff
+// D 16, SIMT D 32 and SIMT diff D 128 spill nothing at 139, 148 and 200 registers, and only the
+// tensor-core diff D 128 still spills (16 B). Without a GPU to time either, the default stays.
 #ifndef CINFER_ATTENTION_FLASH_CUH
 #define CINFER_ATTENTION_FLASH_CUH
 
@@ -439,7 +454,7 @@ __global__ void __launch_bounds__(flash_tc_config<D_PAD, DIFF>::THREADS)
 // as in the tensor-core kernel; the probabilities go through shared memory to the row's 4
 // threads, and thread `part` accumulates output columns part, part + 4, ... (a warp reads 4
 // consecutive words of one V row: conflict-free). BR = 32 rows (128 threads per head); BC = 32
-// keys, 16 for the differential kernel at D = 128 so that its 106 KiB fit sm_80.
+// keys, 16 for the differential kernel at D = 128 so that its 103 KiB fit sm_80.
 template <int D_PAD, bool DIFF> struct flash_simt_config {
     static constexpr int HEADS = DIFF ? 2 : 1;
     static constexpr int BR = 32;
