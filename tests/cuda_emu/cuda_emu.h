@@ -64,6 +64,7 @@
 #endif
 #endif
 #if defined(CI_EMU_ASAN)
+#include <sanitizer/asan_interface.h>
 #include <sanitizer/common_interface_defs.h>
 #endif
 
@@ -190,7 +191,7 @@ constexpr size_t max_dynamic_shared = 232448;              // 227 KiB, with the 
 // Fiber stacks: kernels keep their "registers" (fragments, accumulators) on them. AddressSanitizer
 // surrounds every local with redzones, so it needs more.
 #if defined(CI_EMU_ASAN)
-constexpr size_t fiber_stack_bytes = 512 * 1024;
+constexpr size_t fiber_stack_bytes = 256 * 1024;
 #else
 constexpr size_t fiber_stack_bytes = 64 * 1024;
 #endif
@@ -734,6 +735,11 @@ struct fiber_stacks {
 
 // Prepares a fiber's context to start in fiber_main on its (empty) stack.
 inline void make_context(context *ctx) {
+#if defined(CI_EMU_ASAN)
+    // A finished fiber's last frames (thread_exit, switch_away) never return, so their redzones
+    // stay poisoned; the next block's fiber on this stack must not trip over them.
+    ASAN_UNPOISON_MEMORY_REGION(ctx->stack_bottom, ctx->stack_size);
+#endif
 #if defined(CI_EMU_STACK_SWITCH)
     // What switch_stack pops, from the lowest address: MXCSR and x87 control word, six registers,
     // the address `ret` jumps to, and a null return address for fiber_main, which leaves the stack
