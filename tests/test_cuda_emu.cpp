@@ -609,6 +609,42 @@ TEST(LaunchDeathTest, BlocksThatCannotFinish) {
                  "lane 3's row address .* is not 16-byte aligned");
 }
 
+// A kernel that forgets the barrier between writing its slot and reading a neighbour's: fibers run
+// in ascending order in even blocks and descending in odd ones, so whichever neighbour is read,
+// some thread reads it before it was written and sees the fill.
+__global__ void missing_barrier(uint32_t *seen, int step) {
+    CI_DYNAMIC_SHARED(uint32_t, slots);
+    const unsigned n = blockDim.x, t = threadIdx.x;
+    slots[t] = t;
+    seen[blockIdx.x * n + t] = slots[(t + n + step) % n]; // a __syncthreads() belongs before this
+}
+
+TEST(Emulator, MissingBarrierShowsInEitherDirection) {
+    for (int step : {1, -1}) {
+        std::vector<uint32_t> seen(2 * 64, 0);
+        CI_LAUNCH(missing_barrier, 2, 64, 64 * 4, nullptr, seen.data(), step);
+        EXPECT_NE(std::count(seen.begin(), seen.end(), 0xFFFFFFFFu), 0) << "step " << step;
+    }
+}
+
+// Deep recursion stands in for a kernel with too much in local arrays.
+__device__ int deep(int depth, volatile char *previous) {
+    volatile char frame[1024];
+    frame[0] = previous ? previous[0] + 1 : 0;
+    return depth == 0 ? frame[0] : deep(depth - 1, frame) + frame[1023 * (depth % 2)];
+}
+__global__ void overflows_its_stack(int *out) { out[threadIdx.x] = deep(100000, nullptr); }
+
+TEST(LaunchDeathTest, StackOverflowIsNamed) {
+    std::vector<int> out(32);
+#if defined(CI_EMU_ASAN)
+    EXPECT_DEATH(CI_LAUNCH(overflows_its_stack, 1, 32, 0, nullptr, out.data()), "stack-overflow");
+#else
+    EXPECT_DEATH(CI_LAUNCH(overflows_its_stack, 1, 32, 0, nullptr, out.data()),
+                 "overflowed its fiber stack");
+#endif
+}
+
 // ---- speed --------------------------------------------------------------------------------------------------
 
 __global__ void barrier_rounds(float *out, int rounds) {

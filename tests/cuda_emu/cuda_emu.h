@@ -45,6 +45,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <signal.h>
 #include <ucontext.h>
 #include <unistd.h>
 
@@ -318,6 +319,9 @@ struct warp_rendezvous {
     const char *file;
     int line;
     lane_operands lane[32];
+    // mma: A and B as floats, decoded by the first lane that reads them after the rendezvous
+    bool decoded;
+    float a[16][16], b[16][8];
 };
 struct warp_state {
     warp_rendezvous buffer[2];
@@ -341,6 +345,7 @@ struct emulator {
     dim3 grid_dim, block_dim;
     uint3 block_idx{0, 0, 0};
     unsigned threads_per_block = 0;
+    bool descending = false; // this block's fibers run from the last thread to the first
     unsigned char *dynamic_shared = nullptr;
     size_t dynamic_shared_bytes = 0;
     void (*run_thread)(void *) = nullptr; // calls the kernel with the launch's arguments
@@ -388,11 +393,15 @@ __attribute__((noinline)) inline void switch_context(context *from, context *to,
 }
 
 // The next fiber after `self` (round-robin) that can run, or null.
+// The order alternates from block to block (ascending in even blocks, descending in odd ones), so
+// that a missing barrier shows up whichever neighbour's data a thread reads: the fiber that runs
+// first reads its neighbour's slot before the neighbour has written it.
 inline fiber *next_ready(fiber *self) {
     const size_t n = g.fibers.size();
-    size_t i = self ? (size_t)(self - g.fibers.data()) : n - 1;
+    size_t i = (size_t)(self - g.fibers.data());
     for (size_t step = 0; step < n; step++) {
-        i = i + 1 == n ? 0 : i + 1;
+        if (g.descending) i = i == 0 ? n - 1 : i - 1;
+        else i = i + 1 == n ? 0 : i + 1;
         if (g.fibers[i].state == fiber_state::ready) return &g.fibers[i];
     }
     return nullptr;
@@ -458,12 +467,13 @@ inline void syncthreads(const char *file, int line) {
 // ---- warp collectives -------------------------------------------------------------------------------
 // Deposits this lane's operands and returns, once all 32 lanes of the warp have arrived at the same
 // kind of collective, the rendezvous holding every lane's operands.
-inline const warp_rendezvous &warp_collective(collective_kind kind, const lane_operands &mine,
-                                              const char *file, int line) {
+inline warp_rendezvous &warp_collective(collective_kind kind, const lane_operands &mine,
+                                        const char *file, int line) {
     fiber *self = current_fiber(collective_name(kind));
     warp_rendezvous &r = g.warps[self->warp].buffer[self->collectives & 1];
     if (r.arrived == 0) {
         r.kind = kind;
+        r.decoded = false;
         r.first_lane = self->lane;
         r.file = file;
         r.line = line;
@@ -542,13 +552,15 @@ inline float mma_element(const warp_rendezvous &r, unsigned lane, unsigned reg, 
     const uint16_t bits = (uint16_t)(r.lane[lane].word[reg] >> (16 * half));
     return bf16 ? float_from_bf16_bits(bits) : float_from_f16_bits(bits);
 }
-inline float mma_a(const warp_rendezvous &r, unsigned row, unsigned k, bool bf16) {
-    const unsigned lane = (row % 8) * 4 + (k % 8) / 2;
-    return mma_element(r, lane, row / 8 + 2 * (k / 8), k % 2, bf16);
-}
-inline float mma_b(const warp_rendezvous &r, unsigned k, unsigned col, bool bf16) {
-    const unsigned lane = col * 4 + (k % 8) / 2;
-    return mma_element(r, lane, 4 + k / 8, k % 2, bf16);
+// Gathers A and B from the 32 lanes' registers (a[0..3] in word[0..3], b[0..1] in word[4..5]).
+inline void mma_decode(warp_rendezvous &r, bool bf16) {
+    for (unsigned row = 0; row < 16; row++)
+        for (unsigned k = 0; k < 16; k++)
+            r.a[row][k] = mma_element(r, (row % 8) * 4 + (k % 8) / 2, row / 8 + 2 * (k / 8), k % 2, bf16);
+    for (unsigned k = 0; k < 16; k++)
+        for (unsigned col = 0; col < 8; col++)
+            r.b[k][col] = mma_element(r, col * 4 + (k % 8) / 2, 4 + k / 8, k % 2, bf16);
+    r.decoded = true;
 }
 
 // D = A·B + C for this lane's four elements of D. Products of two bf16 or two f16 values are exact
@@ -560,13 +572,14 @@ inline void mma_16816(bool bf16, float d[4], const uint32_t a[4], const uint32_t
     for (int i = 0; i < 4; i++) mine.word[i] = a[i];
     mine.word[4] = b[0];
     mine.word[5] = b[1];
-    const warp_rendezvous &r = warp_collective(
+    warp_rendezvous &r = warp_collective(
         bf16 ? collective_kind::mma_bf16 : collective_kind::mma_f16, mine, file, line);
+    if (!r.decoded) mma_decode(r, bf16);
     const unsigned lane = g.current->lane, group = lane / 4, quad = lane % 4;
     for (unsigned i = 0; i < 4; i++) {
         const unsigned row = group + (i >= 2 ? 8 : 0), col = 2 * quad + (i & 1);
         float sum = d[i];
-        for (unsigned k = 0; k < 16; k++) sum += mma_a(r, row, k, bf16) * mma_b(r, k, col, bf16);
+        for (unsigned k = 0; k < 16; k++) sum += r.a[row][k] * r.b[k][col];
         d[i] = sum;
     }
 }
@@ -695,9 +708,64 @@ struct fiber_stacks {
             if (mprotect(base + i * stride, page, PROT_NONE) != 0) fail("mprotect failed");
     }
     ~fiber_stacks() { munmap(base, bytes); }
+    bool in_guard_page(uintptr_t address) const {
+        const uintptr_t start = (uintptr_t)base;
+        return address >= start && address < start + bytes &&
+               (address - start) % stride < stride - fiber_stack_bytes;
+    }
     fiber_stacks(const fiber_stacks &) = delete;
     fiber_stacks &operator=(const fiber_stacks &) = delete;
     unsigned char *stack(size_t i) const { return base + i * stride + (stride - fiber_stack_bytes); }
+};
+
+// A fault in a guard page is a fiber's stack overflow: say so, rather than leave a bare
+// segmentation fault. The handler runs on its own stack (the fiber's is exhausted) and only during
+// a launch; any other fault goes to the previous handler by faulting again. AddressSanitizer has
+// its own handler and report, so under it this is left out.
+struct overflow_guard {
+    const fiber_stacks *stacks;
+    struct sigaction previous;
+    stack_t previous_stack;
+    static inline const fiber_stacks *active = nullptr;
+    static inline struct sigaction *restore = nullptr;
+    alignas(16) static inline unsigned char signal_stack[64 * 1024];
+
+    static void on_fault(int, siginfo_t *info, void *) {
+        if (active && active->in_guard_page((uintptr_t)info->si_addr)) {
+            static const char message[] =
+                "cuda_emu: a CUDA thread overflowed its fiber stack (fiber_stack_bytes in "
+                "tests/cuda_emu/cuda_emu.h): a kernel keeps too much in local arrays\n";
+            ssize_t ignored = write(2, message, sizeof message - 1);
+            (void)ignored;
+            abort();
+        }
+        sigaction(SIGSEGV, restore, nullptr); // not ours: fault again under the previous handler
+    }
+    explicit overflow_guard(const fiber_stacks &s) : stacks(&s) {
+#if !defined(CI_EMU_ASAN)
+        stack_t alternate{};
+        alternate.ss_sp = signal_stack;
+        alternate.ss_size = sizeof signal_stack;
+        sigaltstack(&alternate, &previous_stack);
+        struct sigaction action {};
+        action.sa_sigaction = on_fault;
+        action.sa_flags = SA_SIGINFO | SA_ONSTACK;
+        sigemptyset(&action.sa_mask);
+        sigaction(SIGSEGV, &action, &previous);
+        active = stacks;
+        restore = &previous;
+#endif
+    }
+    ~overflow_guard() {
+#if !defined(CI_EMU_ASAN)
+        sigaction(SIGSEGV, &previous, nullptr);
+        sigaltstack(&previous_stack, nullptr);
+        active = nullptr;
+        restore = nullptr;
+#endif
+    }
+    overflow_guard(const overflow_guard &) = delete;
+    overflow_guard &operator=(const overflow_guard &) = delete;
 };
 
 // Where a block stopped without all its threads finished: says what each waits for, and aborts.
@@ -766,6 +834,7 @@ inline void make_context(context *ctx) {
 inline void run_grid() {
     const unsigned n = g.threads_per_block;
     fiber_stacks stacks(n);
+    overflow_guard guard(stacks);
     g.fibers.assign(n, fiber{});
     g.warps.assign(n / 32, warp_state{});
     for (unsigned i = 0; i < n; i++) {
@@ -792,8 +861,12 @@ inline void run_grid() {
                     f.copies.clear();
                     make_context(&f.ctx);
                 }
-                g.current = &g.fibers[0];
-                switch_context(&g.scheduler, &g.fibers[0].ctx, false);
+                const unsigned long long linear_block =
+                    x + (unsigned long long)g.grid_dim.x * (y + (unsigned long long)g.grid_dim.y * z);
+                g.descending = linear_block % 2 == 1;
+                fiber *first = g.descending ? &g.fibers[n - 1] : &g.fibers[0];
+                g.current = first;
+                switch_context(&g.scheduler, &first->ctx, false);
                 g.current = nullptr;
                 // Back here when no fiber can run: either all finished, or the block is stuck.
                 for (const fiber &f : g.fibers)
