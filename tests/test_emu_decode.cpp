@@ -67,11 +67,9 @@ std::string call_name(const Call &c) {
 // calls sized for n_ctx = 160 with short sequences), the launcher's chunking (64+ keys per chunk,
 // so 150 keys make 3 chunks).
 const std::vector<Call> kCalls = {
-    {{0}, 8, Positions::Eager, 0, 0},
-    {{37}, 45, Positions::Eager, 5, 8},
-    {{150}, 160, Positions::Eager, 0, 0},
-    {{99}, 160, Positions::Device, 13, 8},
-    {{70, 3, 0}, 160, Positions::PerSeq, 11, 16},
+    {{0}, 8, Positions::Eager, 0, 0},          {{37}, 45, Positions::Eager, 5, 8},
+    {{57, 57}, 64, Positions::Eager, 4, 16},   {{150}, 160, Positions::Eager, 0, 0},
+    {{99}, 160, Positions::Device, 13, 8},     {{70, 3, 0}, 160, Positions::PerSeq, 11, 16},
     {{129, 66}, 160, Positions::PerSeq, 0, 0},
 };
 
@@ -306,6 +304,43 @@ TEST(DecodeChunks, CountFollowsShapesAndSpan) {
             }
     // One Llama-3-8B sequence (H = 32, G = 8) at depth 4096: 64 chunks of 64 keys, 512 blocks.
     EXPECT_EQ(attention_decode_chunk_count(1, 32, 4096), 64);
+}
+
+// A recorded call sized for n_ctx = 160 over 10 chunks (of at least 8 keys), with sequences of
+// 101 and 6 keys: the first spreads over all 10 chunks (11 keys each), the second fills chunk 0
+// alone, and its 9 others say so (m = -inf, l = 0) without writing an output, which the reduce
+// then never reads (the workspace starts as NaN, and the output is checked).
+TEST(DecodeChunks, ChunksPastTheLengthAreEmpty) {
+    const int H = 4, G = 2, D = 16, n_ctx = 160, n_chunks = 10;
+    const Call call{{100, 5}, n_ctx, Positions::PerSeq, n_chunks, 8};
+    std::mt19937_64 rng(cinfer_test::fresh_seed());
+    std::vector<float> q = cinfer_test::random_floats(rng, (size_t)2 * H * D);
+    Cache<float> k = make_cache<float>(rng, call, G, D), v = make_cache<float>(rng, call, G, D);
+    const std::vector<float> expected =
+        reference(call, {H, G, D}, q, k.widened, v.widened, {false, 0, 0, 0});
+    std::vector<float> out(expected.size(), NAN);
+    std::vector<float> workspace(attention_decode_partials_bytes(2, H, n_chunks, D) / 4, NAN);
+    attention_params p{};
+    p.q = q.data(), p.k_cache = k.stored.data(), p.v_cache = v.stored.data(), p.out = out.data();
+    p.n_seqs = 2, p.n_tokens = 1, p.n_heads = H, p.n_kv_heads = G, p.head_dim = D, p.n_ctx = n_ctx;
+    p.seq_pos0 = call.pos0.data();
+    p.scale = 1.0f / std::sqrt((float)D);
+    p.workspace = workspace.data(), p.workspace_bytes = workspace.size() * sizeof(float);
+    ASSERT_EQ(attention_decode_launch_chunked<float>(p, nullptr, n_chunks, 8), 0);
+    EXPECT_TRUE(all_close(out, expected, kTolerance));
+    const float *stats = workspace.data(); // [n_seqs, H, n_chunks, (m, l)]
+    for (int h = 0; h < H; h++)
+        for (int c = 0; c < n_chunks; c++) {
+            const float *seq0 = stats + 2 * ((0 * H + h) * n_chunks + c);
+            const float *seq1 = stats + 2 * ((1 * H + h) * n_chunks + c);
+            EXPECT_TRUE(std::isfinite(seq0[0]) && seq0[1] >= 1.0f) << "h=" << h << " c=" << c;
+            if (c == 0) {
+                EXPECT_TRUE(std::isfinite(seq1[0]) && seq1[1] >= 1.0f) << "h=" << h;
+            } else {
+                EXPECT_EQ(seq1[0], -INFINITY) << "h=" << h << " c=" << c;
+                EXPECT_EQ(seq1[1], 0.0f) << "h=" << h << " c=" << c;
+            }
+        }
 }
 
 // Bytes one decode step moves per layer for Llama-3-8B (H = 32, G = 8, D = 128, BF16 cache) at
