@@ -477,8 +477,8 @@ int attention_decode_launch_chunked(const attention_params &p, cudaStream_t stre
                                     int min_chunk_keys) {
     if (p.n_tokens != 1 || !attention_decode_supports(p.head_dim) || p.n_kv_heads < 1 ||
         p.n_heads % p.n_kv_heads != 0 || (p.differential && p.n_heads % 2 != 0) || n_chunks < 1 ||
-        min_chunk_keys < 1 || n_chunks > 65535)
-        return 1;
+        min_chunk_keys < 1 || n_chunks > 65535 || p.n_seqs < 1 || p.n_seqs > 65535)
+        return 1; // n_chunks and n_seqs are grid y and z: at most 65535
     const int out_width = (p.differential ? 2 : 1) * p.head_dim;
     const size_t needed = attention_decode_partials_bytes(p.n_seqs, p.n_heads, n_chunks, out_width);
     if (p.workspace == nullptr || p.workspace_bytes < needed) {
