@@ -24,7 +24,7 @@ uint32_t bits_of(float f) {
     return u;
 }
 
-// ---- launch, indices, barriers --------------------------------------------------------------------
+// ---- launch, indices, barriers ------------------------------------------------------------------
 
 // Every thread records its indices, then passes its value around the block through shared memory:
 // after each round a thread holds what its right neighbour held, so any missing ordering between
@@ -58,7 +58,8 @@ TEST(Emulator, BarriersOrderNeighbourExchange) {
     for (int b = 0; b < blocks; b++)
         for (int t = 0; t < threads; t++) {
             const int i = b * threads + t;
-            EXPECT_EQ(out[i], b * 1000 + (t + rounds) % threads) << "block " << b << " thread " << t;
+            EXPECT_EQ(out[i], b * 1000 + (t + rounds) % threads)
+                << "block " << b << " thread " << t;
             const int *idx = &indices[6 * i];
             EXPECT_EQ(idx[0], t);
             EXPECT_EQ(idx[1], b % 3);
@@ -69,7 +70,7 @@ TEST(Emulator, BarriersOrderNeighbourExchange) {
         }
 }
 
-// ---- shuffles ---------------------------------------------------------------------------------------
+// ---- shuffles -----------------------------------------------------------------------------------
 
 // out[8 per thread]: xor 1, xor 16, idx 7, idx from a per-lane source, down 3, down 2 (width 8),
 // xor 4 as int, up 5 as unsigned.
@@ -103,7 +104,7 @@ TEST(Emulator, ShufflesMatchArithmetic) {
         EXPECT_EQ(o[1], in[warp_base + (lane ^ 16)]);
         EXPECT_EQ(o[2], in[warp_base + 7]);
         EXPECT_EQ(o[3], in[warp_base + (lane * 5 + 3) % 32]);
-        EXPECT_EQ(o[4], in[lane + 3 < 32 ? t + 3 : t]); // past the warp: own value
+        EXPECT_EQ(o[4], in[lane + 3 < 32 ? t + 3 : t]);    // past the warp: own value
         EXPECT_EQ(o[5], in[lane % 8 + 2 < 8 ? t + 2 : t]); // within segments of 8
         EXPECT_EQ(out_int[t], (warp_base + (lane ^ 4)) * 3 - 50);
         EXPECT_EQ(out_unsigned[t], (unsigned)(lane >= 5 ? t - 5 : t) * 7u);
@@ -124,7 +125,7 @@ TEST(Emulator, ButterflyReduction) {
     for (int t = 0; t < 64; t++) EXPECT_EQ(out[t], t < 32 ? 528.0f : 1552.0f);
 }
 
-// ---- 16-bit conversions -------------------------------------------------------------------------------
+// ---- 16-bit conversions -------------------------------------------------------------------------
 
 template <typename T> uint16_t bits16(T h) {
     uint16_t u;
@@ -161,8 +162,10 @@ uint16_t nearest16(float x, int exponent_bits, int mantissa_bits) {
     uint16_t lo = 0, hi = inf;
     while (hi - lo > 1) { // invariant: value(lo) <= a < value(hi) (hi = inf: 2·max - previous)
         const uint16_t mid = (uint16_t)((lo + hi) / 2);
-        if (decode16(mid, exponent_bits, mantissa_bits) <= a) lo = mid;
-        else hi = mid;
+        if (decode16(mid, exponent_bits, mantissa_bits) <= a)
+            lo = mid;
+        else
+            hi = mid;
     }
     const double vlo = decode16(lo, exponent_bits, mantissa_bits);
     const double vhi = hi == inf ? 2 * decode16(inf - 1, exponent_bits, mantissa_bits) -
@@ -177,15 +180,15 @@ uint16_t nearest16(float x, int exponent_bits, int mantissa_bits) {
 TEST(Conversions, TiesAndSpecials) {
     // bf16 keeps 7 fraction bits: 1 + 2^-8 is halfway between 1 and 1 + 2^-7.
     EXPECT_EQ(to_bf16(1.0f + 0x1p-8f), 0x3F80);
-    EXPECT_EQ(to_bf16(1.0f + 3 * 0x1p-8f), 0x3F82); // halfway to the even 1 + 2^-6
+    EXPECT_EQ(to_bf16(1.0f + 3 * 0x1p-8f), 0x3F82);           // halfway to the even 1 + 2^-6
     EXPECT_EQ(to_bf16(-(1.0f + 0x1p-8f + 0x1p-20f)), 0xBF81); // just above the tie
     EXPECT_EQ(to_bf16(3.0e38f), 0x7F62);
     EXPECT_EQ(to_bf16(3.4028235e38f), 0x7F80); // max float rounds to inf
     EXPECT_EQ(to_bf16(INFINITY), 0x7F80);
     EXPECT_EQ(to_bf16(-INFINITY), 0xFF80);
     EXPECT_EQ(to_bf16(-0.0f), 0x8000);
-    EXPECT_EQ(to_bf16(0x1p-133f), 0x0001);            // bf16's smallest subnormal
-    EXPECT_EQ(to_bf16(0x1p-134f), 0x0000);            // its half: a tie, to even zero
+    EXPECT_EQ(to_bf16(0x1p-133f), 0x0001); // bf16's smallest subnormal
+    EXPECT_EQ(to_bf16(0x1p-134f), 0x0000); // its half: a tie, to even zero
     EXPECT_TRUE(std::isnan(__bfloat162float(__float2bfloat16(NAN))));
     float nan_low_payload; // payload only in the bits that bf16 drops: must not become inf
     const uint32_t nan_bits = 0x7F800001u;
@@ -202,10 +205,10 @@ TEST(Conversions, TiesAndSpecials) {
     EXPECT_EQ(to_f16(1e9f), 0x7C00);
     EXPECT_EQ(to_f16(-INFINITY), 0xFC00);
     EXPECT_EQ(to_f16(-0.0f), 0x8000);
-    EXPECT_EQ(to_f16(0x1p-24f), 0x0001);     // smallest subnormal
-    EXPECT_EQ(to_f16(0x1p-25f), 0x0000);     // tie: to even zero
-    EXPECT_EQ(to_f16(3 * 0x1p-25f), 0x0002); // tie between 1 and 2 units: to even 2
-    EXPECT_EQ(to_f16(0x1p-14f), 0x0400);     // smallest normal
+    EXPECT_EQ(to_f16(0x1p-24f), 0x0001);            // smallest subnormal
+    EXPECT_EQ(to_f16(0x1p-25f), 0x0000);            // tie: to even zero
+    EXPECT_EQ(to_f16(3 * 0x1p-25f), 0x0002);        // tie between 1 and 2 units: to even 2
+    EXPECT_EQ(to_f16(0x1p-14f), 0x0400);            // smallest normal
     EXPECT_EQ(to_f16(0x1p-14f - 0x1p-25f), 0x0400); // tie between largest subnormal and it
     EXPECT_TRUE(std::isnan(__half2float(__float2half(NAN))));
     EXPECT_EQ(__half2float(from_bits16<__half>(0x0001)), 0x1p-24f);
@@ -242,7 +245,8 @@ TEST(Conversions, RandomFloatsRoundToNearestEven) {
         uint32_t u = any_bits(rng);
         if (i % 2) { // mostly within the f16 range, with low bits near ties
             u = (u & 0x80001FFFu) | ((0x33000000u + (any_bits(rng) % 0x15000000u)) & 0x7FFFE000u);
-            if (i % 4 == 1) u = (u & ~0x1FFFu) | 0x1000u | (any_bits(rng) % 2); // a tie, or just past
+            if (i % 4 == 1)
+                u = (u & ~0x1FFFu) | 0x1000u | (any_bits(rng) % 2); // a tie, or just past
         }
         float x;
         memcpy(&x, &u, 4);
@@ -252,7 +256,7 @@ TEST(Conversions, RandomFloatsRoundToNearestEven) {
     }
 }
 
-// ---- mma.sync m16n8k16 ---------------------------------------------------------------------------------
+// ---- mma.sync m16n8k16 --------------------------------------------------------------------------
 
 // The fragment layouts of the PTX ISA, "Matrix Fragments for mma.m16n8k16 with floating point
 // type", in its own terms: element i of a lane's fragment, with groupID = lane >> 2 and
@@ -334,7 +338,7 @@ TEST(TensorCores, MmaBf16MatchesMatrixProduct) {
 }
 TEST(TensorCores, MmaF16MatchesMatrixProduct) { check_mma<__half>(__half2float, __float2half); }
 
-// ---- ldmatrix ---------------------------------------------------------------------------------------------
+// ---- ldmatrix -----------------------------------------------------------------------------------
 
 // A shared tile of 32 rows × 8 b16 columns, rows 48 bytes apart (so that rows are not contiguous);
 // lane l passes the address of row rows[l], or null where the instruction ignores the lane.
@@ -363,7 +367,9 @@ template <int Count, bool Trans> void check_ldmatrix() {
     CI_LAUNCH((ldmatrix_kernel<Count, Trans>), 1, 64, 0, nullptr, rows.data(), out.data());
     // Element (r, c) of matrix i is tile[rows[8i + r]][c]; the PTX ISA gives lane l the elements
     // (l / 4, 2·(l % 4)) and (l / 4, 2·(l % 4) + 1), transposed with .trans.
-    auto element = [&](int i, int r, int c) { return (uint16_t)(rows[8 * i + r] * tile_stride + c + 1); };
+    auto element = [&](int i, int r, int c) {
+        return (uint16_t)(rows[8 * i + r] * tile_stride + c + 1);
+    };
     for (int t = 0; t < 64; t++) {
         const int lane = t % 32;
         for (int i = 0; i < 4; i++) {
@@ -423,7 +429,8 @@ TEST(TensorCores, LdmatrixFeedsMma) {
         for (int n = 0; n < 8; n++) {
             double ref = 0, magnitude = 0;
             for (int k = 0; k < 16; k++) {
-                const double p = (double)__bfloat162float(a[m * 16 + k]) * __bfloat162float(b[k * 8 + n]);
+                const double p =
+                    (double)__bfloat162float(a[m * 16 + k]) * __bfloat162float(b[k * 8 + n]);
                 ref += p;
                 magnitude += std::fabs(p);
             }
@@ -431,7 +438,7 @@ TEST(TensorCores, LdmatrixFeedsMma) {
         }
 }
 
-// ---- cp.async and the dynamic shared fill -----------------------------------------------------------------
+// ---- cp.async and the dynamic shared fill -------------------------------------------------------
 
 // Two groups per thread: 16 bytes, then a partial copy (8 bytes, or 0 from a null source, which
 // must not be read). What the thread sees before waiting, after wait<1> and after wait<0> goes to
@@ -521,7 +528,7 @@ TEST(Launch, DynamicSharedAbove48KiBWithOptIn) {
     for (int t = 0; t < 32; t++) EXPECT_EQ(out[t], (uint32_t)(t + 1) % 32);
 }
 
-// ---- what the emulator refuses ---------------------------------------------------------------------------
+// ---- what the emulator refuses ------------------------------------------------------------------
 
 __global__ void does_nothing(int *) {}
 
@@ -561,8 +568,10 @@ __global__ void different_barriers(int *out) {
 }
 __global__ void divergent_shuffles(int *out) {
     int v = threadIdx.x;
-    if (threadIdx.x % 32 < 16) v = __shfl_xor_sync(0xffffffffu, v, 1);
-    else v = __shfl_down_sync(0xffffffffu, v, 1);
+    if (threadIdx.x % 32 < 16)
+        v = __shfl_xor_sync(0xffffffffu, v, 1);
+    else
+        v = __shfl_down_sync(0xffffffffu, v, 1);
     out[threadIdx.x] = v;
 }
 __global__ void half_warp_shuffle(int *out) {
@@ -595,21 +604,54 @@ TEST(LaunchDeathTest, BlocksThatCannotFinish) {
     EXPECT_DEATH(CI_LAUNCH(early_return, 2, 96, 0, nullptr, out.data()),
                  "block \\(1,0,0\\) deadlocks: of 96 threads, 64 returned; 32 wait at "
                  "__syncthreads\\(\\)");
-    EXPECT_DEATH(CI_LAUNCH(different_barriers, 1, 64, 0, nullptr, out.data()),
-                 "the same barriers");
+    EXPECT_DEATH(CI_LAUNCH(different_barriers, 1, 64, 0, nullptr, out.data()), "the same barriers");
     EXPECT_DEATH(CI_LAUNCH(divergent_shuffles, 1, 32, 0, nullptr, out.data()), "warp 0 diverges");
     EXPECT_DEATH(CI_LAUNCH(half_warp_shuffle, 1, 64, 0, nullptr, out.data()),
                  "wait at a warp collective");
     EXPECT_DEATH(CI_LAUNCH(partial_mask, 1, 32, 0, nullptr, out.data()), "only the full mask");
-    EXPECT_DEATH(CI_LAUNCH(forgotten_cp_async, 1, 32, 0, nullptr, out.data()),
-                 "never waited for");
-    EXPECT_DEATH(CI_LAUNCH(misaligned_cp_async, 1, 32, 0, nullptr, out.data()),
-                 "16-byte aligned");
+    EXPECT_DEATH(CI_LAUNCH(forgotten_cp_async, 1, 32, 0, nullptr, out.data()), "never waited for");
+    EXPECT_DEATH(CI_LAUNCH(misaligned_cp_async, 1, 32, 0, nullptr, out.data()), "16-byte aligned");
     EXPECT_DEATH(CI_LAUNCH(misaligned_ldmatrix, 1, 32, 0, nullptr, out.data()),
                  "lane 3's row address .* is not 16-byte aligned");
 }
 
-// ---- speed --------------------------------------------------------------------------------------------------
+// A kernel that forgets the barrier between writing its slot and reading a neighbour's: fibers run
+// in ascending order in even blocks and descending in odd ones, so whichever neighbour is read,
+// some thread reads it before it was written and sees the fill.
+__global__ void missing_barrier(uint32_t *seen, int step) {
+    CI_DYNAMIC_SHARED(uint32_t, slots);
+    const unsigned n = blockDim.x, t = threadIdx.x;
+    slots[t] = t;
+    seen[blockIdx.x * n + t] = slots[(t + n + step) % n]; // a __syncthreads() belongs before this
+}
+
+TEST(Emulator, MissingBarrierShowsInEitherDirection) {
+    for (int step : {1, -1}) {
+        std::vector<uint32_t> seen(2 * 64, 0);
+        CI_LAUNCH(missing_barrier, 2, 64, 64 * 4, nullptr, seen.data(), step);
+        EXPECT_NE(std::count(seen.begin(), seen.end(), 0xFFFFFFFFu), 0) << "step " << step;
+    }
+}
+
+// Deep recursion stands in for a kernel with too much in local arrays.
+__device__ int deep(int depth, volatile char *previous) {
+    volatile char frame[1024];
+    frame[0] = previous ? previous[0] + 1 : 0;
+    return depth == 0 ? frame[0] : deep(depth - 1, frame) + frame[1023 * (depth % 2)];
+}
+__global__ void overflows_its_stack(int *out) { out[threadIdx.x] = deep(100000, nullptr); }
+
+TEST(LaunchDeathTest, StackOverflowIsNamed) {
+    std::vector<int> out(32);
+#if defined(CI_EMU_ASAN)
+    EXPECT_DEATH(CI_LAUNCH(overflows_its_stack, 1, 32, 0, nullptr, out.data()), "stack-overflow");
+#else
+    EXPECT_DEATH(CI_LAUNCH(overflows_its_stack, 1, 32, 0, nullptr, out.data()),
+                 "overflowed its fiber stack");
+#endif
+}
+
+// ---- speed --------------------------------------------------------------------------------------
 
 __global__ void barrier_rounds(float *out, int rounds) {
     __shared__ float slots[128];

@@ -45,6 +45,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <signal.h>
 #include <ucontext.h>
 #include <unistd.h>
 
@@ -64,10 +65,11 @@
 #endif
 #endif
 #if defined(CI_EMU_ASAN)
+#include <sanitizer/asan_interface.h>
 #include <sanitizer/common_interface_defs.h>
 #endif
 
-// ---- qualifiers -----------------------------------------------------------------------------------
+// ---- qualifiers ---------------------------------------------------------------------------------
 #define __global__
 #define __device__
 #define __host__
@@ -78,7 +80,7 @@
 #define __shared__ static
 // __restrict__ is a GNU C++ keyword already.
 
-// ---- built-in types -------------------------------------------------------------------------------
+// ---- built-in types -----------------------------------------------------------------------------
 struct uint3 {
     unsigned x, y, z;
 };
@@ -91,7 +93,7 @@ typedef CUstream_st *cudaStream_t; // opaque, as in CUDA; launches ignore it (th
 
 constexpr int warpSize = 32;
 
-// ---- 16-bit floating-point storage types ----------------------------------------------------------
+// ---- 16-bit floating-point storage types --------------------------------------------------------
 // Plain 2-byte structs (trivially copyable, no conversions): kernels convert through
 // ci_to_float/ci_from_float, which call the functions below.
 struct __nv_bfloat16 {
@@ -125,8 +127,8 @@ inline float float_from_bf16_bits(uint16_t h) { return bits_float((uint32_t)h <<
 
 // float -> f16, round to nearest even, by bit manipulation (no _Float16: clang 14 lacks it on
 // x86-64). Subnormal results are rounded by the FPU itself: adding 0.5f aligns the f16 subnormal
-// grid (steps of 2^-24) with the float's last mantissa bit, and the float addition rounds to nearest
-// even (the default rounding mode; FTZ/DAZ must be off, as they are without -ffast-math).
+// grid (steps of 2^-24) with the float's last mantissa bit, and the float addition rounds to
+// nearest even (the default rounding mode; FTZ/DAZ must be off, as they are without -ffast-math).
 inline uint16_t f16_bits_from_float(float f) {
     uint32_t u = float_bits(f);
     const uint16_t sign = (uint16_t)((u >> 16) & 0x8000u);
@@ -134,7 +136,7 @@ inline uint16_t f16_bits_from_float(float f) {
     if (u >= 0x7F800000u) // inf or NaN (quiet, top payload bits kept)
         return (uint16_t)(sign | (u > 0x7F800000u ? 0x7E00u | ((u >> 13) & 0x3FFu) : 0x7C00u));
     if (u >= 0x47800000u) return (uint16_t)(sign | 0x7C00u); // >= 65536: inf
-    if (u < 0x38800000u) {                                  // below 2^-14: subnormal or zero
+    if (u < 0x38800000u) {                                   // below 2^-14: subnormal or zero
         const float shifted = bits_float(u) + 0.5f;
         return (uint16_t)(sign | (uint16_t)(float_bits(shifted) - float_bits(0.5f)));
     }
@@ -161,11 +163,11 @@ inline __half __float2half(float f) { return {ci_emu::f16_bits_from_float(f)}; }
 inline __half __float2half_rn(float f) { return __float2half(f); }
 inline float __half2float(__half h) { return ci_emu::float_from_f16_bits(h.__x); }
 
-// ---- math beyond <cmath> --------------------------------------------------------------------------
+// ---- math beyond <cmath> ------------------------------------------------------------------------
 inline float rsqrtf(float x) { return 1.0f / sqrtf(x); }
 inline float __expf(float x) { return expf(x); }
 
-// ---- the emulator ---------------------------------------------------------------------------------
+// ---- the emulator -------------------------------------------------------------------------------
 namespace ci_emu {
 
 [[noreturn]] __attribute__((format(printf, 1, 2))) inline void fail(const char *format, ...) {
@@ -190,7 +192,7 @@ constexpr size_t max_dynamic_shared = 232448;              // 227 KiB, with the 
 // Fiber stacks: kernels keep their "registers" (fragments, accumulators) on them. AddressSanitizer
 // surrounds every local with redzones, so it needs more.
 #if defined(CI_EMU_ASAN)
-constexpr size_t fiber_stack_bytes = 512 * 1024;
+constexpr size_t fiber_stack_bytes = 256 * 1024;
 #else
 constexpr size_t fiber_stack_bytes = 64 * 1024;
 #endif
@@ -302,7 +304,7 @@ struct fiber {
 
 // What one lane brings to a warp collective.
 struct lane_operands {
-    uint32_t word[6]; // shuffle: word[0]; mma: a[0..3] then b[0..1]
+    uint32_t word[6];    // shuffle: word[0]; mma: a[0..3] then b[0..1]
     const void *address; // ldmatrix: this lane's row
     int param;           // shuffle: source lane, xor mask or delta
 };
@@ -317,6 +319,9 @@ struct warp_rendezvous {
     const char *file;
     int line;
     lane_operands lane[32];
+    // mma: A and B as floats, decoded by the first lane that reads them after the rendezvous
+    bool decoded;
+    float a[16][16], b[16][8];
 };
 struct warp_state {
     warp_rendezvous buffer[2];
@@ -340,6 +345,7 @@ struct emulator {
     dim3 grid_dim, block_dim;
     uint3 block_idx{0, 0, 0};
     unsigned threads_per_block = 0;
+    bool descending = false; // this block's fibers run from the last thread to the first
     unsigned char *dynamic_shared = nullptr;
     size_t dynamic_shared_bytes = 0;
     void (*run_thread)(void *) = nullptr; // calls the kernel with the launch's arguments
@@ -353,7 +359,7 @@ inline fiber *current_fiber(const char *what) {
     return g.current;
 }
 
-// ---- switching between fibers ----------------------------------------------------------------------
+// ---- switching between fibers -------------------------------------------------------------------
 // Every switch tells AddressSanitizer which stack execution moves to (start_switch_fiber) and, once
 // back, where it came from (finish_switch_fiber), so that it neither reports false stack overflows
 // nor misses real ones; a finished fiber passes a null fake stack, as its frames are gone.
@@ -387,11 +393,17 @@ __attribute__((noinline)) inline void switch_context(context *from, context *to,
 }
 
 // The next fiber after `self` (round-robin) that can run, or null.
+// The order alternates from block to block (ascending in even blocks, descending in odd ones), so
+// that a missing barrier shows up whichever neighbour's data a thread reads: the fiber that runs
+// first reads its neighbour's slot before the neighbour has written it.
 inline fiber *next_ready(fiber *self) {
     const size_t n = g.fibers.size();
-    size_t i = self ? (size_t)(self - g.fibers.data()) : n - 1;
+    size_t i = (size_t)(self - g.fibers.data());
     for (size_t step = 0; step < n; step++) {
-        i = i + 1 == n ? 0 : i + 1;
+        if (g.descending)
+            i = i == 0 ? n - 1 : i - 1;
+        else
+            i = i + 1 == n ? 0 : i + 1;
         if (g.fibers[i].state == fiber_state::ready) return &g.fibers[i];
     }
     return nullptr;
@@ -427,7 +439,7 @@ inline void fiber_main() {
     thread_exit(g.current);
 }
 
-// ---- the block-wide barrier -------------------------------------------------------------------------
+// ---- the block-wide barrier ---------------------------------------------------------------------
 inline void syncthreads(const char *file, int line) {
     fiber *self = current_fiber("__syncthreads");
     if (g.barrier_arrived == 0) {
@@ -454,15 +466,16 @@ inline void syncthreads(const char *file, int line) {
     switch_away(self);
 }
 
-// ---- warp collectives -------------------------------------------------------------------------------
+// ---- warp collectives ---------------------------------------------------------------------------
 // Deposits this lane's operands and returns, once all 32 lanes of the warp have arrived at the same
 // kind of collective, the rendezvous holding every lane's operands.
-inline const warp_rendezvous &warp_collective(collective_kind kind, const lane_operands &mine,
-                                              const char *file, int line) {
+inline warp_rendezvous &warp_collective(collective_kind kind, const lane_operands &mine,
+                                        const char *file, int line) {
     fiber *self = current_fiber(collective_name(kind));
     warp_rendezvous &r = g.warps[self->warp].buffer[self->collectives & 1];
     if (r.arrived == 0) {
         r.kind = kind;
+        r.decoded = false;
         r.first_lane = self->lane;
         r.file = file;
         r.line = line;
@@ -491,8 +504,8 @@ inline const warp_rendezvous &warp_collective(collective_kind kind, const lane_o
 }
 
 template <typename T>
-inline T shuffle(collective_kind kind, unsigned mask, T var, int param, int width,
-                 const char *file, int line) {
+inline T shuffle(collective_kind kind, unsigned mask, T var, int param, int width, const char *file,
+                 int line) {
     static_assert(sizeof(T) == 4 && std::is_trivially_copyable<T>::value, "32-bit shuffles only");
     if (mask != 0xFFFFFFFFu)
         fail("%s at %s:%d with mask 0x%08x: only the full mask 0xffffffff is supported (all 32 "
@@ -510,7 +523,9 @@ inline T shuffle(collective_kind kind, unsigned mask, T var, int param, int widt
     const unsigned in_segment = lane - segment;
     unsigned source = lane; // out of range: a lane gets its own value back (CUDA's definition)
     switch (kind) {
-    case collective_kind::shfl_idx: source = segment + ((unsigned)param & (unsigned)(width - 1)); break;
+    case collective_kind::shfl_idx:
+        source = segment + ((unsigned)param & (unsigned)(width - 1));
+        break;
     case collective_kind::shfl_xor:
         if ((lane ^ (unsigned)param) < segment + (unsigned)width) source = lane ^ (unsigned)param;
         break;
@@ -527,7 +542,7 @@ inline T shuffle(collective_kind kind, unsigned mask, T var, int param, int widt
     return out;
 }
 
-// ---- mma.sync.aligned.m16n8k16.row.col.f32.{bf16,f16}.{bf16,f16}.f32 ------------------------------
+// ---- mma.sync.aligned.m16n8k16.row.col.f32.{bf16,f16}.{bf16,f16}.f32 ----------------------------
 // Fragment layouts from the PTX ISA ("Matrix Fragments for mma.m16n8k16 with floating point type"),
 // with groupID = lane / 4 and threadID_in_group = lane % 4, two 16-bit elements per register, the
 // lower index in the low half:
@@ -541,13 +556,16 @@ inline float mma_element(const warp_rendezvous &r, unsigned lane, unsigned reg, 
     const uint16_t bits = (uint16_t)(r.lane[lane].word[reg] >> (16 * half));
     return bf16 ? float_from_bf16_bits(bits) : float_from_f16_bits(bits);
 }
-inline float mma_a(const warp_rendezvous &r, unsigned row, unsigned k, bool bf16) {
-    const unsigned lane = (row % 8) * 4 + (k % 8) / 2;
-    return mma_element(r, lane, row / 8 + 2 * (k / 8), k % 2, bf16);
-}
-inline float mma_b(const warp_rendezvous &r, unsigned k, unsigned col, bool bf16) {
-    const unsigned lane = col * 4 + (k % 8) / 2;
-    return mma_element(r, lane, 4 + k / 8, k % 2, bf16);
+// Gathers A and B from the 32 lanes' registers (a[0..3] in word[0..3], b[0..1] in word[4..5]).
+inline void mma_decode(warp_rendezvous &r, bool bf16) {
+    for (unsigned row = 0; row < 16; row++)
+        for (unsigned k = 0; k < 16; k++)
+            r.a[row][k] =
+                mma_element(r, (row % 8) * 4 + (k % 8) / 2, row / 8 + 2 * (k / 8), k % 2, bf16);
+    for (unsigned k = 0; k < 16; k++)
+        for (unsigned col = 0; col < 8; col++)
+            r.b[k][col] = mma_element(r, col * 4 + (k % 8) / 2, 4 + k / 8, k % 2, bf16);
+    r.decoded = true;
 }
 
 // D = A·B + C for this lane's four elements of D. Products of two bf16 or two f16 values are exact
@@ -559,18 +577,19 @@ inline void mma_16816(bool bf16, float d[4], const uint32_t a[4], const uint32_t
     for (int i = 0; i < 4; i++) mine.word[i] = a[i];
     mine.word[4] = b[0];
     mine.word[5] = b[1];
-    const warp_rendezvous &r = warp_collective(
+    warp_rendezvous &r = warp_collective(
         bf16 ? collective_kind::mma_bf16 : collective_kind::mma_f16, mine, file, line);
+    if (!r.decoded) mma_decode(r, bf16);
     const unsigned lane = g.current->lane, group = lane / 4, quad = lane % 4;
     for (unsigned i = 0; i < 4; i++) {
         const unsigned row = group + (i >= 2 ? 8 : 0), col = 2 * quad + (i & 1);
         float sum = d[i];
-        for (unsigned k = 0; k < 16; k++) sum += mma_a(r, row, k, bf16) * mma_b(r, k, col, bf16);
+        for (unsigned k = 0; k < 16; k++) sum += r.a[row][k] * r.b[k][col];
         d[i] = sum;
     }
 }
 
-// ---- ldmatrix.sync.aligned.m8n8.x{1,2,4}{,.trans}.shared.b16 ---------------------------------------
+// ---- ldmatrix.sync.aligned.m8n8.x{1,2,4}{,.trans}.shared.b16 ------------------------------------
 // Matrix i is given by the row addresses of lanes 8i .. 8i+7 (16 bytes per row); lane l receives in
 // register i the elements (l / 4, 2·(l % 4)) and (l / 4, 2·(l % 4) + 1) of matrix i, or with .trans
 // the elements (2·(l % 4), l / 4) and (2·(l % 4) + 1, l / 4).
@@ -610,7 +629,7 @@ inline void ldmatrix(unsigned count, bool trans, uint32_t *out, const void *row_
     }
 }
 
-// ---- cp.async -----------------------------------------------------------------------------------------
+// ---- cp.async -----------------------------------------------------------------------------------
 inline void cp_async_16(void *dst, const void *src, int src_bytes, const char *file, int line) {
     fiber *self = current_fiber("ci_cp_async_16");
     if (src_bytes < 0 || src_bytes > 16)
@@ -639,7 +658,7 @@ inline void cp_async_wait(unsigned pending_allowed) {
     self->copies.resize(kept);
 }
 
-// ---- launches ---------------------------------------------------------------------------------------
+// ---- launches -----------------------------------------------------------------------------------
 template <typename Kernel> inline const void *kernel_key(Kernel kernel) {
     return reinterpret_cast<const void *>(kernel);
 }
@@ -694,9 +713,66 @@ struct fiber_stacks {
             if (mprotect(base + i * stride, page, PROT_NONE) != 0) fail("mprotect failed");
     }
     ~fiber_stacks() { munmap(base, bytes); }
+    bool in_guard_page(uintptr_t address) const {
+        const uintptr_t start = (uintptr_t)base;
+        return address >= start && address < start + bytes &&
+               (address - start) % stride < stride - fiber_stack_bytes;
+    }
     fiber_stacks(const fiber_stacks &) = delete;
     fiber_stacks &operator=(const fiber_stacks &) = delete;
-    unsigned char *stack(size_t i) const { return base + i * stride + (stride - fiber_stack_bytes); }
+    unsigned char *stack(size_t i) const {
+        return base + i * stride + (stride - fiber_stack_bytes);
+    }
+};
+
+// A fault in a guard page is a fiber's stack overflow: say so, rather than leave a bare
+// segmentation fault. The handler runs on its own stack (the fiber's is exhausted) and only during
+// a launch; any other fault goes to the previous handler by faulting again. AddressSanitizer has
+// its own handler and report, so under it this is left out.
+struct overflow_guard {
+    const fiber_stacks *stacks;
+    struct sigaction previous;
+    stack_t previous_stack;
+    static inline const fiber_stacks *active = nullptr;
+    static inline struct sigaction *restore = nullptr;
+    alignas(16) static inline unsigned char signal_stack[64 * 1024];
+
+    static void on_fault(int, siginfo_t *info, void *) {
+        if (active && active->in_guard_page((uintptr_t)info->si_addr)) {
+            static const char message[] =
+                "cuda_emu: a CUDA thread overflowed its fiber stack (fiber_stack_bytes in "
+                "tests/cuda_emu/cuda_emu.h): a kernel keeps too much in local arrays\n";
+            ssize_t ignored = write(2, message, sizeof message - 1);
+            (void)ignored;
+            abort();
+        }
+        sigaction(SIGSEGV, restore, nullptr); // not ours: fault again under the previous handler
+    }
+    explicit overflow_guard(const fiber_stacks &s) : stacks(&s) {
+#if !defined(CI_EMU_ASAN)
+        stack_t alternate{};
+        alternate.ss_sp = signal_stack;
+        alternate.ss_size = sizeof signal_stack;
+        sigaltstack(&alternate, &previous_stack);
+        struct sigaction action {};
+        action.sa_sigaction = on_fault;
+        action.sa_flags = SA_SIGINFO | SA_ONSTACK;
+        sigemptyset(&action.sa_mask);
+        sigaction(SIGSEGV, &action, &previous);
+        active = stacks;
+        restore = &previous;
+#endif
+    }
+    ~overflow_guard() {
+#if !defined(CI_EMU_ASAN)
+        sigaction(SIGSEGV, &previous, nullptr);
+        sigaltstack(&previous_stack, nullptr);
+        active = nullptr;
+        restore = nullptr;
+#endif
+    }
+    overflow_guard(const overflow_guard &) = delete;
+    overflow_guard &operator=(const overflow_guard &) = delete;
 };
 
 // Where a block stopped without all its threads finished: says what each waits for, and aborts.
@@ -728,12 +804,17 @@ struct fiber_stacks {
     fail("kernel '%s' block (%u,%u,%u) deadlocks: of %u threads, %u returned%s%s. A barrier or "
          "warp collective must be reached by every thread of the block or warp: no early return "
          "by only some threads before a __syncthreads()",
-         g.kernel_name, g.block_idx.x, g.block_idx.y, g.block_idx.z, g.threads_per_block,
-         finished, barrier_text, collective_text);
+         g.kernel_name, g.block_idx.x, g.block_idx.y, g.block_idx.z, g.threads_per_block, finished,
+         barrier_text, collective_text);
 }
 
 // Prepares a fiber's context to start in fiber_main on its (empty) stack.
 inline void make_context(context *ctx) {
+#if defined(CI_EMU_ASAN)
+    // A finished fiber's last frames (thread_exit, switch_away) never return, so their redzones
+    // stay poisoned; the next block's fiber on this stack must not trip over them.
+    ASAN_UNPOISON_MEMORY_REGION(ctx->stack_bottom, ctx->stack_size);
+#endif
 #if defined(CI_EMU_STACK_SWITCH)
     // What switch_stack pops, from the lowest address: MXCSR and x87 control word, six registers,
     // the address `ret` jumps to, and a null return address for fiber_main, which leaves the stack
@@ -760,6 +841,7 @@ inline void make_context(context *ctx) {
 inline void run_grid() {
     const unsigned n = g.threads_per_block;
     fiber_stacks stacks(n);
+    overflow_guard guard(stacks);
     g.fibers.assign(n, fiber{});
     g.warps.assign(n / 32, warp_state{});
     for (unsigned i = 0; i < n; i++) {
@@ -786,8 +868,13 @@ inline void run_grid() {
                     f.copies.clear();
                     make_context(&f.ctx);
                 }
-                g.current = &g.fibers[0];
-                switch_context(&g.scheduler, &g.fibers[0].ctx, false);
+                const unsigned long long linear_block =
+                    x +
+                    (unsigned long long)g.grid_dim.x * (y + (unsigned long long)g.grid_dim.y * z);
+                g.descending = linear_block % 2 == 1;
+                fiber *first = g.descending ? &g.fibers[n - 1] : &g.fibers[0];
+                g.current = first;
+                switch_context(&g.scheduler, &first->ctx, false);
                 g.current = nullptr;
                 // Back here when no fiber can run: either all finished, or the block is stuck.
                 for (const fiber &f : g.fibers)
@@ -817,8 +904,8 @@ void launch(const char *name, const char *file, int line, void (*kernel)(Params.
     g.launch_file = file;
     g.launch_line = line;
     check_launch(kernel_key(kernel), grid, block, shared_bytes);
-    kernel_call<Params...> call{kernel, std::tuple<std::decay_t<Params>...>(
-                                            std::forward<Args>(args)...)};
+    kernel_call<Params...> call{kernel,
+                                std::tuple<std::decay_t<Params>...>(std::forward<Args>(args)...)};
     g.run_thread = &kernel_call<Params...>::run;
     g.run_thread_arg = &call;
     g.grid_dim = grid;
@@ -843,7 +930,7 @@ inline unsigned char *dynamic_shared() {
 
 } // namespace ci_emu
 
-// ---- the kernel vocabulary (kernels/cuda/kernel_api.cuh) ----------------------------------------------
+// ---- the kernel vocabulary (kernels/cuda/kernel_api.cuh) ----------------------------------------
 #define threadIdx (static_cast<const uint3 &>(::ci_emu::current_fiber("threadIdx")->thread_idx))
 #define blockIdx (static_cast<const uint3 &>(::ci_emu::g.block_idx))
 #define blockDim (static_cast<const dim3 &>(::ci_emu::g.block_dim))
@@ -861,22 +948,22 @@ inline void __syncwarp(unsigned mask = 0xFFFFFFFFu, const char *file = __builtin
 #define CI_EMU_SHUFFLES(T)                                                                         \
     inline T __shfl_sync(unsigned mask, T var, int src_lane, int width = warpSize,                 \
                          const char *file = __builtin_FILE(), int line = __builtin_LINE()) {       \
-        return ci_emu::shuffle(ci_emu::collective_kind::shfl_idx, mask, var, src_lane, width,     \
+        return ci_emu::shuffle(ci_emu::collective_kind::shfl_idx, mask, var, src_lane, width,      \
                                file, line);                                                        \
     }                                                                                              \
     inline T __shfl_xor_sync(unsigned mask, T var, int lane_mask, int width = warpSize,            \
                              const char *file = __builtin_FILE(), int line = __builtin_LINE()) {   \
-        return ci_emu::shuffle(ci_emu::collective_kind::shfl_xor, mask, var, lane_mask, width,    \
+        return ci_emu::shuffle(ci_emu::collective_kind::shfl_xor, mask, var, lane_mask, width,     \
                                file, line);                                                        \
     }                                                                                              \
     inline T __shfl_down_sync(unsigned mask, T var, unsigned delta, int width = warpSize,          \
                               const char *file = __builtin_FILE(), int line = __builtin_LINE()) {  \
-        return ci_emu::shuffle(ci_emu::collective_kind::shfl_down, mask, var, (int)delta, width,  \
+        return ci_emu::shuffle(ci_emu::collective_kind::shfl_down, mask, var, (int)delta, width,   \
                                file, line);                                                        \
     }                                                                                              \
     inline T __shfl_up_sync(unsigned mask, T var, unsigned delta, int width = warpSize,            \
                             const char *file = __builtin_FILE(), int line = __builtin_LINE()) {    \
-        return ci_emu::shuffle(ci_emu::collective_kind::shfl_up, mask, var, (int)delta, width,    \
+        return ci_emu::shuffle(ci_emu::collective_kind::shfl_up, mask, var, (int)delta, width,     \
                                file, line);                                                        \
     }
 CI_EMU_SHUFFLES(float)
@@ -884,7 +971,8 @@ CI_EMU_SHUFFLES(int)
 CI_EMU_SHUFFLES(unsigned)
 #undef CI_EMU_SHUFFLES
 
-#define CI_DYNAMIC_SHARED(type, name) type *name = reinterpret_cast<type *>(::ci_emu::dynamic_shared())
+#define CI_DYNAMIC_SHARED(type, name)                                                              \
+    type *name = reinterpret_cast<type *>(::ci_emu::dynamic_shared())
 
 // Runs the kernel over the whole grid before returning; grid and block are dim3 or integers.
 #define CI_LAUNCH(kernel, grid, block, shared_bytes, stream, ...)                                  \
@@ -900,7 +988,7 @@ template <typename Kernel> inline void ci_allow_dynamic_shared(Kernel kernel, si
     ci_emu::g.dynamic_shared_allowed[ci_emu::kernel_key(kernel)] = bytes;
 }
 
-// ---- tensor cores and cp.async (kernels/cuda/tensor_core.cuh declares these for nvcc) -------------
+// ---- tensor cores and cp.async (kernels/cuda/tensor_core.cuh declares these for nvcc) -----------
 template <typename T>
 inline void ci_mma_16816(float d[4], const uint32_t a[4], const uint32_t b[2],
                          const char *file = __builtin_FILE(), int line = __builtin_LINE()) {
@@ -928,7 +1016,9 @@ inline void ci_cp_async_16(void *shared_dst, const void *global_src, int src_byt
                            const char *file = __builtin_FILE(), int line = __builtin_LINE()) {
     ci_emu::cp_async_16(shared_dst, global_src, src_bytes, file, line);
 }
-inline void ci_cp_async_commit() { ci_emu::current_fiber("ci_cp_async_commit")->groups_committed++; }
+inline void ci_cp_async_commit() {
+    ci_emu::current_fiber("ci_cp_async_commit")->groups_committed++;
+}
 template <int N> inline void ci_cp_async_wait() {
     static_assert(N >= 0, "ci_cp_async_wait<N>: N is a count of groups");
     ci_emu::cp_async_wait((unsigned)N);
