@@ -615,6 +615,28 @@ TEST(LaunchDeathTest, BlocksThatCannotFinish) {
                  "lane 3's row address .* is not 16-byte aligned");
 }
 
+// The compiler must not carry a shared value it loaded before a barrier past it: the fiber switch
+// inside __syncthreads is where other threads write. (An early version let GCC's interprocedural
+// analysis see through the stack switch, and it reused the stale load.)
+__global__ void reload_after_barrier(int *out, int *early) {
+    __shared__ int slots[64];
+    const unsigned t = threadIdx.x, next = (t + 1) % 64;
+    slots[t] = -1;
+    __syncthreads();
+    early[t] = slots[next]; // -1, or the neighbour's value if it already ran
+    slots[t] = (int)t + 100;
+    __syncthreads();
+    out[t] = slots[next];
+}
+
+TEST(Emulator, SharedValuesAreReloadedAfterBarriers) {
+    std::vector<int> out(64), early(64);
+    for (int blocks : {1, 2}) {
+        CI_LAUNCH(reload_after_barrier, blocks, 64, 0, nullptr, out.data(), early.data());
+        for (int t = 0; t < 64; t++) EXPECT_EQ(out[t], (t + 1) % 64 + 100) << "thread " << t;
+    }
+}
+
 // A kernel that forgets the barrier between writing its slot and reading a neighbour's: fibers run
 // in ascending order in even blocks and descending in odd ones, so whichever neighbour is read,
 // some thread reads it before it was written and sees the fill.

@@ -385,7 +385,13 @@ __attribute__((noinline)) inline void switch_context(context *from, context *to,
     (void)from_finished;
 #endif
 #if defined(CI_EMU_STACK_SWITCH)
+    // The compiler must treat the switch as reading and writing all memory: other fibers run
+    // inside it. The naked switch_stack cannot say so itself (no extended asm there), and GCC's
+    // interprocedural analysis (modref) would otherwise conclude it touches nothing and carry
+    // loads of shared memory across __syncthreads().
+    __asm__ volatile("" ::: "memory");
     switch_stack(&from->sp, to->sp);
+    __asm__ volatile("" ::: "memory");
 #else
     if (swapcontext(&from->uc, &to->uc) != 0) fail("swapcontext failed");
 #endif
