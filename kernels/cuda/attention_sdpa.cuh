@@ -10,8 +10,9 @@
 // accumulator; a key's dot product is a shuffle reduction over the `lanes_per_key` lanes that
 // share it, and the `key_groups` = 32 / lanes_per_key groups of a warp take interleaved keys, each
 // with its own online-softmax state (running max m, running sum l, rescaled accumulator), merged
-// by shuffles at the end. Scores, probabilities and softmax state live in registers only: the
-// kernel uses no shared memory, and its only global write is the output row (see "Global writes").
+// by shuffles at the end. When a block has rows for fewer than SDPA_MAX_WARPS warps (decode:
+// g query heads of one token), the spare warps split the keys of the same rows, and their final
+// states meet in shared memory, where one warp folds them together (one __syncthreads).
 //
 // The math is MODEL_MATH.md's and kernels/cpu/attention.c's, in F32:
 //   standard      O_h = softmax(Q_h K_kv(h)ᵀ / sqrt(D) + M) V_kv(h)
@@ -20,12 +21,24 @@
 //                 state and both weight the same 2·D-wide values; the epilogue runs in registers.
 // Scores carry log2(e) folded into the scale so that the exponentials are exp2f.
 //
-// Global writes: out[seq, t, h, 0:D] (standard) or out[seq, t, 2pD : 2(p+1)D] (differential),
-// once per row, by the lanes of key group 0; nothing else. Global reads: q (once per row), the
-// K/V rows [0, min(pos0(b) + t, n_ctx − 1)] of the row's KV head(s), and the position (pos0 or
-// seq_pos0) — never a cache row past a sequence's current length, so a recorded call (the
-// position in device memory) needs no host-side length: the key loop ends where the position
-// read on the device says.
+// State per block: registers, plus split_states in shared memory (per key split after the first:
+// m, l and the accumulators of one warp's rows, ≤ 13.5 KiB). No score or probability is ever
+// stored anywhere: a step's C scores per row live in registers and are gone after the step.
+// Global writes, the only ones: out[seq, t, h, 0:D] (standard) or out[seq, t, 2pD : 2(p+1)D]
+// (differential), each element once, by the lanes of key group 0 of key split 0.
+// Global reads: q (each row once), the position (pos0.device or seq_pos0[seq]), and the K/V rows
+// [0, min(pos0(b) + t, n_ctx − 1)] of the row's KV head(s), never a row past the sequence's
+// current length; so a recorded call (position in device memory) needs no host-side length: the
+// key loop ends where the position read on the device says.
+//
+// Traffic per call (bytes, s = sizeof(T), K+V of NH = 1 or 2 KV heads per row set):
+//   q: n_seqs·n_tokens·H·D·4 read once; out: the same, written once.
+//   K/V, unique (what DRAM must deliver at least): n_seqs·G·(pos0 + n_tokens)·2·D·s.
+//   K/V, requested from L1/L2: Σ over row sets (U rows, one warp or its key splits) of
+//   keys(row set)·NH·2·D·s, keys = the row set's last visible key + 1. Decode (n_tokens = 1,
+//   g ≤ units): exactly the unique bytes. Prefill of T tokens: about (H/units)·T·(pos0 + T/2)·
+//   2·D·s per sequence (differential: (P/units)·2·…), of which the warps of one block mostly
+//   hit L1 for one another, since they walk the same keys at about the same time.
 #ifndef CINFER_ATTENTION_SDPA_CUH
 #define CINFER_ATTENTION_SDPA_CUH
 
@@ -62,9 +75,24 @@ template <int width> __device__ __forceinline__ float sdpa_group_sum(float x) {
     return x;
 }
 
+// Two online-softmax states with maxima m_a and m_b, brought to their common maximum m: the state
+// of both is (l_a·scale_a + l_b·scale_b, acc_a·scale_a + acc_b·scale_b). While neither has seen a
+// visible key both maxima are −inf; measuring from 0 then keeps the scales 0 instead of NaN.
+__device__ __forceinline__ void sdpa_merge_scales(float m_a, float m_b, float &m, float &scale_a,
+                                                  float &scale_b) {
+    m = fmaxf(m_a, m_b);
+    const float m_ref = m == -INFINITY ? 0.0f : m;
+    scale_a = exp2f(m_a - m_ref);
+    scale_b = exp2f(m_b - m_ref);
+}
+
+// row_warps: warps that take distinct rows; the block's other warps split the keys of the same
+// rows (key_splits = warps / row_warps, > 1 only when the block has rows for fewer than
+// SDPA_MAX_WARPS warps, as in decode) and merge their states through shared memory at the end.
 template <typename T, int D_MAX, bool DIFF>
 __global__ void __launch_bounds__(SDPA_MAX_WARPS * 32)
-    attention_sdpa_kernel(const attention_params p, int query_tile, int heads_per_block) {
+    attention_sdpa_kernel(const attention_params p, int query_tile, int heads_per_block,
+                          int row_warps) {
     using cfg = sdpa_config<D_MAX, DIFF>;
     constexpr int E = cfg::elems, L = cfg::lanes_per_key, KG = cfg::key_groups;
     constexpr int NH = cfg::heads, U = cfg::units, C = cfg::keys_per_step;
@@ -73,8 +101,14 @@ __global__ void __launch_bounds__(SDPA_MAX_WARPS * 32)
     const int n_pairs = H / 2; // differential: head p pairs with p + n_pairs
     const int seq = blockIdx.z;
     const int first_head = blockIdx.y * heads_per_block; // standard: a head; differential: a pair
-    const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, n_warps = blockDim.x / 32;
+    const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
     const int key_group = lane / L, lane_in_key = lane % L;
+    const int key_splits = blockDim.x / 32 / row_warps;
+    const int row_warp = warp % row_warps, key_split = warp / row_warps;
+
+    // Key splits 1.. hand their states to split 0 here: [key_split − 1][row_warp], per lane.
+    constexpr int STATE_FLOATS = U * NH * (2 + NH * E);
+    __shared__ float split_states[SDPA_MAX_WARPS - 1][STATE_FLOATS][32];
 
     // The KV heads every row of this block reads: the host groups rows so that they agree.
     int kv_head[NH];
@@ -92,8 +126,10 @@ __global__ void __launch_bounds__(SDPA_MAX_WARPS * 32)
     const int block_rows = query_tile * heads_per_block;
     const int first_token = blockIdx.x * query_tile;
 
-    // Warps take U rows at a time; no barrier anywhere, so a warp that runs out of rows just stops.
-    for (int first_row = warp * U; first_row < block_rows; first_row += n_warps * U) {
+    // Warps take U rows at a time. With key_splits = 1 there is no barrier, so a warp that runs
+    // out of rows just stops; with key_splits > 1 the host gave every warp exactly one row set,
+    // so that all threads reach the one __syncthreads below.
+    for (int first_row = row_warp * U; first_row < block_rows; first_row += row_warps * U) {
         int token[U], head[U], last_key[U]; // last_key −1: padding, sees nothing, writes nothing
         int warp_keys = 0;                  // keys any row of this warp sees (warp-uniform)
 #pragma unroll
@@ -140,7 +176,7 @@ __global__ void __launch_bounds__(SDPA_MAX_WARPS * 32)
                     for (int e = 0; e < E; e++) acc[u][i][j][e] = 0.0f;
             }
 
-        for (int base = 0; base < warp_keys; base += KG * C) {
+        for (int base = key_split * KG * C; base < warp_keys; base += key_splits * KG * C) {
             // Load C keys per key group, interleaved so that the groups read adjacent rows. Rows
             // past warp_keys are never read (they may lie past the sequence or the cache).
             float k[C][NH][E], v[C][NH][E];
@@ -214,10 +250,8 @@ __global__ void __launch_bounds__(SDPA_MAX_WARPS * 32)
                 for (int i = 0; i < NH; i++) {
                     const float m_other = __shfl_xor_sync(0xffffffffu, m[u][i], offset);
                     const float l_other = __shfl_xor_sync(0xffffffffu, l[u][i], offset);
-                    const float m_new = fmaxf(m[u][i], m_other);
-                    const float m_ref = m_new == -INFINITY ? 0.0f : m_new;
-                    const float mine = exp2f(m[u][i] - m_ref), theirs = exp2f(m_other - m_ref);
-                    m[u][i] = m_new;
+                    float mine, theirs;
+                    sdpa_merge_scales(m[u][i], m_other, m[u][i], mine, theirs);
                     l[u][i] = l[u][i] * mine + l_other * theirs;
 #pragma unroll
                     for (int j = 0; j < NH; j++)
@@ -229,8 +263,48 @@ __global__ void __launch_bounds__(SDPA_MAX_WARPS * 32)
                         }
                 }
 
-                // Epilogue: normalize by l (never 0 for a real row, which sees at least its own
-                // key; the guard keeps padding rows finite) and write each row once.
+        // Merge the key splits: splits 1.. store their states, split 0 folds them into its own.
+        if (key_splits > 1) {
+            if (key_split > 0) {
+                float(*state)[32] = split_states[(key_split - 1) * row_warps + row_warp];
+                int at = 0;
+#pragma unroll
+                for (int u = 0; u < U; u++)
+#pragma unroll
+                    for (int i = 0; i < NH; i++) {
+                        state[at++][lane] = m[u][i];
+                        state[at++][lane] = l[u][i];
+#pragma unroll
+                        for (int j = 0; j < NH; j++)
+#pragma unroll
+                            for (int e = 0; e < E; e++) state[at++][lane] = acc[u][i][j][e];
+                    }
+            }
+            __syncthreads();
+            if (key_split > 0) continue; // its rows are written by split 0; no further iteration
+            for (int split = 1; split < key_splits; split++) {
+                const float(*state)[32] = split_states[(split - 1) * row_warps + row_warp];
+                int at = 0;
+#pragma unroll
+                for (int u = 0; u < U; u++)
+#pragma unroll
+                    for (int i = 0; i < NH; i++) {
+                        const float m_other = state[at++][lane], l_other = state[at++][lane];
+                        float mine, theirs;
+                        sdpa_merge_scales(m[u][i], m_other, m[u][i], mine, theirs);
+                        l[u][i] = l[u][i] * mine + l_other * theirs;
+#pragma unroll
+                        for (int j = 0; j < NH; j++)
+#pragma unroll
+                            for (int e = 0; e < E; e++)
+                                acc[u][i][j][e] =
+                                    acc[u][i][j][e] * mine + state[at++][lane] * theirs;
+                    }
+            }
+        }
+
+        // Epilogue: normalize by l (never 0 for a real row, which sees at least its own
+        // key; the guard keeps padding rows finite) and write each row once.
 #pragma unroll
         for (int u = 0; u < U; u++) {
             float inv_l[NH];
@@ -299,11 +373,15 @@ static int attention_sdpa_launch_for(const attention_params &p, cudaStream_t str
     int query_tile = (rows_wanted + heads_per_block - 1) / heads_per_block;
     if (query_tile > p.n_tokens) query_tile = p.n_tokens;
     const int row_sets = (query_tile * heads_per_block + cfg::units - 1) / cfg::units;
-    const int warps = row_sets < SDPA_MAX_WARPS ? row_sets : SDPA_MAX_WARPS;
+    // Rows for every warp: one row set per warp at a time. Too few (decode): the spare warps split
+    // the keys of the same rows, so that a long cache is not walked by a single warp.
+    const int row_warps = row_sets < SDPA_MAX_WARPS ? row_sets : SDPA_MAX_WARPS;
+    const int key_splits = SDPA_MAX_WARPS / row_warps;
+    const int warps = row_warps * key_splits;
     const dim3 grid((unsigned)((p.n_tokens + query_tile - 1) / query_tile), (unsigned)head_blocks,
                     (unsigned)p.n_seqs);
     CI_LAUNCH((attention_sdpa_kernel<T, D_MAX, DIFF>), grid, warps * 32, 0, stream, p, query_tile,
-              heads_per_block);
+              heads_per_block, row_warps);
     return 0;
 }
 
