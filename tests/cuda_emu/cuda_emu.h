@@ -9,8 +9,10 @@
 //     elsewhere makecontext/swapcontext; see switch_stack);
 //   - blocks run one after another; inside a block, fibers run round-robin, each until it finishes
 //     or waits (at __syncthreads or at a warp collective), and switches straight to the next fiber
-//     that can run; when none can, control goes back to the launch, which either moves on to the
-//     next block (all threads finished) or aborts naming the block and where its threads wait;
+//     that can run (ascending thread order in even blocks, descending in odd ones, so that a
+//     missing barrier shows whichever neighbour a thread reads); when none can, control goes back
+//     to the launch, which either moves on to the next block (all threads finished) or aborts
+//     naming the block and where its threads wait;
 //   - __syncthreads is a block-wide barrier: all threads at the same __syncthreads call site;
 //   - warp collectives (shuffles, mma, ldmatrix, __syncwarp) are a rendezvous of the 32 lanes of a
 //     warp (lane = linear thread index % 32): each lane deposits its operands, waits until all 32
@@ -32,6 +34,11 @@
 // switch at barriers and collectives, so a missing __syncthreads between two phases may go
 // unnoticed when the same threads write and read), shared memory capacity of static __shared__
 // arrays, and whether an address passed to ldmatrix or cp.async is in shared memory at all.
+// Use, in a test (tests get -I<repo root>):
+//   #include "tests/cuda_emu/cuda_emu.h"        // first
+//   #include "kernels/cuda/attention_flash.cuh" // any kernel header written to kernel_api.cuh
+//   ... attention_flash_launch<__nv_bfloat16>(params, nullptr); // runs before it returns
+// Pointers are plain host memory. Options: -DCI_EMU_UCONTEXT forces makecontext/swapcontext.
 #ifndef CINFER_CUDA_EMU_H
 #define CINFER_CUDA_EMU_H
 
