@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One command for a machine with an NVIDIA GPU: builds cinfer for sm_90 (H100/H200), runs the GPU
-# tests, `cinfer compare` on every fixture in f32, bf16 and fp16, compute-sanitizer on short runs,
-# a short decode benchmark, and prints a summary table last.
+# tests, `cinfer compare` on every fixture in f32, bf16 and fp16 with each attention kind (eager,
+# sdpa, flash), compute-sanitizer on short runs, a short decode benchmark, the attention
+# micro-benchmark beside torch, and prints a summary table last.
 #
 # The GPU machine has nvcc, cuBLAS, CMake and a compiler but neither cJSON nor GoogleTest, and
 # nothing can be installed there: run scripts/fetch_gpu_deps.sh on a Debian machine first and
@@ -175,9 +176,10 @@ tokens="1 15 7 42 9 3 27 11 100 64 5 77"
 for fixture in tests/fixtures/*/ models/diffllama-tiny/; do
   name=$(basename "$fixture")
   [ -f "$fixture/config.json" ] || continue
-  for dtype in f32 bf16 fp16; do
-    log="$logs/compare_${name}_${dtype}.log"
-    "$cli" compare --model "$fixture" --dtype "$dtype" --attn eager --tokens "$tokens" >"$log" 2>&1
+  for dtype_attn in {f32,bf16,fp16}_{eager,sdpa,flash}; do
+    dtype=${dtype_attn%_*} attn=${dtype_attn#*_}
+    log="$logs/compare_${name}_${dtype}_${attn}.log"
+    "$cli" compare --model "$fixture" --dtype "$dtype" --attn "$attn" --tokens "$tokens" >"$log" 2>&1
     rc=$?
     logits=$(grep "^logits" "$log" | awk '{print "max " $2 ", rel L2 " $3}')
     worst=$(grep -E "^(embedding|layer|final norm)" "$log" | awk '{print $(NF-1)}' | sort -g | tail -n 1)
@@ -187,22 +189,26 @@ for fixture in tests/fixtures/*/ models/diffllama-tiny/; do
     else
       detail=$(tail -n 1 "$log")
     fi
-    record "compare $name $dtype" "$([ $rc -eq 0 ] && echo ok || echo FAIL)" "$detail"
+    record "compare $name $dtype $attn" "$([ $rc -eq 0 ] && echo ok || echo FAIL)" "$detail"
   done
 done
 
 # ---- 5. compute-sanitizer ---------------------------------------------------------------------------
 section "compute-sanitizer"
 if command -v compute-sanitizer >/dev/null; then
-  for run in "memcheck diffllama_gqa2_llama3 bf16" "memcheck llama_gqa_llama3 f32" \
-             "memcheck llama_yarn fp16" "racecheck diffllama_gqa4 f32"; do
-    read -r tool fixture dtype <<<"$run"
-    log="$logs/sanitizer_${tool}_${fixture}_${dtype}.log"
+  for run in "memcheck diffllama_gqa2_llama3 bf16 flash" "memcheck llama_gqa_llama3 f32 flash" \
+             "memcheck llama_yarn fp16 sdpa" "memcheck diffllama_gqa4 bf16 sdpa" \
+             "memcheck llama_mha f32 eager" "racecheck diffllama_gqa4 bf16 flash" \
+             "racecheck llama_gqa_llama3 fp16 flash" "racecheck diffllama_mha f32 sdpa" \
+             "synccheck diffllama_gqa2_llama3 bf16 flash"; do
+    read -r tool fixture dtype attn <<<"$run"
+    log="$logs/sanitizer_${tool}_${fixture}_${dtype}_${attn}.log"
     compute-sanitizer --tool "$tool" --error-exitcode 99 "$cli" run --model "tests/fixtures/$fixture" \
-      --backend cuda --dtype "$dtype" --tokens "1 15 7 42 9" --max-new-tokens 6 >"$log" 2>&1
+      --backend cuda --dtype "$dtype" --attn "$attn" --tokens "1 15 7 42 9" --max-new-tokens 6 \
+      >"$log" 2>&1
     rc=$?
     errors=$(grep -o "ERROR SUMMARY: [0-9]* error" "$log" | tail -n 1)
-    record "sanitizer $tool $fixture $dtype" "$([ $rc -eq 0 ] && echo ok || echo FAIL)" \
+    record "sanitizer $tool $fixture $dtype $attn" "$([ $rc -eq 0 ] && echo ok || echo FAIL)" \
       "${errors:-no summary (rc $rc)}"
   done
 else
@@ -234,6 +240,27 @@ rc=$?
 record "bench llama3-8b (random, drawn on the device) cuda bf16" \
   "$([ $rc -eq 0 ] && echo ok || echo FAIL)" \
   "$(cat "$logs/rss_random_llama3-8b.txt" 2>/dev/null || echo 'no /usr/bin/time: RSS not measured'); $(grep -E '\| tg4 \|' "$log" | awk -F'|' '{printf "tg4 %s t/s", $12}')$([ $rc -eq 0 ] || tail -n 1 "$log")"
+
+# ---- 7. the attention kernels alone, beside torch SDPA and transformers' DiffLlama attention -------
+section "attention micro-benchmark"
+log="$logs/bench_attention.log"
+"$build/bench_attention" --attn eager,sdpa,flash --head-dim 64,128 --seq 512,4096 \
+  --variant standard,diff --mode prefill,decode --dtype bf16 -r 3 --output json \
+  >"$logs/bench_attention.json" 2>"$log"
+rc=$?
+if [ $rc -eq 0 ] && python3 scripts/bench_attention.py --head-dim 64,128 --seq 512,4096 \
+     --mode prefill,decode -r 3 --cinfer-json "$logs/bench_attention.json" \
+     >"$logs/bench_attention_table.md" 2>>"$log"; then
+  record "attention micro-benchmark" ok "table in $logs/bench_attention_table.md"
+  cat "$logs/bench_attention_table.md"
+else
+  record "attention micro-benchmark" FAIL "$(tail -n 1 "$log")"
+fi
+"$build/bench_attention" --check-memory --attn eager,sdpa,flash --seq 4096 --head-dim 128 \
+  --variant standard,diff >"$logs/check_memory.log" 2>&1
+record "no score matrix in global memory (sdpa, flash)" \
+  "$([ $? -eq 0 ] && echo ok || echo FAIL)" "$(tail -n 1 "$logs/check_memory.log")"
+
 if [ "${GPU_CHECK_BIG:-0}" = 1 ]; then
   big="$build/big"
   if [ -f "$big/config.json" ] || python3 scripts/make_fixtures.py --big "$big" >"$logs/big.log" 2>&1; then
@@ -248,7 +275,7 @@ if [ "${GPU_CHECK_BIG:-0}" = 1 ]; then
   for shape in llama3.2-1b diffllama-0.3b-handcut llama3-8b diffllama-8b; do
     log="$logs/bench_shape_$shape.log"
     "$cli" bench --config "bench/shapes/$shape.json" --random-weights --backend cuda \
-      --dtype bf16 -p 512 -n 128 -r 3 >"$log" 2>&1
+      --dtype bf16 --attn eager,sdpa,flash -p 512 -n 128 -r 3 >"$log" 2>&1
     rc=$?
     record "bench $shape (random) cuda bf16" "$([ $rc -eq 0 ] && echo ok || echo FAIL)" \
       "$(grep -E '\| (pp512|tg128) \|' "$log" | awk -F'|' '{printf "%s%s t/s; ", $11, $12}')$([ $rc -eq 0 ] || tail -n 1 "$log")"

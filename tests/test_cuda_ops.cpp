@@ -323,12 +323,22 @@ TEST_F(CudaOps, RopeMatchesCpuForEveryScalingType) {
 }
 
 // ---- attention ---------------------------------------------------------------------------------
-// The GPU's scores are F32 dot products over D terms (|q·k| ~ sqrt(D) here, so a score can be off
-// by ~sqrt(D)·D·u / sqrt(D) ~ 1e-5 at D = 256), its softmax sums and P·V accumulate in F32; the
-// output is a convex combination of values, moved by a score error δ at most about δ·max |v|.
-// Bound: 1e-4·max |v|, ten times that estimate, and still far below what one key wrongly in or out
-// of the mask moves (p·|v|, p >= 1/n_keys). Differential attention's group norm rescales by the RMS
-// of a difference: its bound is relative to the output's own scale, 1e-4·(1 + |y|).
+// Every kind (eager, sdpa, flash: prefill and, for one query, flash-decoding) with every cache
+// dtype, against the CPU op fed the very values the cache holds (K and V rounded to BF16/F16 on
+// the host first, so that the cache's own rounding is no part of the error).
+//
+// F32 caches: the GPU's scores are F32 dot products over D terms (|q·k| ~ sqrt(D) here, so a score
+// can be off by ~sqrt(D)·D·u / sqrt(D) ~ 1e-5 at D = 256), its softmax sums and P·V accumulate in
+// F32; the output is a convex combination of values, moved by a score error δ at most about
+// δ·max |v|. Bound: 1e-4·max |v|, ten times that estimate, and still far below what one key
+// wrongly in or out of the mask moves (p·|v|, p >= 1/n_keys).
+// BF16/F16 caches: flash's tensor cores take Q and P rounded to the cache dtype (unit roundoff u =
+// 2^-9 for BF16, 2^-12 for F16). Q's rounding moves a score by about u·|q|·|k|·scale ~ u·sqrt(D)
+// scaled back by 1/sqrt(D), i.e. ~u, and P's rounding moves the output by ~u·max |v|: together
+// ~2u·max |v|; the bound is 8u·max |v| (BF16 3.1e-2, F16 2e-3, provisional until measured on a
+// GPU). eager and sdpa widen the cache and keep F32, so the F32 bound holds for them.
+// Differential attention's group norm rescales by the RMS of a difference: its bound is relative
+// to the output's own scale, (bound / max |v|)·(1 + |y|).
 
 struct AttentionCase {
     int head_dim, n_heads, n_kv_heads, n_tokens, pos0;
@@ -336,11 +346,19 @@ struct AttentionCase {
 
 std::vector<AttentionCase> attention_cases() {
     std::vector<AttentionCase> cases;
-    const std::tuple<int, int> heads[] = {{4, 4}, {8, 2}, {8, 1}, {12, 4}, {6, 3}};
-    const std::tuple<int, int> steps[] = {{1, 0}, {1, 37}, {7, 0}, {5, 11}, {33, 100}};
-    for (int head_dim : {32, 64, 80, 128, 256})
+    const std::tuple<int, int> heads[] = {{4, 4}, {8, 2}, {8, 1}, {12, 4}, {6, 3}, {16, 2}};
+    const std::tuple<int, int> steps[] = {{1, 0}, {1, 37}, {7, 0}, {5, 11}, {33, 100}, {70, 129}};
+    for (int head_dim : {12, 16, 32, 64, 80, 128, 256})
         for (auto [h, g] : heads)
             for (auto [t, pos0] : steps) cases.push_back({head_dim, h, g, t, pos0});
+    // lengths of a long context: prefill past several tiles, odd sizes, and decode over 4096 keys
+    for (AttentionCase c : std::vector<AttentionCase>{{128, 32, 8, 1, 4095},
+                                                      {64, 32, 8, 1, 3001},
+                                                      {128, 8, 1, 1, 2047},
+                                                      {128, 8, 2, 1000, 0},
+                                                      {64, 16, 4, 257, 1500},
+                                                      {128, 16, 16, 129, 3967}})
+        cases.push_back(c);
     return cases;
 }
 
@@ -350,29 +368,51 @@ std::string case_name(const AttentionCase &c) {
            std::to_string(c.pos0);
 }
 
-class CudaAttention : public CudaOps {
+const char *kind_name(cinfer_attention kind) {
+    return kind == CINFER_ATTENTION_EAGER  ? "eager"
+           : kind == CINFER_ATTENTION_SDPA ? "sdpa"
+                                           : "flash";
+}
+
+class CudaAttention : public CudaOps,
+                      public ::testing::WithParamInterface<std::tuple<cinfer_attention, ci_dtype>> {
   protected:
-    // Runs standard (lambda < 0) or differential attention on both backends and compares.
+    // Runs standard or differential attention on both backends and compares.
     void check(const AttentionCase &c, bool differential, size_t gpu_workspace_rows = 0) {
+        const cinfer_attention kind = std::get<0>(GetParam());
+        const ci_dtype cache_dtype = std::get<1>(GetParam());
+        if (!ci_cuda_attention_supports(kind, c.head_dim)) return; // refused at load instead
         SCOPED_TRACE(case_name(c) + (differential ? " differential" : " standard"));
         const int n_ctx = c.pos0 + c.n_tokens + 3; // rows past the last position stay unused
+        gpu_->attention = kind;
         reserve(64, c.n_heads, c.n_kv_heads, c.head_dim, n_ctx);
         if (gpu_workspace_rows) {
-            // a fresh backend whose workspace holds this many query rows of scores (the
+            // a fresh backend whose workspace holds this many query rows of eager's scores (the
             // attention scratch per row, kernels/cuda/attention.cu): the op must work in chunks
             ci_backend_free(gpu_);
             ASSERT_EQ(ci_backend_create(CINFER_BACKEND_CUDA, 0, &gpu_), CINFER_OK);
+            gpu_->attention = kind;
             const size_t per_row = (size_t)c.n_heads * (n_ctx + 2 * (size_t)c.head_dim) * 4;
-            ASSERT_EQ(ci_backend_reserve(gpu_, per_row * gpu_workspace_rows), CINFER_OK);
+            const size_t widened = 2 * (size_t)n_ctx * c.n_kv_heads * c.head_dim * 4;
+            ASSERT_EQ(ci_backend_reserve(gpu_, widened + per_row * gpu_workspace_rows), CINFER_OK);
         }
         const size_t q_n = (size_t)c.n_tokens * c.n_heads * c.head_dim;
         const size_t kv_n = (size_t)n_ctx * c.n_kv_heads * c.head_dim;
-        std::vector<float> q = randn(q_n), k = randn(kv_n), v = randn(kv_n, 2.0f), want(q_n);
+        std::vector<float> q = randn(q_n), want(q_n);
+        // the rows past the last position hold garbage no kind may let through
+        std::vector<float> k = randn(kv_n), v = randn(kv_n, 2.0f);
+        const size_t used = (size_t)(c.pos0 + c.n_tokens) * c.n_kv_heads * c.head_dim;
+        for (size_t i = used; i < kv_n; i++) k[i] = v[i] = 3.0e4f;
+        Encoded k_cache = encode(k, cache_dtype), v_cache = encode(v, cache_dtype);
         ci_tensor h_q = view(q.data(), CI_F32, {c.n_tokens, c.n_heads, c.head_dim});
-        ci_tensor h_k = view(k.data(), CI_F32, {n_ctx, c.n_kv_heads, c.head_dim});
-        ci_tensor h_v = view(v.data(), CI_F32, {n_ctx, c.n_kv_heads, c.head_dim});
+        ci_tensor h_k = view(k_cache.values.data(), CI_F32, {n_ctx, c.n_kv_heads, c.head_dim});
+        ci_tensor h_v = view(v_cache.values.data(), CI_F32, {n_ctx, c.n_kv_heads, c.head_dim});
         ci_tensor h_out = view(want.data(), CI_F32, {c.n_tokens, c.n_heads, c.head_dim});
-        ci_tensor d_q = upload(h_q), d_k = upload(h_k), d_v = upload(h_v), d_out = poisoned(h_out);
+        ci_tensor d_q = upload(h_q), d_out = poisoned(h_out);
+        ci_tensor d_k =
+            upload(view(k_cache.bytes.data(), cache_dtype, {n_ctx, c.n_kv_heads, c.head_dim}));
+        ci_tensor d_v =
+            upload(view(v_cache.bytes.data(), cache_dtype, {n_ctx, c.n_kv_heads, c.head_dim}));
         std::uniform_real_distribution<float> unit(0.1f, 0.9f);
         const float lambda = unit(rng_), lambda_init = unit(rng_), eps = 1e-5f;
         if (differential) {
@@ -385,27 +425,51 @@ class CudaAttention : public CudaOps {
             gpu_->ops->attention(gpu_, &d_out, &d_q, &d_k, &d_v, c.pos0);
         }
         double v_max = 0.0;
-        for (float x : v) v_max = std::max(v_max, (double)std::fabs(x));
-        const double tolerance = differential ? 1e-4 : 1e-4 * v_max;
+        for (size_t i = 0; i < used; i++) v_max = std::max(v_max, (double)std::fabs(v[i]));
+        const bool tensor_cores = kind == CINFER_ATTENTION_FLASH && cache_dtype != CI_F32;
+        const double unit_roundoff = cache_dtype == CI_BF16 ? 0x1.0p-9 : 0x1.0p-12;
+        const double relative = tensor_cores ? 8.0 * unit_roundoff : 1e-4;
         EXPECT_TRUE(all_close(download<float>(d_out), want, [&](size_t i) {
-            return differential ? tolerance * (1.0 + std::fabs(want[i])) : tolerance;
+            return differential ? relative * (1.0 + std::fabs(want[i])) : relative * v_max;
         }));
     }
 };
 
-TEST_F(CudaAttention, StandardMatchesCpuOverShapesAndGqaRatios) {
+TEST_P(CudaAttention, StandardMatchesCpuOverShapesAndGqaRatios) {
     for (const AttentionCase &c : attention_cases()) check(c, false);
 }
 
-TEST_F(CudaAttention, DifferentialMatchesCpuOverShapesAndGqaRatios) {
+TEST_P(CudaAttention, DifferentialMatchesCpuOverShapesAndGqaRatios) {
     for (const AttentionCase &c : attention_cases()) check(c, true);
 }
 
-TEST_F(CudaAttention, LongPromptsRunInChunksOfQueryRows) {
+// Eager's scores for many query rows do not fit its workspace at once: it works in chunks.
+class CudaEagerAttention : public CudaAttention {};
+
+TEST_P(CudaEagerAttention, LongPromptsRunInChunksOfQueryRows) {
     check({64, 8, 2, 33, 5}, false, 3);
     check({64, 8, 2, 33, 5}, true, 3);
     check({128, 4, 4, 10, 0}, false, 1);
 }
+
+std::string attention_param_name(const ::testing::TestParamInfo<CudaAttention::ParamType> &info) {
+    const ci_dtype dtype = std::get<1>(info.param);
+    return std::string(kind_name(std::get<0>(info.param))) + "_" +
+           (dtype == CI_F32    ? "f32"
+            : dtype == CI_BF16 ? "bf16"
+                               : "fp16");
+}
+
+INSTANTIATE_TEST_SUITE_P(Kinds, CudaAttention,
+                         ::testing::Combine(::testing::Values(CINFER_ATTENTION_EAGER,
+                                                              CINFER_ATTENTION_SDPA,
+                                                              CINFER_ATTENTION_FLASH),
+                                            ::testing::Values(CI_F32, CI_BF16, CI_F16)),
+                         attention_param_name);
+INSTANTIATE_TEST_SUITE_P(Eager, CudaEagerAttention,
+                         ::testing::Combine(::testing::Values(CINFER_ATTENTION_EAGER),
+                                            ::testing::Values(CI_F32, CI_BF16, CI_F16)),
+                         attention_param_name);
 
 // ---- the gated activation and the residual add -------------------------------------------------
 // F32 expf/erff/tanhf against double: a few ulps of the result, plus, where 1 + tanh or 1 + erf
@@ -441,24 +505,37 @@ TEST_F(CudaOps, AddIsExact) {
 }
 
 // ---- the KV cache store: rows [pos0, pos0 + T) replaced, every other row untouched -------------
+// In a BF16/F16 cache the new rows are K and V rounded to nearest even, bit for bit the host's.
 
 TEST_F(CudaOps, KvStoreWritesExactlyItsRows) {
-    for (auto [n_ctx, n_tokens, pos0] : std::vector<std::tuple<int, int, int>>{
-             {8, 1, 0}, {8, 1, 7}, {50, 17, 20}, {600, 512, 88}}) {
-        const int G = 3, D = 40;
-        std::vector<float> k_cache = randn((size_t)n_ctx * G * D), v_cache = randn(k_cache.size());
-        std::vector<float> k_new = randn((size_t)n_tokens * G * D), v_new = randn(k_new.size());
-        ci_tensor h_kc = view(k_cache.data(), CI_F32, {n_ctx, G, D});
-        ci_tensor h_vc = view(v_cache.data(), CI_F32, {n_ctx, G, D});
-        ci_tensor h_kn = view(k_new.data(), CI_F32, {n_tokens, G, D});
-        ci_tensor h_vn = view(v_new.data(), CI_F32, {n_tokens, G, D});
-        ci_tensor d_kc = upload(h_kc), d_vc = upload(h_vc), d_kn = upload(h_kn),
-                  d_vn = upload(h_vn);
-        cpu_->ops->kv_store(cpu_, &h_kc, &h_vc, &h_kn, &h_vn, pos0);
-        gpu_->ops->kv_store(gpu_, &d_kc, &d_vc, &d_kn, &d_vn, pos0);
-        EXPECT_TRUE(all_close(download<float>(d_kc), k_cache, [](size_t) { return 0.0; }));
-        EXPECT_TRUE(all_close(download<float>(d_vc), v_cache, [](size_t) { return 0.0; }));
-    }
+    for (ci_dtype dtype : {CI_F32, CI_BF16, CI_F16})
+        for (auto [n_ctx, n_tokens, pos0] : std::vector<std::tuple<int, int, int>>{
+                 {8, 1, 0}, {8, 1, 7}, {50, 17, 20}, {600, 512, 88}}) {
+            SCOPED_TRACE("dtype " + std::to_string((int)dtype) + " n_ctx " + std::to_string(n_ctx) +
+                         " pos0 " + std::to_string(pos0));
+            const int G = 3, D = 40;
+            const size_t row = (size_t)G * D;
+            Encoded k_cache = encode(randn((size_t)n_ctx * row), dtype),
+                    v_cache = encode(randn((size_t)n_ctx * row), dtype);
+            std::vector<float> k_new = randn((size_t)n_tokens * row), v_new = randn(k_new.size());
+            ci_tensor h_kn = view(k_new.data(), CI_F32, {n_tokens, G, D});
+            ci_tensor h_vn = view(v_new.data(), CI_F32, {n_tokens, G, D});
+            ci_tensor d_kc = upload(view(k_cache.bytes.data(), dtype, {n_ctx, G, D}));
+            ci_tensor d_vc = upload(view(v_cache.bytes.data(), dtype, {n_ctx, G, D}));
+            ci_tensor d_kn = upload(h_kn), d_vn = upload(h_vn);
+            gpu_->ops->kv_store(gpu_, &d_kc, &d_vc, &d_kn, &d_vn, pos0);
+            // what the cache must hold: its old bytes, with the new rows encoded in place
+            const size_t element = ci_dtype_size(dtype);
+            for (auto [cache, fresh] :
+                 {std::pair<Encoded *, std::vector<float> *>{&k_cache, &k_new},
+                  {&v_cache, &v_new}}) {
+                const Encoded rows = encode(*fresh, dtype);
+                std::memcpy(cache->bytes.data() + (size_t)pos0 * row * element, rows.bytes.data(),
+                            rows.bytes.size());
+            }
+            EXPECT_EQ(download<unsigned char>(d_kc), k_cache.bytes);
+            EXPECT_EQ(download<unsigned char>(d_vc), v_cache.bytes);
+        }
 }
 
 // ---- argmax: the host sampler's choice exactly, ties and NaN included --------------------------

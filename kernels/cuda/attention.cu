@@ -19,6 +19,9 @@
 //   out_h    (D×rows, ld H·D)  = V_kv (D×S, ld G·D, op N)       · P_h (S×rows, ld S)
 #include <math.h>
 
+#include "attention_decode.cuh"
+#include "attention_flash.cuh"
+#include "attention_sdpa.cuh"
 #include "ops_cuda.h"
 
 // Eager's scores are computed in chunks of query rows sized to about this much scratch.
@@ -55,9 +58,10 @@ static void widen_caches(cuda_backend *cu, attention_shape *s, const ci_tensor *
     s->v = v;
 }
 
-static attention_shape check_shapes(const ci_backend *be, const ci_tensor *out, const ci_tensor *q,
+// The shapes every kind asserts (the model validated them at load).
+static attention_shape check_shapes(const ci_tensor *out, const ci_tensor *q,
                                     const ci_tensor *k_cache, const ci_tensor *v_cache, int pos0) {
-    attention_shape s;
+    attention_shape s = {};
     s.n_tokens = (int)q->shape[0];
     s.n_heads = (int)q->shape[1];
     s.head_dim = (int)q->shape[2];
@@ -70,6 +74,13 @@ static attention_shape check_shapes(const ci_backend *be, const ci_tensor *out, 
     CI_ASSERT(ci_tensor_numel(out) == ci_tensor_numel(q));
     CI_ASSERT(q->dtype == CI_F32 && k_cache->dtype == v_cache->dtype);
     s.group = s.n_heads / s.n_kv_heads;
+    return s;
+}
+
+// Eager's workspace: the widened caches (when not F32), then scores for rows_per_chunk query rows.
+static attention_shape eager_layout(const ci_backend *be, const ci_tensor *out, const ci_tensor *q,
+                                    const ci_tensor *k_cache, const ci_tensor *v_cache, int pos0) {
+    attention_shape s = check_shapes(out, q, k_cache, v_cache, pos0);
     s.k = (const float *)k_cache->data;
     s.v = (const float *)v_cache->data;
     const size_t widened =
@@ -125,7 +136,7 @@ static void attention_probabilities(cuda_backend *cu, const attention_shape &s, 
 
 static void eager_attention(cuda_backend *cu, ci_tensor *out, const ci_tensor *q,
                             const ci_tensor *k_cache, const ci_tensor *v_cache, int pos0) {
-    attention_shape s = check_shapes(&cu->base, out, q, k_cache, v_cache, pos0);
+    attention_shape s = eager_layout(&cu->base, out, q, k_cache, v_cache, pos0);
     const int D = s.head_dim, G = s.n_kv_heads, H = s.n_heads, g = s.group;
     widen_caches(cu, &s, k_cache, v_cache, attention_key_span(cu, pos0, s.n_tokens, s.n_ctx));
     float *scores = s.scratch;
@@ -170,7 +181,7 @@ __global__ void diff_epilogue_kernel(float *out, const float *per_head, int rows
 static void eager_diff_attention(cuda_backend *cu, ci_tensor *out, const ci_tensor *q,
                                  const ci_tensor *k_cache, const ci_tensor *v_cache, int pos0,
                                  float lambda, float lambda_init, float eps) {
-    attention_shape s = check_shapes(&cu->base, out, q, k_cache, v_cache, pos0);
+    attention_shape s = eager_layout(&cu->base, out, q, k_cache, v_cache, pos0);
     CI_ASSERT(s.n_heads % 2 == 0);
     const int D = s.head_dim, G = s.n_kv_heads, H = s.n_heads, P = s.n_heads / 2;
     widen_caches(cu, &s, k_cache, v_cache, attention_key_span(cu, pos0, s.n_tokens, s.n_ctx));
@@ -199,22 +210,83 @@ static void eager_diff_attention(cuda_backend *cu, ci_tensor *out, const ci_tens
     }
 }
 
+// ---- the fused kinds --------------------------------------------------------------------------
+
+static attention_params fused_params(cuda_backend *cu, ci_tensor *out, const ci_tensor *q,
+                                     const ci_tensor *k_cache, const ci_tensor *v_cache, int pos0) {
+    const attention_shape s = check_shapes(out, q, k_cache, v_cache, pos0);
+    attention_params p = {};
+    p.q = (const float *)q->data;
+    p.k_cache = k_cache->data;
+    p.v_cache = v_cache->data;
+    p.out = (float *)out->data;
+    p.n_seqs = 1;
+    p.n_tokens = s.n_tokens;
+    p.n_heads = s.n_heads;
+    p.n_kv_heads = s.n_kv_heads;
+    p.head_dim = s.head_dim;
+    p.n_ctx = s.n_ctx;
+    p.pos0 = position_for(cu, pos0);
+    p.scale = (float)(1.0 / sqrt((double)s.head_dim));
+    p.workspace = (float *)cu->base.workspace;
+    p.workspace_bytes = cu->base.workspace_bytes;
+    return p;
+}
+
+template <typename T>
+static int fused_launch(cinfer_attention kind, const attention_params &p, cudaStream_t stream) {
+    if (kind == CINFER_ATTENTION_SDPA) return attention_sdpa_launch<T>(p, stream);
+    // flash: one new query is a decode step, split across the keys so that it fills the GPU
+    return p.n_tokens == 1 ? attention_decode_launch<T>(p, stream)
+                           : attention_flash_launch<T>(p, stream);
+}
+
+static void fused_attention(cuda_backend *cu, const attention_params &p, ci_dtype cache_dtype) {
+    const cinfer_attention kind = cu->base.attention;
+    int refused;
+    switch (cache_dtype) {
+    case CI_BF16: refused = fused_launch<__nv_bfloat16>(kind, p, cu->stream); break;
+    case CI_F16: refused = fused_launch<__half>(kind, p, cu->stream); break;
+    default: refused = fused_launch<float>(kind, p, cu->stream); break;
+    }
+    // the load checked head_dim (ci_cuda_attention_supports): a refusal here is a bug
+    CI_ASSERT(!refused);
+}
+
 // ---- the op: the backend's attention kind ------------------------------------------------------
 
 void attention_cuda(ci_backend *be, ci_tensor *out, const ci_tensor *q, const ci_tensor *k_cache,
                     const ci_tensor *v_cache, int pos0) {
-    eager_attention(cuda_of(be), out, q, k_cache, v_cache, pos0);
+    cuda_backend *cu = cuda_of(be);
+    if (be->attention == CINFER_ATTENTION_EAGER) {
+        eager_attention(cu, out, q, k_cache, v_cache, pos0);
+        return;
+    }
+    fused_attention(cu, fused_params(cu, out, q, k_cache, v_cache, pos0), k_cache->dtype);
 }
 
 void diff_attention_cuda(ci_backend *be, ci_tensor *out, const ci_tensor *q,
                          const ci_tensor *k_cache, const ci_tensor *v_cache, int pos0, float lambda,
                          float lambda_init, float eps) {
-    eager_diff_attention(cuda_of(be), out, q, k_cache, v_cache, pos0, lambda, lambda_init, eps);
+    cuda_backend *cu = cuda_of(be);
+    if (be->attention == CINFER_ATTENTION_EAGER) {
+        eager_diff_attention(cu, out, q, k_cache, v_cache, pos0, lambda, lambda_init, eps);
+        return;
+    }
+    CI_ASSERT(q->shape[1] % 2 == 0);
+    attention_params p = fused_params(cu, out, q, k_cache, v_cache, pos0);
+    p.differential = 1;
+    p.lambda = lambda;
+    p.lambda_init = lambda_init;
+    p.eps = eps;
+    fused_attention(cu, p, k_cache->dtype);
 }
 
 size_t attention_cuda_workspace_bytes(cinfer_attention kind, const ci_config *c, int n_ctx,
                                       int max_rows) {
-    (void)kind;
+    if (kind == CINFER_ATTENTION_SDPA) return 0;
+    if (kind == CINFER_ATTENTION_FLASH) // decode's partial results per chunk of keys
+        return attention_decode_workspace_bytes(1, c->n_heads, c->head_dim, n_ctx);
     const size_t per_row = attention_cuda_scratch_bytes(c->n_heads, c->head_dim, n_ctx, 1);
     size_t rows = ATTENTION_SCRATCH_TARGET / per_row;
     if (rows < 1) rows = 1;
@@ -223,5 +295,11 @@ size_t attention_cuda_workspace_bytes(cinfer_attention kind, const ci_config *c,
 }
 
 extern "C" int ci_cuda_attention_supports(cinfer_attention kind, int head_dim) {
-    return kind == CINFER_ATTENTION_EAGER && head_dim > 0;
+    switch (kind) {
+    case CINFER_ATTENTION_EAGER: return head_dim > 0;
+    case CINFER_ATTENTION_SDPA: return attention_sdpa_supports(head_dim);
+    case CINFER_ATTENTION_FLASH:
+        return attention_flash_supports(head_dim) && attention_decode_supports(head_dim);
+    default: return 0;
+    }
 }
