@@ -343,6 +343,45 @@ TEST(DecodeChunks, ChunksPastTheLengthAreEmpty) {
         }
 }
 
+// A recorded call replayed with a device position at or past n_ctx (a caller's bug) reads no row
+// past the cache: like sdpa and flash, it attends to the whole cache, as position n_ctx − 1 would.
+// On a GPU the rows past the last sequence's cache are past its allocation (an illegal address
+// that kills the context); here the cache has 16 NaN rows past n_ctx that must not be read.
+TEST(DecodeChunks, PositionPastTheCacheIsClamped) {
+    const int H = 4, G = 2, D = 16, n_ctx = 40, tail = 16;
+    // the allocation: n_ctx + tail rows, the rows past n_ctx − 1 NaN
+    const Call allocation{{n_ctx - 1}, n_ctx + tail, Positions::Device, 0, 0};
+    std::mt19937_64 rng(cinfer_test::fresh_seed());
+    std::vector<float> q = cinfer_test::random_floats(rng, (size_t)H * D);
+    Cache<__nv_bfloat16> k = make_cache<__nv_bfloat16>(rng, allocation, G, D);
+    Cache<__nv_bfloat16> v = make_cache<__nv_bfloat16>(rng, allocation, G, D);
+    const std::vector<float> expected =
+        reference(allocation, {H, G, D}, q, k.widened, v.widened, {false, 0, 0, 0});
+    for (int device_pos0 : {n_ctx, n_ctx + 5, n_ctx + tail + 100})
+        for (int n_chunks : {0, 6}) { // the launcher's chunking, and 6 chunks of >= 4 keys
+            SCOPED_TRACE("device pos0 " + std::to_string(device_pos0) + " chunks " +
+                         std::to_string(n_chunks));
+            std::vector<float> out(expected.size(), NAN);
+            const size_t workspace_bytes =
+                n_chunks ? attention_decode_partials_bytes(1, H, n_chunks, 2 * D)
+                         : attention_decode_workspace_bytes(1, H, D, n_ctx);
+            std::vector<float> workspace(workspace_bytes / sizeof(float), NAN);
+            attention_params p{};
+            p.q = q.data(), p.k_cache = k.stored.data(), p.v_cache = v.stored.data();
+            p.out = out.data();
+            p.n_seqs = 1, p.n_tokens = 1, p.n_heads = H, p.n_kv_heads = G, p.head_dim = D;
+            p.n_ctx = n_ctx;
+            p.pos0.host = -1, p.pos0.device = &device_pos0;
+            p.scale = 1.0f / std::sqrt((float)D);
+            p.workspace = workspace.data(), p.workspace_bytes = workspace_bytes;
+            ASSERT_EQ(n_chunks ? attention_decode_launch_chunked<__nv_bfloat16>(p, nullptr,
+                                                                                n_chunks, 4)
+                               : attention_decode_launch<__nv_bfloat16>(p, nullptr),
+                      0);
+            EXPECT_TRUE(all_close(out, expected, kTolerance));
+        }
+}
+
 // Bytes one decode step moves per layer for Llama-3-8B (H = 32, G = 8, D = 128, BF16 cache) at
 // depth 4096, against the ideal of reading K and V once: printed for the report, and bounded so
 // that a change in the chunking that inflates the partials shows here.

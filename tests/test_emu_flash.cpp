@@ -320,4 +320,28 @@ INSTANTIATE_TEST_SUITE_P(Cases, Flash, ::testing::ValuesIn(all_params()),
                                     dtype_name(info.param.dtype);
                          });
 
+// Shapes the kernels were not built for, and grids a GPU cannot launch (y = heads or pairs,
+// z = sequences, at most 65535 each), are refused before anything is launched: on a GPU such a
+// launch fails with cudaErrorInvalidConfiguration and CUDA_CHECK_LAUNCH aborts.
+TEST(FlashLimits, RefusesWhatItDoesNotRun) {
+    EXPECT_TRUE(attention_flash_supports(1) && attention_flash_supports(128));
+    EXPECT_FALSE(attention_flash_supports(0) || attention_flash_supports(129));
+    attention_params p{};
+    p.n_seqs = 1, p.n_tokens = 2, p.n_heads = 4, p.n_kv_heads = 2, p.head_dim = 129, p.n_ctx = 8;
+    EXPECT_NE(attention_flash_launch<float>(p, nullptr), 0);
+    p.head_dim = 64, p.n_kv_heads = 3; // H not a multiple of G
+    EXPECT_NE(attention_flash_launch<__nv_bfloat16>(p, nullptr), 0);
+    p.n_heads = 3, p.n_kv_heads = 1, p.differential = 1; // pairs need an even H
+    EXPECT_NE(attention_flash_launch<__half>(p, nullptr), 0);
+    // nothing is read or written before the refusal, so no buffers
+    p.n_heads = 4, p.n_kv_heads = 2, p.differential = 0, p.n_seqs = 65536;
+    EXPECT_NE(attention_flash_launch<__nv_bfloat16>(p, nullptr), 0);
+    EXPECT_NE(attention_flash_launch<float>(p, nullptr), 0);
+    p.n_seqs = 1, p.n_heads = 65536, p.n_kv_heads = 1;
+    EXPECT_NE(attention_flash_launch<__half>(p, nullptr), 0);
+    p.differential = 1; // 32768 pairs fit grid y, but the sequences do not fit z
+    p.n_seqs = 65536;
+    EXPECT_NE(attention_flash_launch<float>(p, nullptr), 0);
+}
+
 } // namespace

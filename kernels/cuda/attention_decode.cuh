@@ -176,7 +176,10 @@ __global__ void __launch_bounds__(DECODE_THREADS)
     auto head_live = [&](int i) { return DIFF || first_head + i < (kv + 1) * group; };
     auto kv_of_row = [&](int r) { return DIFF ? head_of(r) / group : kv; };
 
-    const int n_keys = attention_seq_pos0(p, seq) + 1;
+    // The clamp keeps a bad recorded position inside the cache instead of reading past it (as
+    // sdpa and flash do); a valid one is at most n_ctx − 1.
+    int n_keys = attention_seq_pos0(p, seq) + 1;
+    if (n_keys > p.n_ctx) n_keys = p.n_ctx;
     int key_begin, key_end;
     decode_chunk_keys(n_keys, chunk, n_chunks, min_chunk_keys, &key_begin, &key_end);
 

@@ -665,10 +665,14 @@ static inline int flash_launch_padded(const attention_params &p, cudaStream_t st
 // 64, 128), for every cache dtype.
 inline int attention_flash_supports(int head_dim) { return head_dim >= 1 && head_dim <= 128; }
 
+// Returns 1 for shapes it does not run: head_dim past 128, H not a multiple of G, an odd H for
+// differential attention, or a grid past the GPU's limits (heads or pairs are grid y and sequences
+// grid z: at most 65535 each).
 template <typename T> int attention_flash_launch(const attention_params &p, cudaStream_t stream) {
     if (!attention_flash_supports(p.head_dim) || p.n_kv_heads <= 0 ||
         p.n_heads % p.n_kv_heads != 0 || (p.differential && p.n_heads % 2 != 0))
         return 1;
+    if (p.n_seqs > 65535 || (p.differential ? p.n_heads / 2 : p.n_heads) > 65535) return 1;
     if (p.n_tokens <= 0 || p.n_seqs <= 0) return 0;
     return p.differential ? flash_launch_padded<T, true>(p, stream)
                           : flash_launch_padded<T, false>(p, stream);

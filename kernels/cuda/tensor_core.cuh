@@ -91,15 +91,22 @@ __device__ __forceinline__ void ci_ldmatrix_x2_trans(uint32_t r[2], const void *
 // 16 bytes global -> shared without passing through registers; src_bytes < 16 zero-fills the rest
 // (0 reads nothing: for rows past the end of a tensor). Completes in groups: commit closes a group,
 // wait<N> blocks until at most N groups are still in flight (then __syncthreads to share them).
+// The "memory" clobbers tell the compiler that these write shared memory behind its back (the
+// operands are a 32-bit shared address and a global one, not memory operands): without them it may
+// move ordinary loads and stores of the same shared memory across the copy or the wait. Every use
+// here is followed by __syncthreads, itself a compiler barrier, so this is belt and braces.
 __device__ __forceinline__ void ci_cp_async_16(void *shared_dst, const void *global_src,
                                                int src_bytes) {
     asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(
                      ci_shared_address(shared_dst)),
-                 "l"(global_src), "r"(src_bytes));
+                 "l"(global_src), "r"(src_bytes)
+                 : "memory");
 }
-__device__ __forceinline__ void ci_cp_async_commit() { asm volatile("cp.async.commit_group;\n"); }
+__device__ __forceinline__ void ci_cp_async_commit() {
+    asm volatile("cp.async.commit_group;\n" ::: "memory");
+}
 template <int N> __device__ __forceinline__ void ci_cp_async_wait() {
-    asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+    asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
 }
 
 #endif // !CINFER_CUDA_EMULATION
