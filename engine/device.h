@@ -9,6 +9,7 @@
 #include <stdint.h>
 
 #include "cinfer.h"
+#include "tensor.h"
 
 typedef struct ci_device_info {
     char name[256];
@@ -25,9 +26,11 @@ int ci_cuda_compiled(void);
 /* CINFER_OK when CUDA device `device` exists and can run; else the message says why. */
 cinfer_status ci_cuda_available(int device);
 
-/* 1 when the CUDA attention kind can run a model with this head_dim (every kind runs every
- * cache dtype); 0 without CUDA. */
-int ci_cuda_attention_supports(cinfer_attention kind, int head_dim);
+/* 1 when the CUDA attention kind can run a model with this head_dim, standard or differential,
+ * with a KV cache of this dtype, on CUDA device `device` (whose shared memory per block bounds the
+ * flash kernels); 0 without CUDA. */
+int ci_cuda_attention_supports(cinfer_attention kind, int head_dim, int differential,
+                               ci_dtype cache_dtype, int device);
 
 struct ci_backend;
 /* A CUDA backend on one device: its own stream, cuBLAS handle and (decode) graph. */

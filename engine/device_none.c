@@ -11,9 +11,13 @@ int ci_cuda_devices(ci_device_info *devices, int max) {
 
 int ci_cuda_compiled(void) { return 0; }
 
-int ci_cuda_attention_supports(cinfer_attention kind, int head_dim) {
+int ci_cuda_attention_supports(cinfer_attention kind, int head_dim, int differential,
+                               ci_dtype cache_dtype, int device) {
     (void)kind;
     (void)head_dim;
+    (void)differential;
+    (void)cache_dtype;
+    (void)device;
     return 0;
 }
 

@@ -77,23 +77,28 @@ static cinfer_status check_options(const cinfer_load_options *o) {
 static cinfer_status resolve_attention(cinfer_model *m) {
     cinfer_load_options *o = &m->options;
     const int head_dim = m->config->head_dim;
+    const int differential = m->config->arch == CI_ARCH_DIFFLLAMA;
+    const ci_dtype kv_dtype = ci_kv_cache_dtype(o);
     if (o->backend != CINFER_BACKEND_CUDA) return CINFER_OK;
     if (o->attention == CINFER_ATTENTION_AUTO) {
         static const cinfer_attention fastest_first[] = {CINFER_ATTENTION_FLASH,
                                                          CINFER_ATTENTION_SDPA};
         o->attention = CINFER_ATTENTION_EAGER; /* cuBLAS runs any head_dim */
         for (int i = 0; i < 2; i++)
-            if (ci_cuda_attention_supports(fastest_first[i], head_dim)) {
+            if (ci_cuda_attention_supports(fastest_first[i], head_dim, differential, kv_dtype,
+                                           o->device)) {
                 o->attention = fastest_first[i];
                 break;
             }
         return CINFER_OK;
     }
-    if (!ci_cuda_attention_supports(o->attention, head_dim))
+    if (!ci_cuda_attention_supports(o->attention, head_dim, differential, kv_dtype, o->device))
         return CI_FAIL(CINFER_ERR_UNSUPPORTED,
-                       "%s: head_dim %d is beyond what attention '%s' was built for (eager runs "
-                       "any head_dim; sdpa up to 256; flash up to 128)",
-                       m->checkpoint->config_path, head_dim, attention_name(o->attention));
+                       "%s: attention '%s' cannot run head_dim %d%s on CUDA device %d (eager runs "
+                       "any head_dim; sdpa up to 256; flash up to 128, and its differential "
+                       "kernel at 128 needs 103 KiB of shared memory per block)",
+                       m->checkpoint->config_path, attention_name(o->attention), head_dim,
+                       differential ? " (differential)" : "", o->device);
     return CINFER_OK;
 }
 

@@ -381,7 +381,8 @@ class CudaAttention : public CudaOps,
     void check(const AttentionCase &c, bool differential, size_t gpu_workspace_rows = 0) {
         const cinfer_attention kind = std::get<0>(GetParam());
         const ci_dtype cache_dtype = std::get<1>(GetParam());
-        if (!ci_cuda_attention_supports(kind, c.head_dim)) return; // refused at load instead
+        if (!ci_cuda_attention_supports(kind, c.head_dim, differential, cache_dtype, 0))
+            return; // refused at load instead
         SCOPED_TRACE(case_name(c) + (differential ? " differential" : " standard"));
         const int n_ctx = c.pos0 + c.n_tokens + 3; // rows past the last position stay unused
         gpu_->attention = kind;

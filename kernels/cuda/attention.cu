@@ -294,12 +294,22 @@ size_t attention_cuda_workspace_bytes(cinfer_attention kind, const ci_config *c,
     return attention_cuda_widened_cache_bytes(c->n_kv_heads, c->head_dim, n_ctx) + per_row * rows;
 }
 
-extern "C" int ci_cuda_attention_supports(cinfer_attention kind, int head_dim) {
+extern "C" int ci_cuda_attention_supports(cinfer_attention kind, int head_dim, int differential,
+                                          ci_dtype cache_dtype, int device) {
     switch (kind) {
     case CINFER_ATTENTION_EAGER: return head_dim > 0;
     case CINFER_ATTENTION_SDPA: return attention_sdpa_supports(head_dim);
-    case CINFER_ATTENTION_FLASH:
-        return attention_flash_supports(head_dim) && attention_decode_supports(head_dim);
+    case CINFER_ATTENTION_FLASH: {
+        if (!attention_flash_supports(head_dim) || !attention_decode_supports(head_dim)) return 0;
+        int optin = 0; // the most dynamic shared memory a block may ask for on this device
+        if (cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device) !=
+            cudaSuccess) {
+            (void)cudaGetLastError();
+            return 1; // no device to ask: the launch itself will say
+        }
+        return attention_flash_shared_bytes(head_dim, differential,
+                                            (int)ci_dtype_size(cache_dtype)) <= (size_t)optin;
+    }
     default: return 0;
     }
 }

@@ -665,6 +665,26 @@ static inline int flash_launch_padded(const attention_params &p, cudaStream_t st
 // 64, 128), for every cache dtype.
 inline int attention_flash_supports(int head_dim) { return head_dim >= 1 && head_dim <= 128; }
 
+// Dynamic shared memory a launch for this head_dim asks for (0 when unsupported): the load checks
+// it against the device, since parts with 99 KiB per block (sm_86/sm_89) cannot run the largest.
+template <bool DIFF> inline size_t flash_shared_bytes_for(int head_dim, int element_bytes) {
+    const int d = head_dim;
+    if (element_bytes == 2)
+        return d <= 16   ? flash_tc_config<16, DIFF>::SHARED_BYTES
+               : d <= 32 ? flash_tc_config<32, DIFF>::SHARED_BYTES
+               : d <= 64 ? flash_tc_config<64, DIFF>::SHARED_BYTES
+                         : flash_tc_config<128, DIFF>::SHARED_BYTES;
+    return d <= 16   ? flash_simt_config<16, DIFF>::SHARED_BYTES
+           : d <= 32 ? flash_simt_config<32, DIFF>::SHARED_BYTES
+           : d <= 64 ? flash_simt_config<64, DIFF>::SHARED_BYTES
+                     : flash_simt_config<128, DIFF>::SHARED_BYTES;
+}
+inline size_t attention_flash_shared_bytes(int head_dim, int differential, int element_bytes) {
+    if (!attention_flash_supports(head_dim)) return 0;
+    return differential ? flash_shared_bytes_for<true>(head_dim, element_bytes)
+                        : flash_shared_bytes_for<false>(head_dim, element_bytes);
+}
+
 // Returns 1 for shapes it does not run: head_dim past 128, H not a multiple of G, an odd H for
 // differential attention, or a grid past the GPU's limits (heads or pairs are grid y and sequences
 // grid z: at most 65535 each).
