@@ -332,6 +332,8 @@ static int parse_options(int argc, char **argv, options *o) {
     }
     if (o->cpu && (o->use_dtype[1] || o->use_dtype[2]))
         return usage("%s", "--backend cpu: the CPU reference takes f32 caches only (--dtype f32)");
+    if (o->cpu) /* one attention op there: one row per shape, named "reference" */
+        o->use_attention[0] = 1, o->use_attention[1] = o->use_attention[2] = 0;
     if (o->heads % o->kv_heads != 0) {
         fprintf(stderr, "bench_attention: --heads %d is not a multiple of --kv-heads %d\n",
                 o->heads, o->kv_heads);
@@ -534,6 +536,11 @@ static void print_csv_field(const char *text) {
     putchar('"');
 }
 
+/* The CPU has one attention op, its reference, whatever kind a row was planned with. */
+static const char *row_kind_name(const options *o, const row *r) {
+    return o->cpu ? "reference" : attention_names[r->kind];
+}
+
 static void print_rows(const options *o, const row *rows, int n_rows, const char *device_name) {
     if (o->output == OUTPUT_MD) {
         printf("| variant | mode | dtype | D | seq | H/G | attn | ms | TFLOP/s | K/V GB/s |\n");
@@ -542,7 +549,7 @@ static void print_rows(const options *o, const row *rows, int n_rows, const char
             const row *r = &rows[i];
             printf("| %s | %s | %s | %d | %d | %d/%d | %s | ", variant_names[r->differential],
                    mode_names[r->decode], dtype_names[r->dtype], r->head_dim, r->seq, r->heads,
-                   r->kv_heads, attention_names[r->kind]);
+                   r->kv_heads, row_kind_name(o, r));
             if (r->skipped[0]) {
                 printf("%s | | |\n", r->skipped);
                 continue;
@@ -573,7 +580,7 @@ static void print_rows(const options *o, const row *rows, int n_rows, const char
         for (int i = 0; i < n_rows; i++) {
             const row *r = &rows[i];
             print_csv_field(device_name);
-            printf(",%s,%s,%s,%s,%d,%d,%d,%d,%d,%d,%d,%d,", attention_names[r->kind],
+            printf(",%s,%s,%s,%s,%d,%d,%d,%d,%d,%d,%d,%d,", row_kind_name(o, r),
                    variant_names[r->differential], mode_names[r->decode], dtype_names[r->dtype],
                    r->head_dim, r->seq, r->heads, r->kv_heads, r->n_tokens, r->pos0, r->repetitions,
                    r->calls);
@@ -594,7 +601,7 @@ static void print_rows(const options *o, const row *rows, int n_rows, const char
             cJSON *item = cJSON_CreateObject();
             cJSON_AddItemToArray(array, item);
             cJSON_AddStringToObject(item, "device", device_name);
-            cJSON_AddStringToObject(item, "attn", attention_names[r->kind]);
+            cJSON_AddStringToObject(item, "attn", row_kind_name(o, r));
             cJSON_AddStringToObject(item, "variant", variant_names[r->differential]);
             cJSON_AddStringToObject(item, "mode", mode_names[r->decode]);
             cJSON_AddStringToObject(item, "dtype", dtype_names[r->dtype]);
