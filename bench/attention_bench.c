@@ -471,7 +471,7 @@ static void call_attention(ci_backend *be, const row *r, const buffers *b, void 
 /* Grows be's workspace to what the row's kind asks for; "" or why the row cannot run. */
 static void reserve_for(ci_backend *be, row *r, const options *o) {
     const ci_config config = attention_config(r);
-    r->workspace_bytes = be->ops->workspace_bytes(be, &config, r->seq);
+    r->workspace_bytes = be->ops->workspace_bytes(be, &config, r->seq, 1);
     if (r->workspace_bytes <= be->workspace_bytes) return;
     size_t free_bytes = SIZE_MAX, total_bytes = 0;
     if (!o->cpu) ci_cuda_memory(o->device, &free_bytes, &total_bytes);

@@ -1,13 +1,17 @@
 /* `cinfer bench`: throughput tests named as llama-bench names them.
  *
- *   pp<N>  prefill: one N-token prompt in one forward call, logits of its last token only;
- *          throughput N / seconds.
- *   tg<N>  decode: N forward calls of one token each, every one returning logits;
- *          throughput N / seconds.
- *   "@ d<D>": the test runs after D tokens already sit in the KV cache (filled, not timed).
+ *   pp<N>  prefill: B prompts of N tokens in one forward call, logits of their last tokens only;
+ *          throughput B·N / seconds.
+ *   tg<N>  decode: N lockstep steps of one token of each of the B sequences, every one picking
+ *          its next tokens on the device; throughput B·N / seconds.
+ *   "@ d<D>": the test runs after D tokens already sit in each KV cache (filled, not timed).
+ *   batch B (-b): sequences decoded together, each with its own prompt and KV cache, as
+ *          llama-batched-bench runs them (-npl); B = 1 is llama-bench's single sequence.
  *
- * Token ids are drawn at random from the vocabulary before the timed region; decode feeds those
- * ids instead of sampling, so tokenization and sampling are outside every figure. Each test runs
+ * Token ids are drawn at random from the vocabulary before the timed region (splitmix64 from
+ * --seed, sequence-major: sequence b's n_ctx ids follow sequence b − 1's; scripts/bench_hf.py
+ * draws the same); decode feeds those ids instead of sampling, so tokenization and sampling are
+ * outside every figure. Each test runs
  * once to warm up (caches, page faults of the mapped weights, lazily started threads), then
  * `repetitions` times on a freshly reset session; rows show mean ± standard deviation. */
 #include <errno.h>
@@ -19,6 +23,7 @@
 #include <cjson/cJSON.h>
 
 #include "../engine/cli_util.h"
+#include "../engine/error.h"
 #include "../engine/clock.h"
 #include "../engine/splitmix.h"
 #include "../engine/cinfer.h"
@@ -38,7 +43,8 @@ static const char *bench_usage_text =
     "  -p, --n-prompt N,N,...   prefill tests pp<N> (default 512)\n"
     "  -n, --n-gen N,N,...      decode tests tg<N> (default 128)\n"
     "  -d, --n-depth N,N,...    KV cache depth before each test (default 0)\n"
-    "  -b, --batch-size N,...   sequences decoded together (default 1; only 1 so far)\n"
+    "  -b, --batch-size N,...   sequences decoded together in lockstep, 1 to 512, each with\n"
+    "                           its own prompt and KV cache (default 1)\n"
     "  -t, --threads N,N,...    CPU threads (default: OpenMP's)\n"
     "  -r, --repetitions N      timed runs per test after one warm-up (default 5)\n"
     "  --backend cpu,cuda       backend(s) to measure (default cpu)\n"
@@ -175,13 +181,9 @@ static int parse_bench_options(int argc, char **argv, bench_options *o) {
             if (parse_int_list(value, 0, 1 << 22, &o->n_depth))
                 return bench_usage("-d needs integers >= 0 separated by commas, got '%s'", value);
         } else if (IS("-b", "--batch-size")) {
-            if (parse_int_list(value, 1, 4096, &o->batch))
-                return bench_usage("-b needs integers >= 1 separated by commas, got '%s'", value);
-            for (int b = 0; b < o->batch.n; b++)
-                if (o->batch.values[b] != 1)
-                    return bench_usage("-b %s: sessions decode one sequence; batched decoding "
-                                       "is not implemented yet (use -b 1)",
-                                       value);
+            if (parse_int_list(value, 1, CI_MAX_BATCH, &o->batch))
+                return bench_usage("-b needs integers in [1, 512] separated by commas, got '%s'",
+                                   value);
         } else if (IS("-t", "--threads")) {
             if (parse_int_list(value, 1, 4096, &o->threads))
                 return bench_usage("-t needs integers in [1, 4096] separated by commas, got '%s'",
@@ -240,57 +242,73 @@ static int parse_bench_options(int argc, char **argv, bench_options *o) {
     return 0;
 }
 
-/* One run of a test on a reset session: fills `depth` tokens untimed, then times the test. */
-static cinfer_status run_once(cinfer_session *session, const int32_t *tokens, int depth,
-                              int n_prompt, int n_gen, float *logits, double *seconds) {
+/* The drawn ids of every sequence: sequence b's are ids[b · n_ctx ..]. gather_tokens copies
+ * tokens [first, first + n) of each into out as [n_seqs, n], what forward_batch takes. */
+typedef struct bench_tokens {
+    const int32_t *ids;
+    int n_ctx, n_seqs;
+    int32_t *scratch; /* [n_seqs · n_ctx] */
+} bench_tokens;
+
+static const int32_t *gather_tokens(const bench_tokens *t, int first, int n) {
+    for (int b = 0; b < t->n_seqs; b++)
+        memcpy(t->scratch + (size_t)b * (size_t)n, t->ids + (size_t)b * (size_t)t->n_ctx + first,
+               (size_t)n * sizeof *t->ids);
+    return t->scratch;
+}
+
+/* Fills `depth` tokens of every sequence into a reset session, untimed. */
+static cinfer_status fill_depth(cinfer_session *session, const bench_tokens *t, int depth) {
     cinfer_session_reset(session);
-    if (depth > 0) {
-        cinfer_status status =
-            cinfer_session_forward(session, tokens, depth, CINFER_LOGITS_NONE, NULL);
-        if (status != CINFER_OK) return status;
-    }
-    const int32_t *test_tokens = tokens + depth;
+    if (depth == 0) return CINFER_OK;
+    return cinfer_session_forward_batch(session, gather_tokens(t, 0, depth), depth,
+                                        CINFER_LOGITS_NONE, NULL);
+}
+
+/* One run of a test on a reset session: fills `depth` tokens untimed, then times the test. */
+static cinfer_status run_once(cinfer_session *session, const bench_tokens *t, int depth,
+                              int n_prompt, int n_gen, float *logits, double *seconds) {
+    CI_TRY(fill_depth(session, t, depth));
+    /* ids are gathered outside the timed region: the prompts, and every decode step's ids */
+    const int32_t *prompts = n_prompt > 0 ? gather_tokens(t, depth, n_prompt) : NULL;
+    const int32_t *steps = n_prompt > 0 ? NULL : gather_tokens(t, depth, n_gen);
+    int32_t *step_ids = t->scratch + (size_t)t->n_seqs * (size_t)n_gen,
+            *next = step_ids + t->n_seqs;
     double start = ci_now_seconds();
-    if (n_prompt > 0) {
-        cinfer_status status =
-            cinfer_session_forward(session, test_tokens, n_prompt, CINFER_LOGITS_LAST, logits);
-        if (status != CINFER_OK) return status;
-    }
+    if (n_prompt > 0)
+        CI_TRY(
+            cinfer_session_forward_batch(session, prompts, n_prompt, CINFER_LOGITS_LAST, logits));
     /* decode as generation does (on a GPU: a recorded graph, argmax on the device), feeding the
      * drawn ids rather than the argmax so that every run decodes the same tokens */
     for (int i = 0; i < n_gen; i++) {
-        int32_t next;
-        cinfer_status status = ci_session_greedy_step(session, test_tokens[i], &next);
-        if (status != CINFER_OK) return status;
+        for (int b = 0; b < t->n_seqs; b++) step_ids[b] = steps[(size_t)b * (size_t)n_gen + i];
+        CI_TRY(ci_session_greedy_step(session, step_ids, next));
     }
     *seconds = ci_now_seconds() - start;
     return CINFER_OK;
 }
 
-/* One step of the test with every op timed: the whole prompt for pp, one token for tg (run as a
- * plain forward pass: a recorded graph's ops cannot be timed one by one). */
-static cinfer_status profile_once(cinfer_session *session, const int32_t *tokens, bench_row *row,
+/* One step of the test with every op timed: the whole prompts for pp, one token of each sequence
+ * for tg (run as a plain forward pass: a recorded graph's ops cannot be timed one by one). */
+static cinfer_status profile_once(cinfer_session *session, const bench_tokens *t, bench_row *row,
                                   float *logits) {
-    cinfer_session_reset(session);
-    if (row->n_depth > 0) {
-        cinfer_status status =
-            cinfer_session_forward(session, tokens, row->n_depth, CINFER_LOGITS_NONE, NULL);
-        if (status != CINFER_OK) return status;
-    }
+    CI_TRY(fill_depth(session, t, row->n_depth));
     const int n_step = row->n_prompt > 0 ? row->n_prompt : 1;
+    const int32_t *ids = gather_tokens(t, row->n_depth, n_step);
     ci_profile_start(session->be, &row->profile);
     double start = ci_now_seconds();
     cinfer_status status =
-        cinfer_session_forward(session, tokens + row->n_depth, n_step, CINFER_LOGITS_LAST, logits);
+        cinfer_session_forward_batch(session, ids, n_step, CINFER_LOGITS_LAST, logits);
     row->profile_step_seconds = ci_now_seconds() - start;
     ci_profile_stop(session->be);
     return status;
 }
 
-/* What one token of the row's test moves or computes, from the model's shape. Decode reads every
- * weight once (the embedding table only a row, unless it doubles as lm_head) and the KV cache up
- * to its position; prefill's FLOPs are its linear layers' (attention's are left out), with
- * lm_head once per prompt. */
+/* What one token of the row's test moves or computes, from the model's shape. A decode step of B
+ * sequences reads every weight once (the embedding table only B rows, unless it doubles as
+ * lm_head) and each sequence's KV cache up to its position; per token that is the weights / B
+ * plus one cache. Prefill's FLOPs are its linear layers' (attention's are left out), with lm_head
+ * once per prompt, B prompts: per token the same as for one. */
 static void roofline(bench_row *row, const cinfer_model_info *info, const cinfer_model *model,
                      double weight_element_bytes) {
     const double V = info->vocab_size, E = info->hidden_size;
@@ -299,6 +317,7 @@ static void roofline(bench_row *row, const cinfer_model_info *info, const cinfer
     const double linear_params = (double)info->n_params - table * (tied ? 1 : 2);
     if (row->n_gen > 0) {
         double weights = ((double)info->n_params - (tied ? 0 : table)) * weight_element_bytes;
+        weights /= row->batch;
         double kv = (double)info->kv_bytes_per_token * (row->n_depth + row->n_gen / 2.0);
         row->achieved_bytes_per_s = (weights + kv) * row->mean_tps;
     } else {
@@ -308,7 +327,7 @@ static void roofline(bench_row *row, const cinfer_model_info *info, const cinfer
 }
 
 static void summarize(bench_row *row) {
-    const int tokens = row->n_prompt > 0 ? row->n_prompt : row->n_gen;
+    const int tokens = row->batch * (row->n_prompt > 0 ? row->n_prompt : row->n_gen);
     double sum = 0, sum_sq = 0;
     for (int r = 0; r < row->repetitions; r++) {
         double tps = tokens / row->seconds[r];
@@ -556,13 +575,13 @@ int cinfer_bench_main(int argc, char **argv) {
     if (n_tests == 0) return bench_usage("%s", "nothing to measure: -p and -n are both 0");
     run_config configs[MAX_CONFIGS];
     const int n_configs = plan_configs(&o, configs);
-    const int n_rows_max = n_tests * o.n_depth.n * n_configs;
+    const int n_rows_max = n_tests * o.n_depth.n * n_configs * o.batch.n;
     bench_row *rows = calloc((size_t)n_rows_max, sizeof *rows);
     double *seconds = calloc((size_t)n_rows_max * (size_t)o.repetitions, sizeof *seconds);
     int n_rows = 0, status = EXIT_ERROR;
     cinfer_model *model = NULL;
     cinfer_session *session = NULL;
-    int32_t *tokens = NULL;
+    int32_t *tokens = NULL, *token_scratch = NULL;
     float *logits = NULL;
     cinfer_model_info info = {0};
     if (!rows || !seconds) {
@@ -591,52 +610,66 @@ int cinfer_bench_main(int argc, char **argv) {
                 fprintf(stderr, "cinfer bench: ceilings not measured: %s\n", cinfer_last_error());
         }
 
-        /* one session sized for the longest test at the deepest depth */
-        int n_ctx = 1;
+        /* sessions sized for the longest test at the deepest depth */
+        int n_ctx = 1, max_batch = 1;
         for (int d = 0; d < o.n_depth.n; d++)
             for (int k = 0; k < n_tests; k++) {
                 int need = o.n_depth.values[d] + tests[k][0] + tests[k][1];
                 if (need > n_ctx) n_ctx = need;
             }
-        if (cinfer_session_create(model, n_ctx, &session) != CINFER_OK) goto fail;
+        for (int b = 0; b < o.batch.n; b++)
+            if (o.batch.values[b] > max_batch) max_batch = o.batch.values[b];
         free(tokens);
+        free(token_scratch);
         free(logits);
-        tokens = malloc((size_t)n_ctx * sizeof *tokens);
-        logits = malloc((size_t)info.vocab_size * sizeof *logits);
-        if (!tokens || !logits) {
-            fprintf(stderr, "cinfer bench: error: out of memory for %d tokens\n", n_ctx);
+        /* sequence-major: the first B·n_ctx of these ids are what a batch of B reads */
+        const size_t n_ids = (size_t)max_batch * (size_t)n_ctx;
+        tokens = malloc(n_ids * sizeof *tokens);
+        token_scratch = malloc((n_ids + 2 * (size_t)max_batch) * sizeof *token_scratch);
+        logits = malloc((size_t)max_batch * (size_t)info.vocab_size * sizeof *logits);
+        if (!tokens || !token_scratch || !logits) {
+            fprintf(stderr, "cinfer bench: error: out of memory for %d x %d tokens\n", max_batch,
+                    n_ctx);
             goto done;
         }
         uint64_t state = o.seed;
-        for (int i = 0; i < n_ctx; i++)
+        for (size_t i = 0; i < n_ids; i++)
             tokens[i] = (int32_t)(ci_splitmix64(&state) % (uint64_t)info.vocab_size);
 
-        for (int d = 0; d < o.n_depth.n; d++) {
-            for (int k = 0; k < n_tests; k++) {
-                bench_row *row = &rows[n_rows];
-                *row = (bench_row){.backend = config->backend,
-                                   .dtype = config->dtype,
-                                   .attention = info.attention, /* auto resolved */
-                                   .n_threads = config->load.n_threads,
-                                   .n_prompt = tests[k][0],
-                                   .n_gen = tests[k][1],
-                                   .n_depth = o.n_depth.values[d],
-                                   .batch = 1,
-                                   .repetitions = o.repetitions,
-                                   .seconds = seconds + (size_t)n_rows * (size_t)o.repetitions};
-                double warm_up;
-                if (run_once(session, tokens, row->n_depth, row->n_prompt, row->n_gen, logits,
-                             &warm_up) != CINFER_OK)
-                    goto fail;
-                for (int r = 0; r < o.repetitions; r++)
-                    if (run_once(session, tokens, row->n_depth, row->n_prompt, row->n_gen, logits,
-                                 &row->seconds[r]) != CINFER_OK)
+        for (int b = 0; b < o.batch.n; b++) {
+            const int batch = o.batch.values[b];
+            cinfer_session_free(session);
+            session = NULL;
+            if (cinfer_session_create_batch(model, n_ctx, batch, &session) != CINFER_OK) goto fail;
+            const bench_tokens ids = {tokens, n_ctx, batch, token_scratch};
+            for (int d = 0; d < o.n_depth.n; d++) {
+                for (int k = 0; k < n_tests; k++) {
+                    bench_row *row = &rows[n_rows];
+                    *row = (bench_row){.backend = config->backend,
+                                       .dtype = config->dtype,
+                                       .attention = info.attention, /* auto resolved */
+                                       .n_threads = config->load.n_threads,
+                                       .n_prompt = tests[k][0],
+                                       .n_gen = tests[k][1],
+                                       .n_depth = o.n_depth.values[d],
+                                       .batch = batch,
+                                       .repetitions = o.repetitions,
+                                       .seconds = seconds + (size_t)n_rows * (size_t)o.repetitions};
+                    double warm_up;
+                    if (run_once(session, &ids, row->n_depth, row->n_prompt, row->n_gen, logits,
+                                 &warm_up) != CINFER_OK)
                         goto fail;
-                summarize(row);
-                roofline(row, &info, model, weight_element_bytes);
-                row->ceilings = ceilings;
-                if (o.profile && profile_once(session, tokens, row, logits) != CINFER_OK) goto fail;
-                n_rows++;
+                    for (int r = 0; r < o.repetitions; r++)
+                        if (run_once(session, &ids, row->n_depth, row->n_prompt, row->n_gen, logits,
+                                     &row->seconds[r]) != CINFER_OK)
+                            goto fail;
+                    summarize(row);
+                    roofline(row, &info, model, weight_element_bytes);
+                    row->ceilings = ceilings;
+                    if (o.profile && profile_once(session, &ids, row, logits) != CINFER_OK)
+                        goto fail;
+                    n_rows++;
+                }
             }
         }
     }
@@ -647,6 +680,7 @@ fail:
     fprintf(stderr, "cinfer bench: error: %s\n", cinfer_last_error());
 done:
     free(tokens);
+    free(token_scratch);
     free(logits);
     cinfer_session_free(session);
     cinfer_model_free(model);

@@ -48,8 +48,19 @@
 
 typedef struct ci_backend ci_backend;
 
-/* Tokens per forward pass: longer prompts run in several passes (bounds activation memory). */
+/* Rows (tokens, over all sequences) per forward pass: longer prompts run in several passes
+ * (bounds activation memory). */
 enum { CI_MAX_BATCH = 512 };
+
+/* Tokens of each of n_seqs lockstep sequences one forward pass takes: a pass holds
+ * n_seqs · ci_tokens_per_pass rows, never more than CI_MAX_BATCH (n_seqs <= CI_MAX_BATCH). */
+static inline int ci_tokens_per_pass(int n_ctx, int n_seqs) {
+    const int fit = CI_MAX_BATCH / n_seqs;
+    return n_ctx < fit ? n_ctx : fit;
+}
+static inline int ci_rows_per_pass(int n_ctx, int n_seqs) {
+    return n_seqs * ci_tokens_per_pass(n_ctx, n_seqs);
+}
 
 /* RoPE frequencies for one forward call: inv_freq has head_dim/2 entries, and cos/sin are
  * multiplied by attention_scaling (1 except for yarn). */
@@ -66,8 +77,9 @@ typedef struct ci_backend_ops {
     void (*free)(ci_backend *be, void *memory);
     void (*to_device)(ci_backend *be, void *device_dst, const void *host_src, size_t bytes);
     void (*to_host)(ci_backend *be, void *host_dst, const void *device_src, size_t bytes);
-    /* scratch the ops below need for a model of this config with n_ctx tokens of context */
-    size_t (*workspace_bytes)(const ci_backend *be, const ci_config *config, int n_ctx);
+    /* scratch the ops below need for a model of this config running n_seqs sequences with n_ctx
+     * tokens of context each, ci_rows_per_pass(n_ctx, n_seqs) rows at a time */
+    size_t (*workspace_bytes)(const ci_backend *be, const ci_config *config, int n_ctx, int n_seqs);
 
     /* out[t] = table[tokens[t]]                         tokens I32 [T], table [V, E] -> [T, E] */
     void (*embedding)(ci_backend *be, ci_tensor *out, const ci_tensor *tokens,
@@ -78,6 +90,11 @@ typedef struct ci_backend_ops {
     /* out = x·Wᵀ (+ bias)                     x [T, K], W [N, K], bias [N] or NULL -> [T, N] */
     void (*matmul)(ci_backend *be, ci_tensor *out, const ci_tensor *x, const ci_tensor *weight,
                    const ci_tensor *bias);
+    /* The position-aware ops below (rope, attention, diff_attention, kv_store) run B sequences in
+     * lockstep: q [B, T, H, D], k and v [B, T, G, D], caches [B, n_ctx, G, D], sequence b's new
+     * tokens over its own cache b, every sequence at the same positions pos0 .. pos0 + T − 1. A
+     * 3-D tensor ([T, H, D], [n_ctx, G, D]) is the one-sequence case, B = 1. */
+
     /* Rotates q [T, H, D] and k [T, G, D] in place; token t sits at position pos0 + t. */
     void (*rope)(ci_backend *be, ci_tensor *q, ci_tensor *k, int pos0, const ci_rope_freqs *freqs);
     /* Causal GQA attention of the T new queries over cache rows [0, pos0 + T):

@@ -112,19 +112,31 @@ cinfer_status cinfer_model_load_random(const char *config_path, const cinfer_loa
 void cinfer_model_free(cinfer_model *model);
 const cinfer_model_info *cinfer_model_get_info(const cinfer_model *model);
 
-/* ---- sessions: one sequence with its KV cache ------------------------------------------------ */
+/* ---- sessions: sequences with their KV caches ------------------------------------------------ */
 
 typedef struct cinfer_session cinfer_session;
 
-/* n_ctx: tokens the KV cache holds; 0 means max_position_embeddings. */
+/* One sequence. n_ctx: tokens the KV cache holds; 0 means max_position_embeddings. */
 cinfer_status cinfer_session_create(cinfer_model *model, int n_ctx, cinfer_session **out);
+/* n_seqs sequences decoded in lockstep, each with its own KV cache of n_ctx tokens (as
+ * llama-batched-bench measures batching): every forward call takes the same number of new tokens
+ * from each, so all sit at the same position. n_seqs is 1 to 512 (a forward pass holds at most 512
+ * rows; a prompt runs in passes of 512 / n_seqs tokens of each sequence). n_seqs = 1 is
+ * cinfer_session_create. */
+cinfer_status cinfer_session_create_batch(cinfer_model *model, int n_ctx, int n_seqs,
+                                          cinfer_session **out);
 void cinfer_session_free(cinfer_session *session);
 /* Bytes a session with this context would allocate (KV cache, activations, scratch). */
 int64_t cinfer_session_memory_bytes(const cinfer_model *model, int n_ctx);
-/* Forget every token: the next forward starts at position 0. */
+/* The same for n_seqs sequences (n_seqs KV caches, activations for their rows); -1 for an n_seqs
+ * out of range. */
+int64_t cinfer_session_memory_bytes_batch(const cinfer_model *model, int n_ctx, int n_seqs);
+/* Forget every token of every sequence: the next forward starts at position 0. */
 void cinfer_session_reset(cinfer_session *session);
+/* Positions used, the same in every sequence. */
 int cinfer_session_n_past(const cinfer_session *session);
 int cinfer_session_n_ctx(const cinfer_session *session);
+int cinfer_session_n_seqs(const cinfer_session *session);
 
 typedef enum cinfer_logits {
     CINFER_LOGITS_NONE = 0, /* only fill the KV cache */
@@ -134,9 +146,17 @@ typedef enum cinfer_logits {
 
 /* Runs the model on n_tokens tokens placed after the n_past tokens already in the cache, appends
  * their keys and values to the cache and writes the logits asked for. Token ids are checked against
- * the vocabulary and the length against the context before anything is computed. */
+ * the vocabulary and the length against the context before anything is computed. A session of
+ * several sequences refuses it (CINFER_ERR_ARGUMENT): use cinfer_session_forward_batch. */
 cinfer_status cinfer_session_forward(cinfer_session *session, const int32_t *tokens, int n_tokens,
                                      cinfer_logits which, float *logits);
+/* The same for every sequence of the session at once: tokens are [n_seqs, n_tokens], sequence-
+ * major (sequence b's n_tokens ids, then sequence b + 1's). Logits, sequence-major too: LAST gives
+ * [n_seqs, vocab_size] (each sequence's last token), ALL [n_seqs · n_tokens, vocab_size]. Each
+ * sequence's logits are those a one-sequence session computes for it (the CPU reference: the same
+ * bits; rows never mix). With n_seqs = 1 this is cinfer_session_forward. */
+cinfer_status cinfer_session_forward_batch(cinfer_session *session, const int32_t *tokens,
+                                           int n_tokens, cinfer_logits which, float *logits);
 
 /* Observes the residual stream: called with stage 0 after the embedding, stage 1+i after decoder
  * layer i, and stage n_layers+1 after the final norm, with n_tokens rows of hidden_size floats on
@@ -190,7 +210,8 @@ typedef struct cinfer_generate_stats {
 /* Called for every generated token as soon as it is sampled; return non-zero to stop. */
 typedef int (*cinfer_token_callback)(void *user, int32_t token);
 
-/* Feeds the prompt (after whatever the session already holds), then samples up to
+/* One sequence: a session of several refuses it with CINFER_ERR_ARGUMENT.
+ * Feeds the prompt (after whatever the session already holds), then samples up to
  * max_new_tokens tokens. prompt_logits, when not NULL, receives the logits of every prompt
  * position: [n_prompt, vocab_size]. The last generated token is not fed back into the cache
  * (its logits would go unused): to continue the sequence, pass it first in the next prompt. */

@@ -24,6 +24,11 @@ cinfer_status cinfer_generate(cinfer_session *s, const int32_t *prompt, int n_pr
     cinfer_generate_stats local = {0};
     if (!stats) stats = &local;
     memset(stats, 0, sizeof *stats);
+    if (s->n_seqs != 1)
+        return CI_FAIL(CINFER_ERR_ARGUMENT,
+                       "cinfer_generate decodes one sequence; this session holds %d (drive a "
+                       "batched session with cinfer_session_forward_batch)",
+                       s->n_seqs);
     if (n_prompt <= 0) return CI_FAIL(CINFER_ERR_ARGUMENT, "the prompt is empty");
     if (params->n_stop_tokens < 0 || (params->n_stop_tokens > 0 && !params->stop_tokens))
         return CI_FAIL(CINFER_ERR_ARGUMENT, "stop_tokens is NULL but n_stop_tokens is %d",
@@ -82,7 +87,7 @@ cinfer_status cinfer_generate(cinfer_session *s, const int32_t *prompt, int n_pr
         }
         if (greedy_on_device) {
             /* the next token is picked on the device; its id is all that comes back */
-            status = ci_session_greedy_step(s, token, &picked);
+            status = ci_session_greedy_step(s, &token, &picked);
         } else {
             status = cinfer_session_forward(s, &token, 1, CINFER_LOGITS_LAST, logits);
         }

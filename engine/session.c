@@ -1,5 +1,6 @@
-/* Sessions: the KV cache and activation buffers of one sequence, sized once at creation so that
- * no forward pass allocates, and the checks every input passes before it reaches the model. */
+/* Sessions: the KV caches and activation buffers of n_seqs lockstep sequences, sized once at
+ * creation so that no forward pass allocates, and the checks every input passes before it reaches
+ * the model. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -8,8 +9,10 @@
 #include "error.h"
 #include "session.h"
 
-/* Prompts longer than CI_MAX_BATCH run in several passes: bounds activation memory, not results. */
-/* Logits leave the device this many rows at a time: [rows, vocab] stays a few MB. */
+/* Prompts longer than ci_tokens_per_pass run in several passes: bounds activation memory, not
+ * results. */
+/* Logits leave the device this many rows at a time: [rows, vocab] stays a few MB. A batched
+ * session takes at least one row per sequence, so that a decode step's logits are one block. */
 enum { SESSION_LOGIT_ROWS = 16 };
 
 /* Every buffer a session holds, as (tensor, dtype, shape): one list serves allocation and the
@@ -18,47 +21,51 @@ typedef struct buffer_spec {
     ci_tensor *tensor;
     ci_dtype dtype;
     int n_dims;
-    int64_t d0, d1, d2;
+    int64_t d0, d1, d2, d3;
 } buffer_spec;
 
 enum { N_ACTIVATION_BUFFERS = 12 };
 
-static void activation_buffers(cinfer_session *s, const ci_config *c, int max_batch, int logit_rows,
-                               buffer_spec specs[N_ACTIVATION_BUFFERS]) {
-    const int64_t B = max_batch, E = c->hidden_size, I = c->intermediate_size;
+/* rows: tokens of all sequences in one forward pass. */
+static void activation_buffers(cinfer_session *s, const ci_config *c, int rows, int n_seqs,
+                               int logit_rows, buffer_spec specs[N_ACTIVATION_BUFFERS]) {
+    const int64_t B = rows, E = c->hidden_size, I = c->intermediate_size;
     const int64_t H = c->n_heads, G = c->n_kv_heads, D = c->head_dim;
     const buffer_spec list[N_ACTIVATION_BUFFERS] = {
-        {&s->tokens, CI_I32, 1, B, 0, 0},
-        {&s->x, CI_F32, 2, B, E, 0},
-        {&s->x_norm, CI_F32, 2, B, E, 0},
-        {&s->q, CI_F32, 3, B, H, D},
-        {&s->k_new, CI_F32, 3, B, G, D},
-        {&s->v_new, CI_F32, 3, B, G, D},
-        {&s->attn, CI_F32, 3, B, H, D},
-        {&s->proj, CI_F32, 2, B, E, 0},
-        {&s->gate, CI_F32, 2, B, I, 0},
-        {&s->up, CI_F32, 2, B, I, 0},
-        {&s->logits, CI_F32, 2, logit_rows, c->vocab_size, 0},
-        {&s->sampled, CI_I32, 1, 1, 0, 0},
+        {&s->tokens, CI_I32, 1, B, 0, 0, 0},
+        {&s->x, CI_F32, 2, B, E, 0, 0},
+        {&s->x_norm, CI_F32, 2, B, E, 0, 0},
+        {&s->q, CI_F32, 3, B, H, D, 0},
+        {&s->k_new, CI_F32, 3, B, G, D, 0},
+        {&s->v_new, CI_F32, 3, B, G, D, 0},
+        {&s->attn, CI_F32, 3, B, H, D, 0},
+        {&s->proj, CI_F32, 2, B, E, 0, 0},
+        {&s->gate, CI_F32, 2, B, I, 0, 0},
+        {&s->up, CI_F32, 2, B, I, 0, 0},
+        {&s->logits, CI_F32, 2, logit_rows, c->vocab_size, 0, 0},
+        {&s->sampled, CI_I32, 1, n_seqs, 0, 0, 0},
     };
     memcpy(specs, list, sizeof list);
 }
 
-static int batch_for(int n_ctx) { return n_ctx < CI_MAX_BATCH ? n_ctx : CI_MAX_BATCH; }
+static int logit_rows_for(int n_seqs) {
+    return n_seqs > SESSION_LOGIT_ROWS ? n_seqs : SESSION_LOGIT_ROWS;
+}
 
 static size_t spec_bytes(const buffer_spec *spec) {
-    ci_tensor t = {NULL, spec->dtype, spec->n_dims, {spec->d0, spec->d1, spec->d2, 0}};
+    ci_tensor t = {NULL, spec->dtype, spec->n_dims, {spec->d0, spec->d1, spec->d2, spec->d3}};
     return ci_tensor_nbytes(&t);
 }
 
 static cinfer_status alloc_tensor(cinfer_session *s, const buffer_spec *spec) {
-    *spec->tensor = (ci_tensor){NULL, spec->dtype, spec->n_dims, {spec->d0, spec->d1, spec->d2, 0}};
+    *spec->tensor =
+        (ci_tensor){NULL, spec->dtype, spec->n_dims, {spec->d0, spec->d1, spec->d2, spec->d3}};
     size_t bytes = spec_bytes(spec);
     spec->tensor->data = s->be->ops->alloc(s->be, bytes);
     if (!spec->tensor->data)
         return CI_FAIL(CINFER_ERR_MEMORY,
-                       "out of memory: %zu bytes for session buffers (n_ctx = %d)", bytes,
-                       s->n_ctx);
+                       "out of memory: %zu bytes for session buffers (n_ctx = %d, n_seqs = %d)",
+                       bytes, s->n_ctx, s->n_seqs);
     return CINFER_OK;
 }
 
@@ -75,43 +82,51 @@ static cinfer_status allocate(cinfer_session *s) {
     if (!s->k_cache || !s->v_cache) return CI_FAIL(CINFER_ERR_MEMORY, "out of memory");
     const ci_dtype kv_dtype = ci_kv_cache_dtype(&s->model->options);
     for (int l = 0; l < c->n_layers; l++) {
-        const buffer_spec k = {&s->k_cache[l], kv_dtype, 3, s->n_ctx, c->n_kv_heads, D};
-        const buffer_spec v = {&s->v_cache[l], kv_dtype, 3, s->n_ctx, c->n_kv_heads, D};
+        const buffer_spec k = {&s->k_cache[l], kv_dtype, 4, s->n_seqs, s->n_ctx, c->n_kv_heads, D};
+        const buffer_spec v = {&s->v_cache[l], kv_dtype, 4, s->n_seqs, s->n_ctx, c->n_kv_heads, D};
         CI_TRY(alloc_tensor(s, &k));
         CI_TRY(alloc_tensor(s, &v));
     }
     buffer_spec specs[N_ACTIVATION_BUFFERS];
-    s->logit_rows = SESSION_LOGIT_ROWS;
-    activation_buffers(s, c, s->max_batch, s->logit_rows, specs);
+    s->logit_rows = logit_rows_for(s->n_seqs);
+    activation_buffers(s, c, s->n_seqs * s->max_batch, s->n_seqs, s->logit_rows, specs);
     for (int i = 0; i < N_ACTIVATION_BUFFERS; i++) CI_TRY(alloc_tensor(s, &specs[i]));
     s->inv_freq = s->be->ops->alloc(s->be, (size_t)D / 2 * sizeof(float));
     s->host_inv_freq = malloc((size_t)D / 2 * sizeof(float));
-    s->host_hidden = malloc((size_t)s->max_batch * (size_t)c->hidden_size * sizeof(float));
+    s->host_hidden =
+        malloc((size_t)s->n_seqs * (size_t)s->max_batch * (size_t)c->hidden_size * sizeof(float));
     if (!s->inv_freq || !s->host_inv_freq || !s->host_hidden)
         return CI_FAIL(CINFER_ERR_MEMORY, "out of memory");
     s->rope.inv_freq = s->inv_freq;
     s->rope_seq_len = -1;
-    return ci_backend_reserve(s->be, s->be->ops->workspace_bytes(s->be, c, s->n_ctx));
+    return ci_backend_reserve(s->be, s->be->ops->workspace_bytes(s->be, c, s->n_ctx, s->n_seqs));
 }
 
-static int64_t session_bytes(const cinfer_model *model, int n_ctx, const ci_backend *be) {
+static int64_t session_bytes(const cinfer_model *model, int n_ctx, int n_seqs,
+                             const ci_backend *be) {
     const ci_config *c = model->config;
     cinfer_session shape_only = {0};
     buffer_spec specs[N_ACTIVATION_BUFFERS];
-    activation_buffers(&shape_only, c, batch_for(n_ctx), SESSION_LOGIT_ROWS, specs);
-    int64_t total = model->info.kv_bytes_per_token * n_ctx;
+    activation_buffers(&shape_only, c, ci_rows_per_pass(n_ctx, n_seqs), n_seqs,
+                       logit_rows_for(n_seqs), specs);
+    int64_t total = model->info.kv_bytes_per_token * n_ctx * n_seqs;
     for (int i = 0; i < N_ACTIVATION_BUFFERS; i++) total += (int64_t)spec_bytes(&specs[i]);
-    if (be) total += (int64_t)be->ops->workspace_bytes(be, c, n_ctx);
+    if (be) total += (int64_t)be->ops->workspace_bytes(be, c, n_ctx, n_seqs);
+    return total;
+}
+
+int64_t cinfer_session_memory_bytes_batch(const cinfer_model *model, int n_ctx, int n_seqs) {
+    if (n_ctx <= 0) n_ctx = model->config->max_position_embeddings;
+    if (n_seqs < 1 || n_seqs > CI_MAX_BATCH) return -1;
+    ci_backend *be = NULL;
+    if (ci_backend_create_for(&model->options, &be) != CINFER_OK) ci_error_clear();
+    const int64_t total = session_bytes(model, n_ctx, n_seqs, be);
+    ci_backend_free(be);
     return total;
 }
 
 int64_t cinfer_session_memory_bytes(const cinfer_model *model, int n_ctx) {
-    if (n_ctx <= 0) n_ctx = model->config->max_position_embeddings;
-    ci_backend *be = NULL;
-    if (ci_backend_create_for(&model->options, &be) != CINFER_OK) ci_error_clear();
-    const int64_t total = session_bytes(model, n_ctx, be);
-    ci_backend_free(be);
-    return total;
+    return cinfer_session_memory_bytes_batch(model, n_ctx, 1);
 }
 
 /* On a GPU, a session that cannot fit is refused before its first allocation, with both figures.
@@ -120,22 +135,29 @@ static cinfer_status check_device_memory(const cinfer_session *s) {
     if (s->model->options.backend != CINFER_BACKEND_CUDA) return CINFER_OK;
     size_t free_bytes = 0, total_bytes = 0;
     CI_TRY(ci_cuda_memory(s->model->options.device, &free_bytes, &total_bytes));
-    char what[96];
-    snprintf(what, sizeof what, "a session with n_ctx = %d (KV cache, activations, scratch)",
-             s->n_ctx);
-    return ci_memory_fits(what, s->model->options.device, session_bytes(s->model, s->n_ctx, s->be),
-                          (int64_t)free_bytes);
+    char what[128];
+    snprintf(what, sizeof what,
+             "a session with n_ctx = %d, n_seqs = %d (KV caches, activations, scratch)", s->n_ctx,
+             s->n_seqs);
+    return ci_memory_fits(what, s->model->options.device,
+                          session_bytes(s->model, s->n_ctx, s->n_seqs, s->be), (int64_t)free_bytes);
 }
 
-cinfer_status cinfer_session_create(cinfer_model *model, int n_ctx, cinfer_session **out) {
+cinfer_status cinfer_session_create_batch(cinfer_model *model, int n_ctx, int n_seqs,
+                                          cinfer_session **out) {
     *out = NULL;
     ci_error_clear();
     if (n_ctx < 0) return CI_FAIL(CINFER_ERR_ARGUMENT, "context size %d is negative", n_ctx);
+    /* a forward pass takes at least one token of every sequence, within CI_MAX_BATCH rows */
+    if (n_seqs < 1 || n_seqs > CI_MAX_BATCH)
+        return CI_FAIL(CINFER_ERR_ARGUMENT, "n_seqs = %d sequences: a session runs 1 to %d", n_seqs,
+                       (int)CI_MAX_BATCH);
     cinfer_session *s = calloc(1, sizeof *s);
     CI_CHECK_ALLOC(s, sizeof *s);
     s->model = model;
     s->n_ctx = n_ctx > 0 ? n_ctx : model->config->max_position_embeddings;
-    s->max_batch = batch_for(s->n_ctx);
+    s->n_seqs = n_seqs;
+    s->max_batch = ci_tokens_per_pass(s->n_ctx, n_seqs);
     cinfer_status status = ci_backend_create_for(&model->options, &s->be);
     if (status == CINFER_OK) status = check_device_memory(s);
     if (status == CINFER_OK) status = allocate(s);
@@ -147,6 +169,10 @@ cinfer_status cinfer_session_create(cinfer_model *model, int n_ctx, cinfer_sessi
     return CINFER_OK;
 }
 
+cinfer_status cinfer_session_create(cinfer_model *model, int n_ctx, cinfer_session **out) {
+    return cinfer_session_create_batch(model, n_ctx, 1, out);
+}
+
 void cinfer_session_free(cinfer_session *s) {
     if (!s) return;
     if (s->be) {
@@ -154,7 +180,7 @@ void cinfer_session_free(cinfer_session *s) {
         for (int l = 0; s->k_cache && l < c->n_layers; l++) free_tensor(s, &s->k_cache[l]);
         for (int l = 0; s->v_cache && l < c->n_layers; l++) free_tensor(s, &s->v_cache[l]);
         buffer_spec specs[N_ACTIVATION_BUFFERS];
-        activation_buffers(s, c, s->max_batch, s->logit_rows, specs);
+        activation_buffers(s, c, s->n_seqs * s->max_batch, s->n_seqs, s->logit_rows, specs);
         for (int i = 0; i < N_ACTIVATION_BUFFERS; i++) free_tensor(s, specs[i].tensor);
         if (s->inv_freq) s->be->ops->free(s->be, s->inv_freq);
         ci_backend_free(s->be);
@@ -169,6 +195,7 @@ void cinfer_session_free(cinfer_session *s) {
 void cinfer_session_reset(cinfer_session *s) { s->n_past = 0; }
 int cinfer_session_n_past(const cinfer_session *s) { return s->n_past; }
 int cinfer_session_n_ctx(const cinfer_session *s) { return s->n_ctx; }
+int cinfer_session_n_seqs(const cinfer_session *s) { return s->n_seqs; }
 
 void cinfer_session_observe(cinfer_session *s, cinfer_hidden_observer observer, void *user) {
     s->observer = observer;
@@ -194,20 +221,44 @@ static void update_rope(cinfer_session *s, int seq_len) {
     s->rope_seq_len = key;
 }
 
-cinfer_status cinfer_session_forward(cinfer_session *s, const int32_t *tokens, int n_tokens,
-                                     cinfer_logits which, float *logits) {
+/* Sequence b's tokens [done, done + chunk) into rows [b·chunk, (b+1)·chunk) of session->tokens;
+ * tokens are [n_seqs, n_tokens]. When one pass takes them all, the layouts agree: one copy. */
+static void upload_tokens(cinfer_session *s, const int32_t *tokens, int n_tokens, int done,
+                          int chunk) {
+    if (chunk == n_tokens) {
+        s->be->ops->to_device(s->be, s->tokens.data, tokens,
+                              (size_t)s->n_seqs * (size_t)n_tokens * sizeof *tokens);
+        return;
+    }
+    for (int b = 0; b < s->n_seqs; b++)
+        s->be->ops->to_device(s->be, (int32_t *)s->tokens.data + (size_t)b * (size_t)chunk,
+                              tokens + (size_t)b * (size_t)n_tokens + done,
+                              (size_t)chunk * sizeof *tokens);
+}
+
+cinfer_status cinfer_session_forward_batch(cinfer_session *s, const int32_t *tokens, int n_tokens,
+                                           cinfer_logits which, float *logits) {
     ci_error_clear();
     const ci_config *c = s->model->config;
+    const size_t V = (size_t)c->vocab_size;
     if (n_tokens <= 0)
         return CI_FAIL(CINFER_ERR_ARGUMENT, "no tokens to run (n_tokens = %d)", n_tokens);
     if (which != CINFER_LOGITS_NONE && !logits)
         return CI_FAIL(CINFER_ERR_ARGUMENT, "logits were asked for but no buffer was given");
-    for (int i = 0; i < n_tokens; i++)
-        if (tokens[i] < 0 || tokens[i] >= c->vocab_size)
+    for (int b = 0; b < s->n_seqs; b++)
+        for (int i = 0; i < n_tokens; i++) {
+            const int32_t id = tokens[(size_t)b * (size_t)n_tokens + (size_t)i];
+            if (id >= 0 && id < c->vocab_size) continue;
+            if (s->n_seqs == 1)
+                return CI_FAIL(CINFER_ERR_ARGUMENT,
+                               "token id %d at position %d is outside the vocabulary (vocab_size "
+                               "= %d in config.json)",
+                               id, s->n_past + i, c->vocab_size);
             return CI_FAIL(CINFER_ERR_ARGUMENT,
-                           "token id %d at position %d is outside the vocabulary (vocab_size = "
-                           "%d in config.json)",
-                           tokens[i], s->n_past + i, c->vocab_size);
+                           "token id %d of sequence %d at position %d is outside the vocabulary "
+                           "(vocab_size = %d in config.json)",
+                           id, b, s->n_past + i, c->vocab_size);
+        }
     if (n_tokens > s->n_ctx - s->n_past)
         return CI_FAIL(CINFER_ERR_CONTEXT_FULL,
                        "%d tokens do not fit: the context holds %d and %d are used", n_tokens,
@@ -217,50 +268,68 @@ cinfer_status cinfer_session_forward(cinfer_session *s, const int32_t *tokens, i
     for (int done = 0; done < n_tokens;) {
         const int chunk = n_tokens - done < s->max_batch ? n_tokens - done : s->max_batch;
         const int last_chunk = done + chunk == n_tokens;
+        /* rows [row0, row0 + n_rows) of each sequence's chunk, to out + b · seq_floats */
         int row0 = 0, n_rows = 0;
         float *out = NULL;
+        size_t seq_floats = 0;
         if (which == CINFER_LOGITS_ALL) {
             n_rows = chunk;
-            out = logits + (size_t)done * (size_t)c->vocab_size;
+            out = logits + (size_t)done * V;
+            seq_floats = (size_t)n_tokens * V;
         } else if (which == CINFER_LOGITS_LAST && last_chunk) {
             row0 = chunk - 1;
             n_rows = 1;
             out = logits;
+            seq_floats = V;
         }
-        s->be->ops->to_device(s->be, s->tokens.data, tokens + done, (size_t)chunk * sizeof *tokens);
-        ci_decoder_forward(s, chunk, s->n_past, row0, n_rows, out);
+        upload_tokens(s, tokens, n_tokens, done, chunk);
+        ci_decoder_forward(s, chunk, s->n_past, row0, n_rows, out, seq_floats);
         s->n_past += chunk;
         done += chunk;
     }
     return CINFER_OK;
 }
 
+cinfer_status cinfer_session_forward(cinfer_session *s, const int32_t *tokens, int n_tokens,
+                                     cinfer_logits which, float *logits) {
+    if (s->n_seqs != 1) {
+        ci_error_clear();
+        return CI_FAIL(CINFER_ERR_ARGUMENT,
+                       "cinfer_session_forward runs one sequence; this session holds %d: use "
+                       "cinfer_session_forward_batch",
+                       s->n_seqs);
+    }
+    return cinfer_session_forward_batch(s, tokens, n_tokens, which, logits);
+}
+
 /* The body of a greedy step: the forward pass of one token, its logits left on the device, and
  * their argmax into session->sampled. */
 static void forward_and_argmax(cinfer_session *s, int pos0) {
-    ci_decoder_forward(s, 1, pos0, 0, 1, NULL);
-    ci_tensor logits = ci_tensor_rows(&s->logits, 0, 1);
+    ci_decoder_forward(s, 1, pos0, 0, 1, NULL, 0);
+    ci_tensor logits = ci_tensor_rows(&s->logits, 0, s->n_seqs);
     ci_argmax(s->be, &s->sampled, &logits);
 }
 
-cinfer_status ci_session_greedy_step(cinfer_session *s, int32_t token, int32_t *next) {
+cinfer_status ci_session_greedy_step(cinfer_session *s, const int32_t *tokens, int32_t *next) {
     ci_error_clear();
     const ci_config *c = s->model->config;
-    if (token < 0 || token >= c->vocab_size)
-        return CI_FAIL(CINFER_ERR_ARGUMENT,
-                       "token id %d at position %d is outside the vocabulary (vocab_size = %d in "
-                       "config.json)",
-                       token, s->n_past, c->vocab_size);
+    for (int b = 0; b < s->n_seqs; b++)
+        if (tokens[b] < 0 || tokens[b] >= c->vocab_size)
+            return CI_FAIL(CINFER_ERR_ARGUMENT,
+                           "token id %d of sequence %d at position %d is outside the vocabulary "
+                           "(vocab_size = %d in config.json)",
+                           tokens[b], b, s->n_past, c->vocab_size);
     if (s->n_past >= s->n_ctx)
         return CI_FAIL(CINFER_ERR_CONTEXT_FULL,
                        "1 token does not fit: the context holds %d and %d are used", s->n_ctx,
                        s->n_past);
     ci_backend *be = s->be;
     update_rope(s, s->n_past + 1);
-    be->ops->to_device(be, s->tokens.data, &token, sizeof token);
+    be->ops->to_device(be, s->tokens.data, tokens, (size_t)s->n_seqs * sizeof *tokens);
     /* Every argument a recorded step depends on is either fixed for the session's life (buffer
      * addresses, shapes, layer constants) or read on the device at replay time: the position
-     * (set_position), the token (just copied), the RoPE frequencies (update_rope). */
+     * (set_position, shared by the lockstep sequences), the tokens (just copied), the RoPE
+     * frequencies (update_rope). */
     const int can_capture = be->ops->capture_begin && !s->observer && s->decode_graph >= 0;
     if (can_capture) {
         be->ops->set_position(be, s->n_past);
@@ -280,7 +349,7 @@ cinfer_status ci_session_greedy_step(cinfer_session *s, int32_t token, int32_t *
         be->ops->replay(be);
     else
         forward_and_argmax(s, s->n_past);
-    be->ops->to_host(be, next, s->sampled.data, sizeof *next);
+    be->ops->to_host(be, next, s->sampled.data, (size_t)s->n_seqs * sizeof *next);
     s->n_past++;
     return CINFER_OK;
 }

@@ -78,6 +78,25 @@ ci_tensor ci_tensor_rows(const ci_tensor *tensor, int64_t row0, int64_t n_rows) 
     return view;
 }
 
+ci_tensor ci_tensor_seq(const ci_tensor *tensor, int64_t b) {
+    if (tensor->n_dims != 4) return *tensor;
+    ci_tensor view = {
+        NULL, tensor->dtype, 3, {tensor->shape[1], tensor->shape[2], tensor->shape[3], 0}};
+    view.data = (char *)tensor->data + (size_t)b * ci_tensor_nbytes(&view);
+    return view;
+}
+
+ci_tensor ci_tensor_split_seqs(const ci_tensor *tensor, int64_t n_seqs) {
+    ci_tensor view = *tensor;
+    if (tensor->n_dims != 3) return view; /* only [rows, heads, D] tensors are split */
+    view.n_dims = 4;
+    view.shape[0] = n_seqs;
+    view.shape[1] = tensor->shape[0] / n_seqs;
+    view.shape[2] = tensor->shape[1];
+    view.shape[3] = tensor->shape[2];
+    return view;
+}
+
 const char *ci_shape_string(const int64_t *shape, int n_dims, char *buf, size_t buf_size) {
     size_t used = 0;
     used += (size_t)snprintf(buf, buf_size, "[");

@@ -86,4 +86,14 @@ static inline int64_t ci_tensor_n_rows(const ci_tensor *t) {
     return t->n_dims > 1 ? t->shape[0] : 1;
 }
 
+/* Batched sequences (engine/backend.h): the position-aware ops take q, k, v [B, T, heads, D] and
+ * caches [B, n_ctx, G, D]; a 3-D tensor is one sequence. */
+static inline int64_t ci_tensor_n_seqs(const ci_tensor *t) {
+    return t->n_dims == 4 ? t->shape[0] : 1;
+}
+/* Sequence b of such a tensor as a 3-D view (a 3-D tensor is its own sequence 0). */
+ci_tensor ci_tensor_seq(const ci_tensor *tensor, int64_t b);
+/* A [B·T, ...] view of rows (3-D) as [B, T, ...] (4-D): the same memory, sequence-major. */
+ci_tensor ci_tensor_split_seqs(const ci_tensor *tensor, int64_t n_seqs);
+
 #endif

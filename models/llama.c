@@ -16,24 +16,53 @@
 #include "../engine/session.h"
 #include "model.h"
 
+/* lm_head over rows [row0, row0 + n_rows) of the normalized stream, logit_rows at a time. Row g of
+ * those is row g mod per_seq of sequence g / per_seq, whose rows go to host + that sequence ·
+ * host_seq_floats; with host NULL the logits stay on the device (one block at most). */
+static void lm_head_rows(cinfer_session *s, const ci_tensor *normed_all, int row0, int n_rows,
+                         int per_seq, float *host, size_t host_seq_floats) {
+    ci_backend *be = s->be;
+    const size_t V = (size_t)s->model->config->vocab_size;
+    CI_ASSERT(host || n_rows <= s->logit_rows);
+    for (int r = 0; r < n_rows; r += s->logit_rows) {
+        const int rows = n_rows - r < s->logit_rows ? n_rows - r : s->logit_rows;
+        ci_tensor normed = ci_tensor_rows(normed_all, row0 + r, rows);
+        ci_tensor logits = ci_tensor_rows(&s->logits, 0, rows);
+        ci_matmul(be, &logits, &normed, &s->model->lm_head, NULL);
+        if (!host) continue;
+        /* runs of rows that belong to one sequence are contiguous on the host too */
+        for (int i = 0; i < rows;) {
+            const int g = r + i, seq = g / per_seq, within = g % per_seq;
+            const int run = rows - i < per_seq - within ? rows - i : per_seq - within;
+            be->ops->to_host(be, host + (size_t)seq * host_seq_floats + (size_t)within * V,
+                             (const float *)logits.data + (size_t)i * V,
+                             (size_t)run * V * sizeof(float));
+            i += run;
+        }
+    }
+}
+
 void ci_decoder_forward(cinfer_session *s, int n_tokens, int pos0, int logits_row0, int n_logits,
-                        float *logits_host) {
+                        float *logits_host, size_t host_seq_floats) {
     const cinfer_model *m = s->model;
     const ci_config *c = m->config;
     ci_backend *be = s->be;
     const float eps = (float)c->rms_norm_eps;
-    CI_ASSERT(logits_host || n_logits <= s->logit_rows);
+    const int B = s->n_seqs, rows = B * n_tokens; /* row b·T + t: token t of sequence b */
 
-    ci_tensor tokens = ci_tensor_rows(&s->tokens, 0, n_tokens);
-    ci_tensor x = ci_tensor_rows(&s->x, 0, n_tokens);
-    ci_tensor n = ci_tensor_rows(&s->x_norm, 0, n_tokens);
-    ci_tensor q = ci_tensor_rows(&s->q, 0, n_tokens);
-    ci_tensor k = ci_tensor_rows(&s->k_new, 0, n_tokens);
-    ci_tensor v = ci_tensor_rows(&s->v_new, 0, n_tokens);
-    ci_tensor attn = ci_tensor_rows(&s->attn, 0, n_tokens);
-    ci_tensor proj = ci_tensor_rows(&s->proj, 0, n_tokens);
-    ci_tensor gate = ci_tensor_rows(&s->gate, 0, n_tokens);
-    ci_tensor up = ci_tensor_rows(&s->up, 0, n_tokens);
+    ci_tensor tokens = ci_tensor_rows(&s->tokens, 0, rows);
+    ci_tensor x = ci_tensor_rows(&s->x, 0, rows);
+    ci_tensor n = ci_tensor_rows(&s->x_norm, 0, rows);
+    ci_tensor q = ci_tensor_rows(&s->q, 0, rows);
+    ci_tensor k = ci_tensor_rows(&s->k_new, 0, rows);
+    ci_tensor v = ci_tensor_rows(&s->v_new, 0, rows);
+    ci_tensor attn = ci_tensor_rows(&s->attn, 0, rows);
+    ci_tensor proj = ci_tensor_rows(&s->proj, 0, rows);
+    ci_tensor gate = ci_tensor_rows(&s->gate, 0, rows);
+    ci_tensor up = ci_tensor_rows(&s->up, 0, rows);
+    /* the same memory as [B, T, heads, D], for the ops that see sequences and positions */
+    ci_tensor q_seqs = ci_tensor_split_seqs(&q, B), k_seqs = ci_tensor_split_seqs(&k, B);
+    ci_tensor v_seqs = ci_tensor_split_seqs(&v, B), attn_seqs = ci_tensor_split_seqs(&attn, B);
 
     /* x = embed_tokens[tokens] */
     ci_embedding(be, &x, &tokens, &m->embed_tokens);
@@ -47,10 +76,10 @@ void ci_decoder_forward(cinfer_session *s, int n_tokens, int pos0, int logits_ro
         ci_matmul(be, &q, &n, &w->q_proj, &w->q_bias);
         ci_matmul(be, &k, &n, &w->k_proj, &w->k_bias);
         ci_matmul(be, &v, &n, &w->v_proj, &w->v_bias);
-        ci_rope(be, &q, &k, pos0, &s->rope);
-        /* the new keys and values join the cache, at rows [pos0, pos0 + T) */
-        ci_kv_store(be, &s->k_cache[l], &s->v_cache[l], &k, &v, pos0);
-        m->arch->attention(be, m, l, &attn, &q, &s->k_cache[l], &s->v_cache[l], pos0);
+        ci_rope(be, &q_seqs, &k_seqs, pos0, &s->rope);
+        /* the new keys and values join each sequence's cache, at rows [pos0, pos0 + T) */
+        ci_kv_store(be, &s->k_cache[l], &s->v_cache[l], &k_seqs, &v_seqs, pos0);
+        m->arch->attention(be, m, l, &attn_seqs, &q_seqs, &s->k_cache[l], &s->v_cache[l], pos0);
         ci_matmul(be, &proj, &attn, &w->o_proj, &w->o_bias);
         ci_add(be, &x, &proj);
 
@@ -67,15 +96,14 @@ void ci_decoder_forward(cinfer_session *s, int n_tokens, int pos0, int logits_ro
     /* logits = lm_head(RMSNorm(x; norm)), only for the rows asked for, a block at a time */
     ci_rmsnorm(be, &n, &x, &m->norm, eps);
     ci_session_observe(s, c->n_layers + 1, &n);
-    for (int r = 0; r < n_logits; r += s->logit_rows) {
-        const int rows = n_logits - r < s->logit_rows ? n_logits - r : s->logit_rows;
-        ci_tensor normed = ci_tensor_rows(&n, logits_row0 + r, rows);
-        ci_tensor logits = ci_tensor_rows(&s->logits, 0, rows);
-        ci_matmul(be, &logits, &normed, &m->lm_head, NULL);
-        if (!logits_host) continue; /* left on the device for the caller (one block at most) */
-        be->ops->to_host(be, logits_host + (size_t)r * (size_t)c->vocab_size, logits.data,
-                         ci_tensor_nbytes(&logits));
-    }
+    if (n_logits == 0) return;
+    CI_ASSERT(logits_host || B == 1 || n_logits == n_tokens);
+    if (B == 1 || n_logits == n_tokens) /* the rows asked for are contiguous: one pass */
+        lm_head_rows(s, &n, logits_row0, B * n_logits, n_logits, logits_host, host_seq_floats);
+    else
+        for (int b = 0; b < B; b++)
+            lm_head_rows(s, &n, b * n_tokens + logits_row0, n_logits, n_logits,
+                         logits_host + (size_t)b * host_seq_floats, host_seq_floats);
 }
 
 static void llama_attention(ci_backend *be, const cinfer_model *m, int layer, ci_tensor *out,

@@ -7,11 +7,13 @@
     scripts/bench_hf.py --model DIR -p 64 -n 16 --cinfer build/cinfer   # both, one table
 
 Definitions match bench/bench.c exactly:
-  pp<N>  one forward over an N-token prompt with a fresh KV cache, logits of the last token only
-         (logits_to_keep=1); N / seconds.
-  tg<N>  N forwards of one token each through the KV cache; N / seconds.
-  @ d<D> the test runs after D tokens were put in the cache (untimed).
-The prompt ids are the same pseudo-random ids cinfer draws (splitmix64 from --seed), decode feeds
+  pp<N>  one forward over B prompts of N tokens (input_ids [B, N]) with a fresh KV cache, logits
+         of the last tokens only (logits_to_keep=1); B·N / seconds.
+  tg<N>  N forwards of one token of each of the B sequences through the KV cache; B·N / seconds.
+  @ d<D> the test runs after D tokens of each sequence were put in the cache (untimed).
+  -b B   batch sizes (default 1): B sequences in lockstep, no padding, as cinfer runs them.
+The prompt ids are the same pseudo-random ids cinfer draws (splitmix64 from --seed; sequence b
+reads ids [b·L, (b+1)·L) with L the longest depth + test, as bench/bench.c does), decode feeds
 them instead of sampling, one warm-up run precedes -r timed runs, and CUDA is synchronized before
 every clock read. On the CPU transformers runs in float32, the math cinfer's reference path does.
 Needs torch and transformers (scripts/make_fixtures.py makes .venv-fixtures with them).
@@ -75,10 +77,11 @@ def load_model(args, dtype, attn):
 
 
 def run_once(model, ids, depth, n_prompt, n_gen, device):
+    """ids: one list of ids per sequence, all of one length."""
     import torch
     from transformers import DynamicCache
     cache = DynamicCache(config=model.config)
-    tokens = torch.tensor([ids], device=device)
+    tokens = torch.tensor(ids, device=device)
     if depth:
         model(tokens[:, :depth], past_key_values=cache, use_cache=True, logits_to_keep=1)
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
@@ -105,15 +108,17 @@ def measure(args):
         n_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
         tests = [(p, 0) for p in args.n_prompt if p] + [(0, n) for n in args.n_gen if n]
         longest = max(d + p + n for d in args.n_depth for p, n in tests)
-        ids = prompt_ids(args.seed, longest, model.config.vocab_size)
+        # sequence-major, as bench/bench.c draws them: sequence b's ids follow sequence b - 1's
+        drawn = prompt_ids(args.seed, max(args.batch_size) * longest, model.config.vocab_size)
         label = args.model or args.config
         with torch.inference_mode():
-            for depth in args.n_depth:
+            for batch, depth in ((b, d) for b in args.batch_size for d in args.n_depth):
+                ids = [drawn[b * longest:(b + 1) * longest] for b in range(batch)]
                 for n_prompt, n_gen in tests:
                     run_once(model, ids, depth, n_prompt, n_gen, args.device)  # warm-up
                     seconds = [run_once(model, ids, depth, n_prompt, n_gen, args.device)
                                for _ in range(args.repetitions)]
-                    tokens = n_prompt or n_gen
+                    tokens = batch * (n_prompt or n_gen)
                     tps = [tokens / s for s in seconds]
                     test = f"pp{n_prompt}" if n_prompt else f"tg{n_gen}"
                     if depth:
@@ -125,7 +130,7 @@ def measure(args):
                         "backend": f"transformers-{args.device} ({attn})",
                         "dtype": str(args.dtype).replace("float32", "f32").replace(
                             "bfloat16", "bf16").replace("float16", "f16"),
-                        "n_threads": args.threads, "batch": 1, "test": test,
+                        "n_threads": args.threads, "batch": batch, "test": test,
                         "n_prompt": n_prompt, "n_gen": n_gen, "n_depth": depth,
                         "repetitions": args.repetitions, "mean_tps": statistics.mean(tps),
                         "std_tps": statistics.stdev(tps) if len(tps) > 1 else 0.0,
@@ -137,6 +142,7 @@ def measure(args):
 def cinfer_rows(args):
     cmd = [args.cinfer, "bench", "--model", args.model, "-p", ",".join(map(str, args.n_prompt)),
            "-n", ",".join(map(str, args.n_gen)), "-d", ",".join(map(str, args.n_depth)),
+           "-b", ",".join(map(str, args.batch_size)),
            "-r", str(args.repetitions), "-t", str(args.threads), "--seed", str(args.seed),
            "--output", "json"]
     env = dict(os.environ, OMP_WAIT_POLICY=os.environ.get("OMP_WAIT_POLICY", "PASSIVE"))
@@ -171,18 +177,19 @@ def print_table(rows, output):
 
 def print_ratios(rows):
     """cinfer's throughput over each transformers backend's, test by test."""
-    ours = {r["test"]: r for r in rows if r["backend"] == "cpu" or r["backend"] == "cuda"}
+    ours = {(r["batch"], r["test"]): r for r in rows
+            if r["backend"] == "cpu" or r["backend"] == "cuda"}
     theirs = [r for r in rows if r["backend"].startswith("transformers")]
     if not ours or not theirs:
         return
     print()
-    print("| test | cinfer t/s | peer | peer t/s | cinfer / peer |")
-    print("| ---: | ---: | --- | ---: | ---: |")
+    print("| batch | test | cinfer t/s | peer | peer t/s | cinfer / peer |")
+    print("| ---: | ---: | ---: | --- | ---: | ---: |")
     for r in theirs:
-        mine = ours.get(r["test"])
+        mine = ours.get((r["batch"], r["test"]))
         if mine:
-            print(f'| {r["test"]} | {mine["mean_tps"]:.2f} | {r["backend"]} {r["dtype"]} | '
-                  f'{r["mean_tps"]:.2f} | {mine["mean_tps"] / r["mean_tps"]:.2f}x |')
+            print(f'| {r["batch"]} | {r["test"]} | {mine["mean_tps"]:.2f} | {r["backend"]} '
+                  f'{r["dtype"]} | {r["mean_tps"]:.2f} | {mine["mean_tps"] / r["mean_tps"]:.2f}x |')
 
 
 def main():
@@ -193,6 +200,8 @@ def main():
     parser.add_argument("-p", "--n-prompt", type=int_list, default=[512])
     parser.add_argument("-n", "--n-gen", type=int_list, default=[128])
     parser.add_argument("-d", "--n-depth", type=int_list, default=[0])
+    parser.add_argument("-b", "--batch-size", type=int_list, default=[1],
+                        help="sequences decoded together (lockstep), e.g. 1,8,32")
     parser.add_argument("-r", "--repetitions", type=int, default=5)
     parser.add_argument("-t", "--threads", type=int, default=os.cpu_count())
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])

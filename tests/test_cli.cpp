@@ -514,13 +514,74 @@ TEST(CliBench, CsvAndMarkdownHoldTheSameRows) {
     }
 }
 
+// -b 1,2: rows per batch size (each test for batch 1, then for batch 2); throughput counts the
+// tokens of every sequence.
+TEST(CliBench, BatchSizesGiveRowsPerBatchInEveryFormat) {
+    auto args = [](const std::string &format) {
+        return std::vector<std::string>{"bench", "--model", fixture_dir("diffllama_gqa4"),
+                                        "-p",    "8",       "-n",
+                                        "3",     "-b",      "1,2",
+                                        "-r",    "2",       "--no-ceilings",
+                                        "-t",    "1",       "--output",
+                                        format};
+    };
+    const std::vector<std::pair<int, std::string>> want = {
+        {1, "pp8"}, {1, "tg3"}, {2, "pp8"}, {2, "tg3"}};
+
+    const CliResult json = run_cli(args("json"));
+    ASSERT_TRUE(exits_with(json, 0)) << json.err;
+    cJSON *rows = cJSON_Parse(json.out.c_str());
+    ASSERT_NE(rows, nullptr) << "stdout is not JSON:\n" << json.out;
+    ASSERT_EQ(cJSON_GetArraySize(rows), (int)want.size());
+    for (int i = 0; i < cJSON_GetArraySize(rows); i++) {
+        const cJSON *row = cJSON_GetArrayItem(rows, i);
+        const int batch = want[i].first;
+        SCOPED_TRACE(want[i].second + " batch " + std::to_string(batch));
+        EXPECT_EQ(cJSON_GetObjectItem(row, "batch")->valueint, batch);
+        EXPECT_STREQ(cJSON_GetObjectItem(row, "test")->valuestring, want[i].second.c_str());
+        const int tokens = batch * (i % 2 == 0 ? 8 : 3);
+        const cJSON *seconds = cJSON_GetObjectItem(row, "seconds");
+        ASSERT_EQ(cJSON_GetArraySize(seconds), 2);
+        double mean = 0;
+        for (int k = 0; k < 2; k++)
+            mean += tokens / cJSON_GetArrayItem(seconds, k)->valuedouble / 2;
+        EXPECT_NEAR(cJSON_GetObjectItem(row, "mean_tps")->valuedouble, mean, 1e-3 * mean);
+    }
+    cJSON_Delete(rows);
+
+    const CliResult csv = run_cli(args("csv"));
+    ASSERT_TRUE(exits_with(csv, 0)) << csv.err;
+    std::vector<std::string> lines;
+    std::istringstream in(csv.out);
+    for (std::string line; std::getline(in, line);) lines.push_back(line);
+    ASSERT_EQ(lines.size(), want.size() + 1) << csv.out;
+    for (size_t i = 0; i < want.size(); i++)
+        EXPECT_NE(lines[i + 1].find(",cpu,f32,reference,1," + std::to_string(want[i].first) + "," +
+                                    want[i].second + ","),
+                  std::string::npos)
+            << lines[i + 1];
+
+    const CliResult md = run_cli(args("md"));
+    ASSERT_TRUE(exits_with(md, 0)) << md.err;
+    std::istringstream table(md.out);
+    std::vector<std::string> md_rows;
+    for (std::string line; std::getline(table, line);) md_rows.push_back(line);
+    ASSERT_EQ(md_rows.size(), want.size() + 2) << md.out;
+    for (size_t i = 0; i < want.size(); i++)
+        EXPECT_NE(md_rows[i + 2].find("| " + std::to_string(want[i].first) + " | " +
+                                      want[i].second + " |"),
+                  std::string::npos)
+            << md_rows[i + 2];
+}
+
 TEST(CliBench, RejectsBadOptionsAndBadModels) {
     const std::string model = fixture_dir("llama_mha");
     for (const std::vector<std::string> &args : std::vector<std::vector<std::string>>{
              {"bench", "--model", model, "--output", "xml"},
              {"bench", "--model", model, "-p", "16,abc"},
              {"bench", "--model", model, "-p", "0", "-n", "0"},
-             {"bench", "--model", model, "-b", "8"},
+             {"bench", "--model", model, "-b", "0"},
+             {"bench", "--model", model, "-b", "1,513"},
              {"bench", "--model", model, "-r", "0"},
              {"bench", "--model", model, "--backend", "tpu"},
              {"bench", "--model", model, "--dtype", "bf16,int4"},

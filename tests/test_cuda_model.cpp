@@ -256,6 +256,133 @@ TEST_P(CudaModel, LongPromptsInSeveralPassesAgree) {
     EXPECT_TRUE(within(compare(got, want), tol_, "logits of position 599"));
 }
 
+// ---- batched sessions: B sequences in lockstep on the GPU ---------------------------------------
+
+// Sequence-major [B, n] of B random prompts, and each prompt alone.
+struct BatchPrompts {
+    std::vector<std::vector<int32_t>> each;
+    std::vector<int32_t> all;
+};
+
+// Prefill (ALL), then lockstep decode steps (LAST), batched against one GPU session per sequence.
+// The fused kernels take all B sequences in one launch and the GEMMs have B times the rows, so
+// sums may group differently: the dtype's own bound, as for token-by-token decoding.
+TEST_P(CudaModel, BatchedSequencesMatchEachSequenceAlone) {
+    const int V = info_->vocab_size, T = 7, n_steps = 3;
+    for (int B : {2, 5}) {
+        SCOPED_TRACE("n_seqs = " + std::to_string(B));
+        BatchPrompts prompts;
+        for (int b = 0; b < B; b++) {
+            prompts.each.push_back(random_prompt(T));
+            prompts.all.insert(prompts.all.end(), prompts.each[b].begin(), prompts.each[b].end());
+        }
+        std::vector<std::vector<int32_t>> steps;
+        for (int i = 0; i < n_steps; i++) steps.push_back(random_prompt(B));
+        cinfer_session *batch = nullptr;
+        ASSERT_EQ(cinfer_session_create_batch(gpu_, T + n_steps, B, &batch), CINFER_OK)
+            << cinfer_last_error();
+        std::vector<float> all((size_t)B * T * V, NAN), step((size_t)B * V, NAN);
+        ASSERT_EQ(cinfer_session_forward_batch(batch, prompts.all.data(), T, CINFER_LOGITS_ALL,
+                                               all.data()),
+                  CINFER_OK)
+            << cinfer_last_error();
+        std::vector<std::vector<float>> step_logits;
+        for (int i = 0; i < n_steps; i++) {
+            ASSERT_EQ(cinfer_session_forward_batch(batch, steps[i].data(), 1, CINFER_LOGITS_LAST,
+                                                   step.data()),
+                      CINFER_OK)
+                << cinfer_last_error();
+            step_logits.push_back(step);
+        }
+        cinfer_session_free(batch);
+        for (int b = 0; b < B; b++) {
+            SCOPED_TRACE("sequence " + std::to_string(b));
+            std::vector<int32_t> ids = prompts.each[b];
+            for (int i = 0; i < n_steps; i++) ids.push_back(steps[i][b]);
+            const std::vector<float> alone = logits(gpu_, ids, T + n_steps);
+            const std::vector<float> got_prefill(all.begin() + (ptrdiff_t)b * T * V,
+                                                 all.begin() + (ptrdiff_t)(b + 1) * T * V);
+            const std::vector<float> want_prefill(alone.begin(), alone.begin() + (ptrdiff_t)T * V);
+            EXPECT_TRUE(within(compare(got_prefill, want_prefill), tol_, "prefill logits"));
+            for (int i = 0; i < n_steps; i++) {
+                const std::vector<float> got(step_logits[i].begin() + (ptrdiff_t)b * V,
+                                             step_logits[i].begin() + (ptrdiff_t)(b + 1) * V);
+                const std::vector<float> want(alone.begin() + (ptrdiff_t)(T + i) * V,
+                                              alone.begin() + (ptrdiff_t)(T + i + 1) * V);
+                EXPECT_TRUE(within(compare(got, want), tol_, "decode step logits")) << "step " << i;
+            }
+        }
+    }
+}
+
+// The recorded decode step (CUDA graph, positions read on the device) with B > 1: the tokens it
+// picks for each sequence are those the same step picks run op by op (an observer forces eager
+// steps), and, in f32, those one sequence alone picks.
+TEST_P(CudaModel, RecordedBatchedDecodeStepPicksWhatEagerStepsPick) {
+    const int B = 3, T = 4, n_steps = 6;
+    BatchPrompts prompts;
+    for (int b = 0; b < B; b++) {
+        prompts.each.push_back(random_prompt(T));
+        prompts.all.insert(prompts.all.end(), prompts.each[b].begin(), prompts.each[b].end());
+    }
+    std::vector<std::vector<int32_t>> steps;
+    for (int i = 0; i < n_steps; i++) steps.push_back(random_prompt(B));
+    // picked[i][b]: what step i picked for sequence b, feeding the drawn ids
+    auto run = [&](cinfer_model *m, bool observe) {
+        std::vector<std::vector<int32_t>> picked;
+        cinfer_session *s = nullptr;
+        EXPECT_EQ(cinfer_session_create_batch(m, T + n_steps, B, &s), CINFER_OK)
+            << cinfer_last_error();
+        if (!s) return picked;
+        Stages ignored;
+        if (observe) cinfer_session_observe(s, Stages::observe, &ignored);
+        EXPECT_EQ(
+            cinfer_session_forward_batch(s, prompts.all.data(), T, CINFER_LOGITS_NONE, nullptr),
+            CINFER_OK);
+        for (int i = 0; i < n_steps; i++) {
+            std::vector<int32_t> next(B, -1);
+            EXPECT_EQ(ci_session_greedy_step(s, steps[i].data(), next.data()), CINFER_OK)
+                << cinfer_last_error();
+            picked.push_back(next);
+        }
+        EXPECT_EQ(cinfer_session_n_past(s), T + n_steps);
+        cinfer_session_free(s);
+        return picked;
+    };
+    const auto graph = run(gpu_, false);
+    ASSERT_EQ(graph.size(), (size_t)n_steps);
+    for (const auto &step : graph)
+        for (int32_t token : step) EXPECT_TRUE(token >= 0 && token < info_->vocab_size) << token;
+    if (dtype_ != CINFER_DTYPE_F32) return;
+    EXPECT_EQ(graph, run(gpu_, true)) << "the recorded batched step differs from eager steps";
+    EXPECT_EQ(graph, run(cpu_, false)) << "batched greedy picks differ from the CPU's";
+}
+
+// B·T > 512: the batch runs in passes of 512 / B tokens of each sequence.
+TEST_P(CudaModel, BatchedLongPromptsInPassesAgreeWithTheCpu) {
+    const int B = 3, T = 200, V = info_->vocab_size;
+    BatchPrompts prompts;
+    for (int b = 0; b < B; b++) {
+        prompts.each.push_back(random_prompt(T));
+        prompts.all.insert(prompts.all.end(), prompts.each[b].begin(), prompts.each[b].end());
+    }
+    cinfer_session *gpu = nullptr;
+    ASSERT_EQ(cinfer_session_create_batch(gpu_, T, B, &gpu), CINFER_OK) << cinfer_last_error();
+    std::vector<float> got((size_t)B * V, NAN);
+    ASSERT_EQ(
+        cinfer_session_forward_batch(gpu, prompts.all.data(), T, CINFER_LOGITS_LAST, got.data()),
+        CINFER_OK)
+        << cinfer_last_error();
+    cinfer_session_free(gpu);
+    for (int b = 0; b < B; b++) {
+        const std::vector<float> alone = logits(cpu_, prompts.each[b], T);
+        const std::vector<float> want(alone.end() - V, alone.end());
+        const std::vector<float> row(got.begin() + (ptrdiff_t)b * V,
+                                     got.begin() + (ptrdiff_t)(b + 1) * V);
+        EXPECT_TRUE(within(compare(row, want), tol_, "last logits")) << "sequence " << b;
+    }
+}
+
 std::string param_name(const ::testing::TestParamInfo<CudaModel::ParamType> &info) {
     return std::get<0>(info.param) + "_" + ci_run_dtype_name(std::get<1>(info.param)) + "_" +
            attention_name(std::get<2>(info.param));
@@ -529,14 +656,14 @@ TEST(GreedyStep, PicksWhatGenerateDoesOnEveryFixture) {
         std::vector<int32_t> got = {argmax(last.data(), (int)last.size())};
         while ((int)got.size() < n_new) {
             int32_t next = -1;
-            ASSERT_EQ(ci_session_greedy_step(s, got.back(), &next), CINFER_OK)
+            ASSERT_EQ(ci_session_greedy_step(s, &got.back(), &next), CINFER_OK)
                 << cinfer_last_error();
             got.push_back(next);
         }
         EXPECT_EQ(got, want);
         EXPECT_EQ(cinfer_session_n_past(s), 3 + n_new - 1);
-        int32_t ignored;
-        EXPECT_EQ(ci_session_greedy_step(s, -1, &ignored), CINFER_ERR_ARGUMENT);
+        int32_t ignored, bad = -1;
+        EXPECT_EQ(ci_session_greedy_step(s, &bad, &ignored), CINFER_ERR_ARGUMENT);
         cinfer_session_free(s);
         cinfer_model_free(m);
     }

@@ -95,14 +95,15 @@ class CudaOps : public ::testing::Test {
     }
 
     // Both backends reserve what they ask for a model of this shape.
-    void reserve(int64_t widest_input, int n_heads, int n_kv_heads, int head_dim, int n_ctx) {
+    void reserve(int64_t widest_input, int n_heads, int n_kv_heads, int head_dim, int n_ctx,
+                 int n_seqs = 1) {
         ci_config config{};
         config.hidden_size = config.intermediate_size = (int)widest_input;
         config.n_heads = n_heads;
         config.n_kv_heads = n_kv_heads;
         config.head_dim = head_dim;
         for (ci_backend *be : {cpu_, gpu_})
-            ASSERT_EQ(ci_backend_reserve(be, be->ops->workspace_bytes(be, &config, n_ctx)),
+            ASSERT_EQ(ci_backend_reserve(be, be->ops->workspace_bytes(be, &config, n_ctx, n_seqs)),
                       CINFER_OK)
                 << cinfer_last_error();
     }
@@ -377,16 +378,27 @@ const char *kind_name(cinfer_attention kind) {
 class CudaAttention : public CudaOps,
                       public ::testing::WithParamInterface<std::tuple<cinfer_attention, ci_dtype>> {
   protected:
-    // Runs standard or differential attention on both backends and compares.
-    void check(const AttentionCase &c, bool differential, size_t gpu_workspace_rows = 0) {
+    // The shape of q/out or a cache: [rows, heads, D], or [B, rows, heads, D] for B lockstep
+    // sequences (engine/backend.h).
+    static ci_tensor seqs_view(void *data, ci_dtype dtype, int n_seqs, int64_t rows, int64_t heads,
+                               int64_t head_dim) {
+        return n_seqs == 1 ? view(data, dtype, {rows, heads, head_dim})
+                           : view(data, dtype, {n_seqs, rows, heads, head_dim});
+    }
+
+    // Runs standard or differential attention on both backends and compares; with n_seqs > 1,
+    // one call over n_seqs sequences, each over its own cache (the CPU op runs them one by one).
+    void check(const AttentionCase &c, bool differential, size_t gpu_workspace_rows = 0,
+               int n_seqs = 1) {
         const cinfer_attention kind = std::get<0>(GetParam());
         const ci_dtype cache_dtype = std::get<1>(GetParam());
         if (!ci_cuda_attention_supports(kind, c.head_dim, differential, cache_dtype, 0))
             return; // refused at load instead
-        SCOPED_TRACE(case_name(c) + (differential ? " differential" : " standard"));
+        SCOPED_TRACE(case_name(c) + (differential ? " differential" : " standard") + " B" +
+                     std::to_string(n_seqs));
         const int n_ctx = c.pos0 + c.n_tokens + 3; // rows past the last position stay unused
         gpu_->attention = kind;
-        reserve(64, c.n_heads, c.n_kv_heads, c.head_dim, n_ctx);
+        reserve(64, c.n_heads, c.n_kv_heads, c.head_dim, n_ctx, n_seqs);
         if (gpu_workspace_rows) {
             // a fresh backend whose workspace holds this many query rows of eager's scores (the
             // attention scratch per row, kernels/cuda/attention.cu): the op must work in chunks
@@ -397,23 +409,23 @@ class CudaAttention : public CudaOps,
             const size_t widened = 2 * (size_t)n_ctx * c.n_kv_heads * c.head_dim * 4;
             ASSERT_EQ(ci_backend_reserve(gpu_, widened + per_row * gpu_workspace_rows), CINFER_OK);
         }
-        const size_t q_n = (size_t)c.n_tokens * c.n_heads * c.head_dim;
-        const size_t kv_n = (size_t)n_ctx * c.n_kv_heads * c.head_dim;
+        const size_t q_n = (size_t)n_seqs * c.n_tokens * c.n_heads * c.head_dim;
+        const size_t kv_seq = (size_t)n_ctx * c.n_kv_heads * c.head_dim, kv_n = n_seqs * kv_seq;
         std::vector<float> q = randn(q_n), want(q_n);
         // the rows past the last position hold garbage no kind may let through
         std::vector<float> k = randn(kv_n), v = randn(kv_n, 2.0f);
         const size_t used = (size_t)(c.pos0 + c.n_tokens) * c.n_kv_heads * c.head_dim;
-        for (size_t i = used; i < kv_n; i++) k[i] = v[i] = 3.0e4f;
+        for (int b = 0; b < n_seqs; b++)
+            for (size_t i = used; i < kv_seq; i++) k[b * kv_seq + i] = v[b * kv_seq + i] = 3.0e4f;
         Encoded k_cache = encode(k, cache_dtype), v_cache = encode(v, cache_dtype);
-        ci_tensor h_q = view(q.data(), CI_F32, {c.n_tokens, c.n_heads, c.head_dim});
-        ci_tensor h_k = view(k_cache.values.data(), CI_F32, {n_ctx, c.n_kv_heads, c.head_dim});
-        ci_tensor h_v = view(v_cache.values.data(), CI_F32, {n_ctx, c.n_kv_heads, c.head_dim});
-        ci_tensor h_out = view(want.data(), CI_F32, {c.n_tokens, c.n_heads, c.head_dim});
+        const int G = c.n_kv_heads, H = c.n_heads, D = c.head_dim;
+        ci_tensor h_q = seqs_view(q.data(), CI_F32, n_seqs, c.n_tokens, H, D);
+        ci_tensor h_k = seqs_view(k_cache.values.data(), CI_F32, n_seqs, n_ctx, G, D);
+        ci_tensor h_v = seqs_view(v_cache.values.data(), CI_F32, n_seqs, n_ctx, G, D);
+        ci_tensor h_out = seqs_view(want.data(), CI_F32, n_seqs, c.n_tokens, H, D);
         ci_tensor d_q = upload(h_q), d_out = poisoned(h_out);
-        ci_tensor d_k =
-            upload(view(k_cache.bytes.data(), cache_dtype, {n_ctx, c.n_kv_heads, c.head_dim}));
-        ci_tensor d_v =
-            upload(view(v_cache.bytes.data(), cache_dtype, {n_ctx, c.n_kv_heads, c.head_dim}));
+        ci_tensor d_k = upload(seqs_view(k_cache.bytes.data(), cache_dtype, n_seqs, n_ctx, G, D));
+        ci_tensor d_v = upload(seqs_view(v_cache.bytes.data(), cache_dtype, n_seqs, n_ctx, G, D));
         std::uniform_real_distribution<float> unit(0.1f, 0.9f);
         const float lambda = unit(rng_), lambda_init = unit(rng_), eps = 1e-5f;
         if (differential) {
@@ -426,7 +438,9 @@ class CudaAttention : public CudaOps,
             gpu_->ops->attention(gpu_, &d_out, &d_q, &d_k, &d_v, c.pos0);
         }
         double v_max = 0.0;
-        for (size_t i = 0; i < used; i++) v_max = std::max(v_max, (double)std::fabs(v[i]));
+        for (int b = 0; b < n_seqs; b++)
+            for (size_t i = 0; i < used; i++)
+                v_max = std::max(v_max, (double)std::fabs(v[b * kv_seq + i]));
         const bool tensor_cores = kind == CINFER_ATTENTION_FLASH && cache_dtype != CI_F32;
         const double unit_roundoff = cache_dtype == CI_BF16 ? 0x1.0p-9 : 0x1.0p-12;
         const double relative = tensor_cores ? 8.0 * unit_roundoff : 1e-4;
@@ -442,6 +456,20 @@ TEST_P(CudaAttention, StandardMatchesCpuOverShapesAndGqaRatios) {
 
 TEST_P(CudaAttention, DifferentialMatchesCpuOverShapesAndGqaRatios) {
     for (const AttentionCase &c : attention_cases()) check(c, true);
+}
+
+// B sequences in lockstep, each over its own cache, in one call: prefill, and decode (flash runs
+// flash-decoding with partials for every sequence in its workspace).
+TEST_P(CudaAttention, BatchedSequencesMatchCpuSequenceBySequence) {
+    for (int n_seqs : {2, 5})
+        for (const AttentionCase &c : std::vector<AttentionCase>{{64, 8, 2, 1, 0},
+                                                                 {64, 8, 2, 1, 300},
+                                                                 {128, 8, 1, 7, 40},
+                                                                 {80, 6, 3, 33, 100},
+                                                                 {128, 32, 8, 1, 2047}}) {
+            check(c, false, 0, n_seqs);
+            check(c, true, 0, n_seqs);
+        }
 }
 
 // Eager's scores for many query rows do not fit its workspace at once: it works in chunks.
@@ -537,6 +565,45 @@ TEST_F(CudaOps, KvStoreWritesExactlyItsRows) {
             EXPECT_EQ(download<unsigned char>(d_kc), k_cache.bytes);
             EXPECT_EQ(download<unsigned char>(d_vc), v_cache.bytes);
         }
+}
+
+// B lockstep sequences: row (b, t) sits at position pos0 + t, and sequence b's rows go to its own
+// cache b. The CPU op (sequence by sequence) is the reference: rope within its tolerance above,
+// kv_store exactly.
+TEST_F(CudaOps, BatchedRopeAndKvStoreTreatEachSequenceAlone) {
+    const int B = 3, T = 5, H = 8, G = 2, D = 64, n_ctx = 20, pos0 = 9;
+    const ci_config c = rope_config(CI_ROPE_DEFAULT, D);
+    std::vector<float> inv_freq(D / 2);
+    ci_rope_freqs freqs{};
+    ci_rope_frequencies(&c, pos0 + T, inv_freq.data(), &freqs.attention_scaling);
+    freqs.inv_freq = inv_freq.data();
+    std::vector<float> q = randn((size_t)B * T * H * D), k = randn((size_t)B * T * G * D);
+    std::vector<float> v = randn(k.size());
+    ci_tensor h_q = view(q.data(), CI_F32, {B, T, H, D}),
+              h_k = view(k.data(), CI_F32, {B, T, G, D});
+    ci_tensor d_q = upload(h_q), d_k = upload(h_k);
+    ci_tensor d_v = upload(view(v.data(), CI_F32, {B, T, G, D}));
+    ci_tensor d_freq = upload(view(inv_freq.data(), CI_F32, {D / 2}));
+    const ci_rope_freqs d_freqs = {(const float *)d_freq.data, freqs.attention_scaling};
+    const std::vector<float> q_in = q;
+    cpu_->ops->rope(cpu_, &h_q, &h_k, pos0, &freqs);
+    gpu_->ops->rope(gpu_, &d_q, &d_k, pos0, &d_freqs);
+    EXPECT_TRUE(all_close(download<float>(d_q), q, [&](size_t i) {
+        const size_t base = i / D * D, j = i % D % (D / 2);
+        return 8.0 * kUlp * (std::fabs(q_in[base + j]) + std::fabs(q_in[base + j + D / 2])) + 1e-30;
+    }));
+    // the rotated keys (the GPU's, so that the stores compare bit for bit) into the caches
+    std::vector<float> k_rot = download<float>(d_k);
+    std::vector<float> k_cache((size_t)B * n_ctx * G * D, 0.0f), v_cache(k_cache.size(), 0.0f);
+    ci_tensor h_kc = view(k_cache.data(), CI_F32, {B, n_ctx, G, D});
+    ci_tensor h_vc = view(v_cache.data(), CI_F32, {B, n_ctx, G, D});
+    ci_tensor d_kc = upload(h_kc), d_vc = upload(h_vc);
+    ci_tensor h_kr = view(k_rot.data(), CI_F32, {B, T, G, D}),
+              h_v = view(v.data(), CI_F32, {B, T, G, D});
+    cpu_->ops->kv_store(cpu_, &h_kc, &h_vc, &h_kr, &h_v, pos0);
+    gpu_->ops->kv_store(gpu_, &d_kc, &d_vc, &d_k, &d_v, pos0);
+    EXPECT_EQ(download<float>(d_kc), k_cache);
+    EXPECT_EQ(download<float>(d_vc), v_cache);
 }
 
 // ---- argmax: the host sampler's choice exactly, ties and NaN included --------------------------

@@ -144,7 +144,7 @@ struct Backend {
         config.hidden_size = config.intermediate_size = (int)widest_input;
         config.n_heads = config.n_kv_heads = 1;
         config.head_dim = head_dim;
-        ASSERT_EQ(ci_backend_reserve(be, be->ops->workspace_bytes(be, &config, n_ctx)),
+        ASSERT_EQ(ci_backend_reserve(be, be->ops->workspace_bytes(be, &config, n_ctx, 1)),
                   CINFER_OK)
             << cinfer_last_error();
     }

@@ -7,6 +7,10 @@
 
 #include "test_util.h"
 
+extern "C" {
+#include "engine/session.h"
+}
+
 using namespace cinfer_test;
 
 namespace {
@@ -197,6 +201,234 @@ TEST(Session, RejectsInputsThatDoNotFitTheContext) {
               CINFER_ERR_ARGUMENT);
     EXPECT_EQ(cinfer_session_forward(s, ids.data(), 1, CINFER_LOGITS_LAST, nullptr),
               CINFER_ERR_ARGUMENT);
+}
+
+// ---- batched sessions: B sequences in lockstep
+// ---------------------------------------------------
+
+// A batched session of n_seqs sequences, freed at the end of the scope.
+struct BatchSession {
+    cinfer_session *session = nullptr;
+    BatchSession(cinfer_model *model, int n_ctx, int n_seqs) {
+        EXPECT_EQ(cinfer_session_create_batch(model, n_ctx, n_seqs, &session), CINFER_OK)
+            << cinfer_last_error();
+    }
+    ~BatchSession() { cinfer_session_free(session); }
+    operator cinfer_session *() const { return session; }
+};
+
+// Sequence-major [B, n] from B prompts.
+std::vector<int32_t> concat(const std::vector<std::vector<int32_t>> &prompts) {
+    std::vector<int32_t> all;
+    for (const auto &p : prompts) all.insert(all.end(), p.begin(), p.end());
+    return all;
+}
+
+// Rows [row0, row0 + n) of a [rows, V] block.
+std::vector<float> rows_of(const std::vector<float> &logits, size_t row0, size_t n, size_t V) {
+    return std::vector<float>(logits.begin() + (ptrdiff_t)(row0 * V),
+                              logits.begin() + (ptrdiff_t)((row0 + n) * V));
+}
+
+// Every op of the CPU reference computes a row from that row alone (matmul, norms and attention
+// never mix rows or sequences; a sequence's attention reads its own cache with the same loops),
+// so batching changes no arithmetic: each sequence's logits are the same bits as alone.
+constexpr double kBatchedIsExact = 0.0;
+
+class BatchOnFixture : public ::testing::TestWithParam<std::string> {};
+
+// Prefill (ALL and LAST), then lockstep decode steps, against one session per prompt.
+TEST_P(BatchOnFixture, EverySequenceGetsTheLogitsItGetsAlone) {
+    Model m(fixture_dir(GetParam()));
+    ASSERT_NE(m.model, nullptr);
+    std::mt19937_64 rng(fresh_seed());
+    const size_t V = (size_t)m.info->vocab_size;
+    const int n_steps = 4;
+    const int T = std::min(11, m.info->max_position_embeddings - n_steps);
+    const int n_ctx = T + n_steps;
+    for (int B : {2, 3, 5}) {
+        SCOPED_TRACE("n_seqs = " + std::to_string(B));
+        std::vector<std::vector<int32_t>> prompts, steps;
+        for (int b = 0; b < B; b++) prompts.push_back(random_prompt(rng, T, (int)V));
+        for (int i = 0; i < n_steps; i++) steps.push_back(random_prompt(rng, B, (int)V));
+        const std::vector<int32_t> all_prompts = concat(prompts);
+
+        BatchSession batch_all(m.model, n_ctx, B), batch_last(m.model, n_ctx, B);
+        ASSERT_EQ(cinfer_session_n_seqs(batch_all), B);
+        std::vector<float> all((size_t)B * T * V, NAN), last((size_t)B * V, NAN);
+        ASSERT_EQ(cinfer_session_forward_batch(batch_all, all_prompts.data(), T, CINFER_LOGITS_ALL,
+                                               all.data()),
+                  CINFER_OK)
+            << cinfer_last_error();
+        ASSERT_EQ(cinfer_session_forward_batch(batch_last, all_prompts.data(), T,
+                                               CINFER_LOGITS_LAST, last.data()),
+                  CINFER_OK)
+            << cinfer_last_error();
+        EXPECT_EQ(cinfer_session_n_past(batch_all), T);
+
+        std::vector<float> step_logits((size_t)B * V, NAN);
+        std::vector<std::vector<float>> batched_steps;
+        for (int i = 0; i < n_steps; i++) {
+            ASSERT_EQ(cinfer_session_forward_batch(batch_all, steps[i].data(), 1,
+                                                   CINFER_LOGITS_LAST, step_logits.data()),
+                      CINFER_OK)
+                << cinfer_last_error();
+            batched_steps.push_back(step_logits);
+        }
+
+        for (int b = 0; b < B; b++) {
+            SCOPED_TRACE("sequence " + std::to_string(b));
+            Session alone(m.model, n_ctx);
+            std::vector<float> want((size_t)T * V, NAN);
+            ASSERT_EQ(
+                cinfer_session_forward(alone, prompts[b].data(), T, CINFER_LOGITS_ALL, want.data()),
+                CINFER_OK);
+            EXPECT_LE(max_abs_diff(rows_of(all, (size_t)b * T, T, V), want), kBatchedIsExact);
+            EXPECT_LE(max_abs_diff(rows_of(last, b, 1, V), rows_of(want, T - 1, 1, V)),
+                      kBatchedIsExact);
+            std::vector<float> one(V, NAN);
+            for (int i = 0; i < n_steps; i++) {
+                ASSERT_EQ(
+                    cinfer_session_forward(alone, &steps[i][b], 1, CINFER_LOGITS_LAST, one.data()),
+                    CINFER_OK);
+                EXPECT_LE(max_abs_diff(rows_of(batched_steps[i], b, 1, V), one), kBatchedIsExact)
+                    << "decode step " << i;
+            }
+        }
+    }
+}
+
+INSTANTIATE_TEST_SUITE_P(Fixtures, BatchOnFixture, ::testing::ValuesIn(fixture_names()),
+                         [](const auto &info) { return info.param; });
+
+// With B sequences a pass takes 512 / B tokens of each: B·T > 512 runs in passes, which must
+// give what one sequence at a time gives (it runs its 200 tokens in one pass).
+TEST(BatchSession, PromptsLongerThanAPassRunInPassesAndMatch) {
+    for (const char *fixture : {"llama_gqa_llama3", "diffllama_gqa4"}) {
+        SCOPED_TRACE(fixture);
+        Model m(fixture_dir(fixture));
+        ASSERT_NE(m.model, nullptr);
+        std::mt19937_64 rng(fresh_seed());
+        const size_t V = (size_t)m.info->vocab_size;
+        const int B = 3, T = 200; // 600 rows: passes of 170 tokens of each sequence, then 30
+        std::vector<std::vector<int32_t>> prompts;
+        for (int b = 0; b < B; b++) prompts.push_back(random_prompt(rng, T, (int)V));
+        const std::vector<int32_t> all_prompts = concat(prompts);
+        BatchSession batch(m.model, T + 1, B);
+        std::vector<float> all((size_t)B * T * V, NAN), last((size_t)B * V, NAN);
+        ASSERT_EQ(cinfer_session_forward_batch(batch, all_prompts.data(), T, CINFER_LOGITS_ALL,
+                                               all.data()),
+                  CINFER_OK)
+            << cinfer_last_error();
+        cinfer_session_reset(batch);
+        ASSERT_EQ(cinfer_session_forward_batch(batch, all_prompts.data(), T, CINFER_LOGITS_LAST,
+                                               last.data()),
+                  CINFER_OK)
+            << cinfer_last_error();
+        for (int b = 0; b < B; b++) {
+            std::vector<float> want = logits_in_one_call(m.model, prompts[b], T + 1);
+            EXPECT_LE(max_abs_diff(rows_of(all, (size_t)b * T, T, V), want), kBatchedIsExact)
+                << "sequence " << b;
+            EXPECT_LE(max_abs_diff(rows_of(last, b, 1, V), rows_of(want, T - 1, 1, V)),
+                      kBatchedIsExact)
+                << "sequence " << b;
+        }
+    }
+}
+
+// The greedy step that generation and `cinfer bench` use: one argmax per sequence.
+TEST(BatchSession, GreedyStepPicksEachSequencesArgmax) {
+    Model m(fixture_dir("diffllama_gqa2_llama3"));
+    ASSERT_NE(m.model, nullptr);
+    std::mt19937_64 rng(fresh_seed());
+    const int V = m.info->vocab_size, B = 4, T = 5;
+    std::vector<std::vector<int32_t>> prompts;
+    for (int b = 0; b < B; b++) prompts.push_back(random_prompt(rng, T, V));
+    std::vector<int32_t> all_prompts = concat(prompts), step = random_prompt(rng, B, V);
+    BatchSession batch(m.model, 8, B);
+    ASSERT_EQ(
+        cinfer_session_forward_batch(batch, all_prompts.data(), T, CINFER_LOGITS_NONE, nullptr),
+        CINFER_OK);
+    std::vector<int32_t> next(B, -1);
+    ASSERT_EQ(ci_session_greedy_step(batch, step.data(), next.data()), CINFER_OK)
+        << cinfer_last_error();
+    EXPECT_EQ(cinfer_session_n_past(batch), T + 1);
+    for (int b = 0; b < B; b++) {
+        Session alone(m.model, 8);
+        std::vector<float> logits((size_t)V);
+        ASSERT_EQ(cinfer_session_forward(alone, prompts[b].data(), T, CINFER_LOGITS_NONE, nullptr),
+                  CINFER_OK);
+        ASSERT_EQ(cinfer_session_forward(alone, &step[b], 1, CINFER_LOGITS_LAST, logits.data()),
+                  CINFER_OK);
+        const int32_t want =
+            (int32_t)(std::max_element(logits.begin(), logits.end()) - logits.begin());
+        EXPECT_EQ(next[b], want) << "sequence " << b;
+    }
+}
+
+TEST(BatchSession, RejectsBadInputWithClearErrorsAndNoSideEffects) {
+    Model m(fixture_dir("llama_mha"));
+    ASSERT_NE(m.model, nullptr);
+    const int V = m.info->vocab_size;
+    cinfer_session *none = reinterpret_cast<cinfer_session *>(1);
+    for (int n_seqs : {0, -1, 513}) {
+        EXPECT_EQ(cinfer_session_create_batch(m.model, 8, n_seqs, &none), CINFER_ERR_ARGUMENT);
+        EXPECT_EQ(none, nullptr);
+        EXPECT_TRUE(
+            contains_all(cinfer_last_error(), {"n_seqs = " + std::to_string(n_seqs), "1 to 512"}));
+        EXPECT_EQ(cinfer_session_memory_bytes_batch(m.model, 8, n_seqs), -1);
+    }
+    BatchSession batch(m.model, 8, 3);
+    std::vector<float> logits((size_t)3 * V);
+    // an id out of range in the second sequence
+    for (int32_t bad : {-1, V}) {
+        std::vector<int32_t> ids = {1, 2, bad, 4, 5, 6}; // [3, 2]: bad is sequence 1's first
+        EXPECT_EQ(
+            cinfer_session_forward_batch(batch, ids.data(), 2, CINFER_LOGITS_LAST, logits.data()),
+            CINFER_ERR_ARGUMENT);
+        EXPECT_TRUE(contains_all(cinfer_last_error(),
+                                 {"token id " + std::to_string(bad), "sequence 1", "vocab_size"}));
+        EXPECT_EQ(cinfer_session_n_past(batch), 0);
+        int32_t next[3];
+        EXPECT_EQ(ci_session_greedy_step(batch, ids.data() + 1, next), CINFER_ERR_ARGUMENT);
+        EXPECT_TRUE(contains_all(cinfer_last_error(), {"sequence 1"}));
+        EXPECT_EQ(cinfer_session_n_past(batch), 0);
+    }
+    // beyond the context: 9 tokens of each sequence, then 6 + 3
+    std::vector<int32_t> ids(27, 5);
+    EXPECT_EQ(cinfer_session_forward_batch(batch, ids.data(), 9, CINFER_LOGITS_NONE, nullptr),
+              CINFER_ERR_CONTEXT_FULL);
+    ASSERT_EQ(cinfer_session_forward_batch(batch, ids.data(), 6, CINFER_LOGITS_NONE, nullptr),
+              CINFER_OK);
+    EXPECT_EQ(cinfer_session_forward_batch(batch, ids.data(), 3, CINFER_LOGITS_NONE, nullptr),
+              CINFER_ERR_CONTEXT_FULL);
+    EXPECT_TRUE(contains_all(cinfer_last_error(), {"3 tokens", "holds 8", "6 are used"}));
+    EXPECT_EQ(cinfer_session_n_past(batch), 6);
+    EXPECT_EQ(cinfer_session_forward_batch(batch, ids.data(), 0, CINFER_LOGITS_NONE, nullptr),
+              CINFER_ERR_ARGUMENT);
+    EXPECT_EQ(cinfer_session_forward_batch(batch, ids.data(), 1, CINFER_LOGITS_ALL, nullptr),
+              CINFER_ERR_ARGUMENT);
+    // the one-sequence calls refuse a batched session
+    EXPECT_EQ(cinfer_session_forward(batch, ids.data(), 1, CINFER_LOGITS_NONE, nullptr),
+              CINFER_ERR_ARGUMENT);
+    EXPECT_TRUE(contains_all(cinfer_last_error(), {"3", "cinfer_session_forward_batch"}));
+    cinfer_generate_params params = {};
+    params.max_new_tokens = 1;
+    EXPECT_EQ(cinfer_generate(batch, ids.data(), 1, &params, nullptr, nullptr, nullptr, nullptr),
+              CINFER_ERR_ARGUMENT);
+    EXPECT_TRUE(contains_all(cinfer_last_error(), {"one sequence", "3"}));
+    EXPECT_EQ(cinfer_session_n_past(batch), 6);
+}
+
+// The estimate counts one KV cache per sequence and the rows a pass holds.
+TEST(BatchSession, MemoryEstimateGrowsWithTheSequences) {
+    Model m(fixture_dir("llama_mha"));
+    ASSERT_NE(m.model, nullptr);
+    const int n_ctx = 64;
+    const int64_t one = cinfer_session_memory_bytes_batch(m.model, n_ctx, 1);
+    EXPECT_EQ(one, cinfer_session_memory_bytes(m.model, n_ctx));
+    const int64_t four = cinfer_session_memory_bytes_batch(m.model, n_ctx, 4);
+    EXPECT_GE(four - one, 3 * m.info->kv_bytes_per_token * n_ctx);
 }
 
 // ---- generation ----------------------------------------------------------------------------------

@@ -81,8 +81,8 @@ static double *thread_scratch(const ci_backend *be, const attention_shape *s) {
     return (double *)((char *)be->workspace + (size_t)omp_get_thread_num() * per_thread);
 }
 
-void attention_cpu(ci_backend *be, ci_tensor *out, const ci_tensor *q, const ci_tensor *k_cache,
-                   const ci_tensor *v_cache, int pos0) {
+static void attention_one_seq(ci_backend *be, ci_tensor *out, const ci_tensor *q,
+                              const ci_tensor *k_cache, const ci_tensor *v_cache, int pos0) {
     const attention_shape s = check_shapes(be, out, q, k_cache, v_cache, pos0);
     const double scale = 1.0 / sqrt((double)s.head_dim);
     const float *qs = q->data, *ks = k_cache->data, *vs = v_cache->data;
@@ -105,9 +105,9 @@ void attention_cpu(ci_backend *be, ci_tensor *out, const ci_tensor *q, const ci_
 
 /* Head pair p = (p, p + P), P = H/2. Both heads' maps weight the same values
  * Vcat_p = [V_kv(p) ‖ V_kv(p+P)]; their difference is normalized over its 2·D entries. */
-void diff_attention_cpu(ci_backend *be, ci_tensor *out, const ci_tensor *q,
-                        const ci_tensor *k_cache, const ci_tensor *v_cache, int pos0, float lambda,
-                        float lambda_init, float eps) {
+static void diff_attention_one_seq(ci_backend *be, ci_tensor *out, const ci_tensor *q,
+                                   const ci_tensor *k_cache, const ci_tensor *v_cache, int pos0,
+                                   float lambda, float lambda_init, float eps) {
     const attention_shape s = check_shapes(be, out, q, k_cache, v_cache, pos0);
     CI_ASSERT(s.n_heads % 2 == 0);
     const int64_t n_pairs = s.n_heads / 2, D = s.head_dim;
@@ -142,5 +142,36 @@ void diff_attention_cpu(ci_backend *be, ci_tensor *out, const ci_tensor *q,
             float *y = ys + t * s.n_heads * D + p * 2 * D;
             for (int64_t j = 0; j < 2 * D; j++) y[j] = (float)(o1[j] * norm);
         }
+    }
+}
+
+/* ---- lockstep sequences: sequence b's queries over its own cache b, each exactly as alone ---- */
+
+static int64_t checked_n_seqs(const ci_tensor *out, const ci_tensor *q, const ci_tensor *k_cache,
+                              const ci_tensor *v_cache) {
+    const int64_t n_seqs = ci_tensor_n_seqs(q);
+    CI_ASSERT(ci_tensor_n_seqs(out) == n_seqs && ci_tensor_n_seqs(k_cache) == n_seqs &&
+              ci_tensor_n_seqs(v_cache) == n_seqs);
+    return n_seqs;
+}
+
+void attention_cpu(ci_backend *be, ci_tensor *out, const ci_tensor *q, const ci_tensor *k_cache,
+                   const ci_tensor *v_cache, int pos0) {
+    const int64_t n_seqs = checked_n_seqs(out, q, k_cache, v_cache);
+    for (int64_t b = 0; b < n_seqs; b++) {
+        ci_tensor out_b = ci_tensor_seq(out, b), q_b = ci_tensor_seq(q, b);
+        ci_tensor k_b = ci_tensor_seq(k_cache, b), v_b = ci_tensor_seq(v_cache, b);
+        attention_one_seq(be, &out_b, &q_b, &k_b, &v_b, pos0);
+    }
+}
+
+void diff_attention_cpu(ci_backend *be, ci_tensor *out, const ci_tensor *q,
+                        const ci_tensor *k_cache, const ci_tensor *v_cache, int pos0, float lambda,
+                        float lambda_init, float eps) {
+    const int64_t n_seqs = checked_n_seqs(out, q, k_cache, v_cache);
+    for (int64_t b = 0; b < n_seqs; b++) {
+        ci_tensor out_b = ci_tensor_seq(out, b), q_b = ci_tensor_seq(q, b);
+        ci_tensor k_b = ci_tensor_seq(k_cache, b), v_b = ci_tensor_seq(v_cache, b);
+        diff_attention_one_seq(be, &out_b, &q_b, &k_b, &v_b, pos0, lambda, lambda_init, eps);
     }
 }

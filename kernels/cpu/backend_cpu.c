@@ -25,7 +25,10 @@ static void cpu_copy(ci_backend *be, void *dst, const void *src, size_t bytes) {
 
 /* Each thread gets its own slice: attention keeps a row of scores per query, matmul a block of
  * widened weight rows. */
-static size_t cpu_workspace_bytes(const ci_backend *be, const ci_config *c, int n_ctx) {
+/* Sequences of a batch run one after another through the same per-thread slices, so n_seqs adds
+ * nothing. */
+static size_t cpu_workspace_bytes(const ci_backend *be, const ci_config *c, int n_ctx, int n_seqs) {
+    (void)n_seqs;
     int64_t widest_input = c->hidden_size;
     if (c->intermediate_size > widest_input) widest_input = c->intermediate_size;
     if ((int64_t)c->n_heads * c->head_dim > widest_input)

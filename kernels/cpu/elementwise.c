@@ -39,9 +39,8 @@ void add_cpu(ci_backend *be, ci_tensor *x, const ci_tensor *y) {
     for (int64_t i = 0; i < n; i++) a[i] += b[i];
 }
 
-void kv_store_cpu(ci_backend *be, ci_tensor *k_cache, ci_tensor *v_cache, const ci_tensor *k_new,
-                  const ci_tensor *v_new, int pos0) {
-    (void)be;
+static void kv_store_one_seq(ci_tensor *k_cache, ci_tensor *v_cache, const ci_tensor *k_new,
+                             const ci_tensor *v_new, int pos0) {
     const int64_t n_tokens = k_new->shape[0];
     CI_ASSERT(k_cache->n_dims == 3 && v_cache->n_dims == 3 && k_new->n_dims == 3);
     CI_ASSERT(ci_tensor_numel(v_new) == ci_tensor_numel(k_new));
@@ -51,6 +50,20 @@ void kv_store_cpu(ci_backend *be, ci_tensor *k_cache, ci_tensor *v_cache, const 
     ci_tensor v_rows = ci_tensor_rows(v_cache, pos0, n_tokens);
     memcpy(k_rows.data, k_new->data, ci_tensor_nbytes(k_new));
     memcpy(v_rows.data, v_new->data, ci_tensor_nbytes(v_new));
+}
+
+/* Sequence b's new rows go to its own cache b. */
+void kv_store_cpu(ci_backend *be, ci_tensor *k_cache, ci_tensor *v_cache, const ci_tensor *k_new,
+                  const ci_tensor *v_new, int pos0) {
+    (void)be;
+    const int64_t n_seqs = ci_tensor_n_seqs(k_new);
+    CI_ASSERT(ci_tensor_n_seqs(k_cache) == n_seqs && ci_tensor_n_seqs(v_cache) == n_seqs &&
+              ci_tensor_n_seqs(v_new) == n_seqs);
+    for (int64_t b = 0; b < n_seqs; b++) {
+        ci_tensor k_seq = ci_tensor_seq(k_cache, b), v_seq = ci_tensor_seq(v_cache, b);
+        ci_tensor k_rows = ci_tensor_seq(k_new, b), v_rows = ci_tensor_seq(v_new, b);
+        kv_store_one_seq(&k_seq, &v_seq, &k_rows, &v_rows, pos0);
+    }
 }
 
 /* First index of the largest value; NaN never wins unless every value is NaN (then the last),

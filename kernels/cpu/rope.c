@@ -20,7 +20,8 @@ static void rotate_heads(float *heads, int64_t n_heads, int64_t head_dim, const 
     }
 }
 
-void rope_cpu(ci_backend *be, ci_tensor *q, ci_tensor *k, int pos0, const ci_rope_freqs *freqs) {
+static void rope_one_seq(ci_backend *be, ci_tensor *q, ci_tensor *k, int pos0,
+                         const ci_rope_freqs *freqs) {
     const int64_t n_tokens = q->shape[0], head_dim = q->shape[2];
     CI_ASSERT(q->n_dims == 3 && k->n_dims == 3 && k->shape[0] == n_tokens &&
               k->shape[2] == head_dim && head_dim % 2 == 0 && head_dim <= 4096);
@@ -38,5 +39,15 @@ void rope_cpu(ci_backend *be, ci_tensor *q, ci_tensor *k, int pos0, const ci_rop
                      sin_row);
         rotate_heads((float *)k->data + t * k->shape[1] * head_dim, k->shape[1], head_dim, cos_row,
                      sin_row);
+    }
+}
+
+/* Lockstep sequences share their positions: each is rotated as if it were alone. */
+void rope_cpu(ci_backend *be, ci_tensor *q, ci_tensor *k, int pos0, const ci_rope_freqs *freqs) {
+    const int64_t n_seqs = ci_tensor_n_seqs(q);
+    CI_ASSERT(ci_tensor_n_seqs(k) == n_seqs);
+    for (int64_t b = 0; b < n_seqs; b++) {
+        ci_tensor q_seq = ci_tensor_seq(q, b), k_seq = ci_tensor_seq(k, b);
+        rope_one_seq(be, &q_seq, &k_seq, pos0, freqs);
     }
 }

@@ -212,15 +212,29 @@ static void eager_diff_attention(cuda_backend *cu, ci_tensor *out, const ci_tens
 
 // ---- the fused kinds --------------------------------------------------------------------------
 
+// Every kind takes q [T, H, D] or [B, T, H, D], caches [n_ctx, G, D] or [B, n_ctx, G, D]
+// (engine/backend.h); returns B after checking that the four agree.
+static int checked_n_seqs(const ci_tensor *out, const ci_tensor *q, const ci_tensor *k_cache,
+                          const ci_tensor *v_cache) {
+    const int64_t n_seqs = ci_tensor_n_seqs(q);
+    CI_ASSERT(ci_tensor_n_seqs(out) == n_seqs && ci_tensor_n_seqs(k_cache) == n_seqs &&
+              ci_tensor_n_seqs(v_cache) == n_seqs);
+    return (int)n_seqs;
+}
+
+// The fused kernels take the B sequences in one launch (attention_params.n_seqs).
 static attention_params fused_params(cuda_backend *cu, ci_tensor *out, const ci_tensor *q,
                                      const ci_tensor *k_cache, const ci_tensor *v_cache, int pos0) {
-    const attention_shape s = check_shapes(out, q, k_cache, v_cache, pos0);
+    const int n_seqs = checked_n_seqs(out, q, k_cache, v_cache);
+    const ci_tensor out0 = ci_tensor_seq(out, 0), q0 = ci_tensor_seq(q, 0);
+    const ci_tensor k0 = ci_tensor_seq(k_cache, 0), v0 = ci_tensor_seq(v_cache, 0);
+    const attention_shape s = check_shapes(&out0, &q0, &k0, &v0, pos0);
     attention_params p = {};
     p.q = (const float *)q->data;
     p.k_cache = k_cache->data;
     p.v_cache = v_cache->data;
     p.out = (float *)out->data;
-    p.n_seqs = 1;
+    p.n_seqs = n_seqs;
     p.n_tokens = s.n_tokens;
     p.n_heads = s.n_heads;
     p.n_kv_heads = s.n_kv_heads;
@@ -255,11 +269,18 @@ static void fused_attention(cuda_backend *cu, const attention_params &p, ci_dtyp
 
 // ---- the op: the backend's attention kind ------------------------------------------------------
 
+// Eager runs the sequences of a batch one after another through the same workspace: its GEMMs
+// are the baseline, not the fast path, and a sequence's scores already fill the scratch.
 void attention_cuda(ci_backend *be, ci_tensor *out, const ci_tensor *q, const ci_tensor *k_cache,
                     const ci_tensor *v_cache, int pos0) {
     cuda_backend *cu = cuda_of(be);
     if (be->attention == CINFER_ATTENTION_EAGER) {
-        eager_attention(cu, out, q, k_cache, v_cache, pos0);
+        const int n_seqs = checked_n_seqs(out, q, k_cache, v_cache);
+        for (int b = 0; b < n_seqs; b++) {
+            ci_tensor out_b = ci_tensor_seq(out, b), q_b = ci_tensor_seq(q, b);
+            const ci_tensor k_b = ci_tensor_seq(k_cache, b), v_b = ci_tensor_seq(v_cache, b);
+            eager_attention(cu, &out_b, &q_b, &k_b, &v_b, pos0);
+        }
         return;
     }
     fused_attention(cu, fused_params(cu, out, q, k_cache, v_cache, pos0), k_cache->dtype);
@@ -270,10 +291,15 @@ void diff_attention_cuda(ci_backend *be, ci_tensor *out, const ci_tensor *q,
                          float lambda_init, float eps) {
     cuda_backend *cu = cuda_of(be);
     if (be->attention == CINFER_ATTENTION_EAGER) {
-        eager_diff_attention(cu, out, q, k_cache, v_cache, pos0, lambda, lambda_init, eps);
+        const int n_seqs = checked_n_seqs(out, q, k_cache, v_cache);
+        for (int b = 0; b < n_seqs; b++) {
+            ci_tensor out_b = ci_tensor_seq(out, b), q_b = ci_tensor_seq(q, b);
+            const ci_tensor k_b = ci_tensor_seq(k_cache, b), v_b = ci_tensor_seq(v_cache, b);
+            eager_diff_attention(cu, &out_b, &q_b, &k_b, &v_b, pos0, lambda, lambda_init, eps);
+        }
         return;
     }
-    CI_ASSERT(q->shape[1] % 2 == 0);
+    CI_ASSERT(q->shape[q->n_dims - 2] % 2 == 0);
     attention_params p = fused_params(cu, out, q, k_cache, v_cache, pos0);
     p.differential = 1;
     p.lambda = lambda;
@@ -283,10 +309,11 @@ void diff_attention_cuda(ci_backend *be, ci_tensor *out, const ci_tensor *q,
 }
 
 size_t attention_cuda_workspace_bytes(cinfer_attention kind, const ci_config *c, int n_ctx,
-                                      int max_rows) {
+                                      int n_seqs, int max_rows) {
     if (kind == CINFER_ATTENTION_SDPA) return 0;
-    if (kind == CINFER_ATTENTION_FLASH) // decode's partial results per chunk of keys
-        return attention_decode_workspace_bytes(1, c->n_heads, c->head_dim, n_ctx);
+    if (kind == CINFER_ATTENTION_FLASH) // decode's partial results per sequence and chunk of keys
+        return attention_decode_workspace_bytes(n_seqs, c->n_heads, c->head_dim, n_ctx);
+    // eager: one sequence at a time, max_rows of its queries
     const size_t per_row = attention_cuda_scratch_bytes(c->n_heads, c->head_dim, n_ctx, 1);
     size_t rows = ATTENTION_SCRATCH_TARGET / per_row;
     if (rows < 1) rows = 1;

@@ -79,14 +79,15 @@ static void cuda_to_host(ci_backend *be, void *host_dst, const void *device_src,
 
 // The ops share the workspace from its start (they run one after another on one stream): the
 // largest of matmul's rounded input and what the backend's attention kind needs.
-static size_t cuda_workspace_bytes(const ci_backend *be, const ci_config *c, int n_ctx) {
+static size_t cuda_workspace_bytes(const ci_backend *be, const ci_config *c, int n_ctx,
+                                   int n_seqs) {
     int64_t widest_input = c->hidden_size;
     if (c->intermediate_size > widest_input) widest_input = c->intermediate_size;
     if ((int64_t)c->n_heads * c->head_dim > widest_input)
         widest_input = (int64_t)c->n_heads * c->head_dim;
-    const int batch = n_ctx < CI_MAX_BATCH ? n_ctx : CI_MAX_BATCH;
-    const size_t matmul = matmul_cuda_scratch_bytes(batch, widest_input);
-    const size_t attention = attention_cuda_workspace_bytes(be->attention, c, n_ctx, batch);
+    const size_t matmul = matmul_cuda_scratch_bytes(ci_rows_per_pass(n_ctx, n_seqs), widest_input);
+    const size_t attention = attention_cuda_workspace_bytes(be->attention, c, n_ctx, n_seqs,
+                                                            ci_tokens_per_pass(n_ctx, n_seqs));
     return matmul > attention ? matmul : attention;
 }
 

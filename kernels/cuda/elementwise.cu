@@ -63,23 +63,24 @@ void rmsnorm_cuda(ci_backend *be, ci_tensor *out, const ci_tensor *x, const ci_t
 }
 
 // ---- RoPE, rotate-half: v' = v·cos + rotate_half(v)·sin, angle = position · inv_freq[i] --------
-// One thread per (token, head, i < D/2) over the H query heads and then the G key heads. cos and
-// sin are computed from the frequency table (models/rope.c computed it once on the host for every
-// scaling type) with the precise cosf/sinf, not fast-math intrinsics: angles reach thousands of
-// radians and the reference rounds them as F32 too.
+// One thread per (row, head, i < D/2) over the H query heads and then the G key heads. Row r of
+// the B·T rows is token t = r mod T of sequence r / T (lockstep sequences share positions), at
+// position pos0 + t. cos and sin are computed from the frequency table (models/rope.c computed it
+// once on the host for every scaling type) with the precise cosf/sinf, not fast-math intrinsics:
+// angles reach thousands of radians and the reference rounds them as F32 too.
 
-__global__ void rope_kernel(float *q, float *k, int64_t n_tokens, int n_heads, int n_kv_heads,
-                            int head_dim, position_arg pos0, const float *inv_freq,
-                            float attention_scaling) {
+__global__ void rope_kernel(float *q, float *k, int64_t n_rows, int64_t tokens_per_seq,
+                            int n_heads, int n_kv_heads, int head_dim, position_arg pos0,
+                            const float *inv_freq, float attention_scaling) {
     const int half = head_dim / 2, heads = n_heads + n_kv_heads;
     const int64_t idx = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
-    if (idx >= n_tokens * heads * half) return;
+    if (idx >= n_rows * heads * half) return;
     const int i = (int)(idx % half);
     const int head = (int)((idx / half) % heads);
-    const int64_t t = idx / ((int64_t)half * heads);
-    float *v = head < n_heads ? q + (t * n_heads + head) * head_dim
-                              : k + (t * n_kv_heads + (head - n_heads)) * head_dim;
-    const float position = (float)(position_value(pos0) + t);
+    const int64_t r = idx / ((int64_t)half * heads);
+    float *v = head < n_heads ? q + (r * n_heads + head) * head_dim
+                              : k + (r * n_kv_heads + (head - n_heads)) * head_dim;
+    const float position = (float)(position_value(pos0) + r % tokens_per_seq);
     const float angle = position * inv_freq[i];
     const float c = cosf(angle) * attention_scaling, s = sinf(angle) * attention_scaling;
     const float x1 = v[i], x2 = v[i + half];
@@ -87,15 +88,19 @@ __global__ void rope_kernel(float *q, float *k, int64_t n_tokens, int n_heads, i
     v[i + half] = x2 * c + x1 * s;
 }
 
+// q [T, H, D] or [B, T, H, D]; k likewise with G heads (engine/backend.h).
 void rope_cuda(ci_backend *be, ci_tensor *q, ci_tensor *k, int pos0, const ci_rope_freqs *freqs) {
     cuda_backend *cu = cuda_of(be);
-    const int64_t n_tokens = q->shape[0], head_dim = q->shape[2];
-    CI_ASSERT(q->n_dims == 3 && k->n_dims == 3 && k->shape[0] == n_tokens &&
-              k->shape[2] == head_dim && head_dim % 2 == 0);
-    const int64_t n = n_tokens * (q->shape[1] + k->shape[1]) * (head_dim / 2);
+    const int64_t n_seqs = ci_tensor_n_seqs(q);
+    const ci_tensor q0 = ci_tensor_seq(q, 0), k0 = ci_tensor_seq(k, 0);
+    const int64_t n_tokens = q0.shape[0], head_dim = q0.shape[2];
+    CI_ASSERT(q0.n_dims == 3 && k0.n_dims == 3 && ci_tensor_n_seqs(k) == n_seqs &&
+              k0.shape[0] == n_tokens && k0.shape[2] == head_dim && head_dim % 2 == 0);
+    const int64_t n_rows = n_seqs * n_tokens;
+    const int64_t n = n_rows * (q0.shape[1] + k0.shape[1]) * (head_dim / 2);
     if (n == 0) return;
     rope_kernel<<<blocks_for(n, ELEMENT_THREADS), ELEMENT_THREADS, 0, cu->stream>>>(
-        (float *)q->data, (float *)k->data, n_tokens, (int)q->shape[1], (int)k->shape[1],
+        (float *)q->data, (float *)k->data, n_rows, n_tokens, (int)q0.shape[1], (int)k0.shape[1],
         (int)head_dim, position_for(cu, pos0), freqs->inv_freq, freqs->attention_scaling);
     CUDA_CHECK_LAUNCH();
 }
@@ -151,43 +156,59 @@ void add_cuda(ci_backend *be, ci_tensor *x, const ci_tensor *y) {
 
 // ---- cache rows [pos0, pos0 + T) = the new keys and values -------------------------------------
 // The row comes from position_arg, so that a recorded decode step writes where the current position
-// says, not where it said when it was recorded.
+// says, not where it said when it was recorded. Element i of the new rows [B, T, G·D] belongs to
+// sequence b = i / (T·G·D) and goes to its cache b ([B, n_ctx, G·D]).
 
 // The cache holds the run dtype (engine/backend.h: ci_kv_cache_dtype): K and V are rounded to it
 // once, here, as transformers' bf16 cache does.
 template <typename T>
 __global__ void kv_store_kernel(T *k_cache, T *v_cache, const float *k_new, const float *v_new,
-                                int64_t n, int64_t row_size, position_arg pos0) {
+                                int64_t n, int64_t row_size, int64_t tokens_per_seq, int64_t n_ctx,
+                                position_arg pos0) {
     const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= n) return;
-    const int64_t offset = (int64_t)position_value(pos0) * row_size + i;
+    const int64_t per_seq = tokens_per_seq * row_size;
+    const int64_t b = i / per_seq, within = i % per_seq;
+    const int64_t offset = (b * n_ctx + position_value(pos0)) * row_size + within;
     k_cache[offset] = ci_from_float<T>(k_new[i]);
     v_cache[offset] = ci_from_float<T>(v_new[i]);
 }
 
+// The shape of one store: n elements of new rows, row_size = G·D.
+struct kv_store_shape {
+    int64_t n, row_size, tokens_per_seq, n_ctx;
+};
+
 template <typename T>
 static void kv_store_as(cuda_backend *cu, ci_tensor *k_cache, ci_tensor *v_cache,
-                        const ci_tensor *k_new, const ci_tensor *v_new, int64_t n, int pos0) {
-    kv_store_kernel<T><<<blocks_for(n, ELEMENT_THREADS), ELEMENT_THREADS, 0, cu->stream>>>(
+                        const ci_tensor *k_new, const ci_tensor *v_new, const kv_store_shape &s,
+                        int pos0) {
+    kv_store_kernel<T><<<blocks_for(s.n, ELEMENT_THREADS), ELEMENT_THREADS, 0, cu->stream>>>(
         (T *)k_cache->data, (T *)v_cache->data, (const float *)k_new->data,
-        (const float *)v_new->data, n, ci_tensor_row_size(k_cache), position_for(cu, pos0));
+        (const float *)v_new->data, s.n, s.row_size, s.tokens_per_seq, s.n_ctx,
+        position_for(cu, pos0));
     CUDA_CHECK_LAUNCH();
 }
 
+// k_new, v_new [T, G, D] or [B, T, G, D]; caches [n_ctx, G, D] or [B, n_ctx, G, D].
 void kv_store_cuda(ci_backend *be, ci_tensor *k_cache, ci_tensor *v_cache, const ci_tensor *k_new,
                    const ci_tensor *v_new, int pos0) {
     cuda_backend *cu = cuda_of(be);
-    const int64_t n_tokens = k_new->shape[0], n = ci_tensor_numel(k_new);
-    CI_ASSERT(k_cache->n_dims == 3 && v_cache->n_dims == 3 && k_new->n_dims == 3);
-    CI_ASSERT(ci_tensor_numel(v_new) == n &&
-              ci_tensor_row_size(k_new) == ci_tensor_row_size(k_cache));
-    CI_ASSERT(pos0 >= 0 && pos0 + n_tokens <= k_cache->shape[0]);
+    const ci_tensor k_seq = ci_tensor_seq(k_new, 0), cache_seq = ci_tensor_seq(k_cache, 0);
+    const int64_t n_seqs = ci_tensor_n_seqs(k_new);
+    const kv_store_shape shape = {ci_tensor_numel(k_new), ci_tensor_row_size(&cache_seq),
+                                  k_seq.shape[0], cache_seq.shape[0]};
+    CI_ASSERT(cache_seq.n_dims == 3 && k_seq.n_dims == 3 && ci_tensor_n_seqs(k_cache) == n_seqs &&
+              ci_tensor_n_seqs(v_cache) == n_seqs && ci_tensor_n_seqs(v_new) == n_seqs);
+    CI_ASSERT(ci_tensor_numel(v_new) == shape.n &&
+              ci_tensor_row_size(&k_seq) == shape.row_size);
+    CI_ASSERT(pos0 >= 0 && pos0 + shape.tokens_per_seq <= shape.n_ctx);
     CI_ASSERT(k_cache->dtype == v_cache->dtype && k_new->dtype == CI_F32);
-    if (n == 0) return;
+    if (shape.n == 0) return;
     switch (k_cache->dtype) {
-    case CI_BF16: kv_store_as<__nv_bfloat16>(cu, k_cache, v_cache, k_new, v_new, n, pos0); break;
-    case CI_F16: kv_store_as<__half>(cu, k_cache, v_cache, k_new, v_new, n, pos0); break;
-    default: kv_store_as<float>(cu, k_cache, v_cache, k_new, v_new, n, pos0); break;
+    case CI_BF16: kv_store_as<__nv_bfloat16>(cu, k_cache, v_cache, k_new, v_new, shape, pos0); break;
+    case CI_F16: kv_store_as<__half>(cu, k_cache, v_cache, k_new, v_new, shape, pos0); break;
+    default: kv_store_as<float>(cu, k_cache, v_cache, k_new, v_new, shape, pos0); break;
     }
 }
 

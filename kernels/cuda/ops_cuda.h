@@ -134,9 +134,9 @@ void random_fill_cuda(cudaStream_t stream, void *dst, ci_dtype dst_dtype, ci_dty
 // start and the backend reserves the largest need.
 size_t matmul_cuda_scratch_bytes(int64_t n_rows, int64_t widest_input);
 size_t attention_cuda_scratch_bytes(int n_heads, int head_dim, int n_ctx, int n_query_rows);
-// What the attention kind needs for a model of config c with n_ctx of context, at most max_rows
-// new queries per call.
+// What the attention kind needs for a model of config c with n_ctx of context for each of n_seqs
+// sequences, at most max_rows new queries of each sequence per call.
 size_t attention_cuda_workspace_bytes(cinfer_attention kind, const ci_config *c, int n_ctx,
-                                      int max_rows);
+                                      int n_seqs, int max_rows);
 
 #endif
