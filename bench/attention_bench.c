@@ -15,11 +15,8 @@
  * shows the mean ± sd of the milliseconds per call. The output is copied back once and checked for
  * non-finite values. A row whose workspace cannot be had (eager's score chunks at long contexts,
  * if device memory is short) is printed as skipped, with the reason, rather than failing the run;
- * so is a row whose kind refuses its variant, mode, dtype or head dim (the ops abort on shapes they
- * were not built for): before the first such row a child process (this program with a hidden
- * --probe-support) runs it at S = min(S, 256), and if the child dies its last words become the
- * reason. --no-probe runs everything in one process (under ncu or nsys, which would follow the
- * children too).
+ * so is a row whose kind does not run its head dim, variant and dtype on this device (asked of
+ * ci_cuda_attention_supports, the check the engine makes when it loads a model).
  *
  * FLOPs (causal; a multiply-add counts as 2). The queries of a call see
  *   n_visible = Σ_t (pos0 + t + 1) = T·pos0 + T(T+1)/2        keys in all (prefill: S(S+1)/2)
@@ -97,8 +94,9 @@
 #include "../engine/error.h"
 #include "../engine/splitmix.h"
 #include "attention_timer.h"
+#include "option_lists.h"
 
-enum { EXIT_ERROR = 1, EXIT_USAGE = 2, MAX_LIST = 16 };
+enum { EXIT_ERROR = 1, EXIT_USAGE = 2 };
 /* The most rows the lists allow: head dims × seqs × dtypes × variants × modes × kinds. */
 enum { MAX_ROWS = MAX_LIST * MAX_LIST * 3 * 2 * 2 * 3 };
 
@@ -133,17 +131,10 @@ static const char *usage_text =
     "  --seed S                  seed of the random q, K, V (default 1)\n"
     "  --backend cuda|cpu        cpu: the CPU reference op (f32 caches only), timed by the\n"
     "                            wall clock: for checking this program without a GPU\n"
-    "  --no-probe                skip asking a child process first whether each kind runs\n"
-    "                            each variant, mode, dtype and head dim (a kind that refuses\n"
-    "                            aborts the whole run then); use it under ncu/nsys\n"
+
     "  --check-memory            instead of timing: run every kind with a workspace below one\n"
     "                            [H, S] score row (see the comment at the top of\n"
     "                            bench/attention_bench.c for what that shows)\n";
-
-typedef struct int_list {
-    int n;
-    int values[MAX_LIST];
-} int_list;
 
 typedef enum output_format { OUTPUT_MD, OUTPUT_CSV, OUTPUT_JSON } output_format;
 
@@ -161,8 +152,6 @@ typedef struct options {
     int flush_l2, check_memory;
     int cpu; /* --backend cpu: the reference op, to check this program where there is no GPU */
     long long probe_workspace; /* > 0: this process is a --check-memory child */
-    int probe_support;         /* this process is a child asked whether a kind runs a shape */
-    int no_probe;              /* --no-probe: run every row in this process, unchecked */
     output_format output;
     int device;
     uint64_t seed;
@@ -190,38 +179,6 @@ static int usage(const char *fmt, const char *arg) {
     fprintf(stderr, fmt, arg);
     fprintf(stderr, "\n\n%s", usage_text);
     return EXIT_USAGE;
-}
-
-/* "512,4096" -> {512, 4096}; every value in [minimum, maximum]. */
-static int parse_int_list(const char *text, int minimum, int maximum, int_list *out) {
-    out->n = 0;
-    const char *p = text;
-    while (1) {
-        char *end;
-        errno = 0;
-        long v = strtol(p, &end, 10);
-        if (errno || end == p || v < minimum || v > maximum || out->n == MAX_LIST) return -1;
-        out->values[out->n++] = (int)v;
-        if (*end == '\0') return 0;
-        if (*end != ',') return -1;
-        p = end + 1;
-    }
-}
-
-/* "bf16,fp16" -> chosen[i] = 1 for each name; names[] ends with NULL. */
-static int parse_name_list(const char *text, const char *const *names, int *chosen) {
-    int n_names = 0;
-    while (names[n_names]) chosen[n_names++] = 0;
-    for (const char *p = text;;) {
-        size_t length = strcspn(p, ",");
-        int found = 0;
-        for (int i = 0; i < n_names && !found; i++)
-            if (strlen(names[i]) == length && strncmp(p, names[i], length) == 0)
-                chosen[i] = found = 1;
-        if (!found) return -1;
-        if (p[length] == '\0') return 0;
-        p += length + 1;
-    }
 }
 
 static int parse_one(const char *value, int minimum, int maximum, int *out) {
@@ -255,10 +212,6 @@ static int parse_options(int argc, char **argv, options *o) {
         }
         if (strcmp(flag, "--check-memory") == 0) {
             o->check_memory = 1;
-            continue;
-        }
-        if (strcmp(flag, "--no-probe") == 0 || strcmp(flag, "--probe-support") == 0) {
-            *(flag[5] == 'p' ? &o->no_probe : &o->probe_support) = 1;
             continue;
         }
         if (i + 1 >= argc) return usage("option '%s' needs a value", flag);
@@ -693,18 +646,18 @@ static void device_label(int device, char *name, size_t size) {
         snprintf(name, size, "CUDA device %d", device);
 }
 
-typedef struct probe_result probe_result;
-static void run_child(const options *o, const row *r, size_t small_bytes, probe_result *p);
-
-/* Whether a kind runs a (variant, mode, dtype, head dim), asked once of a child process at a short
- * context: an op that refuses a shape aborts (CI_ASSERT), and that must not end the whole run. */
-typedef struct support {
-    int kind, dtype, decode, differential, head_dim;
-    int runs;
-    char said[320];
-} support;
-
-static const support *kind_support(const options *o, const row *r, support *known, int *n_known);
+/* 1 when the row's kind runs its shape here; else the row says why it is skipped. */
+static int kind_runs(const options *o, row *r) {
+    const cinfer_attention kind = (cinfer_attention)(CINFER_ATTENTION_EAGER + r->kind);
+    if (o->cpu || ci_cuda_attention_supports(kind, r->head_dim, r->differential,
+                                             dtype_of_name[r->dtype], o->device))
+        return 1;
+    snprintf(r->skipped, sizeof r->skipped,
+             "skipped: %s does not run head_dim %d (%s, %s cache) on this device",
+             attention_names[r->kind], r->head_dim, variant_names[r->differential],
+             dtype_names[r->dtype]);
+    return 0;
+}
 
 static cinfer_load_options backend_options(const options *o) {
     const cinfer_load_options load = {.backend = o->cpu ? CINFER_BACKEND_CPU : CINFER_BACKEND_CUDA,
@@ -718,9 +671,8 @@ static int run_benchmark(const options *o) {
     ci_backend *be = NULL;
     bench_timer *timer = NULL;
     buffers b = {0};
-    int status = EXIT_ERROR, n_known = 0;
-    support *known = calloc(MAX_ROWS, sizeof *known);
-    if (!rows || !ms || !known) {
+    int status = EXIT_ERROR;
+    if (!rows || !ms) {
         fprintf(stderr, "bench_attention: error: out of memory\n");
         goto done;
     }
@@ -746,11 +698,7 @@ static int run_benchmark(const options *o) {
         fprintf(stderr, "bench_attention: %s %s %s D=%d S=%d %s\n", variant_names[r->differential],
                 mode_names[r->decode], dtype_names[r->dtype], r->head_dim, r->seq,
                 attention_names[r->kind]);
-        const support *verdict = o->no_probe ? NULL : kind_support(o, r, known, &n_known);
-        if (verdict && !verdict->runs)
-            snprintf(r->skipped, sizeof r->skipped, "skipped: %s", verdict->said);
-        else
-            measure(be, timer, o, &b, r);
+        if (kind_runs(o, r)) measure(be, timer, o, &b, r);
     }
     char device_name[320];
     if (o->cpu)
@@ -767,7 +715,6 @@ done:
     if (be) buffers_free(be, &b);
     bench_timer_free(timer);
     ci_backend_free(be);
-    free(known);
     free(ms);
     free(rows);
     return status;
@@ -805,14 +752,6 @@ static int run_probe(const options *o) {
     const size_t out_bytes = (size_t)n_out * sizeof(float);
     call_attention(full, &r, &b, b.out);
     full->ops->to_host(full, b.out_host, b.out, out_bytes);
-    if (o->probe_support) { /* it ran: that is all the parent asked */
-        int non_finite = 0;
-        for (int64_t i = 0; i < n_out; i++) non_finite += !isfinite(b.out_host[i]);
-        printf("probe: ran workspace_asked=%zu max_abs_diff=0 max_abs_out=0 non_finite=%d "
-               "free_delta=0\n",
-               r.workspace_bytes, non_finite);
-        goto done;
-    }
 
     if (ci_backend_create_for(&load, &small) != CINFER_OK) goto fail;
     small->attention = full->attention;
@@ -863,8 +802,8 @@ typedef struct probe_result {
     char said[256]; /* the child's own words when it did not run: its last line */
 } probe_result;
 
-/* Runs this program on one row in a child process: with small_bytes > 0 the --check-memory probe,
- * with 0 only whether the kind runs the row at all. */
+/* Runs this program on one row in a child process, the --check-memory probe with a workspace of
+ * small_bytes: an op that cannot do with that little aborts, and that must not end the check. */
 static void run_child(const options *o, const row *r, size_t small_bytes, probe_result *p) {
     memset(p, 0, sizeof *p);
     char self[4096];
@@ -874,14 +813,14 @@ static void run_child(const options *o, const row *r, size_t small_bytes, probe_
         return;
     }
     self[length] = '\0';
-    char command[8192], probe[64] = "--probe-support";
-    if (small_bytes > 0) snprintf(probe, sizeof probe, "--probe-workspace %zu", small_bytes);
-    snprintf(command, sizeof command,
-             "exec '%s' %s --backend %s --attn %s --variant %s --mode %s --dtype %s "
-             "--head-dim %d --seq %d --heads %d --kv-heads %d --device %d --seed %llu 2>&1",
-             self, probe, o->cpu ? "cpu" : "cuda", attention_names[r->kind],
-             variant_names[r->differential], mode_names[r->decode], dtype_names[r->dtype],
-             r->head_dim, r->seq, r->heads, r->kv_heads, o->device, (unsigned long long)o->seed);
+    char command[8192];
+    snprintf(
+        command, sizeof command,
+        "exec '%s' --probe-workspace %zu --backend %s --attn %s --variant %s --mode %s --dtype %s "
+        "--head-dim %d --seq %d --heads %d --kv-heads %d --device %d --seed %llu 2>&1",
+        self, small_bytes, o->cpu ? "cpu" : "cuda", attention_names[r->kind],
+        variant_names[r->differential], mode_names[r->decode], dtype_names[r->dtype], r->head_dim,
+        r->seq, r->heads, r->kv_heads, o->device, (unsigned long long)o->seed);
     FILE *child = popen(command, "r"); /* exec: its status is the child's own, signals included */
     if (!child) {
         snprintf(p->said, sizeof p->said, "cannot start the child: %s", strerror(errno));
@@ -911,32 +850,6 @@ static void run_child(const options *o, const row *r, size_t small_bytes, probe_
         else
             snprintf(p->said, sizeof p->said, "%s", last[0] ? last : "no result");
     }
-}
-
-/* The context a support probe runs at: long enough for every tile and split the kernels have,
- * short enough to take a fraction of a second. */
-enum { SUPPORT_PROBE_SEQ = 256 };
-
-static const support *kind_support(const options *o, const row *r, support *known, int *n_known) {
-    for (int i = 0; i < *n_known; i++) {
-        const support *k = &known[i];
-        if (k->kind == r->kind && k->dtype == r->dtype && k->decode == r->decode &&
-            k->differential == r->differential && k->head_dim == r->head_dim)
-            return k;
-    }
-    support *k = &known[(*n_known)++];
-    *k = (support){r->kind, r->dtype, r->decode, r->differential, r->head_dim, 0, ""};
-    row small = *r;
-    small.seq = r->seq < SUPPORT_PROBE_SEQ ? r->seq : SUPPORT_PROBE_SEQ;
-    small.n_tokens = r->decode ? 1 : small.seq;
-    small.pos0 = r->decode ? small.seq - 1 : 0;
-    probe_result p;
-    run_child(o, &small, 0, &p);
-    k->runs = p.ran;
-    if (!p.ran)
-        snprintf(k->said, sizeof k->said, "%s does not run this (asked at S = %d: %s)",
-                 attention_names[r->kind], small.seq, p.said);
-    return k;
 }
 
 static int run_memory_check(const options *o) {
@@ -992,7 +905,7 @@ int main(int argc, char **argv) {
         printf("bench_attention: no CUDA device: %s; nothing measured\n", cinfer_last_error());
         return 0;
     }
-    if (o.probe_workspace > 0 || o.probe_support) return run_probe(&o);
+    if (o.probe_workspace > 0) return run_probe(&o);
     if (o.check_memory) return run_memory_check(&o);
     return run_benchmark(&o);
 }

@@ -31,8 +31,9 @@
 #include "../engine/session.h"
 #include "ceilings.h"
 #include "bench.h"
+#include "option_lists.h"
 
-enum { EXIT_ERROR = 1, EXIT_USAGE = 2, MAX_LIST = 16 };
+enum { EXIT_ERROR = 1, EXIT_USAGE = 2 };
 
 static const char *bench_usage_text =
     "usage: cinfer bench --model DIR [options]\n"
@@ -60,11 +61,6 @@ static const char *bench_usage_text =
     "                           (attention, matmul, norm, other), waiting for the device\n"
     "                           after every op\n"
     "  Use 0 in -p or -n to skip that kind of test.\n";
-
-typedef struct int_list {
-    int n;
-    int values[MAX_LIST];
-} int_list;
 
 typedef enum output_format { OUTPUT_MD, OUTPUT_CSV, OUTPUT_JSON } output_format;
 
@@ -105,38 +101,6 @@ static int bench_usage(const char *fmt, const char *arg) {
     fprintf(stderr, fmt, arg);
     fprintf(stderr, "\n\n%s", bench_usage_text);
     return EXIT_USAGE;
-}
-
-/* "512,4096" -> {512, 4096}; every value in [minimum, maximum]. */
-static int parse_int_list(const char *text, int minimum, int maximum, int_list *out) {
-    out->n = 0;
-    const char *p = text;
-    while (1) {
-        char *end;
-        errno = 0;
-        long v = strtol(p, &end, 10);
-        if (errno || end == p || v < minimum || v > maximum || out->n == MAX_LIST) return -1;
-        out->values[out->n++] = (int)v;
-        if (*end == '\0') return 0;
-        if (*end != ',') return -1;
-        p = end + 1;
-    }
-}
-
-/* "bf16,fp16" -> chosen[i] = 1 for each name; names[] ends with NULL and the enum's order. */
-static int parse_name_list(const char *text, const char *const *names, int *chosen) {
-    int n_names = 0;
-    while (names[n_names]) chosen[n_names++] = 0;
-    for (const char *p = text;;) {
-        size_t length = strcspn(p, ",");
-        int found = 0;
-        for (int i = 0; i < n_names && !found; i++)
-            if (strlen(names[i]) == length && strncmp(p, names[i], length) == 0)
-                chosen[i] = found = 1;
-        if (!found) return -1;
-        if (p[length] == '\0') return 0;
-        p += length + 1;
-    }
 }
 
 static int parse_bench_options(int argc, char **argv, bench_options *o) {

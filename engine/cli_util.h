@@ -19,9 +19,9 @@ void format_bytes(double bytes, char *buf, size_t size);
 /* "1 15 7 42" -> ids (malloc'd); 0, or the exit status once the reason is printed. */
 int parse_token_list(const char *text, int32_t **ids, int *n_ids);
 
-/* --backend cpu|cuda, --dtype f32|bf16|fp16, --attn eager|sdpa|flash, --device N into options;
- * 0, or the misuse exit status once the reason is printed. sdpa and flash are accepted here and
- * refused by cinfer_model_load, which says why. */
+/* --backend cpu|cuda, --dtype f32|bf16|fp16, --attn auto|eager|sdpa|flash, --device N into
+ * options; 0, or the misuse exit status once the reason is printed. Whether the kind runs the
+ * model is cinfer_model_load's to say. */
 int parse_load_option(const char *flag, const char *value, cinfer_load_options *options);
 
 /* cinfer compare: the GPU against the CPU reference, stage by stage. */

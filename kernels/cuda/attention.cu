@@ -269,43 +269,51 @@ static void fused_attention(cuda_backend *cu, const attention_params &p, ci_dtyp
 
 // ---- the op: the backend's attention kind ------------------------------------------------------
 
-// Eager runs the sequences of a batch one after another through the same workspace: its GEMMs
-// are the baseline, not the fast path, and a sequence's scores already fill the scratch.
-void attention_cuda(ci_backend *be, ci_tensor *out, const ci_tensor *q, const ci_tensor *k_cache,
-                    const ci_tensor *v_cache, int pos0) {
-    cuda_backend *cu = cuda_of(be);
-    if (be->attention == CINFER_ATTENTION_EAGER) {
+// What differential attention adds (MODEL_MATH.md); NULL for standard attention.
+typedef struct differential_terms {
+    float lambda, lambda_init, eps;
+} differential_terms;
+
+// Both ops, in the backend's kind. Eager runs the sequences of a batch one after another through
+// the same workspace: its GEMMs are the baseline, not the fast path, and a sequence's scores
+// already fill the scratch. The fused kinds take the batch in one launch.
+static void run_attention(cuda_backend *cu, ci_tensor *out, const ci_tensor *q,
+                          const ci_tensor *k_cache, const ci_tensor *v_cache, int pos0,
+                          const differential_terms *diff) {
+    if (cu->base.attention == CINFER_ATTENTION_EAGER) {
         const int n_seqs = checked_n_seqs(out, q, k_cache, v_cache);
         for (int b = 0; b < n_seqs; b++) {
             ci_tensor out_b = ci_tensor_seq(out, b), q_b = ci_tensor_seq(q, b);
             const ci_tensor k_b = ci_tensor_seq(k_cache, b), v_b = ci_tensor_seq(v_cache, b);
-            eager_attention(cu, &out_b, &q_b, &k_b, &v_b, pos0);
+            if (diff)
+                eager_diff_attention(cu, &out_b, &q_b, &k_b, &v_b, pos0, diff->lambda,
+                                     diff->lambda_init, diff->eps);
+            else
+                eager_attention(cu, &out_b, &q_b, &k_b, &v_b, pos0);
         }
         return;
     }
-    fused_attention(cu, fused_params(cu, out, q, k_cache, v_cache, pos0), k_cache->dtype);
+    attention_params p = fused_params(cu, out, q, k_cache, v_cache, pos0);
+    if (diff) {
+        CI_ASSERT(p.n_heads % 2 == 0);
+        p.differential = 1;
+        p.lambda = diff->lambda;
+        p.lambda_init = diff->lambda_init;
+        p.eps = diff->eps;
+    }
+    fused_attention(cu, p, k_cache->dtype);
+}
+
+void attention_cuda(ci_backend *be, ci_tensor *out, const ci_tensor *q, const ci_tensor *k_cache,
+                    const ci_tensor *v_cache, int pos0) {
+    run_attention(cuda_of(be), out, q, k_cache, v_cache, pos0, NULL);
 }
 
 void diff_attention_cuda(ci_backend *be, ci_tensor *out, const ci_tensor *q,
                          const ci_tensor *k_cache, const ci_tensor *v_cache, int pos0, float lambda,
                          float lambda_init, float eps) {
-    cuda_backend *cu = cuda_of(be);
-    if (be->attention == CINFER_ATTENTION_EAGER) {
-        const int n_seqs = checked_n_seqs(out, q, k_cache, v_cache);
-        for (int b = 0; b < n_seqs; b++) {
-            ci_tensor out_b = ci_tensor_seq(out, b), q_b = ci_tensor_seq(q, b);
-            const ci_tensor k_b = ci_tensor_seq(k_cache, b), v_b = ci_tensor_seq(v_cache, b);
-            eager_diff_attention(cu, &out_b, &q_b, &k_b, &v_b, pos0, lambda, lambda_init, eps);
-        }
-        return;
-    }
-    CI_ASSERT(q->shape[q->n_dims - 2] % 2 == 0);
-    attention_params p = fused_params(cu, out, q, k_cache, v_cache, pos0);
-    p.differential = 1;
-    p.lambda = lambda;
-    p.lambda_init = lambda_init;
-    p.eps = eps;
-    fused_attention(cu, p, k_cache->dtype);
+    const differential_terms diff = {lambda, lambda_init, eps};
+    run_attention(cuda_of(be), out, q, k_cache, v_cache, pos0, &diff);
 }
 
 size_t attention_cuda_workspace_bytes(cinfer_attention kind, const ci_config *c, int n_ctx,

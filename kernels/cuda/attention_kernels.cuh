@@ -53,8 +53,8 @@ __device__ __host__ __forceinline__ int attention_seq_pos0(const attention_param
 //     templated on the cache dtype T (float, __nv_bfloat16, __half); queued on `stream`, no
 //     allocation, no synchronization; returns 0, or non-zero when it cannot run these shapes (a
 //     head_dim it was not built for), and the caller then names the reason and the kind;
-//   inline int attention_X_supports(int head_dim, ci_dtype-like cache dtype as sizeof(T)) where
-//     it matters, so that `auto` can choose the fastest kind that runs a model.
+//   inline int attention_X_supports(int head_dim), so that the load (ci_cuda_attention_supports)
+//     can refuse a kind that cannot run a model, and `auto` choose the fastest that can.
 // attention_decode.cuh also defines
 //   inline size_t attention_decode_workspace_bytes(int n_seqs, int n_heads, int head_dim,
 //                                                  int n_ctx);

@@ -125,10 +125,6 @@ void bias_add_cuda(cuda_backend *cu, float *out, const ci_tensor *bias, int64_t 
 // dst[i] = src[i] converted (round to nearest even), F32/BF16/F16 either side
 void convert_cuda(cudaStream_t stream, void *dst, ci_dtype dst_dtype, const void *src,
                   ci_dtype src_dtype, int64_t n);
-// dst[i] = element i of a random model's tensor as the files would store it (file_dtype),
-// converted to dst_dtype: what convert_cuda makes of the host draw (random_fill.cu)
-void random_fill_cuda(cudaStream_t stream, void *dst, ci_dtype dst_dtype, ci_dtype file_dtype,
-                      const ci_random_draw &draw, int64_t n);
 
 // Scratch: the ops run one after another on one stream, so each uses the workspace from its
 // start and the backend reserves the largest need.

@@ -15,6 +15,7 @@
 #include <string.h>
 
 #include "ops_cuda.h"
+#include "random_fill.cuh"
 
 extern "C" {
 #include "../../engine/device.h"
@@ -153,8 +154,10 @@ extern "C" cinfer_status ci_cuda_upload_weights(cinfer_model *m) {
         const ci_dtype dtype = device_dtype(t, run);
         void *dst = (char *)weights + offset;
         if (drawn) {
-            random_fill_cuda(stream, dst, dtype, t->dtype, pending_draw(m, t)->draw,
-                             ci_tensor_numel(t));
+            // what convert_cuda would make of the host draw, drawn in place
+            const int filled = random_fill(dst, dtype, t->dtype, pending_draw(m, t)->draw,
+                                           ci_tensor_numel(t), stream);
+            CI_ASSERT(filled == 0); // weights are F32, BF16 or F16, in the files and on device
         } else {
             error = upload_tensor(t, dst, dtype, pinned, staging, stream);
         }
