@@ -15,10 +15,10 @@
  *     staging buffer, converted on the device), and a session allocates its activations and KV
  *     cache once through `alloc` (cudaMalloc, zero-filled). No op allocates.
  *   - Dtypes: matrices (the linear layers, the embedding table, lm_head) are stored in the run
- *     dtype (cinfer_load_options.dtype); vectors (norm weights, biases) in F32. Activations, the
- *     residual stream and the KV cache are F32 in every mode: matmul rounds its input to the
- *     weight's dtype on the way into cuBLAS and accumulates and writes in F32. Attention (scores,
- *     softmax, P·V) runs in F32 in every mode in this eager version.
+ *     dtype (cinfer_load_options.dtype); vectors (norm weights, biases) in F32. Activations and
+ *     the residual stream are F32 in every mode: matmul rounds its input to the weight's dtype
+ *     on the way in and accumulates and writes in F32. The KV cache holds the run dtype
+ *     (ci_kv_cache_dtype); attention accumulates in F32.
  *   - Streams: each backend owns one stream and one cuBLAS handle; every launch goes to that
  *     stream and is checked (CUDA_CHECK / CUBLAS_CHECK with file and line). to_host and
  *     to_device synchronize with the stream, so the host sees finished results.
@@ -32,7 +32,8 @@
  *     uploaded when it changes; the kernel takes cos/sin of position · inv_freq with the precise
  *     cosf/sinf, rather than reading a [n_ctx, D/2] table, which keeps dynamic scaling (whose
  *     frequencies change with the length) as simple as the rest.
- *   - Not fused yet: the residual add and the RMSNorm that follows it are two ops, as on the CPU.
+ *   - Fused: the residual add into the matmul (accumulate), and the projections of one input
+ *     into one op (engine/backend.h: matmul). Not fused: the RMSNorm after the residual add.
  *   - Greedy decoding after the prompt: argmax runs on the device and only token ids cross PCIe
  *     (the prompt's last row of logits still comes to the host for the first token; sampling with
  *     a temperature takes every step's logits to the host sampler). */
@@ -69,6 +70,14 @@ typedef struct ci_rope_freqs {
     float attention_scaling;
 } ci_rope_freqs;
 
+/* One output of the matmul op: out = x·Wᵀ (+ bias), x shared by the projections of one call. */
+typedef struct ci_projection {
+    ci_tensor *out;
+    const ci_tensor *weight;
+    const ci_tensor *bias; /* NULL, or a tensor without data, for none */
+} ci_projection;
+enum { CI_MAX_PROJECTIONS = 3 };
+
 typedef struct ci_backend_ops {
     const char *name;
 
@@ -87,9 +96,14 @@ typedef struct ci_backend_ops {
     /* out = weight ⊙ x / sqrt(mean(x²) + eps), per row          x [T, E], weight [E] -> [T, E] */
     void (*rmsnorm)(ci_backend *be, ci_tensor *out, const ci_tensor *x, const ci_tensor *weight,
                     float eps);
-    /* out = x·Wᵀ (+ bias)                     x [T, K], W [N, K], bias [N] or NULL -> [T, N] */
-    void (*matmul)(ci_backend *be, ci_tensor *out, const ci_tensor *x, const ci_tensor *weight,
-                   const ci_tensor *bias);
+    /* For each of the n (1 .. CI_MAX_PROJECTIONS) projections of one input x [T, K]:
+     *   out = x·Wᵀ (+ bias), or with accumulate, out += x·Wᵀ (+ bias)     W [N, K] -> out [T, N]
+     * Accumulate is the residual add folded into the product (x = x + o_proj(attn)); the bias joins
+     * the product first, as torch's x + linear(h). Projections of one input share the work on it:
+     * the CUDA backend rounds x to the weights' dtype once, and for a few rows reads every weight
+     * in one launch (q, k and v of a decode step are one kernel, not three plus conversions). */
+    void (*matmul)(ci_backend *be, const ci_tensor *x, const ci_projection *projections, int n,
+                   int accumulate);
     /* The position-aware ops below (rope, attention, diff_attention, kv_store) run B sequences in
      * lockstep: q [B, T, H, D], k and v [B, T, G, D], caches [B, n_ctx, G, D], sequence b's new
      * tokens over its own cache b, every sequence at the same positions pos0 .. pos0 + T − 1. A
@@ -109,8 +123,6 @@ typedef struct ci_backend_ops {
     /* out = act(gate) ⊙ up                                      all [T, I]; out may alias gate */
     void (*gated_activation)(ci_backend *be, ci_tensor *out, const ci_tensor *gate,
                              const ci_tensor *up, ci_activation act);
-    /* x += y                                                                      both [T, E] */
-    void (*add)(ci_backend *be, ci_tensor *x, const ci_tensor *y);
     /* cache rows [pos0, pos0 + T) = k_new, v_new          k_new, v_new [T, G, D], caches [n_ctx, G,
      * D]
      */
@@ -171,9 +183,22 @@ static inline void ci_rmsnorm(ci_backend *be, ci_tensor *out, const ci_tensor *x
                               const ci_tensor *weight, float eps) {
     be->ops->rmsnorm(be, out, x, weight, eps);
 }
+/* out = x·Wᵀ (+ bias) */
 static inline void ci_matmul(ci_backend *be, ci_tensor *out, const ci_tensor *x,
                              const ci_tensor *weight, const ci_tensor *bias) {
-    be->ops->matmul(be, out, x, weight, bias);
+    const ci_projection projection = {out, weight, bias};
+    be->ops->matmul(be, x, &projection, 1, 0);
+}
+/* out += x·Wᵀ (+ bias): the residual add */
+static inline void ci_matmul_add(ci_backend *be, ci_tensor *out, const ci_tensor *x,
+                                 const ci_tensor *weight, const ci_tensor *bias) {
+    const ci_projection projection = {out, weight, bias};
+    be->ops->matmul(be, x, &projection, 1, 1);
+}
+/* Several projections of one input (q, k, v; gate, up) in one op */
+static inline void ci_project(ci_backend *be, const ci_tensor *x, const ci_projection *projections,
+                              int n) {
+    be->ops->matmul(be, x, projections, n, 0);
 }
 static inline void ci_rope(ci_backend *be, ci_tensor *q, ci_tensor *k, int pos0,
                            const ci_rope_freqs *freqs) {
@@ -191,9 +216,6 @@ static inline void ci_diff_attention(ci_backend *be, ci_tensor *out, const ci_te
 static inline void ci_gated_activation(ci_backend *be, ci_tensor *out, const ci_tensor *gate,
                                        const ci_tensor *up, ci_activation act) {
     be->ops->gated_activation(be, out, gate, up, act);
-}
-static inline void ci_add(ci_backend *be, ci_tensor *x, const ci_tensor *y) {
-    be->ops->add(be, x, y);
 }
 static inline void ci_kv_store(ci_backend *be, ci_tensor *k_cache, ci_tensor *v_cache,
                                const ci_tensor *k_new, const ci_tensor *v_new, int pos0) {

@@ -33,9 +33,9 @@ static void rmsnorm_timed(ci_backend *be, ci_tensor *out, const ci_tensor *x,
                           const ci_tensor *weight, float eps) {
     TIMED(be, CI_OP_NORM, active.real->rmsnorm(be, out, x, weight, eps));
 }
-static void matmul_timed(ci_backend *be, ci_tensor *out, const ci_tensor *x,
-                         const ci_tensor *weight, const ci_tensor *bias) {
-    TIMED(be, CI_OP_MATMUL, active.real->matmul(be, out, x, weight, bias));
+static void matmul_timed(ci_backend *be, const ci_tensor *x, const ci_projection *projections,
+                         int n, int accumulate) {
+    TIMED(be, CI_OP_MATMUL, active.real->matmul(be, x, projections, n, accumulate));
 }
 static void rope_timed(ci_backend *be, ci_tensor *q, ci_tensor *k, int pos0,
                        const ci_rope_freqs *freqs) {
@@ -55,9 +55,6 @@ static void diff_attention_timed(ci_backend *be, ci_tensor *out, const ci_tensor
 static void gated_activation_timed(ci_backend *be, ci_tensor *out, const ci_tensor *gate,
                                    const ci_tensor *up, ci_activation act) {
     TIMED(be, CI_OP_OTHER, active.real->gated_activation(be, out, gate, up, act));
-}
-static void add_timed(ci_backend *be, ci_tensor *x, const ci_tensor *y) {
-    TIMED(be, CI_OP_OTHER, active.real->add(be, x, y));
 }
 static void kv_store_timed(ci_backend *be, ci_tensor *k_cache, ci_tensor *v_cache,
                            const ci_tensor *k_new, const ci_tensor *v_new, int pos0) {
@@ -86,7 +83,6 @@ void ci_profile_start(ci_backend *be, ci_op_profile *profile) {
     timed.attention = attention_timed;
     timed.diff_attention = diff_attention_timed;
     timed.gated_activation = gated_activation_timed;
-    timed.add = add_timed;
     timed.kv_store = kv_store_timed;
     timed.argmax = argmax_timed;
     be->ops = &timed;

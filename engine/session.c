@@ -24,7 +24,7 @@ typedef struct buffer_spec {
     int64_t d0, d1, d2, d3;
 } buffer_spec;
 
-enum { N_ACTIVATION_BUFFERS = 12 };
+enum { N_ACTIVATION_BUFFERS = 11 };
 
 /* rows: tokens of all sequences in one forward pass. */
 static void activation_buffers(cinfer_session *s, const ci_config *c, int rows, int n_seqs,
@@ -39,7 +39,6 @@ static void activation_buffers(cinfer_session *s, const ci_config *c, int rows, 
         {&s->k_new, CI_F32, 3, B, G, D, 0},
         {&s->v_new, CI_F32, 3, B, G, D, 0},
         {&s->attn, CI_F32, 3, B, H, D, 0},
-        {&s->proj, CI_F32, 2, B, E, 0, 0},
         {&s->gate, CI_F32, 2, B, I, 0, 0},
         {&s->up, CI_F32, 2, B, I, 0, 0},
         {&s->logits, CI_F32, 2, logit_rows, c->vocab_size, 0, 0},

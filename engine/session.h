@@ -32,7 +32,6 @@ struct cinfer_session {
     ci_tensor k_new;  /* [B, G, D] keys of the new tokens, rotated, then stored in the cache */
     ci_tensor v_new;  /* [B, G, D] their values */
     ci_tensor attn;   /* [B, H, D] attention output, input of o_proj */
-    ci_tensor proj;   /* [B, E] output of o_proj and of down_proj */
     ci_tensor gate;   /* [B, I] */
     ci_tensor up;     /* [B, I] */
     ci_tensor logits; /* [logit_rows, V]: logits go to the host this many rows at a time */

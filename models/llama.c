@@ -57,7 +57,6 @@ void ci_decoder_forward(cinfer_session *s, int n_tokens, int pos0, int logits_ro
     ci_tensor k = ci_tensor_rows(&s->k_new, 0, rows);
     ci_tensor v = ci_tensor_rows(&s->v_new, 0, rows);
     ci_tensor attn = ci_tensor_rows(&s->attn, 0, rows);
-    ci_tensor proj = ci_tensor_rows(&s->proj, 0, rows);
     ci_tensor gate = ci_tensor_rows(&s->gate, 0, rows);
     ci_tensor up = ci_tensor_rows(&s->up, 0, rows);
     /* the same memory as [B, T, heads, D], for the ops that see sequences and positions */
@@ -71,25 +70,25 @@ void ci_decoder_forward(cinfer_session *s, int n_tokens, int pos0, int logits_ro
     for (int l = 0; l < c->n_layers; l++) {
         const ci_layer *w = &m->layers[l];
 
-        /* x = x + o_proj(Attention(RMSNorm(x))) */
+        /* x = x + o_proj(Attention(RoPE(q_proj(n)), RoPE(k_proj(n)), v_proj(n))), n = RMSNorm(x) */
         ci_rmsnorm(be, &n, &x, &w->input_layernorm, eps);
-        ci_matmul(be, &q, &n, &w->q_proj, &w->q_bias);
-        ci_matmul(be, &k, &n, &w->k_proj, &w->k_bias);
-        ci_matmul(be, &v, &n, &w->v_proj, &w->v_bias);
+        const ci_projection qkv[] = {{&q, &w->q_proj, &w->q_bias},
+                                     {&k, &w->k_proj, &w->k_bias},
+                                     {&v, &w->v_proj, &w->v_bias}};
+        ci_project(be, &n, qkv, 3);
         ci_rope(be, &q_seqs, &k_seqs, pos0, &s->rope);
         /* the new keys and values join each sequence's cache, at rows [pos0, pos0 + T) */
         ci_kv_store(be, &s->k_cache[l], &s->v_cache[l], &k_seqs, &v_seqs, pos0);
         m->arch->attention(be, m, l, &attn_seqs, &q_seqs, &s->k_cache[l], &s->v_cache[l], pos0);
-        ci_matmul(be, &proj, &attn, &w->o_proj, &w->o_bias);
-        ci_add(be, &x, &proj);
+        ci_matmul_add(be, &x, &attn, &w->o_proj, &w->o_bias);
 
         /* x = x + down_proj(act(gate_proj(n)) ⊙ up_proj(n)), n = RMSNorm(x) */
         ci_rmsnorm(be, &n, &x, &w->post_attention_layernorm, eps);
-        ci_matmul(be, &gate, &n, &w->gate_proj, &w->gate_bias);
-        ci_matmul(be, &up, &n, &w->up_proj, &w->up_bias);
+        const ci_projection gate_up[] = {{&gate, &w->gate_proj, &w->gate_bias},
+                                         {&up, &w->up_proj, &w->up_bias}};
+        ci_project(be, &n, gate_up, 2);
         ci_gated_activation(be, &gate, &gate, &up, c->hidden_act);
-        ci_matmul(be, &proj, &gate, &w->down_proj, &w->down_bias);
-        ci_add(be, &x, &proj);
+        ci_matmul_add(be, &x, &gate, &w->down_proj, &w->down_bias);
         ci_session_observe(s, 1 + l, &x);
     }
 

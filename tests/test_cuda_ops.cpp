@@ -220,41 +220,75 @@ struct MatmulShape {
     int n_tokens, n_in, n_out;
 };
 
+// Three projections of one input per call (q, k, v widths: n_out, a few, n_out + 5), with and
+// without accumulate, against the CPU op. Row counts 1..8 are where a few-row kernel may take the
+// call, more rows go to cuBLAS; K = 65 and K = 1000 are not multiples of a vector width.
 TEST_F(CudaOps, MatmulMatchesCpuInEveryWeightDtype) {
-    const MatmulShape shapes[] = {{1, 64, 96},    {3, 65, 7},     {17, 256, 129},
-                                  {64, 1000, 33}, {5, 4096, 250}, {130, 96, 1024}};
+    const MatmulShape shapes[] = {{1, 64, 96},    {3, 65, 7},     {8, 4096, 250},  {17, 256, 129},
+                                  {64, 1000, 33}, {5, 4096, 250}, {130, 96, 1024}, {1, 14336, 40}};
     for (ci_dtype dtype : {CI_F32, CI_BF16, CI_F16})
         for (const MatmulShape &s : shapes)
-            for (int with_bias : {0, 1}) {
-                SCOPED_TRACE(std::string(ci_dtype_name(dtype)) + " T " +
-                             std::to_string(s.n_tokens) + " K " + std::to_string(s.n_in) + " N " +
-                             std::to_string(s.n_out) + (with_bias ? " bias" : ""));
-                reserve(s.n_in, 1, 1, 2, s.n_tokens);
-                std::vector<float> x = randn((size_t)s.n_tokens * s.n_in);
-                Encoded w = encode(randn((size_t)s.n_out * s.n_in, 0.05f), dtype);
-                Encoded b = encode(randn(s.n_out), CI_F32);
-                std::vector<float> want((size_t)s.n_tokens * s.n_out);
-                ci_tensor h_x = view(x.data(), CI_F32, {s.n_tokens, s.n_in});
-                ci_tensor h_w = view(w.bytes.data(), dtype, {s.n_out, s.n_in});
-                ci_tensor h_b = view(b.bytes.data(), CI_F32, {s.n_out});
-                ci_tensor h_out = view(want.data(), CI_F32, {s.n_tokens, s.n_out});
-                cpu_->ops->matmul(cpu_, &h_out, &h_x, &h_w, with_bias ? &h_b : nullptr);
-                ci_tensor d_x = upload(h_x), d_w = upload(h_w), d_b = upload(h_b);
-                ci_tensor d_out = poisoned(h_out);
-                gpu_->ops->matmul(gpu_, &d_out, &d_x, &d_w, with_bias ? &d_b : nullptr);
-                const double input_rounding = dtype == CI_BF16  ? 0x1.0p-8
-                                              : dtype == CI_F16 ? 0x1.0p-11
-                                                                : 0.0;
-                const double relative = 2.0 * (input_rounding + s.n_in * kUlp);
-                EXPECT_TRUE(all_close(download<float>(d_out), want, [&](size_t i) {
-                    const size_t t = i / s.n_out, n = i % s.n_out;
-                    double magnitude = 0.0;
-                    for (int k = 0; k < s.n_in; k++)
-                        magnitude +=
-                            std::fabs((double)x[t * s.n_in + k] * (double)w.values[n * s.n_in + k]);
-                    return relative * magnitude + 4.0 * kUlp * std::fabs(want[i]) + 1e-30;
-                }));
-            }
+            for (int with_bias : {0, 1})
+                for (int accumulate : {0, 1}) {
+                    SCOPED_TRACE(std::string(ci_dtype_name(dtype)) + " T " +
+                                 std::to_string(s.n_tokens) + " K " + std::to_string(s.n_in) +
+                                 " N " + std::to_string(s.n_out) + (with_bias ? " bias" : "") +
+                                 (accumulate ? " accumulate" : ""));
+                    reserve(s.n_in, 1, 1, 2, s.n_tokens);
+                    const int widths[CI_MAX_PROJECTIONS] = {s.n_out, s.n_out % 7 + 1, s.n_out + 5};
+                    std::vector<float> x = randn((size_t)s.n_tokens * s.n_in);
+                    ci_tensor h_x = view(x.data(), CI_F32, {s.n_tokens, s.n_in});
+                    ci_tensor d_x = upload(h_x);
+                    std::vector<Encoded> w, b;
+                    std::vector<std::vector<float>> held, want;
+                    ci_tensor h_w[CI_MAX_PROJECTIONS], h_b[CI_MAX_PROJECTIONS],
+                        h_out[CI_MAX_PROJECTIONS];
+                    ci_tensor d_w[CI_MAX_PROJECTIONS], d_b[CI_MAX_PROJECTIONS],
+                        d_out[CI_MAX_PROJECTIONS];
+                    ci_projection h_p[CI_MAX_PROJECTIONS], d_p[CI_MAX_PROJECTIONS];
+                    for (int i = 0; i < CI_MAX_PROJECTIONS; i++) {
+                        w.push_back(encode(randn((size_t)widths[i] * s.n_in, 0.05f), dtype));
+                        b.push_back(encode(randn(widths[i]), CI_F32));
+                        held.push_back(randn((size_t)s.n_tokens * widths[i]));
+                    }
+                    for (int i = 0; i < CI_MAX_PROJECTIONS; i++) {
+                        want.push_back(held[i]);
+                        h_w[i] = view(w[i].bytes.data(), dtype, {widths[i], s.n_in});
+                        h_b[i] = view(b[i].bytes.data(), CI_F32, {widths[i]});
+                        h_out[i] = view(want[i].data(), CI_F32, {s.n_tokens, widths[i]});
+                        d_w[i] = upload(h_w[i]);
+                        d_b[i] = upload(h_b[i]);
+                        d_out[i] =
+                            accumulate
+                                ? upload(view(held[i].data(), CI_F32, {s.n_tokens, widths[i]}))
+                                : poisoned(h_out[i]);
+                        h_p[i] = {&h_out[i], &h_w[i], with_bias ? &h_b[i] : nullptr};
+                        d_p[i] = {&d_out[i], &d_w[i], with_bias ? &d_b[i] : nullptr};
+                    }
+                    cpu_->ops->matmul(cpu_, &h_x, h_p, CI_MAX_PROJECTIONS, accumulate);
+                    gpu_->ops->matmul(gpu_, &d_x, d_p, CI_MAX_PROJECTIONS, accumulate);
+                    const double input_rounding = dtype == CI_BF16  ? 0x1.0p-8
+                                                  : dtype == CI_F16 ? 0x1.0p-11
+                                                                    : 0.0;
+                    const double relative = 2.0 * (input_rounding + s.n_in * kUlp);
+                    for (int i = 0; i < CI_MAX_PROJECTIONS; i++) {
+                        const int n_out = widths[i];
+                        EXPECT_TRUE(all_close(
+                            download<float>(d_out[i]), want[i],
+                            [&](size_t e) {
+                                const size_t t = e / n_out, n = e % n_out;
+                                double magnitude = 0.0;
+                                for (int k = 0; k < s.n_in; k++)
+                                    magnitude += std::fabs((double)x[t * s.n_in + k] *
+                                                           (double)w[i].values[n * s.n_in + k]);
+                                return relative * magnitude +
+                                       4.0 * kUlp *
+                                           (std::fabs(want[i][e]) + std::fabs(held[i][e])) +
+                                       1e-30;
+                            }))
+                            << "projection " << i;
+                    }
+                }
 }
 
 // ---- RoPE --------------------------------------------------------------------------------------
@@ -520,17 +554,6 @@ TEST_F(CudaOps, GatedActivationMatchesCpu) {
                        4.0 * kUlp * (1.0 + std::fabs(gate[i])) * std::fabs(up[i]) + 1e-30;
             }));
         }
-}
-
-TEST_F(CudaOps, AddIsExact) {
-    for (int n : {1, 1000, 65537}) {
-        std::vector<float> x = randn(n), y = randn(n);
-        ci_tensor h_x = view(x.data(), CI_F32, {1, n}), h_y = view(y.data(), CI_F32, {1, n});
-        ci_tensor d_x = upload(h_x), d_y = upload(h_y);
-        cpu_->ops->add(cpu_, &h_x, &h_y);
-        gpu_->ops->add(gpu_, &d_x, &d_y);
-        EXPECT_TRUE(all_close(download<float>(d_x), x, [](size_t) { return 0.0; })) << n;
-    }
 }
 
 // ---- the KV cache store: rows [pos0, pos0 + T) replaced, every other row untouched -------------

@@ -57,9 +57,12 @@ std::mt19937_64 test_rng() {
 double f16_value(uint16_t h) {
     const int sign = h >> 15, exponent = (h >> 10) & 0x1f, mantissa = h & 0x3ff;
     double magnitude;
-    if (exponent == 0) magnitude = std::ldexp((double)mantissa, -24); // zero, subnormal
-    else if (exponent == 31) magnitude = mantissa ? NAN : INFINITY;
-    else magnitude = std::ldexp((double)(1024 + mantissa), exponent - 25);
+    if (exponent == 0)
+        magnitude = std::ldexp((double)mantissa, -24); // zero, subnormal
+    else if (exponent == 31)
+        magnitude = mantissa ? NAN : INFINITY;
+    else
+        magnitude = std::ldexp((double)(1024 + mantissa), exponent - 25);
     return sign ? -magnitude : magnitude;
 }
 
@@ -67,9 +70,12 @@ double f16_value(uint16_t h) {
 double bf16_value(uint16_t b) {
     const int sign = b >> 15, exponent = (b >> 7) & 0xff, mantissa = b & 0x7f;
     double magnitude;
-    if (exponent == 0) magnitude = std::ldexp((double)mantissa, -133);
-    else if (exponent == 255) magnitude = mantissa ? NAN : INFINITY;
-    else magnitude = std::ldexp((double)(128 + mantissa), exponent - 134);
+    if (exponent == 0)
+        magnitude = std::ldexp((double)mantissa, -133);
+    else if (exponent == 255)
+        magnitude = mantissa ? NAN : INFINITY;
+    else
+        magnitude = std::ldexp((double)(128 + mantissa), exponent - 134);
     return sign ? -magnitude : magnitude;
 }
 
@@ -195,41 +201,47 @@ struct MatmulParams {
     bool has_bias;
     ci_dtype bias;
     int n_threads;
+    bool accumulate;
 };
 
 std::string matmul_name(const MatmulParams &p) {
     return "W" + dtype_name(p.weight) + "_" +
            (p.has_bias ? "bias" + dtype_name(p.bias) : "nobias") + "_" +
-           std::to_string(p.n_threads) + "threads";
+           std::to_string(p.n_threads) + "threads" + (p.accumulate ? "_accumulate" : "");
 }
 void PrintTo(const MatmulParams &p, std::ostream *os) {
     *os << "W " << dtype_name(p.weight) << ", bias " << (p.has_bias ? dtype_name(p.bias) : "none")
-        << ", " << p.n_threads << " threads";
+        << ", " << p.n_threads << " threads" << (p.accumulate ? ", accumulate" : "");
 }
 
 std::vector<MatmulParams> all_matmul_params() {
     std::vector<MatmulParams> params;
     for (ci_dtype weight : kWeightDtypes)
-        for (int n_threads : {1, 2}) {
-            params.push_back({weight, false, CI_F32, n_threads});
-            for (ci_dtype bias : kWeightDtypes) params.push_back({weight, true, bias, n_threads});
-        }
+        for (int n_threads : {1, 2})
+            for (bool accumulate : {false, true}) {
+                params.push_back({weight, false, CI_F32, n_threads, accumulate});
+                for (ci_dtype bias : kWeightDtypes)
+                    params.push_back({weight, true, bias, n_threads, accumulate});
+            }
     return params;
 }
 
 class Matmul : public ::testing::TestWithParam<MatmulParams> {};
 
-// out[t, n] = Σ_k x[t, k]·W[n, k] + b[n]. The op sums in double and rounds the dot product to F32
-// once, then adds the F32 bias with one more rounding (as torch adds the bias to the F32 product):
-// two roundings of values no larger than Σ|x·w| + |b|, so 2^-23 of that sum bounds the error, and
-// 2^-22 leaves a factor of two. Summing in F32 would err by up to K·2^-24 of it.
+// For each projection i of one call: out_i (+)= Σ_k x[t, k]·W_i[n, k] + b_i[n]. The op sums in
+// double and rounds the dot product to F32 once, then adds the F32 bias with one more rounding (as
+// torch adds the bias to the F32 product): two roundings of values no larger than Σ|x·w| + |b|,
+// so 2^-23 of that sum bounds the error, and 2^-22 leaves a factor of two. Summing in F32 would
+// err by up to K·2^-24 of it. Accumulating adds what out held with one more rounding, of at most
+// 2^-24 of |out| + Σ|x·w| + |b|. Three projections of different widths share each call, so that
+// the op's handling of several outputs is checked along with the arithmetic.
 TEST_P(Matmul, MatchesDoubleDotProducts) {
     const MatmulParams p = GetParam();
     auto rng = test_rng();
     Backend be(p.n_threads);
     // K and N odd or otherwise not multiples of the kernel's row blocks and vector widths, so
     // that every tail is taken; N = 1000 splits unevenly over threads.
-    const std::pair<int64_t, int64_t> kn[] = {{1, 1},     {1, 1000},  {7, 33},   {33, 7},
+    const std::pair<int64_t, int64_t> kn[] = {{1, 1},     {1, 1000},  {7, 33},    {33, 7},
                                               {257, 257}, {1000, 33}, {33, 1000}, {1000, 257}};
     for (int64_t T : {1, 3, 17, 64}) {
         for (auto [K, N] : kn) {
@@ -237,35 +249,88 @@ TEST_P(Matmul, MatchesDoubleDotProducts) {
                          " N=" + std::to_string(N));
             be.reserve(K, 1, 1);
             HostTensor x = random_tensor(rng, CI_F32, {T, K});
-            HostTensor w = random_tensor(rng, p.weight, {N, K});
-            HostTensor b = random_tensor(rng, p.bias, {N});
-            std::vector<float> out = nan_filled((size_t)(T * N));
-            ci_tensor out_view = f32_view(out, {T, N});
-            ci_matmul(be, &out_view, &x.view, &w.view, p.has_bias ? &b.view : nullptr);
-
-            std::vector<double> expected((size_t)(T * N)), tolerance((size_t)(T * N));
-            for (int64_t t = 0; t < T; t++) {
-                for (int64_t n = 0; n < N; n++) {
-                    double sum = 0.0, magnitude = 0.0;
-                    for (int64_t k = 0; k < K; k++) {
-                        const double term = x.values[t * K + k] * w.values[n * K + k];
-                        sum += term;
-                        magnitude += std::fabs(term);
-                    }
-                    if (p.has_bias) {
-                        sum += b.values[n];
-                        magnitude += std::fabs(b.values[n]);
-                    }
-                    expected[t * N + n] = sum;
-                    tolerance[t * N + n] = 4 * kUlp * magnitude;
-                }
+            const int64_t widths[CI_MAX_PROJECTIONS] = {N, N % 7 + 1, N + 5};
+            std::vector<HostTensor> w, b, before;
+            std::vector<std::vector<float>> out;
+            std::vector<ci_tensor> out_views(CI_MAX_PROJECTIONS);
+            std::vector<ci_projection> projections(CI_MAX_PROJECTIONS);
+            for (int i = 0; i < CI_MAX_PROJECTIONS; i++) {
+                w.push_back(random_tensor(rng, p.weight, {widths[i], K}));
+                b.push_back(random_tensor(rng, p.bias, {widths[i]}));
+                before.push_back(random_tensor(rng, CI_F32, {T, widths[i]}));
+                out.push_back(p.accumulate ? std::vector<float>(before[i].f32(),
+                                                                before[i].f32() + T * widths[i])
+                                           : nan_filled((size_t)(T * widths[i])));
             }
-            EXPECT_TRUE(all_close(out.data(), expected, tolerance));
+            for (int i = 0; i < CI_MAX_PROJECTIONS; i++) {
+                out_views[i] = f32_view(out[i], {T, widths[i]});
+                projections[i] = {&out_views[i], &w[i].view, p.has_bias ? &b[i].view : nullptr};
+            }
+            be.be->ops->matmul(be, &x.view, projections.data(), CI_MAX_PROJECTIONS, p.accumulate);
+
+            for (int i = 0; i < CI_MAX_PROJECTIONS; i++) {
+                const int64_t Ni = widths[i];
+                std::vector<double> expected((size_t)(T * Ni)), tolerance((size_t)(T * Ni));
+                for (int64_t t = 0; t < T; t++) {
+                    for (int64_t n = 0; n < Ni; n++) {
+                        double sum = 0.0, magnitude = 0.0;
+                        for (int64_t k = 0; k < K; k++) {
+                            const double term = x.values[t * K + k] * w[i].values[n * K + k];
+                            sum += term;
+                            magnitude += std::fabs(term);
+                        }
+                        if (p.has_bias) {
+                            sum += b[i].values[n];
+                            magnitude += std::fabs(b[i].values[n]);
+                        }
+                        double bound = 4 * kUlp * magnitude;
+                        if (p.accumulate) {
+                            const double held = before[i].values[t * Ni + n];
+                            sum += held;
+                            bound += 2 * kUlp * (std::fabs(held) + magnitude);
+                        }
+                        expected[t * Ni + n] = sum;
+                        tolerance[t * Ni + n] = bound;
+                    }
+                }
+                EXPECT_TRUE(all_close(out[i].data(), expected, tolerance)) << "projection " << i;
+            }
         }
     }
 }
 
+// The residual add in torch's order: out + (x·Wᵀ + b), the product and bias rounded to F32 first.
+// So accumulating must equal, bit for bit, the product alone added to what out held.
+class MatmulAccumulate : public ::testing::TestWithParam<MatmulParams> {};
+
+TEST_P(MatmulAccumulate, AddsInTorchsOrder) {
+    const MatmulParams p = GetParam();
+    auto rng = test_rng();
+    Backend be(p.n_threads);
+    const int64_t T = 5, K = 300, N = 77;
+    be.reserve(K, 1, 1);
+    HostTensor x = random_tensor(rng, CI_F32, {T, K}), w = random_tensor(rng, p.weight, {N, K});
+    HostTensor b = random_tensor(rng, p.bias, {N}), held = random_tensor(rng, CI_F32, {T, N});
+    std::vector<float> product = nan_filled((size_t)(T * N));
+    std::vector<float> sum(held.f32(), held.f32() + T * N);
+    ci_tensor product_view = f32_view(product, {T, N}), sum_view = f32_view(sum, {T, N});
+    const ci_tensor *bias = p.has_bias ? &b.view : nullptr;
+    ci_matmul(be, &product_view, &x.view, &w.view, bias);
+    ci_matmul_add(be, &sum_view, &x.view, &w.view, bias);
+    for (int64_t i = 0; i < T * N; i++)
+        ASSERT_EQ(sum[(size_t)i], held.f32()[i] + product[(size_t)i]) << "element " << i;
+}
+
 INSTANTIATE_TEST_SUITE_P(AllDtypes, Matmul, ::testing::ValuesIn(all_matmul_params()),
+                         [](const ::testing::TestParamInfo<MatmulParams> &info) {
+                             return matmul_name(info.param);
+                         });
+INSTANTIATE_TEST_SUITE_P(AllDtypes, MatmulAccumulate, ::testing::ValuesIn([] {
+                             std::vector<MatmulParams> params;
+                             for (const MatmulParams &p : all_matmul_params())
+                                 if (p.accumulate) params.push_back(p);
+                             return params;
+                         }()),
                          [](const ::testing::TestParamInfo<MatmulParams> &info) {
                              return matmul_name(info.param);
                          });
@@ -353,9 +418,9 @@ INSTANTIATE_TEST_SUITE_P(AllDtypes, Embedding, ::testing::ValuesIn(kWeightDtypes
 // transformers' activations.py, in double.
 double activation_reference(ci_activation act, double x) {
     switch (act) {
-    case CI_ACT_SILU: return x / (1.0 + std::exp(-x));                        // nn.SiLU
+    case CI_ACT_SILU: return x / (1.0 + std::exp(-x));                       // nn.SiLU
     case CI_ACT_GELU: return 0.5 * x * (1.0 + std::erf(x / std::sqrt(2.0))); // GELUActivation
-    case CI_ACT_GELU_TANH:                                                    // NewGELUActivation
+    case CI_ACT_GELU_TANH:                                                   // NewGELUActivation
         return 0.5 * x * (1.0 + std::tanh(std::sqrt(2.0 / M_PI) * (x + 0.044715 * x * x * x)));
     case CI_ACT_RELU: return x > 0.0 ? x : 0.0;
     }
@@ -404,21 +469,6 @@ INSTANTIATE_TEST_SUITE_P(AllActivations, GatedActivation,
                              return std::string(activation_name(info.param));
                          });
 
-// x += y in F32: the double sum of two floats rounded to F32 is the correctly rounded F32 sum,
-// so the result must be exact.
-TEST(Add, IsExactF32Addition) {
-    auto rng = test_rng();
-    Backend be(2);
-    for (int64_t n : {1, 7, 1000, 70001}) {
-        SCOPED_TRACE("n=" + std::to_string(n));
-        HostTensor x = random_tensor(rng, CI_F32, {n}), y = random_tensor(rng, CI_F32, {n}, 1e-3f);
-        std::vector<double> expected((size_t)n);
-        for (int64_t i = 0; i < n; i++) expected[i] = (float)(x.values[i] + y.values[i]);
-        ci_add(be, &x.view, &y.view);
-        EXPECT_TRUE(all_close(x.f32(), expected, std::vector<double>((size_t)n, 0.0)));
-    }
-}
-
 // ---- rope -----------------------------------------------------------------------------------
 
 class Rope : public ::testing::TestWithParam<int> {};
@@ -438,7 +488,10 @@ TEST_P(Rope, MatchesRotateHalfWithF32Angles) {
     const int D = GetParam(), half = D / 2;
     auto rng = test_rng();
     Backend be(2);
-    struct Shape { int64_t T; int pos0; };
+    struct Shape {
+        int64_t T;
+        int pos0;
+    };
     const Shape shapes[] = {{1, 0}, {1, 4999}, {7, 0}, {17, 2500}, {33, 4967}};
     const std::pair<int64_t, int64_t> heads[] = {{4, 2}, {3, 1}, {1, 1}};
     for (const Shape &s : shapes) {
@@ -446,9 +499,8 @@ TEST_P(Rope, MatchesRotateHalfWithF32Angles) {
             for (double theta : {10000.0, 500000.0}) {
                 for (float scaling : {1.0f, 1.2078f, 0.8f}) {
                     SCOPED_TRACE("T=" + std::to_string(s.T) + " pos0=" + std::to_string(s.pos0) +
-                                 " H=" + std::to_string(H) + " G=" + std::to_string(G) +
-                                 " theta=" + std::to_string(theta) +
-                                 " scaling=" + std::to_string(scaling));
+                                 " H=" + std::to_string(H) + " G=" + std::to_string(G) + " theta=" +
+                                 std::to_string(theta) + " scaling=" + std::to_string(scaling));
                     std::vector<float> inv_freq(half);
                     for (int i = 0; i < half; i++)
                         inv_freq[i] = (float)std::pow(theta, -2.0 * i / D);
@@ -517,9 +569,9 @@ std::vector<double> reference_inv_freq(const ci_config &c, int seq_len, double *
         break;
     case CI_ROPE_DYNAMIC: { // _compute_dynamic_ntk_parameters
         const double L = std::max(seq_len, c.max_position_embeddings);
-        const double base = r.theta * std::pow(r.factor * L / c.max_position_embeddings -
-                                                   (r.factor - 1.0),
-                                               (double)D / (D - 2));
+        const double base =
+            r.theta * std::pow(r.factor * L / c.max_position_embeddings - (r.factor - 1.0),
+                               (double)D / (D - 2));
         inv = base_frequencies(base);
         break;
     }
@@ -543,11 +595,13 @@ std::vector<double> reference_inv_freq(const ci_config &c, int seq_len, double *
         auto get_mscale = [](double scale, double mscale) {
             return scale <= 1.0 ? 1.0 : 0.1 * mscale * std::log(scale) + 1.0;
         };
-        if (r.attention_factor >= 0.0) *attention_scaling = r.attention_factor;
+        if (r.attention_factor >= 0.0)
+            *attention_scaling = r.attention_factor;
         else if (r.mscale != 0.0 && r.mscale_all_dim != 0.0)
-            *attention_scaling = get_mscale(r.factor, r.mscale) /
-                                 get_mscale(r.factor, r.mscale_all_dim);
-        else *attention_scaling = get_mscale(r.factor, 1.0);
+            *attention_scaling =
+                get_mscale(r.factor, r.mscale) / get_mscale(r.factor, r.mscale_all_dim);
+        else
+            *attention_scaling = get_mscale(r.factor, 1.0);
         auto correction_dim = [&](double num_rotations) {
             return D * std::log(r.original_max_position_embeddings / (num_rotations * 2 * M_PI)) /
                    (2 * std::log(r.theta));
@@ -676,9 +730,12 @@ TEST(RopeFrequencies, CasesCoverEveryBranch) {
             for (int i = 0; i < D / 2; i++) {
                 const double wavelen = 2 * M_PI * std::pow(r.theta, 2.0 * i / D);
                 const double L = r.original_max_position_embeddings;
-                if (wavelen < L / r.high_freq_factor) below++;
-                else if (wavelen > L / r.low_freq_factor) above++;
-                else between++;
+                if (wavelen < L / r.high_freq_factor)
+                    below++;
+                else if (wavelen > L / r.low_freq_factor)
+                    above++;
+                else
+                    between++;
             }
             EXPECT_TRUE(below && between && above) << below << " " << between << " " << above;
         }
@@ -687,9 +744,12 @@ TEST(RopeFrequencies, CasesCoverEveryBranch) {
             const std::vector<double> inv = reference_inv_freq(c.config, 1, &scaling);
             for (int i = 0; i < D / 2; i++) {
                 const double base = std::pow(r.theta, -2.0 * i / D);
-                if (std::fabs(inv[i] - base) < 1e-12 * base) below++;                  // kept
-                else if (std::fabs(inv[i] - base / r.factor) < 1e-12 * base) above++; // scaled
-                else between++;
+                if (std::fabs(inv[i] - base) < 1e-12 * base)
+                    below++; // kept
+                else if (std::fabs(inv[i] - base / r.factor) < 1e-12 * base)
+                    above++; // scaled
+                else
+                    between++;
             }
             EXPECT_TRUE(below && between && above) << below << " " << between << " " << above;
         }
@@ -746,8 +806,8 @@ struct AttentionInputs {
 
 // softmax(Q_h K_kvᵀ / sqrt(D) + M) as a full [T, S] matrix, S = pos0 + T, M causal with query t
 // at position pos0 + t.
-std::vector<std::vector<double>> attention_weights(const AttentionInputs &in, int64_t h,
-                                                   int64_t kv, int pos0) {
+std::vector<std::vector<double>> attention_weights(const AttentionInputs &in, int64_t h, int64_t kv,
+                                                   int pos0) {
     const int64_t T = in.q.view.shape[0], H = in.q.view.shape[1], D = in.q.view.shape[2];
     const int64_t S = pos0 + T;
     std::vector<std::vector<double>> A(T, std::vector<double>(S));
@@ -789,8 +849,7 @@ TEST_P(Attention, MatchesFullCausalSoftmax) {
             be.reserve(1, in.n_ctx(), (int)D);
             std::vector<float> out = nan_filled((size_t)(call.T * H * D));
             ci_tensor out_view = f32_view(out, {call.T, H, D});
-            ci_attention(be, &out_view, &in.q.view, &in.k_cache.view, &in.v_cache.view,
-                         call.pos0);
+            ci_attention(be, &out_view, &in.q.view, &in.k_cache.view, &in.v_cache.view, call.pos0);
 
             std::vector<double> expected(out.size()), tolerance(out.size());
             for (int64_t h = 0; h < H; h++) {
@@ -933,8 +992,7 @@ uint16_t reference_f32_to_bf16(float v) {
 
 // Inputs that probe rounding: every midpoint between neighbouring finite values (ties) and the
 // F32 numbers just either side of it, both signs; zeros, the F32 subnormal range, infinities.
-template <typename Decode>
-std::vector<float> rounding_probes(uint16_t inf_pattern, Decode decode) {
+template <typename Decode> std::vector<float> rounding_probes(uint16_t inf_pattern, Decode decode) {
     std::vector<float> probes = {0.0f, -0.0f, INFINITY, -INFINITY, FLT_TRUE_MIN, FLT_MIN, FLT_MAX};
     for (uint32_t p = 0; p < inf_pattern; p++) {
         const double next = p + 1 == inf_pattern ? 2 * decode(p) - decode(p - 1) : decode(p + 1);
@@ -964,8 +1022,8 @@ void expect_rounds_like(const std::vector<float> &inputs, Convert convert, Refer
         if (std::isnan(v)) continue;
         const uint16_t got = convert(v), want = reference(v);
         if (got != want && n_bad++ < 5)
-            ADD_FAILURE() << what << "(" << std::hexfloat << v << " = 0x" << std::hex
-                          << f32_bits(v) << ") gave 0x" << got << ", nearest-even is 0x" << want;
+            ADD_FAILURE() << what << "(" << std::hexfloat << v << " = 0x" << std::hex << f32_bits(v)
+                          << ") gave 0x" << got << ", nearest-even is 0x" << want;
     }
     EXPECT_EQ(n_bad, 0u) << "of " << inputs.size() << " inputs";
 }
@@ -988,8 +1046,10 @@ TEST(BF16ToF32, EveryBitPatternWidensExactly) {
     for (uint32_t b = 0; b < 0x10000; b++) {
         const float got = ci_bf16_to_f32((uint16_t)b);
         const double want = bf16_value((uint16_t)b);
-        if (std::isnan(want)) ASSERT_TRUE(std::isnan(got)) << std::hex << b;
-        else ASSERT_EQ(f32_bits(got), f32_bits((float)want)) << std::hex << b;
+        if (std::isnan(want))
+            ASSERT_TRUE(std::isnan(got)) << std::hex << b;
+        else
+            ASSERT_EQ(f32_bits(got), f32_bits((float)want)) << std::hex << b;
     }
 }
 
@@ -1010,26 +1070,25 @@ TEST(F32ToF16, RandomValuesRoundToNearestEven) {
 }
 
 TEST(F32ToF16, EdgeValues) {
-    EXPECT_EQ(ci_f32_to_f16(65504.0f), 0x7bff);                      // largest finite
+    EXPECT_EQ(ci_f32_to_f16(65504.0f), 0x7bff);                       // largest finite
     EXPECT_EQ(ci_f32_to_f16(std::nextafter(65520.0f, 0.0f)), 0x7bff); // just below the tie
-    EXPECT_EQ(ci_f32_to_f16(65520.0f), 0x7c00);                      // tie with "65536": inf
+    EXPECT_EQ(ci_f32_to_f16(65520.0f), 0x7c00);                       // tie with "65536": inf
     EXPECT_EQ(ci_f32_to_f16(-1e6f), 0xfc00);
-    EXPECT_EQ(ci_f32_to_f16(std::ldexp(1.0f, -24)), 0x0001);          // smallest subnormal
-    EXPECT_EQ(ci_f32_to_f16(std::ldexp(1.0f, -25)), 0x0000);          // tie: to even (zero)
-    EXPECT_EQ(ci_f32_to_f16(std::ldexp(3.0f, -25)), 0x0002);          // 1.5 units: to even (2)
+    EXPECT_EQ(ci_f32_to_f16(std::ldexp(1.0f, -24)), 0x0001); // smallest subnormal
+    EXPECT_EQ(ci_f32_to_f16(std::ldexp(1.0f, -25)), 0x0000); // tie: to even (zero)
+    EXPECT_EQ(ci_f32_to_f16(std::ldexp(3.0f, -25)), 0x0002); // 1.5 units: to even (2)
     EXPECT_EQ(ci_f32_to_f16(std::nextafter(std::ldexp(1.0f, -25), 1.0f)), 0x0001);
-    EXPECT_EQ(ci_f32_to_f16(std::ldexp(1023.5f, -24)), 0x0400);       // rounds up into the normals
+    EXPECT_EQ(ci_f32_to_f16(std::ldexp(1023.5f, -24)), 0x0400); // rounds up into the normals
     EXPECT_EQ(ci_f32_to_f16(-0.0f), 0x8000);
-    EXPECT_EQ(ci_f32_to_f16(1.0f + std::ldexp(1.0f, -11)), 0x3c00);   // tie: 1.0 is even
-    EXPECT_EQ(ci_f32_to_f16(1.0f + std::ldexp(3.0f, -11)), 0x3c02);   // tie: up to even
+    EXPECT_EQ(ci_f32_to_f16(1.0f + std::ldexp(1.0f, -11)), 0x3c00); // tie: 1.0 is even
+    EXPECT_EQ(ci_f32_to_f16(1.0f + std::ldexp(3.0f, -11)), 0x3c02); // tie: up to even
 }
 
 TEST(F32ToF16, NaNStaysNaN) {
     for (uint32_t bits : {0x7fc00000u, 0xffc00000u, 0x7f800001u, 0xff800001u, 0x7fffffffu,
                           0x7f802000u, 0x7fa00000u}) {
         const uint16_t h = ci_f32_to_f16(f32_from_bits(bits));
-        EXPECT_TRUE((h & 0x7c00) == 0x7c00 && (h & 0x03ff) != 0)
-            << std::hex << bits << " -> " << h;
+        EXPECT_TRUE((h & 0x7c00) == 0x7c00 && (h & 0x03ff) != 0) << std::hex << bits << " -> " << h;
     }
 }
 
@@ -1045,8 +1104,8 @@ TEST(F32ToBF16, MidpointsAndNeighboursRoundToNearestEven) {
 
 TEST(F32ToBF16, RandomValuesRoundToNearestEven) {
     auto rng = test_rng();
-    expect_rounds_like(random_f32_bit_patterns(rng, 400000), ci_f32_to_bf16,
-                       reference_f32_to_bf16, "ci_f32_to_bf16");
+    expect_rounds_like(random_f32_bit_patterns(rng, 400000), ci_f32_to_bf16, reference_f32_to_bf16,
+                       "ci_f32_to_bf16");
 }
 
 TEST(F32ToBF16, EdgeValues) {
@@ -1054,18 +1113,18 @@ TEST(F32ToBF16, EdgeValues) {
     EXPECT_EQ(ci_f32_to_bf16(f32_from_bits(0x3f808000u)), 0x3f80); // tie: 0x3f80 is even
     EXPECT_EQ(ci_f32_to_bf16(f32_from_bits(0x3f818000u)), 0x3f82); // tie: up to even
     EXPECT_EQ(ci_f32_to_bf16(f32_from_bits(0x3f808001u)), 0x3f81); // past the tie
-    EXPECT_EQ(ci_f32_to_bf16(FLT_MAX), 0x7f80);                     // rounds up to inf
-    EXPECT_EQ(ci_f32_to_bf16(f32_from_bits(0x7f7f7fffu)), 0x7f7f);  // largest finite
+    EXPECT_EQ(ci_f32_to_bf16(FLT_MAX), 0x7f80);                    // rounds up to inf
+    EXPECT_EQ(ci_f32_to_bf16(f32_from_bits(0x7f7f7fffu)), 0x7f7f); // largest finite
     EXPECT_EQ(ci_f32_to_bf16(-INFINITY), 0xff80);
-    EXPECT_EQ(ci_f32_to_bf16(FLT_TRUE_MIN), 0x0000);                // subnormal: rounds to 0
-    EXPECT_EQ(ci_f32_to_bf16(f32_from_bits(0x0000c000u)), 0x0001);  // subnormal: rounds up
+    EXPECT_EQ(ci_f32_to_bf16(FLT_TRUE_MIN), 0x0000);               // subnormal: rounds to 0
+    EXPECT_EQ(ci_f32_to_bf16(f32_from_bits(0x0000c000u)), 0x0001); // subnormal: rounds up
     EXPECT_EQ(ci_f32_to_bf16(-0.0f), 0x8000);
 }
 
 TEST(F32ToBF16, NaNStaysNaN) {
     // 0x7f800001: truncating it would give inf
-    for (uint32_t bits : {0x7fc00000u, 0xffc00000u, 0x7f800001u, 0xff800001u, 0x7fffffffu,
-                          0x7f80ffffu}) {
+    for (uint32_t bits :
+         {0x7fc00000u, 0xffc00000u, 0x7f800001u, 0xff800001u, 0x7fffffffu, 0x7f80ffffu}) {
         const uint16_t b = ci_f32_to_bf16(f32_from_bits(bits));
         EXPECT_TRUE((b & 0x7f80) == 0x7f80 && (b & 0x007f) != 0) << std::hex << bits << " -> " << b;
     }

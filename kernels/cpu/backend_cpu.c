@@ -52,7 +52,6 @@ const ci_backend_ops ci_cpu_ops = {
     .attention = attention_cpu,
     .diff_attention = diff_attention_cpu,
     .gated_activation = gated_activation_cpu,
-    .add = add_cpu,
     .kv_store = kv_store_cpu,
     .argmax = argmax_cpu,
 };

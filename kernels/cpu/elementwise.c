@@ -1,4 +1,4 @@
-/* The MLP's gated activation, the residual add, storing new keys and values in the cache, and
+/* The MLP's gated activation, storing new keys and values in the cache, and
  * the argmax of greedy decoding. */
 #include <math.h>
 #include <string.h>
@@ -28,15 +28,6 @@ void gated_activation_cpu(ci_backend *be, ci_tensor *out, const ci_tensor *gate,
     float *y = out->data;
 #pragma omp parallel for num_threads(be->n_threads) schedule(static) if (n > 65536)
     for (int64_t i = 0; i < n; i++) y[i] = (float)activate(g[i], act) * u[i];
-}
-
-void add_cpu(ci_backend *be, ci_tensor *x, const ci_tensor *y) {
-    (void)be;
-    const int64_t n = ci_tensor_numel(x);
-    CI_ASSERT(ci_tensor_numel(y) == n);
-    float *a = x->data;
-    const float *b = y->data;
-    for (int64_t i = 0; i < n; i++) a[i] += b[i];
 }
 
 static void kv_store_one_seq(ci_tensor *k_cache, ci_tensor *v_cache, const ci_tensor *k_new,

@@ -1,4 +1,5 @@
-/* out = x·Wᵀ (+ bias): the linear layers, where nearly all of the time goes.
+/* out = x·Wᵀ (+ bias), or out += x·Wᵀ (+ bias): the linear layers, where nearly all of the time
+ * goes. Several projections of one input run one after another; each is parallel on its own.
  *
  * W is [N, K] row-major as checkpoints store it, so each output feature is a dot product of two
  * contiguous rows. Threads split the output features into blocks of four; the four dot products of
@@ -82,8 +83,12 @@ static void dot2x4_bf16(const float *x0, const float *x1, const uint16_t *const 
     sums1[0] = b0, sums1[1] = b1, sums1[2] = b2, sums1[3] = b3;
 }
 
-void matmul_cpu(ci_backend *be, ci_tensor *out, const ci_tensor *x, const ci_tensor *weight,
-                const ci_tensor *bias) {
+static inline void store(float *y, float value, int accumulate) {
+    *y = accumulate ? *y + value : value;
+}
+
+static void project(ci_backend *be, ci_tensor *out, const ci_tensor *x, const ci_tensor *weight,
+                    const ci_tensor *bias, int accumulate) {
     const int64_t n_tokens = ci_tensor_n_rows(x), n_in = ci_tensor_row_size(x);
     const int64_t n_out = weight->shape[0];
     CI_ASSERT(weight->n_dims == 2 && weight->shape[1] == n_in);
@@ -125,10 +130,11 @@ void matmul_cpu(ci_backend *be, ci_tensor *out, const ci_tensor *x, const ci_ten
                     dot2x4_bf16(x0, x1, (const uint16_t *const *)rows, n_in, sums0, sums1);
                 else
                     dot2x4_f32(x0, x1, (const float *const *)rows, n_in, sums0, sums1);
-                /* torch rounds the product to F32, then adds the bias */
+                /* torch rounds the product to F32, adds the bias, then the residual */
                 for (int r = 0; r < n_rows; r++) {
-                    ys[t * n_out + n0 + r] = (float)sums0[r] + bias_values[r];
-                    ys[(t + 1) * n_out + n0 + r] = (float)sums1[r] + bias_values[r];
+                    store(ys + t * n_out + n0 + r, (float)sums0[r] + bias_values[r], accumulate);
+                    store(ys + (t + 1) * n_out + n0 + r, (float)sums1[r] + bias_values[r],
+                          accumulate);
                 }
             }
             for (; t < n_tokens; t++) {
@@ -138,8 +144,15 @@ void matmul_cpu(ci_backend *be, ci_tensor *out, const ci_tensor *x, const ci_ten
                 else
                     dot4_f32(xs + t * n_in, (const float *const *)rows, n_in, sums);
                 for (int r = 0; r < n_rows; r++)
-                    ys[t * n_out + n0 + r] = (float)sums[r] + bias_values[r];
+                    store(ys + t * n_out + n0 + r, (float)sums[r] + bias_values[r], accumulate);
             }
         }
     }
+}
+
+void matmul_cpu(ci_backend *be, const ci_tensor *x, const ci_projection *projections, int n,
+                int accumulate) {
+    CI_ASSERT(n >= 1 && n <= CI_MAX_PROJECTIONS);
+    for (int i = 0; i < n; i++)
+        project(be, projections[i].out, x, projections[i].weight, projections[i].bias, accumulate);
 }

@@ -12,8 +12,8 @@
 void embedding_cpu(ci_backend *be, ci_tensor *out, const ci_tensor *tokens, const ci_tensor *table);
 void rmsnorm_cpu(ci_backend *be, ci_tensor *out, const ci_tensor *x, const ci_tensor *weight,
                  float eps);
-void matmul_cpu(ci_backend *be, ci_tensor *out, const ci_tensor *x, const ci_tensor *weight,
-                const ci_tensor *bias);
+void matmul_cpu(ci_backend *be, const ci_tensor *x, const ci_projection *projections, int n,
+                int accumulate);
 void rope_cpu(ci_backend *be, ci_tensor *q, ci_tensor *k, int pos0, const ci_rope_freqs *freqs);
 void attention_cpu(ci_backend *be, ci_tensor *out, const ci_tensor *q, const ci_tensor *k_cache,
                    const ci_tensor *v_cache, int pos0);
@@ -22,7 +22,6 @@ void diff_attention_cpu(ci_backend *be, ci_tensor *out, const ci_tensor *q,
                         float lambda_init, float eps);
 void gated_activation_cpu(ci_backend *be, ci_tensor *out, const ci_tensor *gate,
                           const ci_tensor *up, ci_activation act);
-void add_cpu(ci_backend *be, ci_tensor *x, const ci_tensor *y);
 void kv_store_cpu(ci_backend *be, ci_tensor *k_cache, ci_tensor *v_cache, const ci_tensor *k_new,
                   const ci_tensor *v_new, int pos0);
 void argmax_cpu(ci_backend *be, ci_tensor *ids, const ci_tensor *logits);

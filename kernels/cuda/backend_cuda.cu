@@ -174,7 +174,6 @@ static const ci_backend_ops cuda_ops = {
     /* attention */ attention_cuda,
     /* diff_attention */ diff_attention_cuda,
     /* gated_activation */ gated_activation_cuda,
-    /* add */ add_cuda,
     /* kv_store */ kv_store_cuda,
     /* argmax */ argmax_cuda,
     /* capture_begin */ cuda_capture_begin,

@@ -1,5 +1,5 @@
 // The ops that are not GEMMs or attention: embedding gather, RMSNorm, RoPE, the gated MLP
-// activation, the residual add, storing keys and values in the cache, argmax, and the dtype
+// activation, storing keys and values in the cache, argmax, and the dtype
 // conversions and bias add that matmul and the weight upload use.
 //
 // Each op is a kernel, then its launcher; launchers check shapes the way the CPU ops do
@@ -134,23 +134,6 @@ void gated_activation_cuda(ci_backend *be, ci_tensor *out, const ci_tensor *gate
     if (n == 0) return;
     gated_activation_kernel<<<blocks_for(n, ELEMENT_THREADS), ELEMENT_THREADS, 0, cu->stream>>>(
         (float *)out->data, (const float *)gate->data, (const float *)up->data, n, act);
-    CUDA_CHECK_LAUNCH();
-}
-
-// ---- the residual add: x += y ------------------------------------------------------------------
-
-__global__ void add_kernel(float *x, const float *y, int64_t n) {
-    const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i < n) x[i] += y[i];
-}
-
-void add_cuda(ci_backend *be, ci_tensor *x, const ci_tensor *y) {
-    cuda_backend *cu = cuda_of(be);
-    const int64_t n = ci_tensor_numel(x);
-    CI_ASSERT(ci_tensor_numel(y) == n);
-    if (n == 0) return;
-    add_kernel<<<blocks_for(n, ELEMENT_THREADS), ELEMENT_THREADS, 0, cu->stream>>>(
-        (float *)x->data, (const float *)y->data, n);
     CUDA_CHECK_LAUNCH();
 }
 

@@ -1,4 +1,4 @@
-// out = x·Wᵀ (+ bias) through cuBLAS, F32 accumulation in every dtype.
+// out = x·Wᵀ (+ bias), or out += x·Wᵀ (+ bias), through cuBLAS, F32 accumulation in every dtype.
 //
 // W is [N, K] row-major, x [T, K], out [T, N]. cuBLAS is column-major, where the same bytes are
 // Wᵀ (K×N), xᵀ (K×T) and outᵀ (N×T); so outᵀ = op(W)·xᵀ with op = transpose:
@@ -21,31 +21,48 @@ static cudaDataType_t cuda_type(ci_dtype dtype) {
     }
 }
 
-void matmul_cuda(ci_backend *be, ci_tensor *out, const ci_tensor *x, const ci_tensor *weight,
-                 const ci_tensor *bias) {
-    cuda_backend *cu = cuda_of(be);
-    const int64_t n_tokens = ci_tensor_n_rows(x), n_in = ci_tensor_row_size(x);
+// One projection through cuBLAS, x already in the weight's dtype. With accumulate, beta = 1 adds
+// the product to what out holds; a bias then joins after that sum, not before it as in torch's
+// x + linear(h): one F32 rounding apart, far inside every tolerance (and Llama checkpoints carry
+// no bias on o_proj or down_proj).
+static void project_cublas(cuda_backend *cu, const ci_projection *p, const void *input,
+                           int64_t n_tokens, int64_t n_in, int accumulate) {
+    const ci_tensor *weight = p->weight;
     const int64_t n_out = weight->shape[0];
-    CI_ASSERT(weight->n_dims == 2 && weight->shape[1] == n_in);
-    CI_ASSERT(ci_tensor_n_rows(out) == n_tokens && ci_tensor_row_size(out) == n_out);
-    CI_ASSERT(x->dtype == CI_F32 && out->dtype == CI_F32);
-    CI_ASSERT(weight->dtype == CI_F32 || weight->dtype == CI_BF16 || weight->dtype == CI_F16);
-    CI_ASSERT(!bias || !bias->data || ci_tensor_numel(bias) == n_out);
-    CI_ASSERT(n_tokens <= INT32_MAX && n_in <= INT32_MAX && n_out <= INT32_MAX);
-    if (n_tokens == 0 || n_out == 0) return;
-
-    const void *input = x->data;
-    if (weight->dtype != CI_F32) {
-        CI_ASSERT(be->workspace_bytes >= matmul_cuda_scratch_bytes(n_tokens, n_in));
-        convert_cuda(cu->stream, be->workspace, weight->dtype, x->data, CI_F32, n_tokens * n_in);
-        input = be->workspace;
-    }
-    const float one = 1.0f, zero = 0.0f;
+    CI_ASSERT(weight->n_dims == 2 && weight->shape[1] == n_in && n_out <= INT32_MAX);
+    CI_ASSERT(ci_tensor_n_rows(p->out) == n_tokens && ci_tensor_row_size(p->out) == n_out);
+    CI_ASSERT(p->out->dtype == CI_F32);
+    CI_ASSERT(!p->bias || !p->bias->data || ci_tensor_numel(p->bias) == n_out);
+    if (n_out == 0) return;
+    const float one = 1.0f, beta = accumulate ? 1.0f : 0.0f;
     const cudaDataType_t type = cuda_type(weight->dtype);
     CUBLAS_CHECK(cublasGemmEx(cu->cublas, CUBLAS_OP_T, CUBLAS_OP_N, (int)n_out, (int)n_tokens,
                               (int)n_in, &one, weight->data, type, (int)n_in, input, type,
-                              (int)n_in, &zero, out->data, CUDA_R_32F, (int)n_out,
+                              (int)n_in, &beta, p->out->data, CUDA_R_32F, (int)n_out,
                               CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
-    // as torch: the product rounded to F32, then the bias added
-    if (bias && bias->data) bias_add_cuda(cu, (float *)out->data, bias, n_tokens, n_out);
+    if (p->bias && p->bias->data)
+        bias_add_cuda(cu, (float *)p->out->data, p->bias, n_tokens, n_out);
+}
+
+void matmul_cuda(ci_backend *be, const ci_tensor *x, const ci_projection *projections, int n,
+                 int accumulate) {
+    cuda_backend *cu = cuda_of(be);
+    const int64_t n_tokens = ci_tensor_n_rows(x), n_in = ci_tensor_row_size(x);
+    CI_ASSERT(n >= 1 && n <= CI_MAX_PROJECTIONS && x->dtype == CI_F32);
+    CI_ASSERT(n_tokens <= INT32_MAX && n_in <= INT32_MAX);
+    const ci_dtype dtype = projections[0].weight->dtype; // the run dtype: every matrix is in it
+    CI_ASSERT(dtype == CI_F32 || dtype == CI_BF16 || dtype == CI_F16);
+    for (int i = 1; i < n; i++) CI_ASSERT(projections[i].weight->dtype == dtype);
+    if (n_tokens == 0) return;
+
+    // x rounded to the weights' dtype once for all projections (tensor cores take both operands
+    // in one dtype)
+    const void *input = x->data;
+    if (dtype != CI_F32) {
+        CI_ASSERT(be->workspace_bytes >= matmul_cuda_scratch_bytes(n_tokens, n_in));
+        convert_cuda(cu->stream, be->workspace, dtype, x->data, CI_F32, n_tokens * n_in);
+        input = be->workspace;
+    }
+    for (int i = 0; i < n; i++)
+        project_cublas(cu, &projections[i], input, n_tokens, n_in, accumulate);
 }
