@@ -1,6 +1,5 @@
 #include "backend.h"
 
-#include <omp.h>
 #include <stdlib.h>
 
 #include "../kernels/cpu/ops_cpu.h"
@@ -13,15 +12,6 @@ cinfer_status ci_backend_available(cinfer_backend kind) {
     case CINFER_BACKEND_CUDA: return ci_cuda_available(0);
     }
     return CI_FAIL(CINFER_ERR_ARGUMENT, "unknown backend %d (expected cpu or cuda)", (int)kind);
-}
-
-static cinfer_status cpu_backend_create(int n_threads, ci_backend **out) {
-    ci_backend *be = calloc(1, sizeof *be);
-    CI_CHECK_ALLOC(be, sizeof *be);
-    be->ops = &ci_cpu_ops;
-    be->n_threads = n_threads > 0 ? n_threads : omp_get_max_threads();
-    *out = be;
-    return CINFER_OK;
 }
 
 ci_dtype ci_kv_cache_dtype(const cinfer_load_options *options) {
@@ -41,8 +31,9 @@ cinfer_status ci_backend_create(cinfer_backend kind, int n_threads, ci_backend *
 cinfer_status ci_backend_create_for(const cinfer_load_options *options, ci_backend **out) {
     *out = NULL;
     CI_TRY(ci_backend_available(options->backend));
-    CI_TRY(options->backend == CINFER_BACKEND_CUDA ? ci_cuda_backend_create(options->device, out)
-                                                   : cpu_backend_create(options->n_threads, out));
+    CI_TRY(options->backend == CINFER_BACKEND_CUDA
+               ? ci_cuda_backend_create(options->device, out)
+               : ci_cpu_backend_create(options->n_threads, out));
     (*out)->attention =
         options->attention == CINFER_ATTENTION_AUTO ? CINFER_ATTENTION_EAGER : options->attention;
     return CINFER_OK;

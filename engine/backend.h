@@ -145,8 +145,16 @@ typedef struct ci_backend_ops {
     /* Optional: called by ci_backend_free before the struct is freed (streams, handles, graphs). */
     void (*release)(ci_backend *be);
     /* Optional (NULL where ops finish before they return, as on the CPU): waits until every op
-     * issued so far has finished. For timing single ops (engine/profile.c). */
+     * issued so far has finished. */
     void (*synchronize)(ci_backend *be);
+    /* Device time, without making the host wait between ops (cinfer bench: its rows and
+     * --profile). mark records in slot `slot` the moment the device reaches it in its queue,
+     * when every op issued before has finished; seconds_between waits for mark `to` and returns
+     * the device time from mark `from` to it (CUDA events). Slots count from 0 and grow on
+     * demand; a slot that could not be had reads NaN. Not inside a recording. The CPU's ops
+     * finish before they return, so its marks read the host clock. */
+    void (*mark)(ci_backend *be, int slot);
+    double (*seconds_between)(ci_backend *be, int from, int to);
 } ci_backend_ops;
 
 /* An execution context on one device. Each session owns one, so that sessions never share

@@ -1,29 +1,43 @@
-/* Op timing by wrapping a backend's op table: each wrapper waits for the device, times the real
- * op to completion and charges it to its class. */
+/* Op timing by wrapping a backend's op table: each wrapper puts a timing mark on the device's
+ * queue before and after the real op (engine/backend.h: mark), and the marks are read when the
+ * profile stops, so the host never waits between ops. */
+#include <stdlib.h>
 
-#include "clock.h"
 #include "error.h"
 #include "profile.h"
 
 static struct {
     const ci_backend_ops *real; /* the backend's own table while a profile runs */
     ci_op_profile *profile;
+    ci_op_class *classes; /* the class of op i, timed between marks 2i and 2i + 1 */
+    int n_ops, capacity;
 } active;
 
-static void synchronize(ci_backend *be) {
-    if (active.real->synchronize) active.real->synchronize(be);
-}
-
-/* Runs `call` (a statement using active.real) between two waits and charges its time. */
+/* Runs `call` (a statement using active.real) between two marks and notes its class. */
 #define TIMED(be, op_class, call)                                                                  \
     do {                                                                                           \
-        synchronize(be);                                                                           \
-        double start_ = ci_now_seconds();                                                          \
+        const int op_ = next_op(op_class);                                                         \
+        if (op_ >= 0) active.real->mark(be, 2 * op_);                                              \
         call;                                                                                      \
-        synchronize(be);                                                                           \
-        active.profile->seconds[op_class] += ci_now_seconds() - start_;                            \
-        active.profile->calls[op_class]++;                                                         \
+        if (op_ >= 0) active.real->mark(be, 2 * op_ + 1);                                          \
     } while (0)
+
+/* The index of a new op of class c, or -1 when there is no memory to note it (it goes untimed,
+ * and the profile counts it as dropped). */
+static int next_op(ci_op_class c) {
+    if (active.n_ops == active.capacity) {
+        const int n = active.capacity ? 2 * active.capacity : 256;
+        ci_op_class *grown = realloc(active.classes, (size_t)n * sizeof *grown);
+        if (!grown) {
+            active.profile->dropped++;
+            return -1;
+        }
+        active.classes = grown;
+        active.capacity = n;
+    }
+    active.classes[active.n_ops] = c;
+    return active.n_ops++;
+}
 
 static void embedding_timed(ci_backend *be, ci_tensor *out, const ci_tensor *tokens,
                             const ci_tensor *table) {
@@ -72,9 +86,10 @@ const char *ci_op_class_name(ci_op_class op_class) {
 void ci_profile_start(ci_backend *be, ci_op_profile *profile) {
     CI_ASSERT(active.real == NULL); /* one profile at a time */
     static ci_backend_ops timed;
-    *profile = (ci_op_profile){{0}, {0}};
+    *profile = (ci_op_profile){{0}, {0}, 0};
     active.real = be->ops;
     active.profile = profile;
+    active.n_ops = 0;
     timed = *be->ops; /* memory, capture and the rest pass through untimed */
     timed.embedding = embedding_timed;
     timed.rmsnorm = rmsnorm_timed;
@@ -91,6 +106,14 @@ void ci_profile_start(ci_backend *be, ci_op_profile *profile) {
 void ci_profile_stop(ci_backend *be) {
     CI_ASSERT(active.real != NULL);
     be->ops = active.real;
+    for (int i = 0; i < active.n_ops; i++) {
+        active.profile->seconds[active.classes[i]] +=
+            be->ops->seconds_between(be, 2 * i, 2 * i + 1);
+        active.profile->calls[active.classes[i]]++;
+    }
+    free(active.classes);
+    active.classes = NULL;
+    active.capacity = active.n_ops = 0;
     active.real = NULL;
     active.profile = NULL;
 }

@@ -1,10 +1,12 @@
 /* Where the time of a forward step goes, op class by op class (cinfer bench --profile).
  *
- * While a profile runs, the backend's ops go through wrappers that wait for the device before and
- * after each op and add its time to the op's class. Waiting after every op removes the overlap of
- * launches with work, so a profiled step takes somewhat longer than an unprofiled one: the shares
- * are what the profile is for, and the step time is printed beside them. One backend at a time;
- * not for recorded (graph) steps, whose ops are not called one by one. */
+ * While a profile runs, the backend's ops go through wrappers that put a timing mark on the
+ * device's queue before and after each op (CUDA events on a GPU, the host clock on the CPU), and
+ * the device time between each op's two marks is added to its class when the profile stops. The
+ * host does not wait between ops, so the step runs as it would unprofiled; where the host is
+ * slower to issue an op than the device to run the one before (small decode ops on a GPU), an
+ * op's time includes that wait. Not for recorded (graph) steps, whose ops are not called one by
+ * one. One backend at a time. */
 #ifndef CINFER_PROFILE_H
 #define CINFER_PROFILE_H
 
@@ -14,13 +16,14 @@ typedef enum ci_op_class {
     CI_OP_ATTENTION, /* attention, diff_attention */
     CI_OP_MATMUL,    /* every linear layer and lm_head */
     CI_OP_NORM,      /* rmsnorm */
-    CI_OP_OTHER,     /* embedding, rope, activations, residual adds, KV stores, argmax */
+    CI_OP_OTHER,     /* embedding, rope, activations, KV stores, argmax */
     CI_OP_CLASS_COUNT
 } ci_op_class;
 
 typedef struct ci_op_profile {
     double seconds[CI_OP_CLASS_COUNT];
     int calls[CI_OP_CLASS_COUNT];
+    int dropped; /* ops left untimed for want of memory to note them */
 } ci_op_profile;
 
 const char *ci_op_class_name(ci_op_class op_class);

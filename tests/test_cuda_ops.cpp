@@ -291,6 +291,27 @@ TEST_F(CudaOps, MatmulMatchesCpuInEveryWeightDtype) {
                 }
 }
 
+// ---- timing marks --------------------------------------------------------------------------
+// Marks around queued work read its device time: positive and finite, longer for more work than
+// for none, and NaN for a slot never marked.
+
+TEST_F(CudaOps, MarksTimeQueuedWork) {
+    const int n = 4096;
+    reserve(n, 1, 1, 2, n);
+    std::vector<float> x = randn((size_t)n * n, 0.01f);
+    ci_tensor h_x = view(x.data(), CI_F32, {n, n});
+    ci_tensor d_x = upload(h_x), d_w = upload(h_x), d_out = poisoned(h_x);
+    gpu_->ops->mark(gpu_, 0);
+    gpu_->ops->mark(gpu_, 1);
+    for (int i = 0; i < 4; i++) ci_matmul(gpu_, &d_out, &d_x, &d_w, nullptr);
+    gpu_->ops->mark(gpu_, 2);
+    const double nothing = gpu_->ops->seconds_between(gpu_, 0, 1);
+    const double work = gpu_->ops->seconds_between(gpu_, 1, 2);
+    EXPECT_TRUE(std::isfinite(nothing) && nothing >= 0.0) << nothing;
+    EXPECT_TRUE(std::isfinite(work) && work > nothing) << work << " vs " << nothing;
+    EXPECT_TRUE(std::isnan(gpu_->ops->seconds_between(gpu_, 0, 1000)));
+}
+
 // ---- RoPE --------------------------------------------------------------------------------------
 // The frequencies come from models/rope.c for every scaling type; angles are the same F32 products
 // on both sides, cos/sin within 2 ulps of each other, and the GPU may fuse the final multiply-add:

@@ -469,6 +469,24 @@ INSTANTIATE_TEST_SUITE_P(AllActivations, GatedActivation,
                              return std::string(activation_name(info.param));
                          });
 
+// ---- timing marks --------------------------------------------------------------------------
+// On the CPU a mark reads the host clock: marks taken in order are ordered, a slot marked again
+// takes the new time, and a slot never marked reads NaN.
+
+TEST(Marks, ReadTheHostClockInOrder) {
+    Backend be(1);
+    be.be->ops->mark(be, 0);
+    be.be->ops->mark(be, 5); // slots need not be taken in order
+    be.be->ops->mark(be, 1);
+    const double a = be.be->ops->seconds_between(be, 0, 5),
+                 b = be.be->ops->seconds_between(be, 5, 1);
+    EXPECT_TRUE(a >= 0.0 && b >= 0.0) << a << " " << b;
+    EXPECT_TRUE(std::isnan(be.be->ops->seconds_between(be, 0, 3))) << "slot 3 was never marked";
+    EXPECT_TRUE(std::isnan(be.be->ops->seconds_between(be, 0, 1 << 20))) << "past every slot";
+    be.be->ops->mark(be, 0);
+    EXPECT_LE(be.be->ops->seconds_between(be, 0, 1), 0.0) << "slot 0 marked again, after slot 1";
+}
+
 // ---- rope -----------------------------------------------------------------------------------
 
 class Rope : public ::testing::TestWithParam<int> {};

@@ -1,8 +1,18 @@
 /* The CPU backend: host memory and the reference ops. */
+#include <math.h>
+#include <omp.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "../../engine/clock.h"
+#include "../../engine/error.h"
 #include "ops_cpu.h"
+
+typedef struct cpu_backend {
+    ci_backend base; /* first: ci_backend_free frees the whole struct through it */
+    double *marks;   /* host clock readings, NaN where unset */
+    int n_marks;
+} cpu_backend;
 
 /* 64-byte alignment: a cache line, and what AVX-512 loads like. */
 enum { CPU_ALIGNMENT = 64 };
@@ -38,7 +48,29 @@ static size_t cpu_workspace_bytes(const ci_backend *be, const ci_config *c, int 
     return (size_t)be->n_threads * (attention > matmul ? attention : matmul);
 }
 
-const ci_backend_ops ci_cpu_ops = {
+static void cpu_mark(ci_backend *be, int slot) {
+    cpu_backend *cpu = (cpu_backend *)be;
+    CI_ASSERT(slot >= 0);
+    if (slot >= cpu->n_marks) {
+        const int n = slot + 1 > 2 * cpu->n_marks ? slot + 1 : 2 * cpu->n_marks;
+        double *grown = realloc(cpu->marks, (size_t)n * sizeof *grown);
+        if (!grown) return; /* the slot reads NaN */
+        for (int i = cpu->n_marks; i < n; i++) grown[i] = NAN;
+        cpu->marks = grown;
+        cpu->n_marks = n;
+    }
+    cpu->marks[slot] = ci_now_seconds();
+}
+
+static double cpu_seconds_between(ci_backend *be, int from, int to) {
+    const cpu_backend *cpu = (const cpu_backend *)be;
+    if (from < 0 || to < 0 || from >= cpu->n_marks || to >= cpu->n_marks) return NAN;
+    return cpu->marks[to] - cpu->marks[from];
+}
+
+static void cpu_release(ci_backend *be) { free(((cpu_backend *)be)->marks); }
+
+static const ci_backend_ops cpu_ops = {
     .name = "cpu",
     .alloc = cpu_alloc,
     .free = cpu_free,
@@ -54,4 +86,16 @@ const ci_backend_ops ci_cpu_ops = {
     .gated_activation = gated_activation_cpu,
     .kv_store = kv_store_cpu,
     .argmax = argmax_cpu,
+    .release = cpu_release,
+    .mark = cpu_mark,
+    .seconds_between = cpu_seconds_between,
 };
+
+cinfer_status ci_cpu_backend_create(int n_threads, ci_backend **out) {
+    cpu_backend *cpu = calloc(1, sizeof *cpu);
+    CI_CHECK_ALLOC(cpu, sizeof *cpu);
+    cpu->base.ops = &cpu_ops;
+    cpu->base.n_threads = n_threads > 0 ? n_threads : omp_get_max_threads();
+    *out = &cpu->base;
+    return CINFER_OK;
+}

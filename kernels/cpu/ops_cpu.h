@@ -26,7 +26,8 @@ void kv_store_cpu(ci_backend *be, ci_tensor *k_cache, ci_tensor *v_cache, const 
                   const ci_tensor *v_new, int pos0);
 void argmax_cpu(ci_backend *be, ci_tensor *ids, const ci_tensor *logits);
 
-extern const ci_backend_ops ci_cpu_ops;
+/* A CPU backend running the reference ops on n_threads threads (0: OpenMP's default). */
+cinfer_status ci_cpu_backend_create(int n_threads, ci_backend **out);
 
 /* Widens row `row` of a 2-D (or the whole of a 1-D) F32/BF16/F16 tensor into dst. */
 void ci_row_to_f32(const ci_tensor *tensor, int64_t row, float *dst);

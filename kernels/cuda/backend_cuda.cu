@@ -149,6 +149,8 @@ static void cuda_release(ci_backend *be) {
     CUDA_CHECK(cudaSetDevice(cu->device));
     if (cu->stream) CUDA_CHECK(cudaStreamSynchronize(cu->stream));
     drop_graph(cu);
+    for (int i = 0; i < cu->n_marks; i++) CUDA_CHECK(cudaEventDestroy(cu->marks[i]));
+    free(cu->marks);
     if (cu->cublas) CUBLAS_CHECK(cublasDestroy(cu->cublas));
     if (cu->cublas_workspace) CUDA_CHECK(cudaFree(cu->cublas_workspace));
     if (cu->position) CUDA_CHECK(cudaFree(cu->position));
@@ -158,6 +160,38 @@ static void cuda_release(ci_backend *be) {
 
 static void cuda_synchronize(ci_backend *be) {
     CUDA_CHECK(cudaStreamSynchronize(cuda_of(be)->stream));
+}
+
+// ---- timing marks: CUDA events on the stream ---------------------------------------------------
+
+static void cuda_mark(ci_backend *be, int slot) {
+    cuda_backend *cu = cuda_of(be);
+    CI_ASSERT(slot >= 0 && !cu->recording);
+    if (slot >= cu->n_marks) {
+        const int n = slot + 1 > 2 * cu->n_marks ? slot + 1 : 2 * cu->n_marks;
+        cudaEvent_t *grown = (cudaEvent_t *)realloc(cu->marks, (size_t)n * sizeof *grown);
+        if (!grown) return; // the slot reads NaN
+        cu->marks = grown;
+        for (int i = cu->n_marks; i < n; i++, cu->n_marks++)
+            if (cudaEventCreate(&cu->marks[i]) != cudaSuccess) {
+                cudaGetLastError();
+                return;
+            }
+    }
+    CUDA_CHECK(cudaEventRecord(cu->marks[slot], cu->stream));
+}
+
+static double cuda_seconds_between(ci_backend *be, int from, int to) {
+    cuda_backend *cu = cuda_of(be);
+    if (from < 0 || to < 0 || from >= cu->n_marks || to >= cu->n_marks) return NAN;
+    CUDA_CHECK(cudaEventSynchronize(cu->marks[to]));
+    float ms = 0.0f;
+    // an event never recorded reads as an error, not a time
+    if (cudaEventElapsedTime(&ms, cu->marks[from], cu->marks[to]) != cudaSuccess) {
+        cudaGetLastError();
+        return NAN;
+    }
+    return 1e-3 * (double)ms;
 }
 
 static const ci_backend_ops cuda_ops = {
@@ -182,6 +216,8 @@ static const ci_backend_ops cuda_ops = {
     /* set_position */ cuda_set_position,
     /* release */ cuda_release,
     /* synchronize */ cuda_synchronize,
+    /* mark */ cuda_mark,
+    /* seconds_between */ cuda_seconds_between,
 };
 
 // Setup calls can fail for reasons outside the program (a device in exclusive mode, memory taken):

@@ -30,6 +30,8 @@ struct cuda_backend {
     int recording;          // ... and the stream is being recorded into `graph`
     cudaGraph_t graph;
     cudaGraphExec_t graph_exec;
+    cudaEvent_t *marks; // the timing marks (engine/backend.h: mark), created on demand
+    int n_marks;
 };
 
 static inline cuda_backend *cuda_of(ci_backend *be) { return (cuda_backend *)be; }
