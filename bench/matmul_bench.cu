@@ -140,8 +140,8 @@ static int parse_options(int argc, char **argv, options *o) {
                 fprintf(stderr, "bench_matmul: %s\n", cinfer_last_error());
                 return EXIT_USAGE;
             }
-            o->model = {c.hidden_size, c.intermediate_size, c.n_heads, c.n_kv_heads, c.head_dim,
-                        c.vocab_size, ""};
+            o->model = {c.hidden_size, c.intermediate_size, c.n_heads, c.n_kv_heads,
+                        c.head_dim,    c.vocab_size,        ""};
             snprintf(o->model.name, sizeof o->model.name, "%s", value);
         } else if (strcmp(flag, "-T") == 0) {
             if (parse_int_list(value, 1, GEMV_MAX_ROWS, &o->rows))
@@ -264,8 +264,8 @@ static bool device_alloc(void **p, size_t bytes) {
     return false;
 }
 
-static bool buffers_make(cudaStream_t stream, const projection &proj, ci_dtype dtype,
-                         uint64_t seed, buffers *b) {
+static bool buffers_make(cudaStream_t stream, const projection &proj, ci_dtype dtype, uint64_t seed,
+                         buffers *b) {
     memset(b->segment_offset, 0, sizeof b->segment_offset);
     b->x = b->out_ours = b->out_cublas = nullptr;
     b->x_rounded = b->copy_dst = nullptr;
@@ -295,8 +295,7 @@ static bool buffers_make(cudaStream_t stream, const projection &proj, ci_dtype d
         return false;
     }
     for (size_t c = 0; c < b->weights.size(); c++)
-        fill(stream, b->weights[c], dtype, (int64_t)(bytes / element), seed + 17 * c,
-             WEIGHT_SCALE);
+        fill(stream, b->weights[c], dtype, (int64_t)(bytes / element), seed + 17 * c, WEIGHT_SCALE);
     fill(stream, b->x, CI_F32, (int64_t)GEMV_MAX_ROWS * proj.n_in, seed ^ 0x5eed, 1.0f);
     CUDA_CHECK(cudaStreamSynchronize(stream));
     return true;
@@ -338,9 +337,9 @@ static void cublas_call(cublasHandle_t handle, cudaStream_t stream, const gemv_p
         }
         const int n_out = (int)p.segments[s].n_out;
         CUBLAS_CHECK(cublasGemmEx(handle, CUBLAS_OP_T, CUBLAS_OP_N, n_out, (int)p.n_rows,
-                                  (int)p.n_in, &one, p.segments[s].weight, type, (int)p.n_in,
-                                  input, type, (int)p.n_in, &zero, out_base + out_offset,
-                                  CUDA_R_32F, n_out, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+                                  (int)p.n_in, &one, p.segments[s].weight, type, (int)p.n_in, input,
+                                  type, (int)p.n_in, &zero, out_base + out_offset, CUDA_R_32F,
+                                  n_out, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
         out_offset += p.n_rows * n_out;
     }
 }
@@ -527,8 +526,8 @@ int main(int argc, char **argv) {
                 const int T = o.rows.values[ti];
                 const gemv_params p = params_for(proj, b, dtype, T, 0);
                 if (!gemv_supports(p)) {
-                    fprintf(stderr, "bench_matmul: %s: the GEMV does not take n_in %d\n",
-                            proj.name, proj.n_in);
+                    fprintf(stderr, "bench_matmul: %s: the GEMV does not take n_in %d\n", proj.name,
+                            proj.n_in);
                     status = EXIT_ERROR;
                     continue;
                 }
@@ -540,8 +539,9 @@ int main(int argc, char **argv) {
                     r.T = T;
                     r.dtype = dt;
                     r.auto_tiles = dtype == CI_F32 ? 0 : gemv_default_tiles(p);
-                    r.tiles = dtype == CI_F32 ? 0 : o.tiles.values[k] ? o.tiles.values[k]
-                                                                       : r.auto_tiles;
+                    r.tiles = dtype == CI_F32     ? 0
+                              : o.tiles.values[k] ? o.tiles.values[k]
+                                                  : r.auto_tiles;
                     r.weight_bytes = 0;
                     for (int s = 0; s < proj.n_segments; s++)
                         r.weight_bytes += (double)proj.n_out[s] * proj.n_in * ci_dtype_size(dtype);

@@ -438,7 +438,7 @@ TEST(TensorCores, LdmatrixFeedsMma) {
         }
 }
 
-// ---- 16-byte loads --------------------------------------------------------------------------------
+// ---- 16-byte loads ------------------------------------------------------------------------------
 
 // Thread t loads the 16 bytes at src + 16·t, cached or streaming by parity, and stores them.
 __global__ void load_16_copy(const unsigned char *src, uint32_t *dst) {

@@ -5,10 +5,10 @@
 //
 // Every call draws fresh inputs (normal, never all zeros), pre-fills every output with random
 // values (with accumulate off they must be overwritten, with it on added to), and surrounds each
-// output with guards that must come back bit for bit: 16 floats before and after the [n_rows, n_out]
-// block, and rows n_rows .. GEMV_MAX_ROWS − 1 between them (a kernel writing for rows of x it does
-// not have, or past a segment's last output, fails). x and the weights are allocated to their
-// exact size, so that the sanitizer build catches a read past a row or past the last row.
+// output with guards that must come back bit for bit: 16 floats before and after the [n_rows,
+// n_out] block, and rows n_rows .. GEMV_MAX_ROWS − 1 between them (a kernel writing for rows of x
+// it does not have, or past a segment's last output, fails). x and the weights are allocated to
+// their exact size, so that the sanitizer build catches a read past a row or past the last row.
 #include "tests/cuda_emu/cuda_emu.h"
 
 #include "kernels/cuda/matmul_gemv.cuh"
@@ -148,11 +148,12 @@ double run_call(std::mt19937_64 &rng, ci_dtype weight_dtype, int T, const Call &
         const SegmentCase &c = call.segments[s];
         weights.push_back(std::make_unique<Stored>(
             weight_dtype, cinfer_test::random_floats(rng, (size_t)c.n_out * n_in)));
-        biases.push_back(c.bias == kNoBias ? nullptr
-                                           : std::make_unique<Stored>(
-                                                 (ci_dtype)c.bias,
-                                                 cinfer_test::random_floats(rng, c.n_out)));
-        outs.push_back(cinfer_test::random_floats(rng, 2 * kGuard + (size_t)GEMV_MAX_ROWS * c.n_out));
+        biases.push_back(c.bias == kNoBias
+                             ? nullptr
+                             : std::make_unique<Stored>((ci_dtype)c.bias,
+                                                        cinfer_test::random_floats(rng, c.n_out)));
+        outs.push_back(
+            cinfer_test::random_floats(rng, 2 * kGuard + (size_t)GEMV_MAX_ROWS * c.n_out));
         gemv_segment &seg = p.segments[s];
         seg.weight = weights[s]->bytes.get();
         seg.bias = biases[s] ? biases[s]->bytes.get() : nullptr;

@@ -104,13 +104,13 @@ struct gemv_params {
 
 constexpr int GEMV_WARPS = 8; // a block: 8 warps splitting K
 constexpr int GEMV_THREADS = GEMV_WARPS * 32;
-constexpr int GEMV_LOADS = 8;            // 16-byte weight loads per lane before any is used
-constexpr int GEMV_TILE_ROWS = 8;        // output rows per mma (its N); tiles of them per block
-constexpr int GEMV_MAX_TILES = 4;        // 32 rows per block at most
-constexpr int GEMV_F32_ROWS = 8;         // output rows per block of the F32 kernel
-constexpr int GEMV_TARGET_BLOCKS = 132;  // H100/H200 SMs: fewer tiles rather than idle SMs
-constexpr int GEMV_MMA_K = 32;           // k per 16-byte weight vector of a warp (16-bit weights)
-constexpr int GEMV_F32_K = 128;          // k per 16-byte weight vector of a warp (F32 weights)
+constexpr int GEMV_LOADS = 8;           // 16-byte weight loads per lane before any is used
+constexpr int GEMV_TILE_ROWS = 8;       // output rows per mma (its N); tiles of them per block
+constexpr int GEMV_MAX_TILES = 4;       // 32 rows per block at most
+constexpr int GEMV_F32_ROWS = 8;        // output rows per block of the F32 kernel
+constexpr int GEMV_TARGET_BLOCKS = 132; // H100/H200 SMs: fewer tiles rather than idle SMs
+constexpr int GEMV_MMA_K = 32;          // k per 16-byte weight vector of a warp (16-bit weights)
+constexpr int GEMV_F32_K = 128;         // k per 16-byte weight vector of a warp (F32 weights)
 
 static inline bool gemv_dtype_ok(ci_dtype dtype) {
     return dtype == CI_F32 || dtype == CI_BF16 || dtype == CI_F16;
@@ -203,7 +203,8 @@ __device__ __forceinline__ void gemv_load_floats(float dst[4], const float *src)
 // barrier): one thread per output, consecutive threads along a row of out, in a fixed order.
 template <int ROWS>
 __device__ __forceinline__ void gemv_epilogue(const gemv_params &p, const gemv_segment &seg,
-                                              int64_t row0, const float (*partial)[GEMV_MAX_ROWS][ROWS]) {
+                                              int64_t row0,
+                                              const float (*partial)[GEMV_MAX_ROWS][ROWS]) {
     const int n_rows = (int)p.n_rows;
     for (int i = threadIdx.x; i < n_rows * ROWS; i += GEMV_THREADS) {
         const int t = i / ROWS, r = i % ROWS;
@@ -300,7 +301,8 @@ __global__ void __launch_bounds__(GEMV_THREADS, 2) gemv_mma_kernel(const gemv_pa
         for (int i = 0; i < TILES; i++)
 #pragma unroll
             for (int c = 0; c < 2; c++)
-                partial[warp][group][GEMV_TILE_ROWS * i + 2 * quad + c] = acc[i][0][c] + acc[i][1][c];
+                partial[warp][group][GEMV_TILE_ROWS * i + 2 * quad + c] =
+                    acc[i][0][c] + acc[i][1][c];
     }
     __syncthreads();
     gemv_epilogue<ROWS>(p, seg, row0, partial);
@@ -315,7 +317,8 @@ __device__ __forceinline__ float gemv_warp_sum(float v) {
 }
 
 // T: rows of x (1..8). Grid: Σ_s ceil(n_out_s / 8) blocks of GEMV_THREADS.
-template <int T> __global__ void __launch_bounds__(GEMV_THREADS, 2) gemv_f32_kernel(const gemv_params p) {
+template <int T>
+__global__ void __launch_bounds__(GEMV_THREADS, 2) gemv_f32_kernel(const gemv_params p) {
     constexpr int ROWS = GEMV_F32_ROWS;
     int64_t row0;
     const gemv_segment &seg = p.segments[gemv_segment_of(p, ROWS, blockIdx.x, &row0)];
@@ -374,12 +377,14 @@ template <int T> __global__ void __launch_bounds__(GEMV_THREADS, 2) gemv_f32_ker
 // weight traffic (T·4 bytes of x per 8·tiles·2 bytes of weights), fewer while the grid would leave
 // SMs without a block.
 static inline int gemv_default_tiles(const gemv_params &p) {
-    int tiles = p.n_rows <= 2 ? 1 : p.n_rows <= 4 ? 2 : 4;
-    while (tiles > 1 && gemv_block_count(p, GEMV_TILE_ROWS * tiles) < GEMV_TARGET_BLOCKS) tiles /= 2;
+    int tiles = p.n_rows <= 2 ? 1 : p.n_rows <= 4 ? 2 : GEMV_MAX_TILES;
+    while (tiles > 1 && gemv_block_count(p, GEMV_TILE_ROWS * tiles) < GEMV_TARGET_BLOCKS)
+        tiles /= 2;
     return tiles;
 }
 
-template <typename W> static inline void gemv_launch_mma(cudaStream_t stream, const gemv_params &p, int tiles) {
+template <typename W>
+static inline void gemv_launch_mma(cudaStream_t stream, const gemv_params &p, int tiles) {
     const dim3 grid((unsigned)gemv_block_count(p, GEMV_TILE_ROWS * tiles));
     if (tiles == 1) {
         auto kernel = gemv_mma_kernel<W, 1>;
