@@ -63,9 +63,9 @@
 // Unmeasured: no GPU was at hand when this was written. The figures above are reasoning;
 // bench_matmul (bench/matmul_bench.cu) measures them (--tiles sweeps the rows per block).
 // `nvcc -arch=sm_90 --resource-usage` (CUDA 13.0), no stack frame and no spills in any of them:
-//   mma kernel, BF16 or F16:  tiles 1: 72 registers, 2 KiB shared; tiles 2: 96, 4 KiB;
-//                             tiles 4: 96, 8 KiB. At 96 registers 2 blocks of 256 fit an SM.
-//   F32 kernel:               T = 1: 72 registers, T = 2: 80, T = 3..8: 125-128 (the cap that
+//   mma kernel, BF16 or F16:  tiles 1: 72 registers, 2 KiB shared; tiles 2: 94, 4 KiB;
+//                             tiles 4: 96, 8 KiB. 2 blocks of 256 fit an SM at 94-96, 3 at 72.
+//   F32 kernel:               T = 1: 64 registers, T = 2: 80, T = 3..8: 125-128 (the cap that
 //                             __launch_bounds__(256, 2) sets), 2 KiB shared.
 #ifndef CINFER_MATMUL_GEMV_CUH
 #define CINFER_MATMUL_GEMV_CUH
