@@ -25,8 +25,9 @@
 //    (F32) / weight bytes = T·4 / (R·sizeof(W)). BF16/F16: R = 8·tiles rows per block, so the
 //    ratio is T / (4·tiles): 0.25 at T = 1 with 8 rows, 0.5 at T = 8 with 32 rows. x (T·n_in·4
 //    bytes: 16 KiB at T = 1, n_in 4096; 128 KiB at T = 8) is read by every block on an SM and
-//    stays in L1 once the weights do not evict it (point 1); at n_in 14336, T = 8 (458 KiB) it
-//    comes from L2, which is why tiles grow with T (gemv_default_tiles).
+//    stays in L1 once the weights do not evict it (point 1), as long as the driver's carveout
+//    leaves L1 the room (the kernel asks for 2-8 KiB of shared memory: an assumption to check);
+//    at n_in 14336, T = 8 (458 KiB) it comes from L2, which is why tiles grow with T.
 //
 // 3. No conversion, no per-element FMA for BF16/F16: the tensor cores do the products. One
 //    mma.sync m16n8k16 takes x as A (16 rows: t = 0..7, rows 8..15 zero; x rounded to the weight
