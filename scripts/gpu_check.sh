@@ -2,7 +2,8 @@
 # One command for a machine with an NVIDIA GPU: builds cinfer for sm_90 (H100/H200), runs the GPU
 # tests, `cinfer compare` on every fixture in f32, bf16 and fp16 with each attention kind (eager,
 # sdpa, flash), compute-sanitizer on short runs, a short decode benchmark, the attention
-# micro-benchmark beside torch, and prints a summary table last.
+# micro-benchmark beside torch, the decode GEMV beside cuBLAS (bench_matmul), and prints a summary
+# table last.
 #
 # The GPU machine has nvcc, cuBLAS, CMake and a compiler but neither cJSON nor GoogleTest, and
 # nothing can be installed there: run scripts/fetch_gpu_deps.sh on a Debian machine first and
@@ -260,6 +261,22 @@ fi
   --variant standard,diff >"$logs/check_memory.log" 2>&1
 record "no score matrix in global memory (sdpa, flash)" \
   "$([ $? -eq 0 ] && echo ok || echo FAIL)" "$(tail -n 1 "$logs/check_memory.log")"
+
+# ---- 8. the decode GEMV alone, beside cuBLAS and a copy (Llama-3-8B projections, T = 1..8) ------
+section "matmul micro-benchmark (decode GEMV vs cuBLAS)"
+log="$logs/bench_matmul.log"
+"$build/bench_matmul" -T 1,2,4,8 --dtype bf16,fp16 -r 5 --output md >"$logs/bench_matmul.md" 2>"$log"
+rc=$?
+"$build/bench_matmul" -T 1,8 --dtype bf16 --tiles auto,1,2,4 -r 3 --output json \
+  >"$logs/bench_matmul_tiles.json" 2>>"$log"
+rc_tiles=$?
+if [ $rc -eq 0 ] && [ $rc_tiles -eq 0 ]; then
+  record "matmul micro-benchmark" ok "table in $logs/bench_matmul.md; tile sweep in $logs/bench_matmul_tiles.json"
+  cat "$logs/bench_matmul.md"
+else
+  # 1: a row's output differs from cuBLAS (MISMATCH in the table) or a shape did not fit
+  record "matmul micro-benchmark" FAIL "rc $rc/$rc_tiles: $(grep -m1 MISMATCH "$logs/bench_matmul.md" || tail -n 1 "$log")"
+fi
 
 if [ "${GPU_CHECK_BIG:-0}" = 1 ]; then
   big="$build/big"

@@ -438,6 +438,28 @@ TEST(TensorCores, LdmatrixFeedsMma) {
         }
 }
 
+// ---- 16-byte loads ------------------------------------------------------------------------------
+
+// Thread t loads the 16 bytes at src + 16·t, cached or streaming by parity, and stores them.
+__global__ void load_16_copy(const unsigned char *src, uint32_t *dst) {
+    const int t = threadIdx.x;
+    uint32_t r[4];
+    if (t % 2)
+        ci_load_16_stream(r, src + 16 * t);
+    else
+        ci_load_16(r, src + 16 * t);
+    for (int i = 0; i < 4; i++) dst[4 * t + i] = r[i];
+}
+
+TEST(Loads, SixteenBytesAsStored) {
+    alignas(16) unsigned char src[64 * 16];
+    auto rng = make_rng();
+    for (unsigned char &b : src) b = (unsigned char)rng();
+    std::vector<uint32_t> dst(64 * 4, 0);
+    CI_LAUNCH(load_16_copy, 1, 64, 0, nullptr, src, dst.data());
+    EXPECT_EQ(std::memcmp(src, dst.data(), sizeof src), 0);
+}
+
 // ---- cp.async and the dynamic shared fill -------------------------------------------------------
 
 // Two groups per thread: 16 bytes, then a partial copy (8 bytes, or 0 from a null source, which
@@ -593,6 +615,10 @@ __global__ void misaligned_cp_async(int *out) {
     ci_cp_async_commit();
     ci_cp_async_wait<0>();
 }
+__global__ void misaligned_load_16(int *out) {
+    uint32_t r[4];
+    ci_load_16_stream(r, out + (threadIdx.x == 5 ? 2 : 0));
+}
 __global__ void misaligned_ldmatrix(int *) {
     __shared__ __align__(16) uint16_t tile[8 * 16];
     uint32_t r[2];
@@ -601,6 +627,7 @@ __global__ void misaligned_ldmatrix(int *) {
 
 TEST(LaunchDeathTest, BlocksThatCannotFinish) {
     std::vector<int> out(1024, 0);
+    int *aligned = out.data() + (16 - (uintptr_t)out.data() % 16) % 16 / sizeof(int);
     EXPECT_DEATH(CI_LAUNCH(early_return, 2, 96, 0, nullptr, out.data()),
                  "block \\(1,0,0\\) deadlocks: of 96 threads, 64 returned; 32 wait at "
                  "__syncthreads\\(\\)");
@@ -611,6 +638,8 @@ TEST(LaunchDeathTest, BlocksThatCannotFinish) {
     EXPECT_DEATH(CI_LAUNCH(partial_mask, 1, 32, 0, nullptr, out.data()), "only the full mask");
     EXPECT_DEATH(CI_LAUNCH(forgotten_cp_async, 1, 32, 0, nullptr, out.data()), "never waited for");
     EXPECT_DEATH(CI_LAUNCH(misaligned_cp_async, 1, 32, 0, nullptr, out.data()), "16-byte aligned");
+    EXPECT_DEATH(CI_LAUNCH(misaligned_load_16, 1, 32, 0, nullptr, aligned),
+                 "ci_load_16_stream at .* must be 16-byte aligned");
     EXPECT_DEATH(CI_LAUNCH(misaligned_ldmatrix, 1, 32, 0, nullptr, out.data()),
                  "lane 3's row address .* is not 16-byte aligned");
 }

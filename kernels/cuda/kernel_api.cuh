@@ -1,5 +1,5 @@
-// The device-side vocabulary of cinfer's own fused kernels (attention_*.cuh), kept small so that
-// the same kernel source compiles two ways:
+// The device-side vocabulary of cinfer's own kernels (attention_*.cuh, matmul_gemv.cuh, ...), kept
+// small so that the same kernel source compiles two ways:
 //   - under nvcc, for the GPU, where everything below is CUDA's own;
 //   - under a host C++ compiler with tests/cuda_emu/cuda_emu.h included first (it defines
 //     CINFER_CUDA_EMULATION), which runs the kernels on the CPU, each CUDA thread a fiber, so that
@@ -17,6 +17,10 @@
 //   __nv_bfloat16 and __half as storage, through ci_to_float / ci_from_float below
 //   expf exp2f logf fmaxf fminf sqrtf rsqrtf fabsf INFINITY
 //   CI_DYNAMIC_SHARED(type, name): the block's dynamic shared memory as `type *name`
+//   ci_load_16(uint32_t dst[4], src), ci_load_16_stream(uint32_t dst[4], src): 16 bytes of global
+//     memory that no thread writes during the kernel (a non-coherent load), src 16-byte aligned
+//     (the emulator aborts otherwise, as the GPU faults); _stream for data read once (weights),
+//     which it keeps out of L1 so that what is reused (a GEMV's input rows) stays there
 // And host-side launch code may use:
 //   cudaStream_t, CI_LAUNCH(kernel, grid, block, shared_bytes, stream, args...),
 //   ci_allow_dynamic_shared(kernel, bytes) before launching with more than 48 KiB.
@@ -47,6 +51,20 @@ template <typename Kernel> static inline void ci_allow_dynamic_shared(Kernel ker
     if (bytes > 48 * 1024)
         CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                         (int)bytes));
+}
+
+// 16-byte loads of read-only global memory (ld.global.nc): one instruction per lane, 512 bytes per
+// warp. The streaming variant asks L1 not to allocate (L1::no_allocate, sm_70+): data read once
+// would otherwise evict what other warps of the SM read again.
+__device__ __forceinline__ void ci_load_16(uint32_t dst[4], const void *src) {
+    asm("ld.global.nc.v4.u32 {%0, %1, %2, %3}, [%4];"
+        : "=r"(dst[0]), "=r"(dst[1]), "=r"(dst[2]), "=r"(dst[3])
+        : "l"(src));
+}
+__device__ __forceinline__ void ci_load_16_stream(uint32_t dst[4], const void *src) {
+    asm("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
+        : "=r"(dst[0]), "=r"(dst[1]), "=r"(dst[2]), "=r"(dst[3])
+        : "l"(src));
 }
 #endif
 

@@ -27,8 +27,8 @@
 // What it checks, aborting with a message on stderr: the launch limits of an H100/H200 (threads per
 // block, grid dimensions, dynamic shared memory and the opt-in above 48 KiB), a block whose threads
 // can never all pass a barrier (some returned early, or they wait at different barriers or
-// collectives), warp divergence at a collective, partial shuffle masks, misaligned ldmatrix and
-// cp.async addresses, cp.async copies never waited for.
+// collectives), warp divergence at a collective, partial shuffle masks, misaligned ldmatrix,
+// cp.async and 16-byte load (ci_load_16) addresses, cp.async copies never waited for.
 //
 // What it cannot check: speed, the memory model, races that the barriers do not order (fibers only
 // switch at barriers and collectives, so a missing __syncthreads between two phases may go
@@ -999,6 +999,28 @@ template <typename Kernel> inline void ci_allow_dynamic_shared(Kernel kernel, si
         ci_emu::fail("ci_allow_dynamic_shared: %zu bytes; an H100/H200 block has at most %zu",
                      bytes, ci_emu::max_dynamic_shared);
     ci_emu::g.dynamic_shared_allowed[ci_emu::kernel_key(kernel)] = bytes;
+}
+
+// ---- 16-byte loads of read-only global memory (kernel_api.cuh) ----------------------------------
+// The GPU faults on a vector load from an address that is not 16-byte aligned; so does this. What
+// it cannot check: that no thread writes the memory during the kernel (the loads are non-coherent),
+// and the cache hints (ci_load_16_stream is an ordinary load here).
+namespace ci_emu {
+inline void load_16(uint32_t dst[4], const void *src, const char *what, const char *file,
+                    int line) {
+    current_fiber(what);
+    if ((uintptr_t)src % 16 != 0)
+        fail("%s at %s:%d: the address must be 16-byte aligned (%p)", what, file, line, src);
+    memcpy(dst, src, 16);
+}
+} // namespace ci_emu
+inline void ci_load_16(uint32_t dst[4], const void *src, const char *file = __builtin_FILE(),
+                       int line = __builtin_LINE()) {
+    ci_emu::load_16(dst, src, "ci_load_16", file, line);
+}
+inline void ci_load_16_stream(uint32_t dst[4], const void *src, const char *file = __builtin_FILE(),
+                              int line = __builtin_LINE()) {
+    ci_emu::load_16(dst, src, "ci_load_16_stream", file, line);
 }
 
 // ---- tensor cores and cp.async (kernels/cuda/tensor_core.cuh declares these for nvcc) -----------
