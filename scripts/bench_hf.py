@@ -19,6 +19,7 @@ every clock read. On the CPU transformers runs in float32, the math cinfer's ref
 Needs torch and transformers (scripts/make_fixtures.py makes .venv-fixtures with them).
 """
 import argparse
+import inspect
 import json
 import os
 import statistics
@@ -81,18 +82,21 @@ def run_once(model, ids, depth, n_prompt, n_gen, device):
     import torch
     from transformers import DynamicCache
     cache = DynamicCache(config=model.config)
+    # transformers 5.2x renamed forward's past_key_values to cache (the old name warns, and goes
+    # in 5.40): pass it under the name this version's forward takes
+    cache_arg = "cache" if "cache" in inspect.signature(model.forward).parameters \
+        else "past_key_values"
+    kwargs = {cache_arg: cache, "use_cache": True, "logits_to_keep": 1}
     tokens = torch.tensor(ids, device=device)
     if depth:
-        model(tokens[:, :depth], past_key_values=cache, use_cache=True, logits_to_keep=1)
+        model(tokens[:, :depth], **kwargs)
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     sync()
     start = time.perf_counter()
     if n_prompt:
-        model(tokens[:, depth:depth + n_prompt], past_key_values=cache, use_cache=True,
-              logits_to_keep=1)
+        model(tokens[:, depth:depth + n_prompt], **kwargs)
     for i in range(n_gen):
-        model(tokens[:, depth + i:depth + i + 1], past_key_values=cache, use_cache=True,
-              logits_to_keep=1)
+        model(tokens[:, depth + i:depth + i + 1], **kwargs)
     sync()
     return time.perf_counter() - start
 
