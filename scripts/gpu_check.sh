@@ -15,11 +15,17 @@
 #   scripts/gpu_check.sh --build-only    unpack, configure, build (no GPU needed)
 #   scripts/gpu_check.sh --no-build      the checks only, on the build a --build-only call left
 #                                        (two calls fit a 10-minute limit per command better)
+#   scripts/gpu_check.sh --only a,b,c    only these steps after the build, in the script's order:
+#                                        gpu-tests cpu-tests compare sanitizer bench attention
+#                                        matmul figures big (e.g. --no-build --only figures first
+#                                        when device time is short)
 #   scripts/gpu_check.sh --hide-system   also hide the system's cJSON/GoogleTest from CMake, to
 #                                        prove on a machine that has them that .deps suffices
 # Environment: JOBS (default nproc), BUILD_DIR (default build-gpu), CUDA_ARCH (default 90),
-#   GPU_CHECK_BIG=1 also makes a 1.2B-parameter random DiffLlama (scripts/make_fixtures.py --big,
-#   needs torch + transformers) and times decoding on it. Logs go to $BUILD_DIR/gpu_check/ and,
+#   GPU_CHECK_BIG=1 adds the steps `figures` (the real shapes of bench/shapes with random weights,
+#   beside transformers: the issue's figures) and `big` (a 1.2B-parameter random DiffLlama from
+#   scripts/make_fixtures.py --big, run and compared), which need torch + transformers and minutes;
+#   GPU_CHECK_ATTN picks the attention kinds of `figures` (default auto). Logs go to $BUILD_DIR/gpu_check/ and,
 #   when $OUT is set (the device tool's output folder), are copied there too.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -28,14 +34,30 @@ repo=$(pwd)
 build_only=0
 no_build=0
 hide_system=0
-for arg in "$@"; do
-  case "$arg" in
+only=""
+steps=",gpu-tests,cpu-tests,compare,sanitizer,bench,attention,matmul,figures,big,"
+while [ $# -gt 0 ]; do
+  case "$1" in
     --build-only) build_only=1 ;;
     --no-build) no_build=1 ;;
     --hide-system) hide_system=1 ;;
-    *) echo "gpu_check: unknown argument '$arg'" >&2; exit 2 ;;
+    --only)
+      only=${2:-}
+      shift
+      for step in ${only//,/ }; do
+        [[ "$steps" == *",$step,"* ]] || { echo "gpu_check: unknown step '$step' (steps:${steps//,/ })" >&2; exit 2; }
+      done
+      [ -n "$only" ] || { echo "gpu_check: --only needs a list of steps" >&2; exit 2; } ;;
+    *) echo "gpu_check: unknown argument '$1'" >&2; exit 2 ;;
   esac
+  shift
 done
+# whether a step runs: the --only list if given; else every step but figures and big, which run
+# with GPU_CHECK_BIG=1
+want() {
+  if [ -n "$only" ]; then [[ ",$only," == *",$1,"* ]]; return; fi
+  case "$1" in figures | big) [ "${GPU_CHECK_BIG:-0}" = 1 ] ;; *) true ;; esac
+}
 jobs=${JOBS:-$(nproc)}
 build=${BUILD_DIR:-build-gpu}
 arch=${CUDA_ARCH:-90}
@@ -150,75 +172,82 @@ nvidia-smi -L 2>&1 | tee "$logs/nvidia-smi.log"
 "$cli" inspect --model tests/fixtures/llama_mha | grep -E "^GPU" | tee -a "$logs/nvidia-smi.log"
 
 # ---- 3. tests -----------------------------------------------------------------------------------
-section "GPU tests (ctest -R cuda)"
-# verbose, so that the log keeps the figures the tests print ("[cinfer] ... logits max ...")
-(cd "$build" && ctest -R cuda -V -j 4) >"$logs/ctest_cuda.log" 2>&1
-gpu_tests=$?
-grep "\[cinfer\]" "$logs/ctest_cuda.log" | sed 's/^[0-9]*: //' | sort -u >"$logs/measured.log"
-tail -n 15 "$logs/ctest_cuda.log"
-n_skipped=$(grep -c "(Skipped)" "$logs/ctest_cuda.log")
-line=$(grep -E "tests passed|tests failed" "$logs/ctest_cuda.log" | tail -n 1)
-if [ "$gpu_tests" -eq 0 ] && [ "$n_skipped" -le 3 ]; then
-  # three tests skip on purpose when a GPU is present (they check the no-GPU messages)
-  record "GPU tests" ok "$line; $n_skipped skipped"
-else
-  record "GPU tests" FAIL "$line; $n_skipped skipped (see $logs/ctest_cuda.log)"
+if want gpu-tests; then
+  section "GPU tests (ctest -R cuda)"
+  # verbose, so that the log keeps the figures the tests print ("[cinfer] ... logits max ...")
+  (cd "$build" && ctest -R cuda -V -j 4) >"$logs/ctest_cuda.log" 2>&1
+  gpu_tests=$?
+  grep "\[cinfer\]" "$logs/ctest_cuda.log" | sed 's/^[0-9]*: //' | sort -u >"$logs/measured.log"
+  tail -n 15 "$logs/ctest_cuda.log"
+  n_skipped=$(grep -c "(Skipped)" "$logs/ctest_cuda.log")
+  line=$(grep -E "tests passed|tests failed" "$logs/ctest_cuda.log" | tail -n 1)
+  if [ "$gpu_tests" -eq 0 ] && [ "$n_skipped" -le 3 ]; then
+    # three tests skip on purpose when a GPU is present (they check the no-GPU messages)
+    record "GPU tests" ok "$line; $n_skipped skipped"
+  else
+    record "GPU tests" FAIL "$line; $n_skipped skipped (see $logs/ctest_cuda.log)"
+  fi
 fi
 
-section "all other tests (CPU)"
-(cd "$build" && ctest -E cuda -j "$jobs") >"$logs/ctest_cpu.log" 2>&1
-cpu_tests=$?
-record "CPU tests" "$([ $cpu_tests -eq 0 ] && echo ok || echo FAIL)" \
-  "$(grep -E 'tests passed|tests failed' "$logs/ctest_cpu.log" | tail -n 1)"
+if want cpu-tests; then
+  section "all other tests (CPU)"
+  (cd "$build" && ctest -E cuda -j "$jobs") >"$logs/ctest_cpu.log" 2>&1
+  cpu_tests=$?
+  record "CPU tests" "$([ $cpu_tests -eq 0 ] && echo ok || echo FAIL)" \
+    "$(grep -E 'tests passed|tests failed' "$logs/ctest_cpu.log" | tail -n 1)"
+fi
 
 # ---- 4. compare on every fixture ------------------------------------------------------------------
-section "cinfer compare"
-tokens="1 15 7 42 9 3 27 11 100 64 5 77"
-for fixture in tests/fixtures/*/ models/diffllama-tiny/; do
-  name=$(basename "$fixture")
-  [ -f "$fixture/config.json" ] || continue
-  for dtype_attn in {f32,bf16,fp16}_{eager,sdpa,flash}; do
-    dtype=${dtype_attn%_*} attn=${dtype_attn#*_}
-    log="$logs/compare_${name}_${dtype}_${attn}.log"
-    "$cli" compare --model "$fixture" --dtype "$dtype" --attn "$attn" --tokens "$tokens" >"$log" 2>&1
-    rc=$?
-    logits=$(grep "^logits" "$log" | awk '{print "max " $2 ", rel L2 " $3}')
-    worst=$(grep -E "^(embedding|layer|final norm)" "$log" | awk '{print $(NF-1)}' | sort -g | tail -n 1)
-    top1=$(grep "^top-1" "$log" | awk '{print $3 "/" $5}')
-    if [ -n "$logits" ]; then
-      detail="logits $logits; worst hidden rel L2 ${worst:-?}; top-1 ${top1:-?}"
-    else
-      detail=$(tail -n 1 "$log")
-    fi
-    record "compare $name $dtype $attn" "$([ $rc -eq 0 ] && echo ok || echo FAIL)" "$detail"
+if want compare; then
+  section "cinfer compare"
+  tokens="1 15 7 42 9 3 27 11 100 64 5 77"
+  for fixture in tests/fixtures/*/ models/diffllama-tiny/; do
+    name=$(basename "$fixture")
+    [ -f "$fixture/config.json" ] || continue
+    for dtype_attn in {f32,bf16,fp16}_{eager,sdpa,flash}; do
+      dtype=${dtype_attn%_*} attn=${dtype_attn#*_}
+      log="$logs/compare_${name}_${dtype}_${attn}.log"
+      "$cli" compare --model "$fixture" --dtype "$dtype" --attn "$attn" --tokens "$tokens" >"$log" 2>&1
+      rc=$?
+      logits=$(grep "^logits" "$log" | awk '{print "max " $2 ", rel L2 " $3}')
+      worst=$(grep -E "^(embedding|layer|final norm)" "$log" | awk '{print $(NF-1)}' | sort -g | tail -n 1)
+      top1=$(grep "^top-1" "$log" | awk '{print $3 "/" $5}')
+      if [ -n "$logits" ]; then
+        detail="logits $logits; worst hidden rel L2 ${worst:-?}; top-1 ${top1:-?}"
+      else
+        detail=$(tail -n 1 "$log")
+      fi
+      record "compare $name $dtype $attn" "$([ $rc -eq 0 ] && echo ok || echo FAIL)" "$detail"
+    done
   done
-done
+fi
 
 # ---- 5. compute-sanitizer ---------------------------------------------------------------------------
-section "compute-sanitizer"
-if command -v compute-sanitizer >/dev/null; then
-  for run in "memcheck diffllama_gqa2_llama3 bf16 flash" "memcheck llama_gqa_llama3 f32 flash" \
-             "memcheck llama_yarn fp16 sdpa" "memcheck diffllama_gqa4 bf16 sdpa" \
-             "memcheck llama_mha f32 eager" "racecheck diffllama_gqa4 bf16 flash" \
-             "racecheck llama_gqa_llama3 fp16 flash" "racecheck diffllama_mha f32 sdpa" \
-             "synccheck diffllama_gqa2_llama3 bf16 flash"; do
-    read -r tool fixture dtype attn <<<"$run"
-    log="$logs/sanitizer_${tool}_${fixture}_${dtype}_${attn}.log"
-    compute-sanitizer --tool "$tool" --error-exitcode 99 "$cli" run --model "tests/fixtures/$fixture" \
-      --backend cuda --dtype "$dtype" --attn "$attn" --tokens "1 15 7 42 9" --max-new-tokens 6 \
-      >"$log" 2>&1
-    rc=$?
-    errors=$(grep -o "ERROR SUMMARY: [0-9]* error" "$log" | tail -n 1)
-    record "sanitizer $tool $fixture $dtype $attn" "$([ $rc -eq 0 ] && echo ok || echo FAIL)" \
-      "${errors:-no summary (rc $rc)}"
-  done
-else
-  record "compute-sanitizer" FAIL "not found in PATH (looked in /usr/local/cuda/bin too)"
+if want sanitizer; then
+  section "compute-sanitizer"
+  if command -v compute-sanitizer >/dev/null; then
+    for run in "memcheck diffllama_gqa2_llama3 bf16 flash" "memcheck llama_gqa_llama3 f32 flash" \
+               "memcheck llama_yarn fp16 sdpa" "memcheck diffllama_gqa4 bf16 sdpa" \
+               "memcheck llama_mha f32 eager" "racecheck diffllama_gqa4 bf16 flash" \
+               "racecheck llama_gqa_llama3 fp16 flash" "racecheck diffllama_mha f32 sdpa" \
+               "synccheck diffllama_gqa2_llama3 bf16 flash"; do
+      read -r tool fixture dtype attn <<<"$run"
+      log="$logs/sanitizer_${tool}_${fixture}_${dtype}_${attn}.log"
+      compute-sanitizer --tool "$tool" --error-exitcode 99 "$cli" run --model "tests/fixtures/$fixture" \
+        --backend cuda --dtype "$dtype" --attn "$attn" --tokens "1 15 7 42 9" --max-new-tokens 6 \
+        >"$log" 2>&1
+      rc=$?
+      errors=$(grep -o "ERROR SUMMARY: [0-9]* error" "$log" | tail -n 1)
+      record "sanitizer $tool $fixture $dtype $attn" "$([ $rc -eq 0 ] && echo ok || echo FAIL)" \
+        "${errors:-no summary (rc $rc)}"
+    done
+  else
+    record "compute-sanitizer" FAIL "not found in PATH (looked in /usr/local/cuda/bin too)"
+  fi
 fi
 
 # ---- 6. a short bench ----------------------------------------------------------------------------------
-section "bench (decode on a fixture; the real figures need a real-size model: GPU_CHECK_BIG=1)"
-bench() { # label model backend dtype n_new
+bench() { # label model backend dtype n_new: timed generation through `cinfer run`
   local log="$logs/bench_$1.log"
   "$cli" run --model "$2" --backend "$3" --dtype "$4" --tokens "1 15 7 42 9 3 27 11 100 64" \
     --max-new-tokens "$5" --ctx-size $(( $5 + 16 )) --ignore-eos >/dev/null 2>"$log"
@@ -226,59 +255,94 @@ bench() { # label model backend dtype n_new
   record "bench $1" "$([ $rc -eq 0 ] && echo ok || echo FAIL)" \
     "$(grep -o 'prompt:.*' "$log" | head -n 1 || true)$([ $rc -eq 0 ] || tail -n 1 "$log")"
 }
-bench "llama_gqa_llama3 cpu f32" tests/fixtures/llama_gqa_llama3 cpu f32 200
-for dtype in f32 bf16 fp16; do
-  bench "llama_gqa_llama3 cuda $dtype" tests/fixtures/llama_gqa_llama3 cuda "$dtype" 200
-done
-# an 8B shape with no checkpoint: random weights drawn in device memory, never on the host, so the
-# host's peak RSS stays far below the 16 GB of weights
-log="$logs/bench_random_llama3-8b.log"
-timer=()
-[ -x /usr/bin/time ] && timer=(/usr/bin/time -f "host peak RSS %M KiB" -o "$logs/rss_random_llama3-8b.txt")
-${timer[@]+"${timer[@]}"} "$cli" bench --config bench/shapes/llama3-8b.json --random-weights --backend cuda \
-  --dtype bf16 -p 16 -n 4 -r 1 --no-ceilings >"$log" 2>&1
-rc=$?
-record "bench llama3-8b (random, drawn on the device) cuda bf16" \
-  "$([ $rc -eq 0 ] && echo ok || echo FAIL)" \
-  "$(cat "$logs/rss_random_llama3-8b.txt" 2>/dev/null || echo 'no /usr/bin/time: RSS not measured'); $(grep -E '\| tg4 \|' "$log" | awk -F'|' '{printf "tg4 %s t/s", $12}')$([ $rc -eq 0 ] || tail -n 1 "$log")"
+if want bench; then
+  section "bench (decode on a fixture; the real figures need real shapes: --only figures)"
+  bench "llama_gqa_llama3 cpu f32" tests/fixtures/llama_gqa_llama3 cpu f32 200
+  for dtype in f32 bf16 fp16; do
+    bench "llama_gqa_llama3 cuda $dtype" tests/fixtures/llama_gqa_llama3 cuda "$dtype" 200
+  done
+  # an 8B shape with no checkpoint: random weights drawn in device memory, never on the host, so the
+  # host's peak RSS stays far below the 16 GB of weights
+  log="$logs/bench_random_llama3-8b.log"
+  timer=()
+  [ -x /usr/bin/time ] && timer=(/usr/bin/time -f "host peak RSS %M KiB" -o "$logs/rss_random_llama3-8b.txt")
+  ${timer[@]+"${timer[@]}"} "$cli" bench --config bench/shapes/llama3-8b.json --random-weights --backend cuda \
+    --dtype bf16 -p 16 -n 4 -r 1 --no-ceilings >"$log" 2>&1
+  rc=$?
+  record "bench llama3-8b (random, drawn on the device) cuda bf16" \
+    "$([ $rc -eq 0 ] && echo ok || echo FAIL)" \
+    "$(cat "$logs/rss_random_llama3-8b.txt" 2>/dev/null || echo 'no /usr/bin/time: RSS not measured'); $(grep -E '\| tg4 \|' "$log" | awk -F'|' '{printf "tg4 %s t/s", $12}')$([ $rc -eq 0 ] || tail -n 1 "$log")"
+fi
 
 # ---- 7. the attention kernels alone, beside torch SDPA and transformers' DiffLlama attention -------
-section "attention micro-benchmark"
-log="$logs/bench_attention.log"
-"$build/bench_attention" --attn eager,sdpa,flash --head-dim 64,128 --seq 512,4096 \
-  --variant standard,diff --mode prefill,decode --dtype bf16 -r 3 --output json \
-  >"$logs/bench_attention.json" 2>"$log"
-rc=$?
-if [ $rc -eq 0 ] && python3 scripts/bench_attention.py --head-dim 64,128 --seq 512,4096 \
-     --mode prefill,decode -r 3 --cinfer-json "$logs/bench_attention.json" \
-     >"$logs/bench_attention_table.md" 2>>"$log"; then
-  record "attention micro-benchmark" ok "table in $logs/bench_attention_table.md"
-  cat "$logs/bench_attention_table.md"
-else
-  record "attention micro-benchmark" FAIL "$(tail -n 1 "$log")"
+if want attention; then
+  section "attention micro-benchmark"
+  log="$logs/bench_attention.log"
+  "$build/bench_attention" --attn eager,sdpa,flash --head-dim 64,128 --seq 512,4096 \
+    --variant standard,diff --mode prefill,decode --dtype bf16 -r 3 --output json \
+    >"$logs/bench_attention.json" 2>"$log"
+  rc=$?
+  if [ $rc -eq 0 ] && python3 scripts/bench_attention.py --head-dim 64,128 --seq 512,4096 \
+       --mode prefill,decode -r 3 --cinfer-json "$logs/bench_attention.json" \
+       >"$logs/bench_attention_table.md" 2>>"$log"; then
+    record "attention micro-benchmark" ok "table in $logs/bench_attention_table.md"
+    cat "$logs/bench_attention_table.md"
+  else
+    record "attention micro-benchmark" FAIL "$(tail -n 1 "$log")"
+  fi
+  "$build/bench_attention" --check-memory --attn eager,sdpa,flash --seq 4096 --head-dim 128 \
+    --variant standard,diff >"$logs/check_memory.log" 2>&1
+  record "no score matrix in global memory (sdpa, flash)" \
+    "$([ $? -eq 0 ] && echo ok || echo FAIL)" "$(tail -n 1 "$logs/check_memory.log")"
 fi
-"$build/bench_attention" --check-memory --attn eager,sdpa,flash --seq 4096 --head-dim 128 \
-  --variant standard,diff >"$logs/check_memory.log" 2>&1
-record "no score matrix in global memory (sdpa, flash)" \
-  "$([ $? -eq 0 ] && echo ok || echo FAIL)" "$(tail -n 1 "$logs/check_memory.log")"
 
 # ---- 8. the decode GEMV alone, beside cuBLAS and a copy (Llama-3-8B projections, T = 1..8) ------
-section "matmul micro-benchmark (decode GEMV vs cuBLAS)"
-log="$logs/bench_matmul.log"
-"$build/bench_matmul" -T 1,2,4,8 --dtype bf16,fp16 -r 5 --output md >"$logs/bench_matmul.md" 2>"$log"
-rc=$?
-"$build/bench_matmul" -T 1,8 --dtype bf16 --tiles auto,1,2,4 -r 3 --output json \
-  >"$logs/bench_matmul_tiles.json" 2>>"$log"
-rc_tiles=$?
-if [ $rc -eq 0 ] && [ $rc_tiles -eq 0 ]; then
-  record "matmul micro-benchmark" ok "table in $logs/bench_matmul.md; tile sweep in $logs/bench_matmul_tiles.json"
-  cat "$logs/bench_matmul.md"
-else
-  # 1: a row's output differs from cuBLAS (MISMATCH in the table) or a shape did not fit
-  record "matmul micro-benchmark" FAIL "rc $rc/$rc_tiles: $(grep -m1 MISMATCH "$logs/bench_matmul.md" || tail -n 1 "$log")"
+if want matmul; then
+  section "matmul micro-benchmark (decode GEMV vs cuBLAS)"
+  log="$logs/bench_matmul.log"
+  "$build/bench_matmul" -T 1,2,4,8 --dtype bf16,fp16 -r 5 --output md >"$logs/bench_matmul.md" 2>"$log"
+  rc=$?
+  "$build/bench_matmul" -T 1,8 --dtype bf16 --tiles auto,1,2,4 -r 3 --output json \
+    >"$logs/bench_matmul_tiles.json" 2>>"$log"
+  rc_tiles=$?
+  if [ $rc -eq 0 ] && [ $rc_tiles -eq 0 ]; then
+    record "matmul micro-benchmark" ok "table in $logs/bench_matmul.md; tile sweep in $logs/bench_matmul_tiles.json"
+    cat "$logs/bench_matmul.md"
+  else
+    # 1: a row's output differs from cuBLAS (MISMATCH in the table) or a shape did not fit
+    record "matmul micro-benchmark" FAIL "rc $rc/$rc_tiles: $(grep -m1 MISMATCH "$logs/bench_matmul.md" || tail -n 1 "$log")"
+  fi
 fi
 
-if [ "${GPU_CHECK_BIG:-0}" = 1 ]; then
+# ---- 9. the issue's figures: real shapes with random weights, beside transformers --------------
+# Llama-3-8B and DiffLlama-8B first (the figures asked for: tg128 against the bandwidth ceiling,
+# pp512 against the GEMM ceiling, decode against transformers' sdpa), then the small shapes.
+first_number() { grep -E "\| $1 \|" "$2" | head -n 1 | awk -F'|' -v col="$3" '{split($col, a, " "); print a[1]}'; }
+if want figures; then
+  section "figures: real shapes (random weights, bf16, batch 1) beside transformers"
+  for shape in llama3-8b diffllama-8b llama3.2-1b diffllama-0.3b-handcut; do
+    log="$logs/bench_shape_$shape.log"
+    "$cli" bench --config "bench/shapes/$shape.json" --random-weights --backend cuda \
+      --dtype bf16 --attn "${GPU_CHECK_ATTN:-auto}" -p 512 -n 128 -r 3 >"$log" 2>&1
+    rc=$?
+    record "bench $shape (random) cuda bf16" "$([ $rc -eq 0 ] && echo ok || echo FAIL)" \
+      "$(grep -E '\| (pp512|tg128) \|' "$log" | awk -F'|' '{printf "%s%s t/s,%s; ", $11, $12, $13}')$([ $rc -eq 0 ] || tail -n 1 "$log")"
+    hf_log="$logs/bench_hf_$shape.log"
+    python3 scripts/bench_hf.py --config "bench/shapes/$shape.json" --device cuda \
+      --dtype bfloat16 --attn sdpa -p 512 -n 128 -r 3 >"$hf_log" 2>&1
+    rc=$?
+    record "transformers $shape cuda bf16 sdpa" "$([ $rc -eq 0 ] && echo ok || echo FAIL)" \
+      "$(grep -E '\| (pp512|tg128) \|' "$hf_log" | awk -F'|' '{printf "%s%s t/s; ", $10, $11}')$([ $rc -eq 0 ] || tail -n 1 "$hf_log")"
+    ours=$(first_number tg128 "$log" 12) theirs=$(first_number tg128 "$hf_log" 11)
+    if [ -n "$ours" ] && [ -n "$theirs" ]; then
+      record "decode vs transformers $shape" ok "tg128 $(awk -v a="$ours" -v b="$theirs" 'BEGIN {printf "%.2fx (asked: at least 3x)", a / b}')"
+    fi
+  done
+fi
+
+# ---- 10. a 1.2B random DiffLlama checkpoint through run and compare -------------------------------
+if want big; then
+  section "a 1.2B DiffLlama checkpoint (scripts/make_fixtures.py --big)"
   big="$build/big"
   if [ -f "$big/config.json" ] || python3 scripts/make_fixtures.py --big "$big" >"$logs/big.log" 2>&1; then
     for dtype in bf16 fp16 f32; do bench "1.2B diffllama cuda $dtype" "$big" cuda "$dtype" 64; done
@@ -288,21 +352,6 @@ if [ "${GPU_CHECK_BIG:-0}" = 1 ]; then
   else
     record "big model" FAIL "scripts/make_fixtures.py --big failed: $logs/big.log"
   fi
-  # real shapes with random weights (no checkpoint needed), and transformers on the same shapes
-  for shape in llama3.2-1b diffllama-0.3b-handcut llama3-8b diffllama-8b; do
-    log="$logs/bench_shape_$shape.log"
-    "$cli" bench --config "bench/shapes/$shape.json" --random-weights --backend cuda \
-      --dtype bf16 --attn eager,sdpa,flash -p 512 -n 128 -r 3 >"$log" 2>&1
-    rc=$?
-    record "bench $shape (random) cuda bf16" "$([ $rc -eq 0 ] && echo ok || echo FAIL)" \
-      "$(grep -E '\| (pp512|tg128) \|' "$log" | awk -F'|' '{printf "%s%s t/s; ", $11, $12}')$([ $rc -eq 0 ] || tail -n 1 "$log")"
-    log="$logs/bench_hf_$shape.log"
-    python3 scripts/bench_hf.py --config "bench/shapes/$shape.json" --device cuda \
-      --dtype bfloat16 --attn sdpa -p 512 -n 128 -r 3 >"$log" 2>&1
-    rc=$?
-    record "transformers $shape cuda bf16 sdpa" "$([ $rc -eq 0 ] && echo ok || echo FAIL)" \
-      "$(grep -E '\| (pp512|tg128) \|' "$log" | awk -F'|' '{printf "%s%s t/s; ", $10, $11}')$([ $rc -eq 0 ] || tail -n 1 "$log")"
-  done
 fi
 
 finish
