@@ -136,8 +136,6 @@ static const char *usage_text =
     "                            [H, S] score row (see the comment at the top of\n"
     "                            bench/attention_bench.c for what that shows)\n";
 
-typedef enum output_format { OUTPUT_MD, OUTPUT_CSV, OUTPUT_JSON } output_format;
-
 static const char *const attention_names[] = {"eager", "sdpa", "flash", NULL};
 static const char *const dtype_names[] = {"f32", "bf16", "fp16", NULL};
 static const ci_dtype dtype_of_name[] = {CI_F32, CI_BF16, CI_F16};
@@ -179,13 +177,6 @@ static int usage(const char *fmt, const char *arg) {
     fprintf(stderr, fmt, arg);
     fprintf(stderr, "\n\n%s", usage_text);
     return EXIT_USAGE;
-}
-
-static int parse_one(const char *value, int minimum, int maximum, int *out) {
-    int_list list;
-    if (parse_int_list(value, minimum, maximum, &list) || list.n != 1) return -1;
-    *out = list.values[0];
-    return 0;
 }
 
 static int parse_options(int argc, char **argv, options *o) {
@@ -241,33 +232,27 @@ static int parse_options(int argc, char **argv, options *o) {
                 return usage("--seq needs integers in [1, 1048576] separated by commas, got '%s'",
                              value);
         } else if (strcmp(flag, "--heads") == 0) {
-            if (parse_one(value, 1, 4096, &o->heads))
+            if (parse_int(value, 1, 4096, &o->heads))
                 return usage("--heads needs one integer in [1, 4096], got '%s'", value);
         } else if (strcmp(flag, "--kv-heads") == 0) {
-            if (parse_one(value, 1, 4096, &o->kv_heads))
+            if (parse_int(value, 1, 4096, &o->kv_heads))
                 return usage("--kv-heads needs one integer in [1, 4096], got '%s'", value);
         } else if (strcmp(flag, "-r") == 0 || strcmp(flag, "--repetitions") == 0) {
-            if (parse_one(value, 1, 1000, &o->repetitions))
+            if (parse_int(value, 1, 1000, &o->repetitions))
                 return usage("-r needs one integer in [1, 1000], got '%s'", value);
         } else if (strcmp(flag, "--calls") == 0) {
-            if (parse_one(value, 1, 100000, &o->calls))
+            if (parse_int(value, 1, 100000, &o->calls))
                 return usage("--calls needs one integer in [1, 100000], got '%s'", value);
         } else if (strcmp(flag, "--device") == 0) {
-            if (parse_one(value, 0, 1023, &o->device))
+            if (parse_int(value, 0, 1023, &o->device))
                 return usage("--device needs one GPU index >= 0, got '%s'", value);
         } else if (strcmp(flag, "--seed") == 0) {
             int seed;
-            if (parse_one(value, 0, 2147483647, &seed))
+            if (parse_int(value, 0, 2147483647, &seed))
                 return usage("--seed needs one non-negative integer, got '%s'", value);
             o->seed = (uint64_t)seed;
         } else if (strcmp(flag, "--output") == 0 || strcmp(flag, "-o") == 0) {
-            if (strcmp(value, "md") == 0)
-                o->output = OUTPUT_MD;
-            else if (strcmp(value, "csv") == 0)
-                o->output = OUTPUT_CSV;
-            else if (strcmp(value, "json") == 0)
-                o->output = OUTPUT_JSON;
-            else
+            if (parse_output_format(value, &o->output))
                 return usage("--output needs md, csv or json, got '%s'", value);
         } else if (strcmp(flag, "--backend") == 0) {
             if (strcmp(value, "cuda") != 0 && strcmp(value, "cpu") != 0)

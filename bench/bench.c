@@ -64,8 +64,6 @@ static const char *bench_usage_text =
     "                           after every op\n"
     "  Use 0 in -p or -n to skip that kind of test.\n";
 
-typedef enum output_format { OUTPUT_MD, OUTPUT_CSV, OUTPUT_JSON } output_format;
-
 typedef struct bench_options {
     const char *model_dir;
     const char *config_path; /* --config: a shape without a checkpoint */
@@ -155,23 +153,15 @@ static int parse_bench_options(int argc, char **argv, bench_options *o) {
                 return bench_usage("-t needs integers in [1, 4096] separated by commas, got '%s'",
                                    value);
         } else if (IS("-r", "--repetitions")) {
-            int_list r;
-            if (parse_int_list(value, 1, 1000, &r) || r.n != 1)
+            if (parse_int(value, 1, 1000, &o->repetitions))
                 return bench_usage("-r needs one integer in [1, 1000], got '%s'", value);
-            o->repetitions = r.values[0];
         } else if (strcmp(flag, "--seed") == 0) {
-            int_list s;
-            if (parse_int_list(value, 0, 2147483647, &s) || s.n != 1)
+            int seed;
+            if (parse_int(value, 0, 2147483647, &seed))
                 return bench_usage("--seed needs one non-negative integer, got '%s'", value);
-            o->seed = (uint64_t)s.values[0];
+            o->seed = (uint64_t)seed;
         } else if (strcmp(flag, "--output") == 0 || strcmp(flag, "-o") == 0) {
-            if (strcmp(value, "md") == 0)
-                o->output = OUTPUT_MD;
-            else if (strcmp(value, "csv") == 0)
-                o->output = OUTPUT_CSV;
-            else if (strcmp(value, "json") == 0)
-                o->output = OUTPUT_JSON;
-            else
+            if (parse_output_format(value, &o->output))
                 return bench_usage("--output needs md, csv or json, got '%s'", value);
         } else if (strcmp(flag, "--backend") == 0) {
             static const char *const names[] = {"cpu", "cuda", NULL};
@@ -192,10 +182,8 @@ static int parse_bench_options(int argc, char **argv, bench_options *o) {
                                    "'%s'",
                                    value);
         } else if (strcmp(flag, "--device") == 0) {
-            int_list d;
-            if (parse_int_list(value, 0, 1023, &d) || d.n != 1)
+            if (parse_int(value, 0, 1023, &o->device))
                 return bench_usage("--device needs one GPU index >= 0, got '%s'", value);
-            o->device = d.values[0];
         } else {
             return bench_usage("unknown option '%s'", flag);
         }

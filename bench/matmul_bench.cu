@@ -133,7 +133,6 @@ static int parse_options(int argc, char **argv, options *o) {
         }
         if (i + 1 >= argc) return usage("option '%s' needs a value", flag);
         const char *value = argv[++i];
-        int_list one;
         if (strcmp(flag, "--config") == 0) {
             ci_config c;
             if (config_load(value, &c) != CINFER_OK) {
@@ -170,25 +169,24 @@ static int parse_options(int argc, char **argv, options *o) {
                 p += length + 1;
             }
         } else if (strcmp(flag, "-r") == 0 || strcmp(flag, "--repetitions") == 0) {
-            if (parse_int_list(value, 1, 1000, &one) || one.n != 1)
+            if (parse_int(value, 1, 1000, &o->repetitions))
                 return usage("-r needs one integer in [1, 1000], got '%s'", value);
-            o->repetitions = one.values[0];
         } else if (strcmp(flag, "--calls") == 0) {
-            if (parse_int_list(value, 1, 1000, &one) || one.n != 1)
+            if (parse_int(value, 1, 1000, &o->calls))
                 return usage("--calls needs one integer in [1, 1000], got '%s'", value);
-            o->calls = one.values[0];
         } else if (strcmp(flag, "--device") == 0) {
-            if (parse_int_list(value, 0, 1023, &one) || one.n != 1)
+            if (parse_int(value, 0, 1023, &o->device))
                 return usage("--device needs one GPU index >= 0, got '%s'", value);
-            o->device = one.values[0];
         } else if (strcmp(flag, "--seed") == 0) {
-            if (parse_int_list(value, 0, 2147483647, &one) || one.n != 1)
+            int seed;
+            if (parse_int(value, 0, 2147483647, &seed))
                 return usage("--seed needs one non-negative integer, got '%s'", value);
-            o->seed = (uint64_t)one.values[0];
+            o->seed = (uint64_t)seed;
         } else if (strcmp(flag, "--output") == 0 || strcmp(flag, "-o") == 0) {
-            if (strcmp(value, "md") != 0 && strcmp(value, "json") != 0)
+            output_format format;
+            if (parse_output_format(value, &format) || format == OUTPUT_CSV)
                 return usage("--output needs md or json, got '%s'", value);
-            o->json = strcmp(value, "json") == 0;
+            o->json = format == OUTPUT_JSON;
         } else {
             return usage("unknown option '%s'", flag);
         }

@@ -1,5 +1,6 @@
-/* Comma-separated option values, as cinfer bench and bench_attention take them ("-p 64,512",
- * "--attn eager,flash"): one parser each for numbers and names, shared by both programs. */
+/* Option values as cinfer bench, bench_attention and bench_matmul take them: comma-separated
+ * lists ("-p 64,512", "--attn eager,flash"), single numbers, and the output format; one parser
+ * each, shared by the three programs. */
 #ifndef CINFER_BENCH_OPTION_LISTS_H
 #define CINFER_BENCH_OPTION_LISTS_H
 
@@ -28,6 +29,27 @@ static inline int parse_int_list(const char *text, int minimum, int maximum, int
         if (*end != ',') return -1;
         p = end + 1;
     }
+}
+
+/* One integer in [minimum, maximum]. 0, else -1. */
+static inline int parse_int(const char *text, int minimum, int maximum, int *out) {
+    int_list list;
+    if (parse_int_list(text, minimum, maximum, &list) || list.n != 1) return -1;
+    *out = list.values[0];
+    return 0;
+}
+
+typedef enum output_format { OUTPUT_MD, OUTPUT_CSV, OUTPUT_JSON } output_format;
+
+/* "md", "csv" or "json". 0, else -1. */
+static inline int parse_output_format(const char *text, output_format *out) {
+    static const char *const names[] = {"md", "csv", "json"};
+    for (int i = 0; i < 3; i++)
+        if (strcmp(text, names[i]) == 0) {
+            *out = (output_format)i;
+            return 0;
+        }
+    return -1;
 }
 
 /* "bf16,fp16" -> chosen[i] = 1 for each name given; names[] ends with NULL (and, where chosen is

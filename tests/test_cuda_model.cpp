@@ -94,6 +94,13 @@ const char *attention_name(cinfer_attention a) {
 }
 
 // A model on the CPU and the same checkpoint on the GPU in one run dtype and attention kind.
+// B prompts and the decode steps after them, as the batched session calls take them.
+struct BatchPrompts {
+    std::vector<std::vector<int32_t>> each;  // sequence b's prompt
+    std::vector<int32_t> all;                // every prompt in a row, [B, T]
+    std::vector<std::vector<int32_t>> steps; // steps[i][b]: sequence b's id at decode step i
+};
+
 class CudaModel
     : public ::testing::TestWithParam<std::tuple<std::string, cinfer_dtype, cinfer_attention>> {
   protected:
@@ -122,6 +129,16 @@ class CudaModel
         std::vector<int32_t> ids(n);
         for (auto &id : ids) id = pick(rng_);
         return ids;
+    }
+
+    BatchPrompts random_batch(int B, int T, int n_steps) {
+        BatchPrompts prompts;
+        for (int b = 0; b < B; b++) {
+            prompts.each.push_back(random_prompt(T));
+            prompts.all.insert(prompts.all.end(), prompts.each[b].begin(), prompts.each[b].end());
+        }
+        for (int i = 0; i < n_steps; i++) prompts.steps.push_back(random_prompt(B));
+        return prompts;
     }
 
     // Logits of every position (and, when stages is given, the residual stream), in a session
@@ -259,11 +276,6 @@ TEST_P(CudaModel, LongPromptsInSeveralPassesAgree) {
 // ---- batched sessions: B sequences in lockstep on the GPU ---------------------------------------
 
 // Sequence-major [B, n] of B random prompts, and each prompt alone.
-struct BatchPrompts {
-    std::vector<std::vector<int32_t>> each;
-    std::vector<int32_t> all;
-};
-
 // Prefill (ALL), then lockstep decode steps (LAST), batched against one GPU session per sequence.
 // The fused kernels take all B sequences in one launch and the GEMMs have B times the rows, so
 // sums may group differently: the dtype's own bound, as for token-by-token decoding.
@@ -271,13 +283,8 @@ TEST_P(CudaModel, BatchedSequencesMatchEachSequenceAlone) {
     const int V = info_->vocab_size, T = 7, n_steps = 3;
     for (int B : {2, 5}) {
         SCOPED_TRACE("n_seqs = " + std::to_string(B));
-        BatchPrompts prompts;
-        for (int b = 0; b < B; b++) {
-            prompts.each.push_back(random_prompt(T));
-            prompts.all.insert(prompts.all.end(), prompts.each[b].begin(), prompts.each[b].end());
-        }
-        std::vector<std::vector<int32_t>> steps;
-        for (int i = 0; i < n_steps; i++) steps.push_back(random_prompt(B));
+        const BatchPrompts prompts = random_batch(B, T, n_steps);
+        const auto &steps = prompts.steps;
         cinfer_session *batch = nullptr;
         ASSERT_EQ(cinfer_session_create_batch(gpu_, T + n_steps, B, &batch), CINFER_OK)
             << cinfer_last_error();
@@ -320,13 +327,8 @@ TEST_P(CudaModel, BatchedSequencesMatchEachSequenceAlone) {
 // steps), and, in f32, those one sequence alone picks.
 TEST_P(CudaModel, RecordedBatchedDecodeStepPicksWhatEagerStepsPick) {
     const int B = 3, T = 4, n_steps = 6;
-    BatchPrompts prompts;
-    for (int b = 0; b < B; b++) {
-        prompts.each.push_back(random_prompt(T));
-        prompts.all.insert(prompts.all.end(), prompts.each[b].begin(), prompts.each[b].end());
-    }
-    std::vector<std::vector<int32_t>> steps;
-    for (int i = 0; i < n_steps; i++) steps.push_back(random_prompt(B));
+    const BatchPrompts prompts = random_batch(B, T, n_steps);
+    const auto &steps = prompts.steps;
     // picked[i][b]: what step i picked for sequence b, feeding the drawn ids
     auto run = [&](cinfer_model *m, bool observe) {
         std::vector<std::vector<int32_t>> picked;

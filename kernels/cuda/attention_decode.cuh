@@ -239,21 +239,28 @@ __global__ void __launch_bounds__(DECODE_THREADS)
     auto cache_offset = [&](int key, int kv, int j) {
         return (((size_t)seq * p.n_ctx + key) * G + kv) * D + (size_t)(sub + j * lanes_per_key) * E;
     };
+    // This thread's pieces of the tile's keys from one cache (K or V), rows [ROWS] of each key
+    // (row r of kv head kv_of_row(r)), every load issued before any is used; past key_end or the
+    // row's end, zeros.
+    auto load_tile = [&](auto &dst, const T *cache, int tile) {
+        constexpr int ROWS = sizeof(dst[0]) / sizeof(dst[0][0]);
+#pragma unroll
+        for (int u = 0; u < UNROLL; u++) {
+            const int key = tile + u * n_slots + slot;
+#pragma unroll
+            for (int r = 0; r < ROWS; r++)
+#pragma unroll
+                for (int j = 0; j < VPT; j++)
+                    decode_load<T, E>(dst[u][r][j], cache + cache_offset(key, kv_of_row(r), j),
+                                      key < key_end && vector_live[j]);
+        }
+    };
 
     for (int tile = key_begin; tile < key_end; tile += tile_keys) {
         // 1. Scores of the tile's keys: all loads first, then the dot products, each summed over
         //    the lanes that share a row (a butterfly, so that every lane holds it).
         T k[UNROLL][K_ROWS][VPT][E];
-#pragma unroll
-        for (int u = 0; u < UNROLL; u++) {
-            const int key = tile + u * n_slots + slot;
-#pragma unroll
-            for (int r = 0; r < K_ROWS; r++)
-#pragma unroll
-                for (int j = 0; j < VPT; j++)
-                    decode_load<T, E>(k[u][r][j], k_cache + cache_offset(key, kv_of_row(r), j),
-                                      key < key_end && vector_live[j]);
-        }
+        load_tile(k, k_cache, tile);
 #pragma unroll
         for (int u = 0; u < UNROLL; u++) {
             const bool key_live = tile + u * n_slots + slot < key_end;
@@ -299,16 +306,7 @@ __global__ void __launch_bounds__(DECODE_THREADS)
 
         // 3. P·V into the registers: rescale to the new max, then add this thread's keys.
         T v[UNROLL][V_ROWS][VPT][E];
-#pragma unroll
-        for (int u = 0; u < UNROLL; u++) {
-            const int key = tile + u * n_slots + slot;
-#pragma unroll
-            for (int r = 0; r < V_ROWS; r++)
-#pragma unroll
-                for (int j = 0; j < VPT; j++)
-                    decode_load<T, E>(v[u][r][j], v_cache + cache_offset(key, kv_of_row(r), j),
-                                      key < key_end && vector_live[j]);
-        }
+        load_tile(v, v_cache, tile);
 #pragma unroll
         for (int i = 0; i < HEADS; i++) {
             const float scale = rescale[i];
