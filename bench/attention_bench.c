@@ -88,13 +88,13 @@
 
 #include <cjson/cJSON.h>
 
-#include "../engine/backend.h"
-#include "../engine/clock.h"
-#include "../engine/device.h"
-#include "../engine/error.h"
-#include "../engine/splitmix.h"
+#include "../kernels/backend.h"
+#include "../common/clock.h"
+#include "../kernels/device.h"
+#include "../common/error.h"
+#include "../common/splitmix.h"
 #include "attention_timer.h"
-#include "option_lists.h"
+#include "../programs/option_lists.h"
 
 enum { EXIT_ERROR = 1, EXIT_USAGE = 2 };
 /* The most rows the lists allow: head dims × seqs × dtypes × variants × modes × kinds. */

@@ -6,7 +6,7 @@
 
 #include <stddef.h>
 
-#include "../engine/backend.h"
+#include "../kernels/backend.h"
 
 typedef struct bench_timer bench_timer;
 

@@ -46,11 +46,11 @@
 #include "../kernels/cuda/ops_cuda.h"
 
 extern "C" {
-#include "../engine/device.h"
+#include "../kernels/device.h"
 #include "../loaders/config.h"
 }
 
-#include "option_lists.h"
+#include "../programs/option_lists.h"
 
 enum { EXIT_ERROR = 1, EXIT_USAGE = 2, EXIT_SKIP = 77 };
 

@@ -10,7 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 
-#include "../engine/clock.h"
+#include "../common/clock.h"
 #include "cinfer.h"
 
 static char *read_all(const char *path, size_t *n) {

@@ -3,8 +3,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "clock.h"
-#include "error.h"
+#include "../common/clock.h"
+#include "../common/error.h"
 #include "session.h"
 
 static int ends_generation(const ci_config *c, const cinfer_generate_params *params,

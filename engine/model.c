@@ -3,9 +3,9 @@
 #include <stdlib.h>
 
 #include "../models/model.h"
-#include "backend.h"
-#include "device.h"
-#include "error.h"
+#include "../kernels/backend.h"
+#include "../kernels/device.h"
+#include "../common/error.h"
 
 static const char *attention_name(cinfer_attention attention) {
     switch (attention) {

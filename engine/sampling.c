@@ -5,8 +5,8 @@
 #include <math.h>
 #include <stdlib.h>
 
-#include "splitmix.h"
-#include "error.h"
+#include "../common/splitmix.h"
+#include "../common/error.h"
 
 struct cinfer_sampler {
     cinfer_sampling params;

@@ -5,8 +5,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "device.h"
-#include "error.h"
+#include "../kernels/device.h"
+#include "../common/error.h"
 #include "session.h"
 
 /* Prompts longer than ci_tokens_per_pass run in several passes: bounds activation memory, not

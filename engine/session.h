@@ -11,7 +11,7 @@
 #define CINFER_SESSION_H
 
 #include "../models/model.h"
-#include "backend.h"
+#include "../kernels/backend.h"
 
 struct cinfer_session {
     cinfer_model *model;

@@ -6,7 +6,7 @@
 #include <string.h>
 #include <sys/stat.h>
 
-#include "../engine/error.h"
+#include "../common/error.h"
 #include "json.h"
 #include "read_file.h"
 

@@ -8,7 +8,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 
-#include "../engine/cinfer.h"
+#include "../include/cinfer.h"
 
 typedef enum ci_arch { CI_ARCH_LLAMA, CI_ARCH_DIFFLLAMA } ci_arch;
 

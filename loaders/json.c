@@ -1,6 +1,6 @@
 #include "json.h"
 
-#include "../engine/error.h"
+#include "../common/error.h"
 
 static int is_json_space(char c) { return c == ' ' || c == '\t' || c == '\r' || c == '\n'; }
 

@@ -4,7 +4,7 @@
 #include <cjson/cJSON.h>
 #include <stddef.h>
 
-#include "../engine/cinfer.h"
+#include "../include/cinfer.h"
 
 /* Parses exactly one JSON value from text[0, length) with cJSON. Anything but whitespace after the
  * value is an error (cJSON alone would stop there and say nothing). Messages start with `name`. */

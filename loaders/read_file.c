@@ -8,7 +8,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "../engine/error.h"
+#include "../common/error.h"
 
 cinfer_status ci_read_file(const char *path, size_t max_bytes, char **text, size_t *length) {
     *text = NULL;

@@ -3,7 +3,7 @@
 
 #include <stddef.h>
 
-#include "../engine/cinfer.h"
+#include "../include/cinfer.h"
 
 /* Reads a whole small file (JSON) into a NUL-terminated buffer the caller frees. Files larger
  * than max_bytes are refused with a message: they are not what the caller expects. */

@@ -9,7 +9,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "../engine/error.h"
+#include "../common/error.h"
 #include "json.h"
 
 /* JSON numbers arrive as doubles: integers above 2^53 cannot be represented exactly, and no real

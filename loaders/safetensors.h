@@ -9,8 +9,8 @@
 
 #include <stdint.h>
 
-#include "../engine/cinfer.h"
-#include "../engine/tensor.h"
+#include "../include/cinfer.h"
+#include "../common/tensor.h"
 
 /* Header lengths above this are rejected before anything is allocated (as the reference reader
  * does): a corrupt length must not make us parse gigabytes. */

@@ -20,7 +20,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "../engine/error.h"
+#include "../common/error.h"
 #include "json.h"
 #include "read_file.h"
 

@@ -4,7 +4,7 @@
 
 #include <stddef.h>
 
-#include "../engine/cinfer.h"
+#include "../include/cinfer.h"
 
 /* Parses the text of a tokenizer.json (name is the file name used in messages). No
  * tokenizer_config.json is read: bos/eos strings and the chat template stay NULL. */

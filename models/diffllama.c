@@ -21,7 +21,7 @@
 #include <math.h>
 #include <stdio.h>
 
-#include "../engine/error.h"
+#include "../common/error.h"
 #include "model.h"
 
 static cinfer_status bind_lambdas(cinfer_model *m, int layer) {

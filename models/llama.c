@@ -12,7 +12,7 @@
  * Attention(Q, K, V)_h = softmax(Q_h K_{h/g}ᵀ / sqrt(D) + causal mask) V_{h/g}, g = H/G. */
 #include <stdio.h>
 
-#include "../engine/error.h"
+#include "../common/error.h"
 #include "../engine/session.h"
 #include "model.h"
 

@@ -5,10 +5,10 @@
 
 #include <stdbool.h>
 
-#include "../engine/backend.h"
-#include "../engine/cinfer.h"
+#include "../kernels/backend.h"
+#include "../include/cinfer.h"
 #include "../loaders/checkpoint.h"
-#include "random_weights.h"
+#include "../common/random_weights.h"
 
 typedef struct ci_layer {
     ci_tensor input_layernorm;        /* [E] */

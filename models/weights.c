@@ -6,9 +6,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "../engine/error.h"
+#include "../common/error.h"
 #include "model.h"
-#include "random_weights.h"
+#include "../common/random_weights.h"
 
 static int is_weight_dtype(ci_dtype dtype) {
     return dtype == CI_F32 || dtype == CI_BF16 || dtype == CI_F16;

@@ -8,7 +8,7 @@
 #include <vector>
 
 extern "C" {
-#include "engine/chat.h"
+#include "loaders/chat.h"
 }
 #include "tests/test_util.h"
 

@@ -18,8 +18,8 @@
 #include "test_util.h"
 
 extern "C" {
-#include "engine/compare.h"
-#include "engine/device.h"
+#include "programs/compare.h"
+#include "kernels/device.h"
 #include "engine/session.h"
 #include "models/model.h"
 }

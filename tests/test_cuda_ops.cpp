@@ -18,9 +18,9 @@
 #include "test_util.h"
 
 extern "C" {
-#include "engine/backend.h"
-#include "engine/device.h"
-#include "engine/tensor.h"
+#include "kernels/backend.h"
+#include "kernels/device.h"
+#include "common/tensor.h"
 #include "models/model.h"
 }
 

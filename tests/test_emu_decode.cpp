@@ -17,8 +17,8 @@
 #include "test_util.h"
 
 extern "C" {
-#include "engine/backend.h"
-#include "engine/tensor.h"
+#include "kernels/backend.h"
+#include "common/tensor.h"
 #include "kernels/cpu/ops_cpu.h"
 }
 

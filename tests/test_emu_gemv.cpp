@@ -27,7 +27,7 @@
 #include "test_util.h"
 
 extern "C" {
-#include "engine/tensor.h"
+#include "common/tensor.h"
 }
 
 namespace {

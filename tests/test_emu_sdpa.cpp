@@ -18,7 +18,7 @@
 #include "test_util.h"
 
 extern "C" {
-#include "engine/backend.h"
+#include "kernels/backend.h"
 #include "kernels/cpu/ops_cpu.h"
 }
 

@@ -18,8 +18,8 @@
 #include "test_util.h"
 
 extern "C" {
-#include "engine/backend.h"
-#include "engine/tensor.h"
+#include "kernels/backend.h"
+#include "common/tensor.h"
 #include "models/model.h"
 }
 

@@ -7,7 +7,7 @@
 #include <math.h>
 #include <omp.h>
 
-#include "../../engine/error.h"
+#include "../../common/error.h"
 #include "ops_cpu.h"
 
 /* Below this many score terms (query rows × keys × head_dim), one thread does it all. */

@@ -4,8 +4,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "../../engine/clock.h"
-#include "../../engine/error.h"
+#include "../../common/clock.h"
+#include "../../common/error.h"
 #include "ops_cpu.h"
 
 typedef struct cpu_backend {

@@ -1,7 +1,7 @@
 /* Widening F16/BF16 weights to F32, a row at a time. */
 #include <pthread.h>
 
-#include "../../engine/error.h"
+#include "../../common/error.h"
 #include "ops_cpu.h"
 
 /* Every half-precision value widened once: a 256 KB table turns conversion into a lookup. */

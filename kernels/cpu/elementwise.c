@@ -3,7 +3,7 @@
 #include <math.h>
 #include <string.h>
 
-#include "../../engine/error.h"
+#include "../../common/error.h"
 #include "ops_cpu.h"
 
 /* Each activation as transformers' ACT2FN defines it, evaluated in double. */

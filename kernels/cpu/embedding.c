@@ -1,5 +1,5 @@
 /* out[t] = table[tokens[t]]: the embedding lookup, widened to F32. */
-#include "../../engine/error.h"
+#include "../../common/error.h"
 #include "ops_cpu.h"
 
 void embedding_cpu(ci_backend *be, ci_tensor *out, const ci_tensor *tokens,

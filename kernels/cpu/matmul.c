@@ -9,7 +9,7 @@
  * or more terms an F32 sum loses digits that the reference must keep. */
 #include <omp.h>
 
-#include "../../engine/error.h"
+#include "../../common/error.h"
 #include "ops_cpu.h"
 
 enum { ROWS_PER_BLOCK = 4 };

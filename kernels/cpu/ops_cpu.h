@@ -7,7 +7,7 @@
 #ifndef CINFER_OPS_CPU_H
 #define CINFER_OPS_CPU_H
 
-#include "../../engine/backend.h"
+#include "../backend.h"
 
 void embedding_cpu(ci_backend *be, ci_tensor *out, const ci_tensor *tokens, const ci_tensor *table);
 void rmsnorm_cpu(ci_backend *be, ci_tensor *out, const ci_tensor *x, const ci_tensor *weight,

@@ -2,7 +2,7 @@
  * normalization in F32 (here its mean square in double), then the product with the weight. */
 #include <math.h>
 
-#include "../../engine/error.h"
+#include "../../common/error.h"
 #include "ops_cpu.h"
 
 void rmsnorm_cpu(ci_backend *be, ci_tensor *out, const ci_tensor *x, const ci_tensor *weight,

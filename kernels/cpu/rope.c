@@ -4,7 +4,7 @@
  * arithmetic follows transformers' order, so that positions far into the context round alike. */
 #include <math.h>
 
-#include "../../engine/error.h"
+#include "../../common/error.h"
 #include "ops_cpu.h"
 
 static void rotate_heads(float *heads, int64_t n_heads, int64_t head_dim, const float *cos_row,

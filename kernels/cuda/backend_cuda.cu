@@ -5,7 +5,7 @@
 #include "ops_cuda.h"
 
 extern "C" {
-#include "../../engine/device.h"
+#include "../device.h"
 }
 
 // cuBLAS's own scratch, handed to it so that it never allocates while a graph records; 32 MiB is

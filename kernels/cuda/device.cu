@@ -6,7 +6,7 @@
 #include "cuda_check.h"
 
 extern "C" {
-#include "../../engine/device.h"
+#include "../device.h"
 }
 
 extern "C" int ci_cuda_devices(ci_device_info *devices, int max) {

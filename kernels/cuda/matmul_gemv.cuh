@@ -77,7 +77,7 @@
 #include "tensor_core.cuh"
 
 extern "C" {
-#include "../../engine/tensor.h"
+#include "../../common/tensor.h"
 }
 
 // ---- the call -----------------------------------------------------------------------------------

@@ -11,9 +11,9 @@
 #include "kernel_api.cuh"
 
 extern "C" {
-#include "../../engine/backend.h"
-#include "../../engine/error.h"
-#include "../../models/random_weights.h"
+#include "../backend.h"
+#include "../../common/error.h"
+#include "../../common/random_weights.h"
 }
 
 // One CUDA backend: a device, a stream every op is queued on, a cuBLAS handle bound to it, and

@@ -14,8 +14,8 @@
 #include "kernel_api.cuh"
 
 extern "C" {
-#include "../../engine/tensor.h"
-#include "../../models/random_weights.h"
+#include "../../common/tensor.h"
+#include "../../common/random_weights.h"
 }
 
 // ---- kernel -------------------------------------------------------------------------------------

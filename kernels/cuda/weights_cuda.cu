@@ -18,7 +18,7 @@
 #include "random_fill.cuh"
 
 extern "C" {
-#include "../../engine/device.h"
+#include "../device.h"
 #include "../../models/model.h"
 }
 

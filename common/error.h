@@ -6,7 +6,7 @@
 #ifndef CINFER_ERROR_H
 #define CINFER_ERROR_H
 
-#include "cinfer.h"
+#include "../include/cinfer.h"
 
 #if defined(__GNUC__)
 #define CI_PRINTF(fmt_index, first_arg) __attribute__((format(printf, fmt_index, first_arg)))

@@ -1,7 +1,7 @@
 /* Builds without CUDA (-DCINFER_CUDA=OFF, or no nvcc): there are no devices, and asking for the
  * CUDA backend says how to get one. */
 #include "device.h"
-#include "error.h"
+#include "../common/error.h"
 
 int ci_cuda_devices(ci_device_info *devices, int max) {
     (void)devices;

@@ -6,7 +6,7 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "error.h"
+#include "../common/error.h"
 
 /* numpy aligns the data to 64 bytes: magic (6) + version (2) + header length (2) + header. */
 enum { NPY_ALIGNMENT = 64, NPY_PREAMBLE = 10 };

@@ -24,12 +24,12 @@
 
 #include <cjson/cJSON.h>
 
-#include "../engine/cli_util.h"
-#include "../engine/error.h"
-#include "../engine/clock.h"
-#include "../engine/splitmix.h"
-#include "../engine/cinfer.h"
-#include "../engine/profile.h"
+#include "program.h"
+#include "../common/error.h"
+#include "../common/clock.h"
+#include "../common/splitmix.h"
+#include "cinfer.h"
+#include "../kernels/profile.h"
 #include "../engine/session.h"
 #include "ceilings.h"
 #include "bench.h"

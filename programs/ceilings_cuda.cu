@@ -3,7 +3,7 @@
 #include "../kernels/cuda/cuda_check.h"
 
 extern "C" {
-#include "../engine/error.h"
+#include "../common/error.h"
 #include "ceilings.h"
 }
 

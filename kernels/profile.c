@@ -3,7 +3,7 @@
  * profile stops, so the host never waits between ops. */
 #include <stdlib.h>
 
-#include "error.h"
+#include "../common/error.h"
 #include "profile.h"
 
 static struct {

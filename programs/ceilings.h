@@ -4,7 +4,7 @@
 #ifndef CINFER_BENCH_CEILINGS_H
 #define CINFER_BENCH_CEILINGS_H
 
-#include "../engine/cinfer.h"
+#include "cinfer.h"
 
 typedef struct bench_ceilings {
     double bytes_per_s; /* 0: not measured */

@@ -8,7 +8,7 @@
 #ifndef CINFER_CHAT_H
 #define CINFER_CHAT_H
 
-#include "cinfer.h"
+#include "../include/cinfer.h"
 
 /* The family a template belongs to ("llama3", "llama2", "mistral", "chatml", "zephyr"), or NULL
  * when cinfer does not recognize it. */

@@ -19,12 +19,12 @@
 #include <string.h>
 #include <time.h>
 
-#include "../bench/bench.h"
+#include "bench.h"
 #include "../loaders/tokenizer.h"
 #include "../models/model.h"
 #include "cinfer.h"
-#include "cli_util.h"
-#include "device.h"
+#include "program.h"
+#include "../kernels/device.h"
 #include "npy.h"
 
 enum { EXIT_ERROR = 1, EXIT_USAGE = 2 };

@@ -3,8 +3,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "../engine/clock.h"
-#include "../engine/error.h"
+#include "../common/clock.h"
+#include "../common/error.h"
 #include "ceilings.h"
 
 cinfer_status bench_cpu_ceilings(int n_threads, bench_ceilings *out) {

@@ -44,8 +44,8 @@
 #include <stdint.h>
 
 #include "../loaders/config.h"
-#include "cinfer.h"
-#include "tensor.h"
+#include "../include/cinfer.h"
+#include "../common/tensor.h"
 
 typedef struct ci_backend ci_backend;
 

@@ -8,8 +8,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "cinfer.h"
-#include "tensor.h"
+#include "../include/cinfer.h"
+#include "../common/tensor.h"
 
 typedef struct ci_device_info {
     char name[256];

@@ -8,7 +8,7 @@
 #include <time.h>
 
 #include "chat.h"
-#include "error.h"
+#include "../common/error.h"
 
 /* Ends the argument list of append(): NULL cannot, because a missing token string is NULL. */
 static const char end_of_args[1];

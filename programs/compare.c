@@ -13,7 +13,7 @@
 #include <string.h>
 
 #include "cinfer.h"
-#include "cli_util.h"
+#include "program.h"
 #include "compare.h"
 
 enum { EXIT_ERROR = 1, EXIT_USAGE = 2 };

@@ -10,7 +10,7 @@
 
 #include <stdint.h>
 
-#include "../engine/splitmix.h"
+#include "splitmix.h"
 
 /* How one tensor is drawn. A tensor's elements are independent of each other: element i depends
  * only on the stream key (from the seed and the tensor's name) and i, so any thread, on either

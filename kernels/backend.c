@@ -2,9 +2,9 @@
 
 #include <stdlib.h>
 
-#include "../kernels/cpu/ops_cpu.h"
+#include "cpu/ops_cpu.h"
 #include "device.h"
-#include "error.h"
+#include "../common/error.h"
 
 cinfer_status ci_backend_available(cinfer_backend kind) {
     switch (kind) {
