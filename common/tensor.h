@@ -9,6 +9,8 @@
 #include <stdint.h>
 #include <string.h>
 
+#include "../include/cinfer.h"
+
 /* The element types safetensors files hold. Weights must be F32, BF16 or F16; the integer types
  * appear in test fixtures (token ids). */
 typedef enum ci_dtype {
@@ -26,6 +28,10 @@ typedef enum ci_dtype {
 } ci_dtype;
 
 size_t ci_dtype_size(ci_dtype dtype);
+/* The element type of a public run dtype (cinfer_load_options.dtype). */
+static inline ci_dtype ci_dtype_of_run(cinfer_dtype dtype) {
+    return dtype == CINFER_DTYPE_BF16 ? CI_BF16 : dtype == CINFER_DTYPE_F16 ? CI_F16 : CI_F32;
+}
 /* The safetensors spelling: "F32", "BF16", ... */
 const char *ci_dtype_name(ci_dtype dtype);
 /* Returns 0 and sets *dtype when name is a safetensors dtype this build reads, else -1. */

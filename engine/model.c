@@ -7,16 +7,6 @@
 #include "../kernels/device.h"
 #include "../common/error.h"
 
-static const char *attention_name(cinfer_attention attention) {
-    switch (attention) {
-    case CINFER_ATTENTION_AUTO: return "auto";
-    case CINFER_ATTENTION_EAGER: return "eager";
-    case CINFER_ATTENTION_SDPA: return "sdpa";
-    case CINFER_ATTENTION_FLASH: return "flash";
-    }
-    return "unknown";
-}
-
 static void fill_info(cinfer_model *m) {
     const ci_config *c = m->config;
     cinfer_model_info *info = &m->info;
@@ -43,7 +33,7 @@ static void fill_info(cinfer_model *m) {
         NULL, ci_kv_cache_dtype(&m->options), 1, {c->n_kv_heads * c->head_dim}};
     info->kv_bytes_per_token = 2 * (int64_t)c->n_layers * (int64_t)ci_tensor_nbytes(&kv_row);
     info->attention = m->options.backend == CINFER_BACKEND_CUDA
-                          ? attention_name(m->options.attention)
+                          ? cinfer_attention_name(m->options.attention)
                           : "reference";
 }
 
@@ -60,12 +50,12 @@ static cinfer_status check_options(const cinfer_load_options *o) {
         return CI_FAIL(CINFER_ERR_UNSUPPORTED,
                        "load options: attention '%s' selects among the CUDA backend's kinds; the "
                        "CPU reference path computes attention one way (leave it auto)",
-                       attention_name(o->attention));
+                       cinfer_attention_name(o->attention));
     if (o->backend == CINFER_BACKEND_CPU && o->dtype != CINFER_DTYPE_F32)
         return CI_FAIL(CINFER_ERR_UNSUPPORTED,
                        "load options: the CPU reference backend computes in f32 only; dtype %s "
                        "needs the CUDA backend",
-                       o->dtype == CINFER_DTYPE_BF16 ? "bf16" : "fp16");
+                       cinfer_dtype_name(o->dtype));
     if (o->device < 0)
         return CI_FAIL(CINFER_ERR_ARGUMENT, "load options: device index %d is negative", o->device);
     if (o->backend == CINFER_BACKEND_CUDA) return ci_cuda_available(o->device);
@@ -97,7 +87,7 @@ static cinfer_status resolve_attention(cinfer_model *m) {
                        "%s: attention '%s' cannot run head_dim %d%s on CUDA device %d (eager runs "
                        "any head_dim; sdpa up to 256; flash up to 128, and its differential "
                        "kernel at 128 needs 103 KiB of shared memory per block)",
-                       m->checkpoint->config_path, attention_name(o->attention), head_dim,
+                       m->checkpoint->config_path, cinfer_attention_name(o->attention), head_dim,
                        differential ? " (differential)" : "", o->device);
     return CINFER_OK;
 }

@@ -50,14 +50,16 @@ const char *cinfer_last_error_location(void);
 typedef struct cinfer_model cinfer_model;
 
 typedef enum cinfer_backend { CINFER_BACKEND_CPU = 0, CINFER_BACKEND_CUDA = 1 } cinfer_backend;
+#define CINFER_BACKEND_COUNT 2
 
-/* The dtype GEMM inputs and weights have on the device. The residual stream, norms, softmax and
- * the KV cache stay F32 in every mode; the CPU reference computes in F32 only. */
+/* The dtype GEMM inputs, weights and the KV cache have on the device. The residual stream, norms
+ * and softmax stay F32 in every mode; the CPU reference computes in F32 only, its KV cache too. */
 typedef enum cinfer_dtype {
     CINFER_DTYPE_F32 = 0, /* weights widened to F32; TF32 off, so GPU runs verify tightly */
     CINFER_DTYPE_BF16 = 1,
     CINFER_DTYPE_F16 = 2
 } cinfer_dtype;
+#define CINFER_DTYPE_COUNT 3
 
 /* How the CUDA backend computes attention (the CPU reference has one way, its own). */
 typedef enum cinfer_attention {
@@ -68,6 +70,17 @@ typedef enum cinfer_attention {
     CINFER_ATTENTION_FLASH = 3  /* tiled, online softmax, tensor cores in bf16/fp16; split-K
                                    flash-decoding for one new query */
 } cinfer_attention;
+#define CINFER_ATTENTION_COUNT 4
+
+/* The one spelling of each value, as options and messages write it ("bf16", "flash", "cuda"), and
+ * the reverse, which also takes the aliases people type: float32/fp32, bfloat16, f16/float16/half.
+ * A name is "unknown" for a value out of range; from_name returns 0, or -1 for an unknown name. */
+const char *cinfer_dtype_name(cinfer_dtype dtype);
+int cinfer_dtype_from_name(const char *name, cinfer_dtype *out);
+const char *cinfer_attention_name(cinfer_attention kind);
+int cinfer_attention_from_name(const char *name, cinfer_attention *out);
+const char *cinfer_backend_name(cinfer_backend backend);
+int cinfer_backend_from_name(const char *name, cinfer_backend *out);
 
 /* A zeroed struct is the CPU reference path in F32. */
 typedef struct cinfer_load_options {

@@ -15,12 +15,7 @@ cinfer_status ci_backend_available(cinfer_backend kind) {
 }
 
 ci_dtype ci_kv_cache_dtype(const cinfer_load_options *options) {
-    if (options->backend != CINFER_BACKEND_CUDA) return CI_F32;
-    switch (options->dtype) {
-    case CINFER_DTYPE_BF16: return CI_BF16;
-    case CINFER_DTYPE_F16: return CI_F16;
-    default: return CI_F32;
-    }
+    return options->backend == CINFER_BACKEND_CUDA ? ci_dtype_of_run(options->dtype) : CI_F32;
 }
 
 cinfer_status ci_backend_create(cinfer_backend kind, int n_threads, ci_backend **out) {

@@ -33,10 +33,11 @@ static int ends_with(const char *text, const char *suffix) {
     return n >= k && strcmp(text + n - k, suffix) == 0;
 }
 
+/* config.json's dtype ("bfloat16"); F32 when absent or not a float dtype cinfer runs */
 static ci_dtype config_dtype(const ci_config *c) {
-    if (strcmp(c->torch_dtype, "bfloat16") == 0) return CI_BF16;
-    if (strcmp(c->torch_dtype, "float16") == 0) return CI_F16;
-    return CI_F32;
+    cinfer_dtype dtype = CINFER_DTYPE_F32;
+    if (cinfer_dtype_from_name(c->torch_dtype, &dtype) != 0) dtype = CINFER_DTYPE_F32;
+    return ci_dtype_of_run(dtype);
 }
 
 ci_random_draw ci_random_draw_of(uint64_t seed, const char *name) {

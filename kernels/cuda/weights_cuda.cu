@@ -26,22 +26,6 @@ static const size_t STAGING_BYTES = 64u << 20;
 // Each tensor starts on a 256-byte boundary, what cudaMalloc gives and what vector loads like.
 static const size_t TENSOR_ALIGNMENT = 256;
 
-static ci_dtype run_dtype(cinfer_dtype dtype) {
-    switch (dtype) {
-    case CINFER_DTYPE_BF16: return CI_BF16;
-    case CINFER_DTYPE_F16: return CI_F16;
-    default: return CI_F32;
-    }
-}
-
-static const char *run_dtype_name(cinfer_dtype dtype) {
-    switch (dtype) {
-    case CINFER_DTYPE_BF16: return "bf16";
-    case CINFER_DTYPE_F16: return "fp16";
-    default: return "f32";
-    }
-}
-
 // Every tensor the model holds, once (lm_head is left out when it is the embedding itself).
 static int list_weights(cinfer_model *m, ci_tensor **list) {
     int n = 0;
@@ -108,7 +92,7 @@ static const ci_device_draw *pending_draw(const cinfer_model *m, const ci_tensor
 
 extern "C" cinfer_status ci_cuda_upload_weights(cinfer_model *m) {
     const int device = m->options.device;
-    const ci_dtype run = run_dtype(m->options.dtype);
+    const ci_dtype run = ci_dtype_of_run(m->options.dtype);
     const int max_tensors = 3 + m->config->n_layers * CI_LAYER_MAX_TENSORS;
     ci_tensor **list = (ci_tensor **)malloc((size_t)max_tensors * sizeof *list);
     CI_CHECK_ALLOC(list, (size_t)max_tensors * sizeof *list);
@@ -129,10 +113,10 @@ extern "C" cinfer_status ci_cuda_upload_weights(cinfer_model *m) {
         char what[160];
         if (drawn)
             snprintf(what, sizeof what, "random weights of the shape of %s in %s",
-                     ci_base_name(m->checkpoint->dir), run_dtype_name(m->options.dtype));
+                     ci_base_name(m->checkpoint->dir), cinfer_dtype_name(m->options.dtype));
         else
             snprintf(what, sizeof what, "the weights of %s in %s (plus %zu MiB of upload staging)",
-                     ci_base_name(m->checkpoint->dir), run_dtype_name(m->options.dtype),
+                     ci_base_name(m->checkpoint->dir), cinfer_dtype_name(m->options.dtype),
                      STAGING_BYTES >> 20);
         status =
             ci_memory_fits(what, device, (int64_t)(needed + staging_bytes), (int64_t)free_bytes);

@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# Fails when an #include points up a layer (README.md, "Layout"). Each top-level folder is a layer,
+# and a file may include files of its own folder or of a lower layer only; folders of one rank
+# (loaders and kernels) are peers that do not include each other. What it guards is the
+# direction the design relies on: the kernels know nothing of models, the models nothing of
+# sessions, the library nothing of its programs.
+#
+#   scripts/check_layers.sh          checks the tree; prints each offending include; exit 1 if any
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# rank of each layer, bottom first
+declare -A rank=(
+  [include]=0  # cinfer.h, the public API: includes nothing of the tree
+  [common]=1   # status and errors, tensors, names of the enums, clocks, seeded draws, the config
+  [loaders]=2  # safetensors, config.json, checkpoints, tokenizer, chat templates
+  [kernels]=2  # the backend interface and its CPU and CUDA implementations
+  [models]=3   # the architectures: descriptors, weights, forward graphs
+  [engine]=4   # loading, sessions, generation, sampling: the public API's implementation
+  [programs]=5 # cinfer run, inspect, tokenize, compare, bench
+  [bench]=6    # micro-benchmarks of single ops (they reach into the kernels on purpose)
+  [tests]=7    # tests may include anything
+)
+
+violations=0
+while IFS= read -r file; do
+  layer=${file%%/*}
+  [ -n "${rank[$layer]+x}" ] || { echo "check_layers: $file is in no layer (add its folder to scripts/check_layers.sh)"; violations=$((violations + 1)); continue; }
+  dir=$(dirname "$file")
+  while IFS= read -r include; do
+    # relative to the file first, then the root (tests' style), then include/ (cinfer.h)
+    target=""
+    for candidate in "$dir/$include" "$include" "include/$include"; do
+      if [ -f "$candidate" ]; then target=$(realpath --relative-to=. "$candidate"); break; fi
+    done
+    [ -n "$target" ] || continue # a system header spelled with quotes, or a generated one
+    to=${target%%/*}
+    [ "$to" = "$layer" ] && continue
+    if [ -z "${rank[$to]+x}" ] || [ "${rank[$to]}" -ge "${rank[$layer]}" ]; then
+      echo "check_layers: $file includes $target: $layer (rank ${rank[$layer]}) may not include $to (rank ${rank[$to]:-none})"
+      violations=$((violations + 1))
+    fi
+  done < <(sed -n 's/^[[:space:]]*#[[:space:]]*include[[:space:]]*"\([^"]*\)".*/\1/p' "$file")
+done < <(git ls-files '*.c' '*.h' '*.cu' '*.cuh' '*.cpp' | grep -v '^tests/fixtures/')
+
+if [ "$violations" -gt 0 ]; then
+  echo "check_layers: $violations include(s) point up a layer or across peers"
+  exit 1
+fi
+echo "check_layers: every include points down a layer"
