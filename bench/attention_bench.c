@@ -101,7 +101,7 @@ enum { EXIT_ERROR = 1, EXIT_USAGE = 2 };
 enum { MAX_ROWS = MAX_LIST * MAX_LIST * 3 * 2 * 2 * 3 };
 
 /* Differential attention's scalars: any finite values time the same; these are layer 0's
- * lambda_init (MODEL_MATH.md) and a lambda of the size trained checkpoints have. */
+ * lambda_init (docs/MODEL_MATH.md) and a lambda of the size trained checkpoints have. */
 static const float DIFF_LAMBDA = 0.5f, DIFF_LAMBDA_INIT = 0.2f, DIFF_EPS = 1e-5f;
 /* Calls per timed repetition when --calls is not given. */
 enum { PREFILL_CALLS = 1, DECODE_CALLS = 20 };
@@ -306,8 +306,8 @@ static void fill_costs(row *r) {
 static ci_config attention_config(const row *r) {
     ci_config c;
     memset(&c, 0, sizeof c);
-    c.arch = r->differential ? CI_ARCH_DIFFLLAMA : CI_ARCH_LLAMA;
-    c.architecture = r->differential ? "DiffLlamaForCausalLM" : "LlamaForCausalLM";
+    snprintf(c.architecture, sizeof c.architecture, "%s",
+             r->differential ? "DiffLlamaForCausalLM" : "LlamaForCausalLM");
     c.vocab_size = 1;
     c.n_layers = 1;
     c.n_heads = r->heads;

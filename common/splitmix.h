@@ -6,7 +6,7 @@
 #include <stdint.h>
 
 /* Marks a function that nvcc compiles for the host and the device (the random-weight draw runs on
- * both, models/random_weights.h); plain C, and the CPU emulator of CUDA kernels, see nothing. */
+ * both, common/random_weights.h); plain C, and the CPU emulator of CUDA kernels, see nothing. */
 #ifndef CI_HOST_DEVICE
 #if defined(__CUDACC__)
 #define CI_HOST_DEVICE __host__ __device__

@@ -92,7 +92,7 @@ static inline int64_t ci_tensor_n_rows(const ci_tensor *t) {
     return t->n_dims > 1 ? t->shape[0] : 1;
 }
 
-/* Batched sequences (engine/backend.h): the position-aware ops take q, k, v [B, T, heads, D] and
+/* Batched sequences (kernels/backend.h): the position-aware ops take q, k, v [B, T, heads, D] and
  * caches [B, n_ctx, G, D]; a 3-D tensor is one sequence. */
 static inline int64_t ci_tensor_n_seqs(const ci_tensor *t) {
     return t->n_dims == 4 ? t->shape[0] : 1;

@@ -1,5 +1,7 @@
 /* Loading a checkpoint into a cinfer_model: open and validate the folder, pick the architecture,
- * bind and check every weight. Nothing is copied: weights stay in the mapped files. */
+ * bind and check every weight. On the CPU nothing is copied: weights stay in the mapped files
+ * (a tensor a file stores misaligned is the rare exception, copied once); on CUDA they are
+ * uploaded through a bounded staging buffer. */
 #include <stdlib.h>
 
 #include "../models/model.h"
@@ -67,7 +69,7 @@ static cinfer_status check_options(const cinfer_load_options *o) {
 static cinfer_status resolve_attention(cinfer_model *m) {
     cinfer_load_options *o = &m->options;
     const int head_dim = m->config->head_dim;
-    const int differential = m->config->arch == CI_ARCH_DIFFLLAMA;
+    const int differential = m->arch->differential;
     const ci_dtype kv_dtype = ci_kv_cache_dtype(o);
     if (o->backend != CINFER_BACKEND_CUDA) return CINFER_OK;
     if (o->attention == CINFER_ATTENTION_AUTO) {
@@ -102,13 +104,13 @@ static cinfer_status load_from(ci_checkpoint *checkpoint, const cinfer_load_opti
     if (options) m->options = *options;
     m->checkpoint = checkpoint;
     m->config = &m->checkpoint->config;
-    m->arch =
-        m->config->arch == CI_ARCH_DIFFLLAMA ? &ci_diffllama_architecture : &ci_llama_architecture;
-    cinfer_status status = ci_bind_model_weights(m);
+    cinfer_status status =
+        ci_architecture_configure(checkpoint->config_path, &checkpoint->config, &m->arch);
+    if (status == CINFER_OK) status = ci_bind_model_weights(m);
     if (status == CINFER_OK) status = resolve_attention(m);
     /* every check on the files has passed: only now is device memory worth asking for */
     if (status == CINFER_OK && m->options.backend == CINFER_BACKEND_CUDA)
-        status = ci_cuda_upload_weights(m);
+        status = ci_upload_weights(m);
     if (status != CINFER_OK) {
         cinfer_model_free(m);
         return status;
@@ -142,7 +144,7 @@ cinfer_status cinfer_model_load_random(const char *config_path, const cinfer_loa
 
 void cinfer_model_free(cinfer_model *m) {
     if (!m) return;
-    ci_cuda_free_weights(m);
+    ci_free_device_weights(m);
     for (int i = 0; i < m->n_aligned_copies; i++) free(m->aligned_copies[i]);
     free(m->aligned_copies);
     free(m->bound);

@@ -72,7 +72,8 @@ void cinfer_sampler_free(cinfer_sampler *s) {
     free(s);
 }
 
-/* First index of the largest logit, as torch.argmax; NaN never wins. */
+/* First index of the largest logit, as torch.argmax on rows without NaN; unlike torch, which
+ * returns the first NaN, a NaN never wins here (docs/MODEL_MATH.md, section 6). */
 static int32_t argmax(const float *logits, int n) {
     int32_t best = 0;
     for (int i = 1; i < n; i++)

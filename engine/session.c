@@ -9,8 +9,6 @@
 #include "../common/error.h"
 #include "session.h"
 
-/* Prompts longer than ci_tokens_per_pass run in several passes: bounds activation memory, not
- * results. */
 /* Logits leave the device this many rows at a time: [rows, vocab] stays a few MB. A batched
  * session takes at least one row per sequence, so that a decode step's logits are one block. */
 enum { SESSION_LOGIT_ROWS = 16 };
@@ -33,14 +31,14 @@ static void activation_buffers(cinfer_session *s, const ci_config *c, int rows, 
     const int64_t H = c->n_heads, G = c->n_kv_heads, D = c->head_dim;
     const buffer_spec list[N_ACTIVATION_BUFFERS] = {
         {&s->tokens, CI_I32, 1, B, 0, 0, 0},
-        {&s->x, CI_F32, 2, B, E, 0, 0},
-        {&s->x_norm, CI_F32, 2, B, E, 0, 0},
-        {&s->q, CI_F32, 3, B, H, D, 0},
-        {&s->k_new, CI_F32, 3, B, G, D, 0},
-        {&s->v_new, CI_F32, 3, B, G, D, 0},
-        {&s->attn, CI_F32, 3, B, H, D, 0},
-        {&s->gate, CI_F32, 2, B, I, 0, 0},
-        {&s->up, CI_F32, 2, B, I, 0, 0},
+        {&s->act.x, CI_F32, 2, B, E, 0, 0},
+        {&s->act.x_norm, CI_F32, 2, B, E, 0, 0},
+        {&s->act.q, CI_F32, 3, B, H, D, 0},
+        {&s->act.k_new, CI_F32, 3, B, G, D, 0},
+        {&s->act.v_new, CI_F32, 3, B, G, D, 0},
+        {&s->act.attn, CI_F32, 3, B, H, D, 0},
+        {&s->act.gate, CI_F32, 2, B, I, 0, 0},
+        {&s->act.up, CI_F32, 2, B, I, 0, 0},
         {&s->logits, CI_F32, 2, logit_rows, c->vocab_size, 0, 0},
         {&s->sampled, CI_I32, 1, n_seqs, 0, 0, 0},
     };
@@ -201,15 +199,16 @@ void cinfer_session_observe(cinfer_session *s, cinfer_hidden_observer observer, 
     s->observer_user = user;
 }
 
-void ci_session_observe(cinfer_session *s, int stage, const ci_tensor *hidden) {
-    if (!s->observer) return;
+/* The forward pass's hook: the observer, if any, sees rows of `hidden` on the host. */
+static void observe_hidden(void *user, int stage, const ci_tensor *hidden) {
+    cinfer_session *s = user;
     const int n_tokens = (int)ci_tensor_n_rows(hidden), dim = (int)ci_tensor_row_size(hidden);
     s->be->ops->to_host(s->be, s->host_hidden, hidden->data, ci_tensor_nbytes(hidden));
     s->observer(s->observer_user, stage, s->host_hidden, n_tokens, dim);
 }
 
-/* RoPE frequencies depend on the sequence length only under dynamic scaling, where transformers
- * recomputes them for each forward call from its last position. */
+/* RoPE frequencies depend on the sequence length only under dynamic scaling: computed for the
+ * length at the end of each forward call (models/rope.c says where transformers differs). */
 static void update_rope(cinfer_session *s, int seq_len) {
     const ci_config *c = s->model->config;
     const int key = c->rope.type == CI_ROPE_DYNAMIC ? seq_len : 0;
@@ -233,6 +232,52 @@ static void upload_tokens(cinfer_session *s, const int32_t *tokens, int n_tokens
         s->be->ops->to_device(s->be, (int32_t *)s->tokens.data + (size_t)b * (size_t)chunk,
                               tokens + (size_t)b * (size_t)n_tokens + done,
                               (size_t)chunk * sizeof *tokens);
+}
+
+/* The model's forward pass over the n_tokens tokens of each sequence in session->tokens. */
+static void run_forward(cinfer_session *s, int n_tokens, int pos0) {
+    const ci_tensor tokens = ci_tensor_rows(&s->tokens, 0, (int64_t)s->n_seqs * n_tokens);
+    const ci_forward_step step = {
+        .tokens = &tokens,
+        .n_seqs = s->n_seqs,
+        .n_tokens = n_tokens,
+        .pos0 = pos0,
+        .rope = &s->rope,
+        .k_cache = s->k_cache,
+        .v_cache = s->v_cache,
+        .hook = {s->observer ? observe_hidden : NULL, s},
+    };
+    ci_model_forward(s->be, s->model, &step, &s->act);
+}
+
+/* lm_head over rows [row0, row0 + n_rows) of each sequence's n_tokens normalized rows, logit_rows
+ * at a time, each block to the host as it is done: sequence b's rows go to
+ * host + b · host_seq_floats, row-major [n_rows, V]. Rows of one sequence, and of consecutive
+ * sequences when a sequence's rows are all of its rows, are contiguous on both sides. */
+static void logits_to_host(cinfer_session *s, int n_tokens, int row0, int n_rows, float *host,
+                           size_t host_seq_floats) {
+    ci_backend *be = s->be;
+    const size_t V = (size_t)s->model->config->vocab_size;
+    const int whole = row0 == 0 && n_rows == n_tokens; /* all sequences' rows are one run */
+    const int n_runs = whole ? 1 : s->n_seqs, run_rows = whole ? s->n_seqs * n_tokens : n_rows;
+    for (int b = 0; b < n_runs; b++) {
+        const int first = b * n_tokens + row0; /* of the run's rows in the normalized stream */
+        for (int r = 0; r < run_rows; r += s->logit_rows) {
+            const int rows = run_rows - r < s->logit_rows ? run_rows - r : s->logit_rows;
+            const ci_tensor normed = ci_tensor_rows(&s->act.x_norm, first + r, rows);
+            ci_tensor logits = ci_tensor_rows(&s->logits, 0, rows);
+            ci_model_logits(be, s->model, &logits, &normed);
+            /* row g of the run is row g mod n_rows of sequence b + g / n_rows */
+            for (int i = 0; i < rows;) {
+                const int g = r + i, seq = b + g / n_rows, within = g % n_rows;
+                const int run = rows - i < n_rows - within ? rows - i : n_rows - within;
+                be->ops->to_host(be, host + (size_t)seq * host_seq_floats + (size_t)within * V,
+                                 (const float *)logits.data + (size_t)i * V,
+                                 (size_t)run * V * sizeof(float));
+                i += run;
+            }
+        }
+    }
 }
 
 cinfer_status cinfer_session_forward_batch(cinfer_session *s, const int32_t *tokens, int n_tokens,
@@ -266,23 +311,13 @@ cinfer_status cinfer_session_forward_batch(cinfer_session *s, const int32_t *tok
     update_rope(s, s->n_past + n_tokens);
     for (int done = 0; done < n_tokens;) {
         const int chunk = n_tokens - done < s->max_batch ? n_tokens - done : s->max_batch;
-        const int last_chunk = done + chunk == n_tokens;
-        /* rows [row0, row0 + n_rows) of each sequence's chunk, to out + b · seq_floats */
-        int row0 = 0, n_rows = 0;
-        float *out = NULL;
-        size_t seq_floats = 0;
-        if (which == CINFER_LOGITS_ALL) {
-            n_rows = chunk;
-            out = logits + (size_t)done * V;
-            seq_floats = (size_t)n_tokens * V;
-        } else if (which == CINFER_LOGITS_LAST && last_chunk) {
-            row0 = chunk - 1;
-            n_rows = 1;
-            out = logits;
-            seq_floats = V;
-        }
         upload_tokens(s, tokens, n_tokens, done, chunk);
-        ci_decoder_forward(s, chunk, s->n_past, row0, n_rows, out, seq_floats);
+        run_forward(s, chunk, s->n_past);
+        /* each sequence's rows [row0, row0 + n_rows) of this chunk, to logits + b · seq_floats */
+        if (which == CINFER_LOGITS_ALL)
+            logits_to_host(s, chunk, 0, chunk, logits + (size_t)done * V, (size_t)n_tokens * V);
+        else if (which == CINFER_LOGITS_LAST && done + chunk == n_tokens)
+            logits_to_host(s, chunk, chunk - 1, 1, logits, V);
         s->n_past += chunk;
         done += chunk;
     }
@@ -301,11 +336,14 @@ cinfer_status cinfer_session_forward(cinfer_session *s, const int32_t *tokens, i
     return cinfer_session_forward_batch(s, tokens, n_tokens, which, logits);
 }
 
-/* The body of a greedy step: the forward pass of one token, its logits left on the device, and
- * their argmax into session->sampled. */
-static void forward_and_argmax(cinfer_session *s, int pos0) {
-    ci_decoder_forward(s, 1, pos0, 0, 1, NULL, 0);
+/* The body of a greedy step: the forward pass of one token of each sequence, their logits left on
+ * the device (one block: logit_rows >= n_seqs), and their argmax into session->sampled. */
+static void forward_and_argmax(void *user, int pos0) {
+    cinfer_session *s = user;
+    run_forward(s, 1, pos0);
+    const ci_tensor normed = ci_tensor_rows(&s->act.x_norm, 0, s->n_seqs);
     ci_tensor logits = ci_tensor_rows(&s->logits, 0, s->n_seqs);
+    ci_model_logits(s->be, s->model, &logits, &normed);
     ci_argmax(s->be, &s->sampled, &logits);
 }
 
@@ -325,29 +363,11 @@ cinfer_status ci_session_greedy_step(cinfer_session *s, const int32_t *tokens, i
     ci_backend *be = s->be;
     update_rope(s, s->n_past + 1);
     be->ops->to_device(be, s->tokens.data, tokens, (size_t)s->n_seqs * sizeof *tokens);
-    /* Every argument a recorded step depends on is either fixed for the session's life (buffer
-     * addresses, shapes, layer constants) or read on the device at replay time: the position
-     * (set_position, shared by the lockstep sequences), the tokens (just copied), the RoPE
-     * frequencies (update_rope). */
-    const int can_capture = be->ops->capture_begin && !s->observer && s->decode_graph >= 0;
-    if (can_capture) {
-        be->ops->set_position(be, s->n_past);
-        if (s->decode_graph == 0) {
-            /* A rehearsal first, then the recording. The rehearsal runs the step for real; the
-             * replay below runs it again, which is harmless: it rewrites the same cache row with
-             * the same values and picks the same token. */
-            be->ops->capture_begin(be, 0);
-            forward_and_argmax(s, s->n_past);
-            be->ops->capture_end(be);
-            be->ops->capture_begin(be, 1);
-            forward_and_argmax(s, s->n_past);
-            s->decode_graph = be->ops->capture_end(be) == 0 ? 1 : -1;
-        }
-    }
-    if (s->decode_graph == 1 && can_capture)
-        be->ops->replay(be);
-    else
-        forward_and_argmax(s, s->n_past);
+    /* Every argument of the step is fixed for the session's life (buffer addresses, shapes, layer
+     * constants) or read on the device when it runs: the position, the tokens just copied, the
+     * RoPE frequencies (update_rope). An observer needs the hidden states on the host mid-step,
+     * so a step it watches is never recorded. */
+    ci_backend_run_step(be, &s->decode_step, !s->observer, s->n_past, forward_and_argmax, s);
     be->ops->to_host(be, next, s->sampled.data, (size_t)s->n_seqs * sizeof *next);
     s->n_past++;
     return CINFER_OK;

@@ -57,8 +57,34 @@ cinfer_status ci_memory_fits(const char *what, int device, int64_t needed, int64
     if (needed <= free_bytes) return CINFER_OK;
     const double mib = 1024.0 * 1024.0;
     return CI_FAIL(CINFER_ERR_MEMORY,
-                   "%s need %.1f MiB (%lld bytes) on CUDA device %d, which has %.1f MiB (%lld "
-                   "bytes) free",
+                   "%s need %.1f MiB (%lld bytes) on CUDA device %d, "
+                   "which has %.1f MiB (%lld bytes) free",
                    what, (double)needed / mib, (long long)needed, device, (double)free_bytes / mib,
                    (long long)free_bytes);
+}
+
+void ci_backend_run_step(ci_backend *be, ci_recorded_step *recorded, int record, int pos0,
+                         void (*step)(void *user, int pos0), void *user) {
+    const ci_backend_ops *ops = be->ops;
+    if (!record || !ops->capture_begin || recorded->state < 0) {
+        step(user, pos0);
+        return;
+    }
+    ops->set_position(be, pos0);
+    if (recorded->state == 0) {
+        /* A rehearsal first, which does the one-time work (kernel loading, cuBLAS's choices) that
+         * must not happen while recording, then the recording. The rehearsal runs the step for
+         * real and the replay below runs it again: harmless, since a step rewrites the same cache
+         * rows with the same values and computes the same outputs. */
+        ops->capture_begin(be, 0);
+        step(user, pos0);
+        ops->capture_end(be);
+        ops->capture_begin(be, 1);
+        step(user, pos0);
+        recorded->state = ops->capture_end(be) == 0 ? 1 : -1;
+    }
+    if (recorded->state == 1)
+        ops->replay(be);
+    else
+        step(user, pos0);
 }

@@ -22,18 +22,17 @@
  *   - Streams: each backend owns one stream and one cuBLAS handle; every launch goes to that
  *     stream and is checked (CUDA_CHECK / CUBLAS_CHECK with file and line). to_host and
  *     to_device synchronize with the stream, so the host sees finished results.
- *   - Positions: ops take pos0 from the host. Inside a captured decode step (capture_begin ..
- *     capture_end) the CUDA kernels read it instead from device memory that set_position writes
- *     before each replay, and the attention GEMMs span the whole cache (masked past the current
- *     position), so that one graph serves every step. The price: a recorded step's attention
- *     costs O(n_ctx), not O(position); the fused kernels of issue 4 should read the length from
- *     device memory instead of spanning the cache.
+ *   - Positions: ops take pos0 from the host. Inside a recorded decode step (ci_backend_run_step)
+ *     the CUDA kernels read it instead from device memory that set_position writes before each
+ *     replay, so that one graph serves every step. The fused kernels (sdpa, flash) read the
+ *     length there too and touch only the keys it covers; eager's cuBLAS GEMMs cannot, so they
+ *     span the whole cache, masked past the position: a recorded eager step costs O(n_ctx).
  *   - RoPE: the frequency table (every scaling type) is computed on the host (models/rope.c) and
  *     uploaded when it changes; the kernel takes cos/sin of position · inv_freq with the precise
  *     cosf/sinf, rather than reading a [n_ctx, D/2] table, which keeps dynamic scaling (whose
  *     frequencies change with the length) as simple as the rest.
  *   - Fused: the residual add into the matmul (accumulate), and the projections of one input
- *     into one op (engine/backend.h: matmul). Not fused: the RMSNorm after the residual add.
+ *     into one op (kernels/backend.h: matmul). Not fused: the RMSNorm after the residual add.
  *   - Greedy decoding after the prompt: argmax runs on the device and only token ids cross PCIe
  *     (the prompt's last row of logits still comes to the host for the first token; sampling with
  *     a temperature takes every step's logits to the host sampler). */
@@ -43,7 +42,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "../loaders/config.h"
+#include "../common/model_config.h"
 #include "../include/cinfer.h"
 #include "../common/tensor.h"
 
@@ -115,7 +114,7 @@ typedef struct ci_backend_ops {
      * q [T, H, D], k_cache and v_cache [n_ctx, G, D] -> out [T, H, D]. */
     void (*attention)(ci_backend *be, ci_tensor *out, const ci_tensor *q, const ci_tensor *k_cache,
                       const ci_tensor *v_cache, int pos0);
-    /* Differential attention (MODEL_MATH.md): for pair p, (A1·Vcat − lambda·A2·Vcat), RMS group
+    /* Differential attention (docs/MODEL_MATH.md): for pair p, (A1·Vcat − lambda·A2·Vcat), RMS group
      * norm over 2D with eps, times (1 − lambda_init), into out[t, 2pD:(2p+2)D]. Shapes as above. */
     void (*diff_attention)(ci_backend *be, ci_tensor *out, const ci_tensor *q,
                            const ci_tensor *k_cache, const ci_tensor *v_cache, int pos0,
@@ -123,16 +122,16 @@ typedef struct ci_backend_ops {
     /* out = act(gate) ⊙ up                                      all [T, I]; out may alias gate */
     void (*gated_activation)(ci_backend *be, ci_tensor *out, const ci_tensor *gate,
                              const ci_tensor *up, ci_activation act);
-    /* cache rows [pos0, pos0 + T) = k_new, v_new          k_new, v_new [T, G, D], caches [n_ctx, G,
-     * D]
-     */
+    /* cache rows [pos0, pos0 + T) = k_new, v_new
+     *                                      k_new, v_new [T, G, D], caches [n_ctx, G, D] */
     void (*kv_store)(ci_backend *be, ci_tensor *k_cache, ci_tensor *v_cache, const ci_tensor *k_new,
                      const ci_tensor *v_new, int pos0);
     /* ids[r] = first index of the largest logit of row r, NaN never winning (as the host sampler)
      *                                                            logits [R, V] -> ids I32 [R] */
     void (*argmax)(ci_backend *be, ci_tensor *ids, const ci_tensor *logits);
 
-    /* Optional (NULL on the CPU): a decode step recorded once and replayed. Between capture_begin
+    /* Optional (NULL on the CPU), driven only by ci_backend_run_step below: a decode step recorded
+     * once and replayed. Between capture_begin
      * and capture_end the ops read their position from what set_position last wrote and their
      * attention spans the whole cache; with record = 1 they are recorded, not run (replay runs
      * the recording), with record = 0 they run: a rehearsal that does the one-time work (kernel
@@ -181,6 +180,19 @@ cinfer_status ci_backend_create_for(const cinfer_load_options *options, ci_backe
 void ci_backend_free(ci_backend *be);
 /* Makes sure the workspace holds bytes, once, before the hot path runs. */
 cinfer_status ci_backend_reserve(ci_backend *be, size_t bytes);
+
+/* A step recorded once and replayed after (a CUDA graph of a decode step), for one caller. */
+typedef struct ci_recorded_step {
+    int state; /* 0 not recorded yet, 1 recorded, -1 recording failed: the step runs eagerly */
+} ci_recorded_step;
+
+/* Runs step(user, pos0). Where the backend records (CUDA) and `record` allows it, the first call
+ * rehearses the step and records it, and every later call replays the recording with pos0
+ * written where the recorded ops read their position; elsewhere the ops run one by one. So the
+ * step must depend on nothing that changes between calls but pos0 and what it reads from device
+ * memory (buffer addresses and shapes fixed, tokens and RoPE frequencies uploaded before). */
+void ci_backend_run_step(ci_backend *be, ci_recorded_step *recorded, int record, int pos0,
+                         void (*step)(void *user, int pos0), void *user);
 
 /* The model graph calls ops through these, so that it reads like the math. */
 static inline void ci_embedding(ci_backend *be, ci_tensor *out, const ci_tensor *tokens,

@@ -38,12 +38,15 @@ cinfer_status ci_cuda_backend_create(int device, struct ci_backend **out) {
     return not_built();
 }
 
-cinfer_status ci_cuda_upload_weights(struct cinfer_model *model) {
-    (void)model;
+cinfer_status ci_cuda_upload_weights(int device, ci_dtype matrix_dtype, const char *what,
+                                     ci_weight_upload *list, int n, void **block, size_t *bytes) {
+    (void)device, (void)matrix_dtype, (void)what, (void)list, (void)n;
+    *block = NULL;
+    *bytes = 0;
     return not_built();
 }
 
-void ci_cuda_free_weights(struct cinfer_model *model) { (void)model; }
+void ci_cuda_free_weights(void *block) { (void)block; }
 
 cinfer_status ci_cuda_memory(int device, size_t *free_bytes, size_t *total_bytes) {
     (void)device;

@@ -1,5 +1,5 @@
 /* Op timing by wrapping a backend's op table: each wrapper puts a timing mark on the device's
- * queue before and after the real op (engine/backend.h: mark), and the marks are read when the
+ * queue before and after the real op (kernels/backend.h: mark), and the marks are read when the
  * profile stops, so the host never waits between ops. */
 #include <stdlib.h>
 

@@ -87,8 +87,8 @@ static cinfer_status open_sharded(ci_checkpoint *ck, const char *index_path) {
     for (const cJSON *entry = map->child; entry && status == CINFER_OK; entry = entry->next) {
         if (!cJSON_IsString(entry) || !is_plain_file_name(entry->valuestring)) {
             status = CI_FAIL(CINFER_ERR_FORMAT,
-                             "%s: weight_map['%s'] must be the name of a file in the checkpoint "
-                             "folder",
+                             "%s: weight_map['%s'] must be the name of "
+                             "a file in the checkpoint folder",
                              index_path, entry->string);
             break;
         }
@@ -135,7 +135,7 @@ static cinfer_status open_folder(ci_checkpoint *ck) {
         return CI_FAIL(CINFER_ERR_IO, "%s: not a checkpoint folder (no such directory)", ck->dir);
     ck->config_path = join_path(ck->dir, "config.json");
     CI_CHECK_ALLOC(ck->config_path, strlen(ck->dir));
-    CI_TRY(config_load(ck->config_path, &ck->config));
+    CI_TRY(config_json_load(ck->config_path, &ck->config));
 
     char *single = join_path(ck->dir, "model.safetensors");
     char *index = join_path(ck->dir, "model.safetensors.index.json");
@@ -154,8 +154,8 @@ static cinfer_status open_folder(ci_checkpoint *ck) {
         free(bin);
         status = CI_FAIL(CINFER_ERR_IO,
                          "%s: no model.safetensors or model.safetensors.index.json%s", ck->dir,
-                         has_bin ? " (pytorch_model.bin is not read: convert the checkpoint to "
-                                   "safetensors)"
+                         has_bin ? " (pytorch_model.bin is not read: "
+                                   "convert the checkpoint to safetensors)"
                                  : "");
     }
     free(single);
@@ -195,7 +195,7 @@ cinfer_status checkpoint_synthetic(const char *config_path, uint64_t seed, ci_ch
         checkpoint_close(ck);
         return CI_FAIL(CINFER_ERR_MEMORY, "out of memory");
     }
-    cinfer_status status = config_load(config_path, &ck->config);
+    cinfer_status status = config_json_load(config_path, &ck->config);
     if (status != CINFER_OK) {
         checkpoint_close(ck);
         return status;

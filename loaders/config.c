@@ -98,45 +98,22 @@ static cinfer_status read_bool(const parser *p, const cJSON *object, const char 
     return CINFER_OK;
 }
 
+/* What the model is, as written: architectures[0], else model_type. Which architectures cinfer
+ * runs is the models' registry's to say (models/architecture.c), not the reader's. */
 static cinfer_status read_architecture(const parser *p, ci_config *c) {
-    static const struct {
-        const char *architecture, *model_type;
-        ci_arch arch;
-    } known[] = {{"LlamaForCausalLM", "llama", CI_ARCH_LLAMA},
-                 {"DiffLlamaForCausalLM", "diffllama", CI_ARCH_DIFFLLAMA}};
     const cJSON *architectures = cJSON_GetObjectItemCaseSensitive(p->root, "architectures");
     const cJSON *model_type = cJSON_GetObjectItemCaseSensitive(p->root, "model_type");
-    const char *seen = NULL;
+    if (cJSON_IsString(model_type))
+        snprintf(c->model_type, sizeof c->model_type, "%s", model_type->valuestring);
     if (cJSON_IsArray(architectures) && cJSON_GetArraySize(architectures) > 0) {
         const cJSON *first = architectures->child;
         if (!cJSON_IsString(first))
             return CI_FAIL(CINFER_ERR_CONFIG, "%s: field 'architectures' must hold strings",
                            p->name);
-        seen = first->valuestring;
-        for (size_t i = 0; i < sizeof known / sizeof known[0]; i++) {
-            if (strcmp(seen, known[i].architecture) == 0) {
-                c->arch = known[i].arch;
-                c->architecture = known[i].architecture;
-                return CINFER_OK;
-            }
-        }
-        return CI_FAIL(CINFER_ERR_UNSUPPORTED,
-                       "%s: architectures[0] = '%s' is not supported (expected "
-                       "LlamaForCausalLM or DiffLlamaForCausalLM)",
-                       p->name, seen);
+        snprintf(c->architecture, sizeof c->architecture, "%s", first->valuestring);
+        return CINFER_OK;
     }
-    if (cJSON_IsString(model_type)) {
-        for (size_t i = 0; i < sizeof known / sizeof known[0]; i++) {
-            if (strcmp(model_type->valuestring, known[i].model_type) == 0) {
-                c->arch = known[i].arch;
-                c->architecture = known[i].architecture;
-                return CINFER_OK;
-            }
-        }
-        return CI_FAIL(CINFER_ERR_UNSUPPORTED,
-                       "%s: model_type = '%s' is not supported (expected 'llama' or 'diffllama')",
-                       p->name, model_type->valuestring);
-    }
+    if (cJSON_IsString(model_type)) return CINFER_OK;
     return CI_FAIL(CINFER_ERR_CONFIG,
                    "%s: neither 'architectures' nor 'model_type' says what the model is", p->name);
 }
@@ -270,8 +247,10 @@ static cinfer_status read_rope(const parser *p, ci_config *c) {
         break;
     case CI_ROPE_YARN: {
         rope->original_max_position_embeddings = original;
-        /* transformers 5.x uses this ratio only when factor is absent (4.4x-4.5x used it
-         * whenever original_max_position_embeddings was given) */
+        /* The ratio stands in for a factor the config does not give. transformers 5.x takes it
+         * only for an explicit "factor": null (it requires the key), 4.4x-4.5x whenever
+         * original_max_position_embeddings was given; cinfer also takes an absent factor
+         * (docs/MODEL_MATH.md, section 7). */
         double implicit =
             (double)c->max_position_embeddings / (double)rope->original_max_position_embeddings;
         CI_TRY(read_double(p, scaling, "factor", false, implicit, &rope->factor));
@@ -290,8 +269,8 @@ static cinfer_status read_rope(const parser *p, ci_config *c) {
     return CINFER_OK;
 }
 
-/* eos_token_id as config.json and generation_config.json write it: one id or a list (null: none).
- */
+/* eos_token_id as config.json and generation_config.json write it: one id or a list
+ * (null: none). */
 static cinfer_status read_eos_token_ids(const parser *p, int ids[CI_MAX_EOS_TOKENS], int *n_ids) {
     const cJSON *eos = cJSON_GetObjectItemCaseSensitive(p->root, "eos_token_id");
     *n_ids = 0;
@@ -344,12 +323,7 @@ static cinfer_status check_consistency(const parser *p, ci_config *c) {
         return CI_FAIL(CINFER_ERR_CONFIG,
                        "%s: dynamic RoPE needs head_dim >= 4 (its exponent is D/(D-2)), got %d",
                        p->name, c->head_dim);
-    if (c->arch == CI_ARCH_DIFFLLAMA && c->n_heads % 2 != 0)
-        return CI_FAIL(CINFER_ERR_CONFIG,
-                       "%s: DiffLlamaForCausalLM needs an even num_attention_heads (its heads "
-                       "form pairs of two halves), got %d",
-                       p->name, c->n_heads);
-    if (!(c->rms_norm_eps > 0.0))
+    if (!isnan(c->rms_norm_eps) && !(c->rms_norm_eps > 0.0))
         return CI_FAIL(CINFER_ERR_CONFIG, "%s: rms_norm_eps must be positive, got %g", p->name,
                        c->rms_norm_eps);
     /* Weight and cache sizes are computed in 64 bits, but per-row sizes must fit an int. */
@@ -359,7 +333,7 @@ static cinfer_status check_consistency(const parser *p, ci_config *c) {
     return CINFER_OK;
 }
 
-cinfer_status config_parse(const char *name, const char *json, size_t length, ci_config *c) {
+cinfer_status config_json_parse(const char *name, const char *json, size_t length, ci_config *c) {
     memset(c, 0, sizeof *c);
     cJSON *root;
     CI_TRY(ci_json_parse(name, json, length, &root));
@@ -388,14 +362,11 @@ cinfer_status config_parse(const char *name, const char *json, size_t length, ci
     }
     READ(
         read_int(&p, root, "max_position_embeddings", false, 2048, 1, &c->max_position_embeddings));
-    READ(read_double(&p, root, "rms_norm_eps", false, c->arch == CI_ARCH_DIFFLLAMA ? 1e-5 : 1e-6,
-                     &c->rms_norm_eps));
+    READ(read_double(&p, root, "rms_norm_eps", false, NAN, &c->rms_norm_eps));
     READ(read_activation(&p, c));
     READ(read_rope(&p, c));
     READ(read_bool(&p, root, "attention_bias", false, &c->attention_bias));
     READ(read_bool(&p, root, "mlp_bias", false, &c->mlp_bias));
-    /* DiffLlamaMLP has no biases whatever the config says. */
-    if (c->arch == CI_ARCH_DIFFLLAMA) c->mlp_bias = false;
     READ(read_bool(&p, root, "tie_word_embeddings", false, &c->tie_word_embeddings));
     READ(read_special_tokens(&p, c));
     const cJSON *dtype = cJSON_GetObjectItemCaseSensitive(root, "dtype");
@@ -409,11 +380,11 @@ done:
     return status;
 }
 
-cinfer_status config_load(const char *path, ci_config *config) {
+cinfer_status config_json_load(const char *path, ci_config *config) {
     char *text;
     size_t length;
     CI_TRY(ci_read_file(path, CONFIG_MAX_BYTES, &text, &length));
-    cinfer_status status = config_parse(path, text, length, config);
+    cinfer_status status = config_json_parse(path, text, length, config);
     free(text);
     return status;
 }

@@ -103,8 +103,8 @@ static cinfer_status parse_entry(st_file *file, const cJSON *entry, st_tensor *t
         json_to_u64(offsets->child, &tensor->begin) != 0 ||
         json_to_u64(offsets->child->next, &tensor->end) != 0)
         return CI_FAIL(CINFER_ERR_FORMAT,
-                       "%s: tensor '%s': 'data_offsets' must be two non-negative integers "
-                       "[begin, end]",
+                       "%s: tensor '%s': "
+                       "'data_offsets' must be two non-negative integers [begin, end]",
                        file->path, name);
     if (tensor->begin > tensor->end)
         return CI_FAIL(

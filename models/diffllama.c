@@ -1,5 +1,6 @@
 /* DiffLlamaForCausalLM: Llama (models/llama.c) with differential attention, as transformers'
- * modeling_diffllama.py computes it (Differential Transformer, arXiv 2410.05258).
+ * modeling_diffllama.py computes it (Differential Transformer, arXiv 2410.05258;
+ * docs/MODEL_MATH.md, section 4).
  *
  * The H query heads form P = H/2 pairs (p, p + P): heads split in halves, not interleaved.
  * Each pair has two softmax maps over the same keys positions and one value matrix
@@ -8,8 +9,9 @@
  *   A1_p = softmax(Q_p     K_kv(p)ᵀ   / sqrt(D) + M)
  *   A2_p = softmax(Q_{p+P} K_kv(p+P)ᵀ / sqrt(D) + M)
  *   O_p  = A1_p·Vcat_p − lambda · A2_p·Vcat_p
- *   Y_p  = (1 − lambda_init) · O_p / sqrt(mean(O_p²) + rms_norm_eps)     (RMS group norm, no
- * weight)
+ *   Y_p  = (1 − lambda_init) · O_p / sqrt(mean(O_p²) + rms_norm_eps)
+ *
+ * (an RMS group norm over the pair's 2D outputs, with no weight)
  *
  * Y_p fills columns [2pD, 2(p+1)D) of o_proj's input. One lambda per layer, for all heads:
  *
@@ -33,7 +35,8 @@ static cinfer_status bind_lambdas(cinfer_model *m, int layer) {
         snprintf(name, sizeof name, "model.layers.%d.self_attn.lambda_%s", layer, suffixes[i]);
         CI_TRY(ci_bind_weight(m, name, 1, &head_dim, "[head_dim]", NULL, &lambdas[i]));
     }
-    /* The sums and exponentials in F32, as transformers does (torch.sum(..., dtype=float32)). */
+    /* transformers sums in F32 (torch.sum(..., dtype=float32)); the dot products here are summed in
+     * double and rounded once, then the exponentials run in F32 as there. */
     double dot1 = 0.0, dot2 = 0.0;
     for (int64_t d = 0; d < head_dim; d++) {
         dot1 += (double)(ci_tensor_get_f32(&lambdas[0], d) * ci_tensor_get_f32(&lambdas[1], d));
@@ -53,8 +56,24 @@ static void diffllama_attention(ci_backend *be, const cinfer_model *m, int layer
                       (float)m->config->rms_norm_eps);
 }
 
+/* DiffLlamaConfig's rules: its heads form pairs, and DiffLlamaMLP has no biases whatever
+ * mlp_bias says. */
+static cinfer_status check_config(const char *path, ci_config *c) {
+    if (c->n_heads % 2 != 0)
+        return CI_FAIL(CINFER_ERR_CONFIG,
+                       "%s: DiffLlamaForCausalLM needs an even num_attention_heads (its heads "
+                       "form pairs of two halves), got %d",
+                       path, c->n_heads);
+    c->mlp_bias = false;
+    return CINFER_OK;
+}
+
 const ci_architecture ci_diffllama_architecture = {
-    .name = "DiffLlamaForCausalLM",
+    .class_name = "DiffLlamaForCausalLM",
+    .model_type = "diffllama",
+    .rms_norm_eps = 1e-5, /* DiffLlamaConfig's default, not LlamaConfig's 1e-6 */
+    .check_config = check_config,
     .bind_layer_extras = bind_lambdas,
+    .differential = 1,
     .attention = diffllama_attention,
 };

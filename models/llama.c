@@ -9,66 +9,40 @@
  *       x = x + down_proj(act(gate_proj(n)) ⊙ up_proj(n))
  *   logits = lm_head(RMSNorm(x; norm))
  *
- * Attention(Q, K, V)_h = softmax(Q_h K_{h/g}ᵀ / sqrt(D) + causal mask) V_{h/g}, g = H/G. */
-#include <stdio.h>
-
+ * Attention(Q, K, V)_h = softmax(Q_h K_{h/g}ᵀ / sqrt(D) + causal mask) V_{h/g}, g = H/G.
+ * (docs/MODEL_MATH.md, section 2.) The descriptor at the bottom is what makes this Llama. */
 #include "../common/error.h"
-#include "../engine/session.h"
 #include "model.h"
 
-/* lm_head over rows [row0, row0 + n_rows) of the normalized stream, logit_rows at a time. Row g of
- * those is row g mod per_seq of sequence g / per_seq, whose rows go to host + that sequence ·
- * host_seq_floats; with host NULL the logits stay on the device (one block at most). */
-static void lm_head_rows(cinfer_session *s, const ci_tensor *normed_all, int row0, int n_rows,
-                         int per_seq, float *host, size_t host_seq_floats) {
-    ci_backend *be = s->be;
-    const size_t V = (size_t)s->model->config->vocab_size;
-    CI_ASSERT(host || n_rows <= s->logit_rows);
-    for (int r = 0; r < n_rows; r += s->logit_rows) {
-        const int rows = n_rows - r < s->logit_rows ? n_rows - r : s->logit_rows;
-        ci_tensor normed = ci_tensor_rows(normed_all, row0 + r, rows);
-        ci_tensor logits = ci_tensor_rows(&s->logits, 0, rows);
-        ci_matmul(be, &logits, &normed, &s->model->lm_head, NULL);
-        if (!host) continue;
-        /* runs of rows that belong to one sequence are contiguous on the host too */
-        for (int i = 0; i < rows;) {
-            const int g = r + i, seq = g / per_seq, within = g % per_seq;
-            const int run = rows - i < per_seq - within ? rows - i : per_seq - within;
-            be->ops->to_host(be, host + (size_t)seq * host_seq_floats + (size_t)within * V,
-                             (const float *)logits.data + (size_t)i * V,
-                             (size_t)run * V * sizeof(float));
-            i += run;
-        }
-    }
+static void observe(const ci_forward_step *step, int stage, const ci_tensor *hidden) {
+    if (step->hook.observe) step->hook.observe(step->hook.user, stage, hidden);
 }
 
-void ci_decoder_forward(cinfer_session *s, int n_tokens, int pos0, int logits_row0, int n_logits,
-                        float *logits_host, size_t host_seq_floats) {
-    const cinfer_model *m = s->model;
+void ci_model_forward(ci_backend *be, const cinfer_model *m, const ci_forward_step *step,
+                      ci_activations *act) {
     const ci_config *c = m->config;
-    ci_backend *be = s->be;
     const float eps = (float)c->rms_norm_eps;
-    const int B = s->n_seqs, rows = B * n_tokens; /* row b·T + t: token t of sequence b */
+    const int B = step->n_seqs, rows = B * step->n_tokens, pos0 = step->pos0;
 
-    ci_tensor tokens = ci_tensor_rows(&s->tokens, 0, rows);
-    ci_tensor x = ci_tensor_rows(&s->x, 0, rows);
-    ci_tensor n = ci_tensor_rows(&s->x_norm, 0, rows);
-    ci_tensor q = ci_tensor_rows(&s->q, 0, rows);
-    ci_tensor k = ci_tensor_rows(&s->k_new, 0, rows);
-    ci_tensor v = ci_tensor_rows(&s->v_new, 0, rows);
-    ci_tensor attn = ci_tensor_rows(&s->attn, 0, rows);
-    ci_tensor gate = ci_tensor_rows(&s->gate, 0, rows);
-    ci_tensor up = ci_tensor_rows(&s->up, 0, rows);
+    ci_tensor x = ci_tensor_rows(&act->x, 0, rows);
+    ci_tensor n = ci_tensor_rows(&act->x_norm, 0, rows);
+    ci_tensor q = ci_tensor_rows(&act->q, 0, rows);
+    ci_tensor k = ci_tensor_rows(&act->k_new, 0, rows);
+    ci_tensor v = ci_tensor_rows(&act->v_new, 0, rows);
+    ci_tensor attn = ci_tensor_rows(&act->attn, 0, rows);
+    ci_tensor gate = ci_tensor_rows(&act->gate, 0, rows);
+    ci_tensor up = ci_tensor_rows(&act->up, 0, rows);
     /* the same memory as [B, T, heads, D], for the ops that see sequences and positions */
     ci_tensor q_seqs = ci_tensor_split_seqs(&q, B), k_seqs = ci_tensor_split_seqs(&k, B);
     ci_tensor v_seqs = ci_tensor_split_seqs(&v, B), attn_seqs = ci_tensor_split_seqs(&attn, B);
 
     /* x = embed_tokens[tokens] */
-    ci_embedding(be, &x, &tokens, &m->embed_tokens);
-    ci_session_observe(s, 0, &x);
+    ci_embedding(be, &x, step->tokens, &m->embed_tokens);
+    observe(step, 0, &x);
 
     for (int l = 0; l < c->n_layers; l++) {
         const ci_layer *w = &m->layers[l];
+        ci_tensor *k_cache = &step->k_cache[l], *v_cache = &step->v_cache[l];
 
         /* x = x + o_proj(Attention(RoPE(q_proj(n)), RoPE(k_proj(n)), v_proj(n))), n = RMSNorm(x) */
         ci_rmsnorm(be, &n, &x, &w->input_layernorm, eps);
@@ -76,10 +50,10 @@ void ci_decoder_forward(cinfer_session *s, int n_tokens, int pos0, int logits_ro
                                      {&k, &w->k_proj, &w->k_bias},
                                      {&v, &w->v_proj, &w->v_bias}};
         ci_project(be, &n, qkv, 3);
-        ci_rope(be, &q_seqs, &k_seqs, pos0, &s->rope);
+        ci_rope(be, &q_seqs, &k_seqs, pos0, step->rope);
         /* the new keys and values join each sequence's cache, at rows [pos0, pos0 + T) */
-        ci_kv_store(be, &s->k_cache[l], &s->v_cache[l], &k_seqs, &v_seqs, pos0);
-        m->arch->attention(be, m, l, &attn_seqs, &q_seqs, &s->k_cache[l], &s->v_cache[l], pos0);
+        ci_kv_store(be, k_cache, v_cache, &k_seqs, &v_seqs, pos0);
+        m->arch->attention(be, m, l, &attn_seqs, &q_seqs, k_cache, v_cache, pos0);
         ci_matmul_add(be, &x, &attn, &w->o_proj, &w->o_bias);
 
         /* x = x + down_proj(act(gate_proj(n)) ⊙ up_proj(n)), n = RMSNorm(x) */
@@ -89,20 +63,18 @@ void ci_decoder_forward(cinfer_session *s, int n_tokens, int pos0, int logits_ro
         ci_project(be, &n, gate_up, 2);
         ci_gated_activation(be, &gate, &gate, &up, c->hidden_act);
         ci_matmul_add(be, &x, &gate, &w->down_proj, &w->down_bias);
-        ci_session_observe(s, 1 + l, &x);
+        observe(step, 1 + l, &x);
     }
 
-    /* logits = lm_head(RMSNorm(x; norm)), only for the rows asked for, a block at a time */
+    /* n = RMSNorm(x; norm): what ci_model_logits takes, for whichever rows the caller wants */
     ci_rmsnorm(be, &n, &x, &m->norm, eps);
-    ci_session_observe(s, c->n_layers + 1, &n);
-    if (n_logits == 0) return;
-    CI_ASSERT(logits_host || B == 1 || n_logits == n_tokens);
-    if (B == 1 || n_logits == n_tokens) /* the rows asked for are contiguous: one pass */
-        lm_head_rows(s, &n, logits_row0, B * n_logits, n_logits, logits_host, host_seq_floats);
-    else
-        for (int b = 0; b < B; b++)
-            lm_head_rows(s, &n, b * n_tokens + logits_row0, n_logits, n_logits,
-                         logits_host + (size_t)b * host_seq_floats, host_seq_floats);
+    observe(step, c->n_layers + 1, &n);
+}
+
+/* logits = lm_head(n) */
+void ci_model_logits(ci_backend *be, const cinfer_model *m, ci_tensor *logits,
+                     const ci_tensor *normed) {
+    ci_matmul(be, logits, normed, &m->lm_head, NULL);
 }
 
 static void llama_attention(ci_backend *be, const cinfer_model *m, int layer, ci_tensor *out,
@@ -113,8 +85,13 @@ static void llama_attention(ci_backend *be, const cinfer_model *m, int layer, ci
     ci_attention(be, out, q, k_cache, v_cache, pos0);
 }
 
+/* LlamaConfig's defaults; nothing beyond the checks every Llama-family config passes. */
 const ci_architecture ci_llama_architecture = {
-    .name = "LlamaForCausalLM",
+    .class_name = "LlamaForCausalLM",
+    .model_type = "llama",
+    .rms_norm_eps = 1e-6,
+    .check_config = NULL,
     .bind_layer_extras = NULL,
+    .differential = 0,
     .attention = llama_attention,
 };

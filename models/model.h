@@ -1,14 +1,16 @@
-/* What a loaded model is: its config, its weights (views into the checkpoint), and the one place
- * where the two architectures differ, their attention. */
+/* What a loaded model is: its config, its architecture (models/architecture.h), its weights
+ * (views into the checkpoint, or device copies), and the forward pass every architecture runs
+ * (models/llama.c) with the inputs of one step given explicitly. */
 #ifndef CINFER_MODEL_H
 #define CINFER_MODEL_H
 
 #include <stdbool.h>
 
-#include "../kernels/backend.h"
-#include "../include/cinfer.h"
-#include "../loaders/checkpoint.h"
 #include "../common/random_weights.h"
+#include "../include/cinfer.h"
+#include "../kernels/backend.h"
+#include "../loaders/checkpoint.h"
+#include "architecture.h"
 
 typedef struct ci_layer {
     ci_tensor input_layernorm;        /* [E] */
@@ -35,17 +37,6 @@ typedef struct ci_device_draw {
     ci_random_draw draw;
 } ci_device_draw;
 
-/* The architecture-specific parts. Everything else is the Llama decoder in models/llama.c. */
-typedef struct ci_architecture {
-    const char *name;
-    /* Binds the tensors layer `layer` has beyond the Llama layout and derives its constants. */
-    cinfer_status (*bind_layer_extras)(cinfer_model *model, int layer);
-    /* The attention core: out [T, H, D] from q [T, H, D] and the layer's cache. */
-    void (*attention)(ci_backend *be, const cinfer_model *model, int layer, ci_tensor *out,
-                      const ci_tensor *q, const ci_tensor *k_cache, const ci_tensor *v_cache,
-                      int pos0);
-} ci_architecture;
-
 extern const ci_architecture ci_llama_architecture;
 extern const ci_architecture ci_diffllama_architecture;
 
@@ -69,7 +60,7 @@ struct cinfer_model {
     ci_device_draw *device_draws; /* [max_device_draws] */
     int n_device_draws, max_device_draws;
     /* CUDA backend: one device allocation holds every weight, and the tensors above point into it
-     * (see engine/backend.h for the dtypes); NULL on the CPU, where they point into the files. */
+     * (see kernels/backend.h for the dtypes); NULL on the CPU, where they point into the files. */
     void *device_weights;
     size_t device_weight_bytes;
 };
@@ -91,11 +82,59 @@ ci_random_draw ci_random_draw_of(uint64_t seed, const char *name);
 
 /* Binds every tensor of the Llama layout (and the architecture's extras) into model. */
 cinfer_status ci_bind_model_weights(cinfer_model *model);
+/* CUDA: uploads every bound tensor to the model's device (matrices in the run dtype, vectors in
+ * F32; a random model's are drawn there) and points the model's tensors at the copies. */
+cinfer_status ci_upload_weights(cinfer_model *model);
+/* Frees what ci_upload_weights allocated (nothing when it did not run). */
+void ci_free_device_weights(cinfer_model *model);
 
 /* RoPE inverse frequencies (head_dim/2 of them) and the cos/sin scale for a forward call whose
  * last position is seq_len − 1, as transformers computes them for every rope type. Only dynamic
  * scaling depends on seq_len. */
 void ci_rope_frequencies(const ci_config *config, int seq_len, float *inv_freq,
                          float *attention_scaling);
+
+
+/* ---- the forward pass (models/llama.c) ---------------------------------------------------------
+ * A step runs T new tokens of each of B sequences in lockstep, all at positions pos0 .. pos0+T-1.
+ * Its B·T rows are sequence-major (row b·T + t is token t of sequence b): row-wise ops just see
+ * more rows, and the position-aware ops (rope, kv_store, attention) see [B, T, ...] views over
+ * caches [B, n_ctx, G, D]. Every tensor is on the backend's device; the caller owns them all. */
+
+/* The working buffers of a step, for up to R rows (R = B·T at most what they were sized for). */
+typedef struct ci_activations {
+    ci_tensor x;      /* [R, E] the residual stream */
+    ci_tensor x_norm; /* [R, E] its normalized copy that feeds attention, the MLP and lm_head */
+    ci_tensor q;      /* [R, H, D] */
+    ci_tensor k_new;  /* [R, G, D] keys of the new tokens, rotated, then stored in the cache */
+    ci_tensor v_new;  /* [R, G, D] their values */
+    ci_tensor attn;   /* [R, H, D] attention output, input of o_proj */
+    ci_tensor gate;   /* [R, I] */
+    ci_tensor up;     /* [R, I] */
+} ci_activations;
+
+/* Called with the residual stream after each stage (0: the embedding, 1+l: decoder layer l,
+ * n_layers+1: the final norm), on the device; a NULL function observes nothing. */
+typedef struct ci_hidden_hook {
+    void (*observe)(void *user, int stage, const ci_tensor *hidden);
+    void *user;
+} ci_hidden_hook;
+
+typedef struct ci_forward_step {
+    const ci_tensor *tokens; /* I32 [B·T], sequence-major */
+    int n_seqs, n_tokens;    /* B, T */
+    int pos0;
+    const ci_rope_freqs *rope; /* the frequencies of this call's length (ci_rope_frequencies) */
+    ci_tensor *k_cache, *v_cache; /* per layer [B, n_ctx, G, D]: the step appends its rows */
+    ci_hidden_hook hook;
+} ci_forward_step;
+
+/* The decoder over one step: x = embed_tokens[tokens], the layers, and the final norm, whose
+ * result stays in act->x_norm (rows [0, B·T)) for ci_model_logits. */
+void ci_model_forward(ci_backend *be, const cinfer_model *model, const ci_forward_step *step,
+                      ci_activations *act);
+/* logits = lm_head(normed) for the rows of normed [R, E] -> logits [R, V], on the device. */
+void ci_model_logits(ci_backend *be, const cinfer_model *model, ci_tensor *logits,
+                     const ci_tensor *normed);
 
 #endif

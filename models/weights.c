@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "../common/error.h"
+#include "../kernels/device.h"
 #include "model.h"
 #include "../common/random_weights.h"
 
@@ -19,7 +20,7 @@ static int is_weight_dtype(ci_dtype dtype) {
  * Drawn as transformers initializes a fresh model: norm weights 1, biases 0, every other tensor
  * uniform with the standard deviation transformers uses (initializer_range 0.02; DiffLlama's
  * lambdas lambda_std_dev 0.1). Each value depends only on the seed, the tensor's name and its
- * index (models/random_weights.h), so a model drawn twice, or by another backend, is the same
+ * index (common/random_weights.h), so a model drawn twice, or by another backend, is the same
  * model.
  *
  * On the CPU the values are drawn here, into host memory. On CUDA the tensors the device holds
@@ -244,4 +245,65 @@ cinfer_status ci_bind_model_weights(cinfer_model *m) {
     CI_CHECK_ALLOC(m->layers, (size_t)c->n_layers * sizeof *m->layers);
     for (int l = 0; l < c->n_layers; l++) CI_TRY(bind_layer(m, l));
     return CINFER_OK;
+}
+
+/* ---- the upload to a GPU ------------------------------------------------------------------- */
+
+static int by_host_address(const void *a, const void *b) {
+    const uintptr_t x = (uintptr_t)((const ci_weight_upload *)a)->tensor->data;
+    const uintptr_t y = (uintptr_t)((const ci_weight_upload *)b)->tensor->data;
+    return x < y ? -1 : x > y;
+}
+
+/* The pending draw of a random model's tensor t: where its data points until the upload. */
+static const ci_random_draw *pending_draw(const cinfer_model *m, const ci_tensor *t) {
+    const ci_device_draw *d = (const ci_device_draw *)t->data;
+    CI_ASSERT(m->device_draws && d >= m->device_draws && d < m->device_draws + m->n_device_draws);
+    CI_ASSERT(d->tensor == t);
+    return &d->draw;
+}
+
+cinfer_status ci_upload_weights(cinfer_model *m) {
+    const ci_config *c = m->config;
+    const int max_tensors = 3 + c->n_layers * CI_LAYER_MAX_TENSORS;
+    ci_weight_upload *list = malloc((size_t)max_tensors * sizeof *list);
+    CI_CHECK_ALLOC(list, (size_t)max_tensors * sizeof *list);
+    /* every tensor the device computes with, once (lm_head is left out when it is the embedding) */
+    int n = 0;
+    list[n++].tensor = &m->embed_tokens;
+    list[n++].tensor = &m->norm;
+    if (!c->tie_word_embeddings) list[n++].tensor = &m->lm_head;
+    for (int l = 0; l < c->n_layers; l++) {
+        ci_layer *w = &m->layers[l];
+        ci_tensor *layer[CI_LAYER_MAX_TENSORS] = {
+            &w->input_layernorm, &w->q_proj,    &w->k_proj,    &w->v_proj,
+            &w->q_bias,          &w->k_bias,    &w->v_bias,    &w->o_proj,
+            &w->o_bias,          &w->post_attention_layernorm, &w->gate_proj,
+            &w->up_proj,         &w->gate_bias, &w->up_bias,   &w->down_proj,
+            &w->down_bias};
+        for (int i = 0; i < CI_LAYER_MAX_TENSORS; i++)
+            if (layer[i]->data) list[n++].tensor = layer[i];
+    }
+    const bool drawn = m->device_draws != NULL;
+    CI_ASSERT(!drawn || n == m->n_device_draws); /* every device tensor is drawn, none twice */
+    for (int i = 0; i < n; i++) list[i].draw = drawn ? pending_draw(m, list[i].tensor) : NULL;
+    /* file order: the mapped shards are read front to back, once */
+    if (!drawn) qsort(list, (size_t)n, sizeof *list, by_host_address);
+
+    char what[192];
+    snprintf(what, sizeof what, "%s of %s in %s",
+             drawn ? "random weights of the shape" : "the weights",
+             ci_base_name(m->checkpoint->dir), cinfer_dtype_name(m->options.dtype));
+    cinfer_status status =
+        ci_cuda_upload_weights(m->options.device, ci_dtype_of_run(m->options.dtype), what, list, n,
+                               &m->device_weights, &m->device_weight_bytes);
+    free(list);
+    if (c->tie_word_embeddings) m->lm_head = m->embed_tokens;
+    return status;
+}
+
+void ci_free_device_weights(cinfer_model *m) {
+    ci_cuda_free_weights(m->device_weights);
+    m->device_weights = NULL;
+    m->device_weight_bytes = 0;
 }

@@ -524,7 +524,7 @@ TEST(RandomWeights, AreDrawnLikeAFreshModelAndRepeatWithTheSeed) {
     cinfer_model_free(c);
 }
 
-// The values themselves are pinned: models/random_weights.h must keep drawing what the host drew
+// The values themselves are pinned: common/random_weights.h must keep drawing what the host drew
 // before the device could (splitmix64 of key + i, its top 24 bits as u, half_width·(2u − 1)),
 // so that a seed names the same model across versions and backends. On the CPU every tensor is
 // drawn on the host, and none is left for a device to draw.

@@ -9,7 +9,7 @@
 #include "test_util.h"
 
 extern "C" {
-#include "../loaders/config.h"
+#include "../models/architecture.h"
 }
 
 namespace {
@@ -107,7 +107,6 @@ ci_config parse_ok(const ConfigJson &json) {
 
 TEST(Config, AppliesTransformersDefaultsToAMinimalLlamaConfig) {
     const ci_config c = parse_ok(minimal_llama());
-    EXPECT_EQ(c.arch, CI_ARCH_LLAMA);
     EXPECT_STREQ(c.architecture, "LlamaForCausalLM");
     EXPECT_EQ(c.vocab_size, 128);
     EXPECT_EQ(c.hidden_size, 64);
@@ -133,19 +132,19 @@ TEST(Config, AppliesTransformersDefaultsToAMinimalLlamaConfig) {
 
 TEST(Config, DiffLlamaDefaultsToItsOwnRmsNormEpsAndHasNoMlpBias) {
     const ci_config c = parse_ok(minimal_diffllama().set("mlp_bias", "true"));
-    EXPECT_EQ(c.arch, CI_ARCH_DIFFLLAMA);
     EXPECT_STREQ(c.architecture, "DiffLlamaForCausalLM");
     EXPECT_EQ(c.rms_norm_eps, 1e-5);
     EXPECT_FALSE(c.mlp_bias);  // DiffLlamaMLP has no biases whatever the config says
 }
 
 TEST(Config, FallsBackToModelTypeWithoutArchitectures) {
-    EXPECT_EQ(parse_ok(minimal_llama().erase("architectures").set("model_type", "\"llama\"")).arch,
-              CI_ARCH_LLAMA);
-    EXPECT_EQ(
+    EXPECT_STREQ(
+        parse_ok(minimal_llama().erase("architectures").set("model_type", "\"llama\"")).architecture,
+        "LlamaForCausalLM");
+    EXPECT_STREQ(
         parse_ok(minimal_llama().set("architectures", "[]").set("model_type", "\"diffllama\""))
-            .arch,
-        CI_ARCH_DIFFLLAMA);
+            .architecture,
+        "DiffLlamaForCausalLM");
 }
 
 TEST(Config, ReadsExplicitFieldsOverDefaults) {

@@ -434,7 +434,7 @@ class CudaAttention : public CudaOps,
                       public ::testing::WithParamInterface<std::tuple<cinfer_attention, ci_dtype>> {
   protected:
     // The shape of q/out or a cache: [rows, heads, D], or [B, rows, heads, D] for B lockstep
-    // sequences (engine/backend.h).
+    // sequences (kernels/backend.h).
     static ci_tensor seqs_view(void *data, ci_dtype dtype, int n_seqs, int64_t rows, int64_t heads,
                                int64_t head_dim) {
         return n_seqs == 1 ? view(data, dtype, {rows, heads, head_dim})

@@ -1,6 +1,6 @@
 // The decode GEMV (kernels/cuda/matmul_gemv.cuh) runs on the CPU emulator, through its real
 // launcher, against a double-precision reference computed here from the input as the kernel must
-// see it: x rounded to the weight dtype (engine/tensor.h's host conversions, not the emulator's),
+// see it: x rounded to the weight dtype (common/tensor.h's host conversions, not the emulator's),
 // the weights and biases widened exactly.
 //
 // Every call draws fresh inputs (normal, never all zeros), pre-fills every output with random

@@ -25,7 +25,7 @@ const ci_dtype WEIGHT_DTYPES[] = {CI_F32, CI_BF16, CI_F16};
 
 // What the upload makes of one host value: rounded to the file's dtype by the host draw, widened
 // exactly, rounded to the device's dtype by the upload's convert kernel. Both roundings are to
-// nearest even; the host functions of engine/tensor.c are the reference.
+// nearest even; the host functions of common/tensor.c are the reference.
 uint32_t expected_bits(float value, ci_dtype file_dtype, ci_dtype device_dtype) {
     float stored = value;
     if (file_dtype == CI_BF16) stored = ci_bf16_to_f32(ci_f32_to_bf16(value));
@@ -125,8 +125,8 @@ TEST_P(EmuRandomModel, TheDeviceDrawsEqualTheUploadOfTheHostDraw) {
     m->options.backend = CINFER_BACKEND_CUDA;
     m->checkpoint = checkpoint;
     m->config = &checkpoint->config;
-    m->arch =
-        m->config->arch == CI_ARCH_DIFFLLAMA ? &ci_diffllama_architecture : &ci_llama_architecture;
+    ASSERT_EQ(ci_architecture_configure(checkpoint->config_path, &checkpoint->config, &m->arch),
+              CINFER_OK);
     ASSERT_EQ(ci_bind_model_weights(m), CINFER_OK) << cinfer_last_error();
     ASSERT_NE(m->device_draws, nullptr);
 

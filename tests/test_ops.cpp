@@ -1,7 +1,7 @@
 // Each CPU reference op against a plain double-precision version written here, on fresh random
 // inputs every run (CINFER_TEST_SEED replays one), over many shapes including odd ones.
 //
-// The references are naive loops in double that follow MODEL_MATH.md and transformers literally;
+// The references are naive loops in double that follow docs/MODEL_MATH.md and transformers literally;
 // they never call the code under test. The CPU ops accumulate in double and round once to F32
 // (kernels/cpu/ops_cpu.h), so most tolerances are a few F32 ulps of the natural magnitude of the
 // result; each is derived beside its test.
@@ -53,7 +53,7 @@ std::mt19937_64 test_rng() {
     return std::mt19937_64(fresh_seed() ^ std::hash<std::string>{}(name));
 }
 
-// IEEE half precision, decoded from its fields with ldexp (independent of engine/tensor.c).
+// IEEE half precision, decoded from its fields with ldexp (independent of common/tensor.c).
 double f16_value(uint16_t h) {
     const int sign = h >> 15, exponent = (h >> 10) & 0x1f, mantissa = h & 0x3ff;
     double magnitude;
@@ -899,7 +899,7 @@ INSTANTIATE_TEST_SUITE_P(Shapes, Attention,
 
 class DiffAttention : public ::testing::TestWithParam<AttentionShape> {};
 
-// MODEL_MATH.md's differential attention, literally: for pair p (P = H/2)
+// docs/MODEL_MATH.md's differential attention, literally: for pair p (P = H/2)
 //   Vcat_p = [V_kv(p) ‖ V_kv(p+P)], O_p = A1_p·Vcat_p − λ·A2_p·Vcat_p,
 //   Y_p = (1 − λ_init)·O_p / sqrt(mean(O_p²) + eps) into columns [2pD, 2(p+1)D).
 // As for attention, the op rounds once to F32 from double. The magnitude of an output element

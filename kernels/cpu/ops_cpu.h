@@ -3,7 +3,7 @@
  * Activations are F32; weights are read in place in F32, BF16 or F16 and widened row by row, so
  * a bf16 checkpoint is never copied whole. Sums that can lose accuracy (dot products, softmax
  * normalizers, mean squares) accumulate in double. OpenMP splits the work where it pays.
- * See engine/backend.h for what each op computes. */
+ * See kernels/backend.h for what each op computes. */
 #ifndef CINFER_OPS_CPU_H
 #define CINFER_OPS_CPU_H
 

@@ -213,7 +213,7 @@ static void eager_diff_attention(cuda_backend *cu, ci_tensor *out, const ci_tens
 // ---- the fused kinds --------------------------------------------------------------------------
 
 // Every kind takes q [T, H, D] or [B, T, H, D], caches [n_ctx, G, D] or [B, n_ctx, G, D]
-// (engine/backend.h); returns B after checking that the four agree.
+// (kernels/backend.h); returns B after checking that the four agree.
 static int checked_n_seqs(const ci_tensor *out, const ci_tensor *q, const ci_tensor *k_cache,
                           const ci_tensor *v_cache) {
     const int64_t n_seqs = ci_tensor_n_seqs(q);
@@ -269,7 +269,7 @@ static void fused_attention(cuda_backend *cu, const attention_params &p, ci_dtyp
 
 // ---- the op: the backend's attention kind ------------------------------------------------------
 
-// What differential attention adds (MODEL_MATH.md); NULL for standard attention.
+// What differential attention adds (docs/MODEL_MATH.md); NULL for standard attention.
 typedef struct differential_terms {
     float lambda, lambda_init, eps;
 } differential_terms;

@@ -26,7 +26,7 @@
 // query t sees cache rows [0, pos0(b) + t] (causal, aligned at the end). Query head h reads KV
 // head h / (n_heads / n_kv_heads) in place (GQA never copies K or V).
 //
-// Differential attention (differential = 1; MODEL_MATH.md): head pair p = (p, p + P), P = H / 2,
+// Differential attention (differential = 1; docs/MODEL_MATH.md): head pair p = (p, p + P), P = H / 2,
 // both maps weight Vcat_p = [V_kv(p) ‖ V_kv(p+P)] (2·D wide); out[t, 2pD : 2(p+1)D] =
 // (1 − lambda_init) · RMSNorm_2D(A_p·Vcat_p − lambda · A_{p+P}·Vcat_p, eps) (no weight).
 struct attention_params {

@@ -14,7 +14,7 @@
 // g query heads of one token), the spare warps split the keys of the same rows, and their final
 // states meet in shared memory, where one warp folds them together (one __syncthreads).
 //
-// The math is MODEL_MATH.md's and kernels/cpu/attention.c's, in F32:
+// The math is docs/MODEL_MATH.md's and kernels/cpu/attention.c's, in F32:
 //   standard      O_h = softmax(Q_h K_kv(h)ᵀ / sqrt(D) + M) V_kv(h)
 //   differential  Y_p = (1 − lambda_init) · RMSNorm_2D(A1_p·Vcat_p − lambda · A2_p·Vcat_p, eps),
 //                 Vcat_p = [V_kv(p) ‖ V_kv(p+P)]: both heads of pair p keep their own softmax

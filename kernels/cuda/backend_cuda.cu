@@ -1,5 +1,5 @@
 // The CUDA backend: device memory, the stream and cuBLAS handle every op uses, the recorded decode
-// step (a CUDA graph), and the op table. See engine/backend.h for the decisions it makes.
+// step (a CUDA graph), and the op table. See kernels/backend.h for the decisions it makes.
 #include <string.h>
 
 #include "ops_cuda.h"

@@ -88,7 +88,7 @@ __global__ void rope_kernel(float *q, float *k, int64_t n_rows, int64_t tokens_p
     v[i + half] = x2 * c + x1 * s;
 }
 
-// q [T, H, D] or [B, T, H, D]; k likewise with G heads (engine/backend.h).
+// q [T, H, D] or [B, T, H, D]; k likewise with G heads (kernels/backend.h).
 void rope_cuda(ci_backend *be, ci_tensor *q, ci_tensor *k, int pos0, const ci_rope_freqs *freqs) {
     cuda_backend *cu = cuda_of(be);
     const int64_t n_seqs = ci_tensor_n_seqs(q);
@@ -142,7 +142,7 @@ void gated_activation_cuda(ci_backend *be, ci_tensor *out, const ci_tensor *gate
 // says, not where it said when it was recorded. Element i of the new rows [B, T, G·D] belongs to
 // sequence b = i / (T·G·D) and goes to its cache b ([B, n_ctx, G·D]).
 
-// The cache holds the run dtype (engine/backend.h: ci_kv_cache_dtype): K and V are rounded to it
+// The cache holds the run dtype (kernels/backend.h: ci_kv_cache_dtype): K and V are rounded to it
 // once, here, as transformers' bf16 cache does.
 template <typename T>
 __global__ void kv_store_kernel(T *k_cache, T *v_cache, const float *k_new, const float *v_new,

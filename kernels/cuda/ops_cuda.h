@@ -1,5 +1,5 @@
 // The CUDA backend's ops, with the same names as the CPU reference's (kernels/cpu/ops_cpu.h), and
-// the backend state they share. Included by the .cu files only. See engine/backend.h for what
+// the backend state they share. Included by the .cu files only. See kernels/backend.h for what
 // each op computes and for the decisions the CUDA backend makes (dtypes, memory, positions).
 #ifndef CINFER_OPS_CUDA_H
 #define CINFER_OPS_CUDA_H
@@ -30,7 +30,7 @@ struct cuda_backend {
     int recording;          // ... and the stream is being recorded into `graph`
     cudaGraph_t graph;
     cudaGraphExec_t graph_exec;
-    cudaEvent_t *marks; // the timing marks (engine/backend.h: mark), created on demand
+    cudaEvent_t *marks; // the timing marks (kernels/backend.h: mark), created on demand
     int n_marks;
 };
 

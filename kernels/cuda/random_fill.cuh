@@ -1,7 +1,7 @@
 // Drawing a random model's tensor straight into device memory (cinfer_model_load_random on CUDA).
 //
 // Each element is what the host draw (models/weights.c) followed by the upload
-// (weights_cuda.cu) would have put there: the value of models/random_weights.h, rounded to the
+// (weights_cuda.cu) would have put there: the value of common/random_weights.h, rounded to the
 // dtype the config says the files hold, then converted to the dtype the device stores (matrices
 // in the run dtype, vectors F32). Both roundings are to nearest even, as on the host, so the bits
 // are the same; the double rounding (e.g. bf16 files run in fp16) is kept on purpose.

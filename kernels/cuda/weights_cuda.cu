@@ -1,16 +1,19 @@
 // Uploading a model's weights to the device, converted to the run dtype there.
 //
-// The weights are memory-mapped views into the checkpoint's shards (models/weights.c). They go up
-// in file order (sorted by address: shard after shard, front to back in each), a chunk at a time
+// The weights are memory-mapped views into the checkpoint's shards, listed by the model
+// (models/weights.c: ci_upload_weights). They go up in the order given (file order: shard after
+// shard, front to back in each), a chunk at a time
 // through one pinned host buffer and one device buffer of STAGING_BYTES each, and a kernel widens
 // or rounds each chunk into its place in one device allocation. Host memory stays bounded by the
 // staging buffer whatever the model's size; a bf16 checkpoint is never copied whole on the host.
 //
-// Matrices become the run dtype; vectors (norm weights, biases) become F32 (engine/backend.h).
+// Matrices become the run dtype; vectors (norm weights, biases) become F32 (kernels/backend.h).
 //
 // A random model (cinfer_model_load_random) has no files: its tensors are drawn straight into
 // their place in the same allocation (random_fill.cuh), and nothing is staged. The host holds
 // only the model's list of pending draws (models/model.h, ci_device_draw).
+//
+// The kernels know nothing of models: the list of tensors is all they are given.
 #include <stdlib.h>
 #include <string.h>
 
@@ -19,40 +22,11 @@
 
 extern "C" {
 #include "../device.h"
-#include "../../models/model.h"
 }
 
 static const size_t STAGING_BYTES = 64u << 20;
 // Each tensor starts on a 256-byte boundary, what cudaMalloc gives and what vector loads like.
 static const size_t TENSOR_ALIGNMENT = 256;
-
-// Every tensor the model holds, once (lm_head is left out when it is the embedding itself).
-static int list_weights(cinfer_model *m, ci_tensor **list) {
-    int n = 0;
-    list[n++] = &m->embed_tokens;
-    list[n++] = &m->norm;
-    if (!m->config->tie_word_embeddings) list[n++] = &m->lm_head;
-    for (int l = 0; l < m->config->n_layers; l++) {
-        ci_layer *w = &m->layers[l];
-        ci_tensor *layer[] = {&w->input_layernorm, &w->q_proj,
-                              &w->k_proj,          &w->v_proj,
-                              &w->q_bias,          &w->k_bias,
-                              &w->v_bias,          &w->o_proj,
-                              &w->o_bias,          &w->post_attention_layernorm,
-                              &w->gate_proj,       &w->up_proj,
-                              &w->gate_bias,       &w->up_bias,
-                              &w->down_proj,       &w->down_bias};
-        for (size_t i = 0; i < sizeof layer / sizeof layer[0]; i++)
-            if (layer[i]->data) list[n++] = layer[i];
-    }
-    return n;
-}
-
-static int by_host_address(const void *a, const void *b) {
-    const uintptr_t x = (uintptr_t)(*(ci_tensor *const *)a)->data;
-    const uintptr_t y = (uintptr_t)(*(ci_tensor *const *)b)->data;
-    return x < y ? -1 : x > y;
-}
 
 static ci_dtype device_dtype(const ci_tensor *t, ci_dtype run) {
     return t->n_dims == 2 ? run : CI_F32;
@@ -82,49 +56,33 @@ static cudaError_t upload_tensor(const ci_tensor *t, void *dst, ci_dtype dst_dty
     return cudaSuccess;
 }
 
-// The pending draw of a random model's tensor t: where its data points until the upload.
-static const ci_device_draw *pending_draw(const cinfer_model *m, const ci_tensor *t) {
-    const ci_device_draw *d = (const ci_device_draw *)t->data;
-    CI_ASSERT(m->device_draws && d >= m->device_draws && d < m->device_draws + m->n_device_draws);
-    CI_ASSERT(d->tensor == t);
-    return d;
-}
-
-extern "C" cinfer_status ci_cuda_upload_weights(cinfer_model *m) {
-    const int device = m->options.device;
-    const ci_dtype run = ci_dtype_of_run(m->options.dtype);
-    const int max_tensors = 3 + m->config->n_layers * CI_LAYER_MAX_TENSORS;
-    ci_tensor **list = (ci_tensor **)malloc((size_t)max_tensors * sizeof *list);
-    CI_CHECK_ALLOC(list, (size_t)max_tensors * sizeof *list);
-    const int n = list_weights(m, list);
-    qsort(list, (size_t)n, sizeof *list, by_host_address);
-
+extern "C" cinfer_status ci_cuda_upload_weights(int device, ci_dtype run, const char *what,
+                                                ci_weight_upload *list, int n, void **block,
+                                                size_t *bytes) {
+    *block = NULL;
+    *bytes = 0;
     // a random model draws its tensors in place: no staging buffers
-    const bool drawn = m->device_draws != NULL;
+    const bool drawn = n > 0 && list[0].draw != NULL;
     const size_t staging_bytes = drawn ? 0 : STAGING_BYTES;
-    CI_ASSERT(!drawn || n == m->n_device_draws); // every device tensor is drawn, none twice
     size_t needed = 0;
-    for (int i = 0; i < n; i++)
-        needed +=
-            align_up((size_t)ci_tensor_numel(list[i]) * ci_dtype_size(device_dtype(list[i], run)));
+    for (int i = 0; i < n; i++) {
+        CI_ASSERT((list[i].draw != NULL) == drawn); // all drawn, or all copied
+        const ci_tensor *t = list[i].tensor;
+        needed += align_up((size_t)ci_tensor_numel(t) * ci_dtype_size(device_dtype(t, run)));
+    }
     size_t free_bytes = 0, total_bytes = 0;
     cinfer_status status = ci_cuda_memory(device, &free_bytes, &total_bytes);
     if (status == CINFER_OK) {
-        char what[160];
+        char message[256];
         if (drawn)
-            snprintf(what, sizeof what, "random weights of the shape of %s in %s",
-                     ci_base_name(m->checkpoint->dir), cinfer_dtype_name(m->options.dtype));
+            snprintf(message, sizeof message, "%s", what);
         else
-            snprintf(what, sizeof what, "the weights of %s in %s (plus %zu MiB of upload staging)",
-                     ci_base_name(m->checkpoint->dir), cinfer_dtype_name(m->options.dtype),
+            snprintf(message, sizeof message, "%s (plus %zu MiB of upload staging)", what,
                      STAGING_BYTES >> 20);
-        status =
-            ci_memory_fits(what, device, (int64_t)(needed + staging_bytes), (int64_t)free_bytes);
+        status = ci_memory_fits(message, device, (int64_t)(needed + staging_bytes),
+                                (int64_t)free_bytes);
     }
-    if (status != CINFER_OK) {
-        free(list);
-        return status;
-    }
+    if (status != CINFER_OK) return status;
 
     void *weights = NULL, *staging = NULL, *pinned = NULL;
     cudaStream_t stream = NULL;
@@ -134,12 +92,12 @@ extern "C" cinfer_status ci_cuda_upload_weights(cinfer_model *m) {
     if (error == cudaSuccess) error = cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking);
     size_t offset = 0;
     for (int i = 0; error == cudaSuccess && i < n; i++) {
-        ci_tensor *t = list[i];
+        ci_tensor *t = list[i].tensor;
         const ci_dtype dtype = device_dtype(t, run);
         void *dst = (char *)weights + offset;
         if (drawn) {
             // what convert_cuda would make of the host draw, drawn in place
-            const int filled = random_fill(dst, dtype, t->dtype, pending_draw(m, t)->draw,
+            const int filled = random_fill(dst, dtype, t->dtype, *list[i].draw,
                                            ci_tensor_numel(t), stream);
             CI_ASSERT(filled == 0); // weights are F32, BF16 or F16, in the files and on device
         } else {
@@ -153,21 +111,16 @@ extern "C" cinfer_status ci_cuda_upload_weights(cinfer_model *m) {
     if (stream) cudaStreamDestroy(stream);
     if (pinned) cudaFreeHost(pinned);
     if (staging) cudaFree(staging);
-    free(list);
-    if (m->config->tie_word_embeddings) m->lm_head = m->embed_tokens;
-    m->device_weights = weights;
-    m->device_weight_bytes = needed;
+    *block = weights;
+    *bytes = needed;
     if (error != cudaSuccess) {
         cudaGetLastError();
-        return CI_FAIL(CINFER_ERR_MEMORY, "%s: uploading the weights to CUDA device %d failed: %s",
-                       m->checkpoint->dir, device, cudaGetErrorString(error));
+        return CI_FAIL(CINFER_ERR_MEMORY, "uploading %s to CUDA device %d failed: %s", what, device,
+                       cudaGetErrorString(error));
     }
     return CINFER_OK;
 }
 
-extern "C" void ci_cuda_free_weights(cinfer_model *m) {
-    if (!m->device_weights) return;
-    CUDA_CHECK(cudaFree(m->device_weights));
-    m->device_weights = NULL;
-    m->device_weight_bytes = 0;
+extern "C" void ci_cuda_free_weights(void *block) {
+    if (block) CUDA_CHECK(cudaFree(block));
 }
