@@ -1,4 +1,4 @@
-/* Internal entry points of the tokenizer (loaders/tokenizer.c) for the CLI, tests and fuzzers. */
+/* Internal entry points of the tokenizer (loaders/tokenizer*.c) for the CLI, tests and fuzzers. */
 #ifndef CINFER_TOKENIZER_H
 #define CINFER_TOKENIZER_H
 
