@@ -47,7 +47,7 @@
 
 extern "C" {
 #include "../kernels/device.h"
-#include "../loaders/config.h"
+#include "../models/architecture.h"
 }
 
 #include "../programs/option_lists.h"

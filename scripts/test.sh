@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Builds cinfer and runs the whole test suite, on a fresh machine too (installs what is missing).
 #
+#   0. the include check (scripts/check_layers.sh): no include points up a layer
 #   1. release build (the CUDA code compiles when nvcc is present; GPU tests skip without a GPU)
 #   2. AddressSanitizer + UndefinedBehaviorSanitizer build without CUDA (so -DCINFER_CUDA=OFF is
 #      proven to build as well): the whole suite again, bad-input tests included
@@ -16,6 +17,9 @@ jobs=${JOBS:-$(nproc)}
 fuzz_seconds=${FUZZ_SECONDS:-30}
 
 section() { printf '\n==== %s ====\n' "$*"; }
+
+section "layers (every #include points down: README.md, Layout)"
+scripts/check_layers.sh
 
 section "release build"
 cmake -S . -B build -DCMAKE_BUILD_TYPE=Release
