@@ -11,9 +11,9 @@ typedef struct name_entry {
 } name_entry;
 
 static const name_entry dtype_names[] = {
-    {"f32", CINFER_DTYPE_F32},  {"fp32", CINFER_DTYPE_F32},      {"float32", CINFER_DTYPE_F32},
+    {"f32", CINFER_DTYPE_F32},   {"fp32", CINFER_DTYPE_F32},      {"float32", CINFER_DTYPE_F32},
     {"bf16", CINFER_DTYPE_BF16}, {"bfloat16", CINFER_DTYPE_BF16}, {"fp16", CINFER_DTYPE_F16},
-    {"f16", CINFER_DTYPE_F16},  {"float16", CINFER_DTYPE_F16},   {"half", CINFER_DTYPE_F16},
+    {"f16", CINFER_DTYPE_F16},   {"float16", CINFER_DTYPE_F16},   {"half", CINFER_DTYPE_F16},
 };
 static const name_entry attention_names[] = {
     {"auto", CINFER_ATTENTION_AUTO},

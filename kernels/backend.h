@@ -114,8 +114,9 @@ typedef struct ci_backend_ops {
      * q [T, H, D], k_cache and v_cache [n_ctx, G, D] -> out [T, H, D]. */
     void (*attention)(ci_backend *be, ci_tensor *out, const ci_tensor *q, const ci_tensor *k_cache,
                       const ci_tensor *v_cache, int pos0);
-    /* Differential attention (docs/MODEL_MATH.md): for pair p, (A1·Vcat − lambda·A2·Vcat), RMS group
-     * norm over 2D with eps, times (1 − lambda_init), into out[t, 2pD:(2p+2)D]. Shapes as above. */
+    /* Differential attention (docs/MODEL_MATH.md): for pair p, (A1·Vcat − lambda·A2·Vcat), RMS
+     * group norm over 2D with eps, times (1 − lambda_init), into out[t, 2pD:(2p+2)D]. Shapes as
+     * above. */
     void (*diff_attention)(ci_backend *be, ci_tensor *out, const ci_tensor *q,
                            const ci_tensor *k_cache, const ci_tensor *v_cache, int pos0,
                            float lambda, float lambda_init, float eps);

@@ -22,7 +22,8 @@ static const char *list_names(int model_types, char *buf, size_t size) {
     for (int i = 0; i < N_ARCHITECTURES && used < size; i++) {
         const char *sep = i == 0 ? "" : i == N_ARCHITECTURES - 1 ? " or " : ", ";
         const char *quote = model_types ? "'" : "";
-        const char *name = model_types ? architectures[i]->model_type : architectures[i]->class_name;
+        const char *name =
+            model_types ? architectures[i]->model_type : architectures[i]->class_name;
         used += (size_t)snprintf(buf + used, size - used, "%s%s%s%s", sep, quote, name, quote);
     }
     return buf;

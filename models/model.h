@@ -94,7 +94,6 @@ void ci_free_device_weights(cinfer_model *model);
 void ci_rope_frequencies(const ci_config *config, int seq_len, float *inv_freq,
                          float *attention_scaling);
 
-
 /* ---- the forward pass (models/llama.c) ---------------------------------------------------------
  * A step runs T new tokens of each of B sequences in lockstep, all at positions pos0 .. pos0+T-1.
  * Its B·T rows are sequence-major (row b·T + t is token t of sequence b): row-wise ops just see
@@ -124,7 +123,7 @@ typedef struct ci_forward_step {
     const ci_tensor *tokens; /* I32 [B·T], sequence-major */
     int n_seqs, n_tokens;    /* B, T */
     int pos0;
-    const ci_rope_freqs *rope; /* the frequencies of this call's length (ci_rope_frequencies) */
+    const ci_rope_freqs *rope;    /* the frequencies of this call's length (ci_rope_frequencies) */
     ci_tensor *k_cache, *v_cache; /* per layer [B, n_ctx, G, D]: the step appends its rows */
     ci_hidden_hook hook;
 } ci_forward_step;

@@ -275,12 +275,14 @@ cinfer_status ci_upload_weights(cinfer_model *m) {
     if (!c->tie_word_embeddings) list[n++].tensor = &m->lm_head;
     for (int l = 0; l < c->n_layers; l++) {
         ci_layer *w = &m->layers[l];
-        ci_tensor *layer[CI_LAYER_MAX_TENSORS] = {
-            &w->input_layernorm, &w->q_proj,    &w->k_proj,    &w->v_proj,
-            &w->q_bias,          &w->k_bias,    &w->v_bias,    &w->o_proj,
-            &w->o_bias,          &w->post_attention_layernorm, &w->gate_proj,
-            &w->up_proj,         &w->gate_bias, &w->up_bias,   &w->down_proj,
-            &w->down_bias};
+        ci_tensor *layer[CI_LAYER_MAX_TENSORS] = {&w->input_layernorm, &w->q_proj,
+                                                  &w->k_proj,          &w->v_proj,
+                                                  &w->q_bias,          &w->k_bias,
+                                                  &w->v_bias,          &w->o_proj,
+                                                  &w->o_bias,          &w->post_attention_layernorm,
+                                                  &w->gate_proj,       &w->up_proj,
+                                                  &w->gate_bias,       &w->up_bias,
+                                                  &w->down_proj,       &w->down_bias};
         for (int i = 0; i < CI_LAYER_MAX_TENSORS; i++)
             if (layer[i]->data) list[n++].tensor = layer[i];
     }

@@ -79,8 +79,8 @@ extern "C" cinfer_status ci_cuda_upload_weights(int device, ci_dtype run, const 
         else
             snprintf(message, sizeof message, "%s (plus %zu MiB of upload staging)", what,
                      STAGING_BYTES >> 20);
-        status = ci_memory_fits(message, device, (int64_t)(needed + staging_bytes),
-                                (int64_t)free_bytes);
+        status =
+            ci_memory_fits(message, device, (int64_t)(needed + staging_bytes), (int64_t)free_bytes);
     }
     if (status != CINFER_OK) return status;
 
@@ -97,8 +97,8 @@ extern "C" cinfer_status ci_cuda_upload_weights(int device, ci_dtype run, const 
         void *dst = (char *)weights + offset;
         if (drawn) {
             // what convert_cuda would make of the host draw, drawn in place
-            const int filled = random_fill(dst, dtype, t->dtype, *list[i].draw,
-                                           ci_tensor_numel(t), stream);
+            const int filled =
+                random_fill(dst, dtype, t->dtype, *list[i].draw, ci_tensor_numel(t), stream);
             CI_ASSERT(filled == 0); // weights are F32, BF16 or F16, in the files and on device
         } else {
             error = upload_tensor(t, dst, dtype, pinned, staging, stream);
