@@ -43,32 +43,23 @@ static int value_of(const name_entry *table, size_t n, const char *name, int *va
     return -1;
 }
 
-const char *cinfer_dtype_name(cinfer_dtype dtype) {
-    return name_of(dtype_names, COUNT(dtype_names), (int)dtype);
-}
-int cinfer_dtype_from_name(const char *name, cinfer_dtype *out) {
-    int value;
-    if (value_of(dtype_names, COUNT(dtype_names), name, &value)) return -1;
-    *out = (cinfer_dtype)value;
-    return 0;
-}
+#define TABLE(table) table, COUNT(table)
 
-const char *cinfer_attention_name(cinfer_attention kind) {
-    return name_of(attention_names, COUNT(attention_names), (int)kind);
+/* each enum's pair: the table's canonical name of a value, and the value of any of its names */
+const char *cinfer_dtype_name(cinfer_dtype d) { return name_of(TABLE(dtype_names), (int)d); }
+int cinfer_dtype_from_name(const char *name, cinfer_dtype *out) {
+    int v;
+    return value_of(TABLE(dtype_names), name, &v) ? -1 : (*out = (cinfer_dtype)v, 0);
+}
+const char *cinfer_attention_name(cinfer_attention a) {
+    return name_of(TABLE(attention_names), (int)a);
 }
 int cinfer_attention_from_name(const char *name, cinfer_attention *out) {
-    int value;
-    if (value_of(attention_names, COUNT(attention_names), name, &value)) return -1;
-    *out = (cinfer_attention)value;
-    return 0;
+    int v;
+    return value_of(TABLE(attention_names), name, &v) ? -1 : (*out = (cinfer_attention)v, 0);
 }
-
-const char *cinfer_backend_name(cinfer_backend backend) {
-    return name_of(backend_names, COUNT(backend_names), (int)backend);
-}
+const char *cinfer_backend_name(cinfer_backend b) { return name_of(TABLE(backend_names), (int)b); }
 int cinfer_backend_from_name(const char *name, cinfer_backend *out) {
-    int value;
-    if (value_of(backend_names, COUNT(backend_names), name, &value)) return -1;
-    *out = (cinfer_backend)value;
-    return 0;
+    int v;
+    return value_of(TABLE(backend_names), name, &v) ? -1 : (*out = (cinfer_backend)v, 0);
 }

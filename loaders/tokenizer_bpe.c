@@ -33,13 +33,9 @@ static int candidate_before(const merge_candidate *a, const merge_candidate *b) 
 }
 
 static cinfer_status heap_push(encoder *e, merge_candidate c) {
-    if (e->n_heap == e->cap_heap) {
-        size_t cap = e->cap_heap ? 2 * e->cap_heap : 64;
-        merge_candidate *grown = realloc(e->heap, cap * sizeof *grown);
-        CI_CHECK_ALLOC(grown, cap * sizeof *grown);
-        e->heap = grown;
-        e->cap_heap = cap;
-    }
+    merge_candidate *heap = tok_grow(e->heap, &e->cap_heap, e->n_heap, sizeof *heap, 64);
+    if (!heap) return CINFER_ERR_MEMORY;
+    e->heap = heap;
     size_t i = e->n_heap++;
     while (i > 0 && candidate_before(&c, &e->heap[(i - 1) / 2])) {
         e->heap[i] = e->heap[(i - 1) / 2];

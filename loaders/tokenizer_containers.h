@@ -19,6 +19,22 @@ typedef struct buf {
     size_t len, cap;
 } buf;
 
+/* A doubling array's storage with room for one more element after n (first_cap elements when it
+ * has none yet): items itself, or its grown copy; NULL, with the error set, when memory ran out
+ * (items is then still valid and owned by the caller). */
+static inline void *tok_grow(void *items, size_t *cap, size_t n, size_t element, size_t first_cap) {
+    if (n < *cap) return items;
+    const size_t want = *cap ? 2 * *cap : first_cap;
+    void *grown = realloc(items, want * element);
+    if (!grown) {
+        CI_FAIL(CINFER_ERR_MEMORY, "out of memory growing a tokenizer array to %zu bytes",
+                want * element);
+        return NULL;
+    }
+    *cap = want;
+    return grown;
+}
+
 /* Makes room for `extra` more bytes and the NUL after them. */
 static inline cinfer_status tok_buf_reserve(buf *b, size_t extra) {
     if (b->len + extra + 1 <= b->cap) return CINFER_OK;

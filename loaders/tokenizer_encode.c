@@ -10,25 +10,17 @@
 #include "utf8.h"
 
 cinfer_status tok_seg_push(seg_list *l, size_t start, size_t end, int32_t token, int is_match) {
-    if (l->n == l->cap) {
-        size_t cap = l->cap ? 2 * l->cap : 32;
-        segment *grown = realloc(l->items, cap * sizeof *grown);
-        CI_CHECK_ALLOC(grown, cap * sizeof *grown);
-        l->items = grown;
-        l->cap = cap;
-    }
+    segment *items = tok_grow(l->items, &l->cap, l->n, sizeof *items, 32);
+    if (!items) return CINFER_ERR_MEMORY;
+    l->items = items;
     l->items[l->n++] = (segment){start, end, token, is_match};
     return CINFER_OK;
 }
 
 cinfer_status tok_push_id(encoder *e, int32_t id) {
-    if (e->n_ids == e->cap_ids) {
-        size_t cap = e->cap_ids ? 2 * e->cap_ids : 256;
-        int32_t *grown = realloc(e->ids, cap * sizeof *grown);
-        CI_CHECK_ALLOC(grown, cap * sizeof *grown);
-        e->ids = grown;
-        e->cap_ids = cap;
-    }
+    int32_t *ids = tok_grow(e->ids, &e->cap_ids, e->n_ids, sizeof *ids, 256);
+    if (!ids) return CINFER_ERR_MEMORY;
+    e->ids = ids;
     e->ids[e->n_ids++] = id;
     return CINFER_OK;
 }
