@@ -353,7 +353,8 @@ do_configure() {
   run "$logs/configure.log" 600 cmake "${cmake_args[@]}"
   if [ $rc -ne 0 ]; then
     tail -n 30 "$logs/configure.log"
-    step_end "$(verdict)" "$(cut_note 600)$(first_line "$build_error" "$logs/configure.log") (configure.log)"
+    # CMake's message is on the lines after "CMake Error at FILE:LINE"
+    step_end "$(verdict)" "$(cut_note 600)$(grep -m1 -A6 -E "$build_error" "$logs/configure.log" | tr -s ' \n' ' ' | cut -c1-300) (configure.log)"
     stop_all "configure failed"
   fi
   grep -E "^(CJSON|PCRE2)_(INCLUDE_DIR|LIBRARY)|^GTest_DIR|^CMAKE_GENERATOR:" "$build/CMakeCache.txt" \
