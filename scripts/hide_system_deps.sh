@@ -86,6 +86,16 @@ dpkg_paths() {
 no_input_re='^/usr/share/(doc|doc-base|man|info|lintian|bug)/' # manuals and such stay: no build input
 tmp=$(mktemp -d /tmp/hide_system.XXXXXX)
 mount -t tmpfs tmpfs "$tmp"
+tops=""
+# on the way out the mounts go, and the folder they were made in with them (made in the real
+# /tmp, it stays there unless removed, and a mount point cannot be removed while it is one)
+# shellcheck disable=SC2317 # run by the EXIT trap
+cleanup() {
+  for top in $tops; do umount -l "$top" 2>/dev/null || true; done
+  umount -l "$tmp" 2>/dev/null || true
+  rmdir "$tmp" 2>/dev/null || true
+}
+trap cleanup EXIT
 # shellcheck disable=SC2086 # package names, one word each
 dpkg_paths $hidden | grep -Ev "$no_input_re" >"$tmp/hidden_paths" || true
 # shellcheck disable=SC2086
@@ -157,4 +167,7 @@ n_hidden=$(grep -c . <<<"$hidden" || true)
 echo "hide_system_deps: hidden $n_paths paths ($n_whiteouts whiteouts) of $n_hidden packages" \
   "(carried in $deps: ${carried_installed//$'\n'/ }; the others: every -dev package but the toolchain's)," \
   "and every header in /usr/include but the toolchain's" >&2
-exec "$@"
+# a child, not exec, so that the cleanup runs after it
+status=0
+"$@" || status=$?
+exit $status
