@@ -5,9 +5,29 @@
 # direction the design relies on: the kernels know nothing of models, the models nothing of
 # sessions, the library nothing of its programs.
 #
-#   scripts/check_layers.sh          checks the tree; prints each offending include; exit 1 if any
+#   scripts/check_layers.sh             checks the tree; prints each offending include; exit 1 if any
+#   scripts/check_layers.sh FILE...     checks these files only
+#   scripts/check_layers.sh --self-test shows that the check fails on includes that point up or
+#                                       across (scripts/test.sh runs it before the real check)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+if [ "${1:-}" = --self-test ]; then
+  # a kernel that includes a model, a loader that includes a kernel, a program that reaches past
+  # the public API: each must be refused; a model that includes a kernel must pass
+  dir=$(mktemp -d "$PWD/kernels/.self_test.XXXXXX")
+  trap 'rm -rf "$dir" loaders/.self_test_*.c models/.self_test_*.c' EXIT
+  printf '#include "../../models/model.h"\n' >"$dir/up.c"
+  printf '#include "../kernels/backend.h"\n' >loaders/.self_test_across.c
+  printf '#include "../kernels/backend.h"\n' >models/.self_test_down.c
+  failed=0
+  for bad in "$dir/up.c" loaders/.self_test_across.c; do
+    if "$0" "$bad" >/dev/null; then echo "check_layers self-test: $bad passed, but must not"; failed=1; fi
+  done
+  "$0" models/.self_test_down.c >/dev/null || { echo "check_layers self-test: a model including a kernel was refused"; failed=1; }
+  [ "$failed" = 0 ] && echo "check_layers self-test: up and across refused, down allowed"
+  exit "$failed"
+fi
 
 # rank of each layer, bottom first
 declare -A rank=(
@@ -41,7 +61,8 @@ while IFS= read -r file; do
       violations=$((violations + 1))
     fi
   done < <(sed -n 's/^[[:space:]]*#[[:space:]]*include[[:space:]]*"\([^"]*\)".*/\1/p' "$file")
-done < <(git ls-files '*.c' '*.h' '*.cu' '*.cuh' '*.cpp' | grep -v '^tests/fixtures/')
+done < <(if [ $# -gt 0 ]; then realpath --relative-to=. "$@"; else
+           git ls-files '*.c' '*.h' '*.cu' '*.cuh' '*.cpp' | grep -v '^tests/fixtures/'; fi)
 
 if [ "$violations" -gt 0 ]; then
   echo "check_layers: $violations include(s) point up a layer or across peers"

@@ -19,6 +19,7 @@ fuzz_seconds=${FUZZ_SECONDS:-30}
 section() { printf '\n==== %s ====\n' "$*"; }
 
 section "layers (every #include points down: README.md, Layout)"
+scripts/check_layers.sh --self-test
 scripts/check_layers.sh
 
 section "release build"
