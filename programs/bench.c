@@ -486,7 +486,8 @@ typedef struct run_config {
     const char *backend, *dtype, *attention;
 } run_config;
 
-enum { MAX_CONFIGS = MAX_LIST + 9 };
+/* a CPU row per -t value, a CUDA row per dtype and attention kind */
+enum { MAX_CONFIGS = MAX_LIST + CINFER_DTYPE_COUNT * CINFER_ATTENTION_COUNT };
 
 static int plan_configs(const bench_options *o, run_config *configs) {
     int n = 0;
