@@ -172,7 +172,7 @@ static int compare_main(int argc, char **argv) {
         printf("tolerance: max |gpu - cpu| <= %g x max(1, max |cpu|) per row\n", tol.max_abs);
     if (tol.rel_l2 > 0.0)
         printf("tolerance: relative L2 difference <= %g per row (provisional bound, see "
-               "engine/compare.h)\n",
+               "programs/compare.h)\n",
                tol.rel_l2);
     printf("%-16s %12s %12s   %s\n", "stage", "max |diff|", "rel L2", "within");
     int n_bad = 0;

@@ -6,14 +6,14 @@
         --device cuda --dtype bfloat16 --attn sdpa,eager            # random weights of a shape
     scripts/bench_hf.py --model DIR -p 64 -n 16 --cinfer build/cinfer   # both, one table
 
-Definitions match bench/bench.c exactly:
+Definitions match programs/bench.c exactly:
   pp<N>  one forward over B prompts of N tokens (input_ids [B, N]) with a fresh KV cache, logits
          of the last tokens only (logits_to_keep=1); B·N / seconds.
   tg<N>  N forwards of one token of each of the B sequences through the KV cache; B·N / seconds.
   @ d<D> the test runs after D tokens of each sequence were put in the cache (untimed).
   -b B   batch sizes (default 1): B sequences in lockstep, no padding, as cinfer runs them.
 The prompt ids are the same pseudo-random ids cinfer draws (splitmix64 from --seed; sequence b
-reads ids [b·L, (b+1)·L) with L the longest depth + test, as bench/bench.c does), decode feeds
+reads ids [b·L, (b+1)·L) with L the longest depth + test, as programs/bench.c does), decode feeds
 them instead of sampling, one warm-up run precedes -r timed runs, and CUDA is synchronized before
 every clock read. On the CPU transformers runs in float32, the math cinfer's reference path does.
 Needs torch and transformers (scripts/make_fixtures.py makes .venv-fixtures with them).
@@ -33,7 +33,7 @@ MASK64 = (1 << 64) - 1
 
 
 def prompt_ids(seed, count, vocab_size):
-    """bench/bench.c's next_random: splitmix64, the id is the output modulo the vocabulary."""
+    """programs/bench.c's next_random: splitmix64, the id is the output modulo the vocabulary."""
     state, ids = seed, []
     for _ in range(count):
         state = (state + 0x9E3779B97F4A7C15) & MASK64
@@ -112,7 +112,7 @@ def measure(args):
         n_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
         tests = [(p, 0) for p in args.n_prompt if p] + [(0, n) for n in args.n_gen if n]
         longest = max(d + p + n for d in args.n_depth for p, n in tests)
-        # sequence-major, as bench/bench.c draws them: sequence b's ids follow sequence b - 1's
+        # sequence-major, as programs/bench.c draws them: sequence b's ids follow sequence b - 1's
         drawn = prompt_ids(args.seed, max(args.batch_size) * longest, model.config.vocab_size)
         label = args.model or args.config
         with torch.inference_mode():

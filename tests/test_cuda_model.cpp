@@ -1,5 +1,5 @@
 // Whole models on the GPU against the CPU reference, on every committed fixture, in f32, bf16 and
-// fp16, with each attention kind (eager, sdpa, flash) (engine/compare.h holds the tolerances and
+// fp16, with each attention kind (eager, sdpa, flash) (programs/compare.h holds the tolerances and
 // their derivation; bf16/fp16 are provisional until measured on a GPU). Prompts are fresh random
 // token ids every run (CINFER_TEST_SEED replays them), of lengths that cover one token, a few, and
 // more than a warp.
@@ -520,7 +520,7 @@ TEST_P(CudaRandomWeights, TheDeviceHoldsTheHostDrawInItsDtype) {
 }
 
 // The model the device drew runs: its logits agree with the host-drawn model on the CPU as a
-// checkpoint's do (the tolerances of engine/compare.h).
+// checkpoint's do (the tolerances of programs/compare.h).
 TEST_P(CudaRandomWeights, LogitsAgreeWithTheCpuReference) {
     const cinfer_model_info *info = cinfer_model_get_info(cpu_);
     EXPECT_EQ(cinfer_model_get_info(gpu_)->n_params, info->n_params);
