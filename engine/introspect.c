@@ -85,8 +85,8 @@ cinfer_status cinfer_generation_eos_tokens(const char *dir, int32_t *ids, int ma
     CI_TRY(config_load_generation_eos(dir, found, &n_found));
     if (n_found > max)
         return CI_FAIL(CINFER_ERR_ARGUMENT,
-                       "%s/generation_config.json lists %d eos tokens; there is room for %d", dir,
-                       n_found, max);
+                       "%s/generation_config.json lists %d eos token%s; there is room for %d", dir,
+                       n_found, n_found == 1 ? "" : "s", max);
     for (int i = 0; i < n_found; i++) ids[i] = found[i];
     *n = n_found;
     return CINFER_OK;

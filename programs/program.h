@@ -1,7 +1,7 @@
 /* What the cinfer commands share (programs/program.c): the exit statuses, the messages for misuse
  * and errors, and the parsers of numbers, token lists and the options that pick a backend. Each
- * command (inspect.c, run.c, tokenize.c, compare.c, bench.c) includes this and the public API,
- * and no other command: main.c alone knows them all (programs/commands.h). */
+ * command (inspect.c, run.c, tokenize.c, compare.c, bench.c) stands on this and the public API
+ * and calls no other command: main.c alone dispatches to them (programs/commands.h). */
 #ifndef CINFER_PROGRAM_H
 #define CINFER_PROGRAM_H
 
