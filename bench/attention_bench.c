@@ -136,14 +136,20 @@ static const char *usage_text =
     "                            [H, S] score row (see the comment at the top of\n"
     "                            bench/attention_bench.c for what that shows)\n";
 
-static const char *const attention_names[] = {"eager", "sdpa", "flash", NULL};
-static const char *const dtype_names[] = {"f32", "bf16", "fp16", NULL};
-static const ci_dtype dtype_of_name[] = {CI_F32, CI_BF16, CI_F16};
+/* The attention kinds measured, by position: kind k is CINFER_ATTENTION_EAGER + k (auto picks one
+ * of them when a model loads; it is no kind of its own). Kinds and cache dtypes are named as
+ * cinfer.h's tables name them. */
+enum { N_KINDS = CINFER_ATTENTION_COUNT - CINFER_ATTENTION_EAGER };
+static const char *kind_name(int kind) {
+    return cinfer_attention_name((cinfer_attention)(CINFER_ATTENTION_EAGER + kind));
+}
+static const char *dtype_name(int dtype) { return cinfer_dtype_name((cinfer_dtype)dtype); }
+static ci_dtype cache_dtype(int dtype) { return ci_dtype_of_run((cinfer_dtype)dtype); }
 static const char *const mode_names[] = {"prefill", "decode", NULL};
 static const char *const variant_names[] = {"standard", "diff", NULL};
 
 typedef struct options {
-    int use_attention[3], use_dtype[3], use_mode[2], use_variant[2];
+    int use_attention[N_KINDS], use_dtype[CINFER_DTYPE_COUNT], use_mode[2], use_variant[2];
     int_list head_dims, seqs;
     int heads, kv_heads;
     int repetitions, calls; /* calls 0: by mode */
@@ -157,8 +163,8 @@ typedef struct options {
 
 /* One measured (or skipped) configuration. */
 typedef struct row {
-    int kind;   /* index into attention_names; cinfer_attention = CINFER_ATTENTION_EAGER + kind */
-    int dtype;  /* index into dtype_names */
+    int kind;   /* cinfer_attention = CINFER_ATTENTION_EAGER + kind */
+    int dtype;  /* a cinfer_dtype: the caches' */
     int decode; /* mode */
     int differential;
     int head_dim, seq, heads, kv_heads;
@@ -208,11 +214,15 @@ static int parse_options(int argc, char **argv, options *o) {
         if (i + 1 >= argc) return usage("option '%s' needs a value", flag);
         const char *value = argv[++i];
         if (strcmp(flag, "--attn") == 0) {
-            if (parse_name_list(value, attention_names, o->use_attention))
+            int chosen[CINFER_ATTENTION_COUNT];
+            if (parse_enum_list(value, attention_by_name, CINFER_ATTENTION_COUNT, chosen) ||
+                chosen[CINFER_ATTENTION_AUTO])
                 return usage("--attn needs eager, sdpa and/or flash separated by commas, got '%s'",
                              value);
+            for (int kind = 0; kind < N_KINDS; kind++)
+                o->use_attention[kind] = chosen[CINFER_ATTENTION_EAGER + kind];
         } else if (strcmp(flag, "--dtype") == 0) {
-            if (parse_name_list(value, dtype_names, o->use_dtype))
+            if (parse_enum_list(value, dtype_by_name, CINFER_DTYPE_COUNT, o->use_dtype))
                 return usage("--dtype needs f32, bf16 and/or fp16 separated by commas, got '%s'",
                              value);
         } else if (strcmp(flag, "--mode") == 0) {
@@ -255,9 +265,10 @@ static int parse_options(int argc, char **argv, options *o) {
             if (parse_output_format(value, &o->output))
                 return usage("--output needs md, csv or json, got '%s'", value);
         } else if (strcmp(flag, "--backend") == 0) {
-            if (strcmp(value, "cuda") != 0 && strcmp(value, "cpu") != 0)
+            cinfer_backend backend;
+            if (cinfer_backend_from_name(value, &backend) != 0)
                 return usage("--backend needs cuda or cpu, got '%s'", value);
-            o->cpu = strcmp(value, "cpu") == 0;
+            o->cpu = backend == CINFER_BACKEND_CPU;
         } else if (strcmp(flag, "--probe-workspace") == 0) { /* internal: --check-memory's child */
             char *end;
             errno = 0;
@@ -268,7 +279,7 @@ static int parse_options(int argc, char **argv, options *o) {
             return usage("unknown option '%s'", flag);
         }
     }
-    if (o->cpu && (o->use_dtype[1] || o->use_dtype[2]))
+    if (o->cpu && (o->use_dtype[CINFER_DTYPE_BF16] || o->use_dtype[CINFER_DTYPE_F16]))
         return usage("%s", "--backend cpu: the CPU reference takes f32 caches only (--dtype f32)");
     if (o->cpu) /* one attention op there: one row per shape, named "reference" */
         o->use_attention[0] = 1, o->use_attention[1] = o->use_attention[2] = 0;
@@ -298,7 +309,7 @@ static void fill_costs(row *r) {
     const double per_head = r->differential ? 6.0 : 4.0;
     r->flops = per_head * r->heads * r->head_dim * visible;
     r->kv_bytes =
-        2.0 * r->seq * r->kv_heads * r->head_dim * (double)ci_dtype_size(dtype_of_name[r->dtype]);
+        2.0 * r->seq * r->kv_heads * r->head_dim * (double)ci_dtype_size(cache_dtype(r->dtype));
 }
 
 /* A config of the attention's shape: workspace_bytes reads the head counts and widths. No linear
@@ -476,7 +487,7 @@ static void print_csv_field(const char *text) {
 
 /* The CPU has one attention op, its reference, whatever kind a row was planned with. */
 static const char *row_kind_name(const options *o, const row *r) {
-    return o->cpu ? "reference" : attention_names[r->kind];
+    return o->cpu ? "reference" : kind_name(r->kind);
 }
 
 static void print_rows(const options *o, const row *rows, int n_rows, const char *device_name) {
@@ -486,7 +497,7 @@ static void print_rows(const options *o, const row *rows, int n_rows, const char
         for (int i = 0; i < n_rows; i++) {
             const row *r = &rows[i];
             printf("| %s | %s | %s | %d | %d | %d/%d | %s | ", variant_names[r->differential],
-                   mode_names[r->decode], dtype_names[r->dtype], r->head_dim, r->seq, r->heads,
+                   mode_names[r->decode], dtype_name(r->dtype), r->head_dim, r->seq, r->heads,
                    r->kv_heads, row_kind_name(o, r));
             if (r->skipped[0]) {
                 printf("%s | | |\n", r->skipped);
@@ -519,7 +530,7 @@ static void print_rows(const options *o, const row *rows, int n_rows, const char
             const row *r = &rows[i];
             print_csv_field(device_name);
             printf(",%s,%s,%s,%s,%d,%d,%d,%d,%d,%d,%d,%d,", row_kind_name(o, r),
-                   variant_names[r->differential], mode_names[r->decode], dtype_names[r->dtype],
+                   variant_names[r->differential], mode_names[r->decode], dtype_name(r->dtype),
                    r->head_dim, r->seq, r->heads, r->kv_heads, r->n_tokens, r->pos0, r->repetitions,
                    r->calls);
             const int ran = !r->skipped[0];
@@ -542,7 +553,7 @@ static void print_rows(const options *o, const row *rows, int n_rows, const char
             cJSON_AddStringToObject(item, "attn", row_kind_name(o, r));
             cJSON_AddStringToObject(item, "variant", variant_names[r->differential]);
             cJSON_AddStringToObject(item, "mode", mode_names[r->decode]);
-            cJSON_AddStringToObject(item, "dtype", dtype_names[r->dtype]);
+            cJSON_AddStringToObject(item, "dtype", dtype_name(r->dtype));
             cJSON_AddNumberToObject(item, "head_dim", r->head_dim);
             cJSON_AddNumberToObject(item, "seq", r->seq);
             cJSON_AddNumberToObject(item, "heads", r->heads);
@@ -587,19 +598,19 @@ static int count_chosen(const int *chosen, int n) {
 }
 
 static int count_rows(const options *o) {
-    return o->head_dims.n * o->seqs.n * count_chosen(o->use_dtype, 3) *
+    return o->head_dims.n * o->seqs.n * count_chosen(o->use_dtype, CINFER_DTYPE_COUNT) *
            count_chosen(o->use_variant, 2) * count_chosen(o->use_mode, 2) *
-           count_chosen(o->use_attention, 3);
+           count_chosen(o->use_attention, N_KINDS);
 }
 
 static int plan_rows(const options *o, row *rows) {
     int n = 0;
     for (int d = 0; d < o->head_dims.n; d++)
-        for (int dt = 0; dt < 3; dt++)
+        for (int dt = 0; dt < CINFER_DTYPE_COUNT; dt++)
             for (int variant = 0; variant < 2; variant++)
                 for (int mode = 0; mode < 2; mode++)
                     for (int s = 0; s < o->seqs.n; s++)
-                        for (int kind = 0; kind < 3; kind++) {
+                        for (int kind = 0; kind < N_KINDS; kind++) {
                             if (!o->use_dtype[dt] || !o->use_variant[variant] ||
                                 !o->use_mode[mode] || !o->use_attention[kind])
                                 continue;
@@ -635,12 +646,11 @@ static void device_label(int device, char *name, size_t size) {
 static int kind_runs(const options *o, row *r) {
     const cinfer_attention kind = (cinfer_attention)(CINFER_ATTENTION_EAGER + r->kind);
     if (o->cpu || ci_cuda_attention_supports(kind, r->head_dim, r->differential,
-                                             dtype_of_name[r->dtype], o->device))
+                                             cache_dtype(r->dtype), o->device))
         return 1;
     snprintf(r->skipped, sizeof r->skipped,
              "skipped: %s does not run head_dim %d (%s, %s cache) on this device",
-             attention_names[r->kind], r->head_dim, variant_names[r->differential],
-             dtype_names[r->dtype]);
+             kind_name(r->kind), r->head_dim, variant_names[r->differential], dtype_name(r->dtype));
     return 0;
 }
 
@@ -673,7 +683,7 @@ static int run_benchmark(const options *o) {
     const int max_tokens = o->use_mode[0] ? max_seq : 1;
     for (int i = 0; i < n_rows; i++) {
         row *r = &rows[i];
-        const ci_dtype dtype = dtype_of_name[r->dtype];
+        const ci_dtype dtype = cache_dtype(r->dtype);
         if (!b.q || b.head_dim != r->head_dim || b.dtype != dtype) {
             buffers_free(be, &b);
             if (buffers_make(be, &b, max_tokens, max_seq, o->heads, o->kv_heads, r->head_dim, dtype,
@@ -681,8 +691,8 @@ static int run_benchmark(const options *o) {
                 goto fail;
         }
         fprintf(stderr, "bench_attention: %s %s %s D=%d S=%d %s\n", variant_names[r->differential],
-                mode_names[r->decode], dtype_names[r->dtype], r->head_dim, r->seq,
-                attention_names[r->kind]);
+                mode_names[r->decode], dtype_name(r->dtype), r->head_dim, r->seq,
+                kind_name(r->kind));
         if (kind_runs(o, r)) measure(be, timer, o, &b, r);
     }
     char device_name[320];
@@ -731,7 +741,7 @@ static int run_probe(const options *o) {
         goto done;
     }
     if (buffers_make(full, &b, r.n_tokens, r.seq, r.heads, r.kv_heads, r.head_dim,
-                     dtype_of_name[r.dtype], o->seed) != CINFER_OK)
+                     cache_dtype(r.dtype), o->seed) != CINFER_OK)
         goto fail;
     const int64_t n_out = (int64_t)r.n_tokens * r.heads * r.head_dim;
     const size_t out_bytes = (size_t)n_out * sizeof(float);
@@ -803,9 +813,10 @@ static void run_child(const options *o, const row *r, size_t small_bytes, probe_
         command, sizeof command,
         "exec '%s' --probe-workspace %zu --backend %s --attn %s --variant %s --mode %s --dtype %s "
         "--head-dim %d --seq %d --heads %d --kv-heads %d --device %d --seed %llu 2>&1",
-        self, small_bytes, o->cpu ? "cpu" : "cuda", attention_names[r->kind],
-        variant_names[r->differential], mode_names[r->decode], dtype_names[r->dtype], r->head_dim,
-        r->seq, r->heads, r->kv_heads, o->device, (unsigned long long)o->seed);
+        self, small_bytes, cinfer_backend_name(o->cpu ? CINFER_BACKEND_CPU : CINFER_BACKEND_CUDA),
+        kind_name(r->kind), variant_names[r->differential], mode_names[r->decode],
+        dtype_name(r->dtype), r->head_dim, r->seq, r->heads, r->kv_heads, o->device,
+        (unsigned long long)o->seed);
     FILE *child = popen(command, "r"); /* exec: its status is the child's own, signals included */
     if (!child) {
         snprintf(p->said, sizeof p->said, "cannot start the child: %s", strerror(errno));
@@ -856,8 +867,8 @@ static int run_memory_check(const options *o) {
         const int expected = needs_scores ? !p.ran : p.agrees && p.free_delta == 0;
         unexpected += !expected;
         printf("| %s | %s | %s | %d | %d | %s | ", variant_names[r->differential],
-               mode_names[r->decode], dtype_names[r->dtype], r->head_dim, r->seq,
-               attention_names[r->kind]);
+               mode_names[r->decode], dtype_name(r->dtype), r->head_dim, r->seq,
+               kind_name(r->kind));
         if (p.ran)
             printf("%zu | %zu | ran%s | %.3g | %lld B | %s |\n", p.workspace_asked, small_bytes,
                    p.agrees ? ", same output" : ", OUTPUT DIFFERS", p.max_diff, p.free_delta,

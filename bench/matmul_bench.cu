@@ -60,8 +60,8 @@ static const double MAX_RELATIVE_DIFF = 1e-3; // F32 sums in two orders; see the
 static const float WEIGHT_SCALE = 0.05f;      // weights uniform in ±0.05, x in ±1
 
 static const char *const proj_names[] = {"qkv", "o", "gate_up", "down", "lm_head", NULL};
-static const char *const dtype_names[] = {"f32", "bf16", "fp16", NULL};
-static const ci_dtype dtype_of_name[] = {CI_F32, CI_BF16, CI_F16};
+// weight dtypes by position, a cinfer_dtype each, named as cinfer.h's table names them
+static const char *dtype_name(int dtype) { return cinfer_dtype_name((cinfer_dtype)dtype); }
 enum { N_PROJ = 5 };
 
 static const char *usage_text =
@@ -87,7 +87,7 @@ struct shape {
 struct options {
     shape model;
     int_list rows;
-    int use_dtype[3], use_proj[N_PROJ];
+    int use_dtype[CINFER_DTYPE_COUNT], use_proj[N_PROJ];
     int_list tiles; // 0 = auto
     int repetitions, calls, json, device;
     uint64_t seed;
@@ -119,7 +119,7 @@ static int parse_options(int argc, char **argv, options *o) {
     memset(o, 0, sizeof *o);
     o->model = {4096, 14336, 32, 8, 128, 128256, "Llama-3-8B"};
     o->rows = {4, {1, 2, 4, 8}};
-    o->use_dtype[1] = o->use_dtype[2] = 1;
+    o->use_dtype[CINFER_DTYPE_BF16] = o->use_dtype[CINFER_DTYPE_F16] = 1;
     for (int i = 0; i < N_PROJ; i++) o->use_proj[i] = 1;
     o->tiles = {1, {0}};
     o->repetitions = 5;
@@ -146,7 +146,7 @@ static int parse_options(int argc, char **argv, options *o) {
             if (parse_int_list(value, 1, GEMV_MAX_ROWS, &o->rows))
                 return usage("-T needs integers in [1, 8] separated by commas, got '%s'", value);
         } else if (strcmp(flag, "--dtype") == 0) {
-            if (parse_name_list(value, dtype_names, o->use_dtype))
+            if (parse_enum_list(value, dtype_by_name, CINFER_DTYPE_COUNT, o->use_dtype))
                 return usage("--dtype needs f32, bf16 and/or fp16 separated by commas, got '%s'",
                              value);
         } else if (strcmp(flag, "--proj") == 0) {
@@ -441,7 +441,7 @@ static void print_rows(const options &o, const std::vector<row> &rows, const cha
             shape_text(r.proj, dims, sizeof dims);
             printf("| %s | %s | %d | %s | %s%d | %.2f ± %.2f | %.2f ± %.2f | %.0f | %.1f%% | "
                    "%.2f | %.1e%s |\n",
-                   r.proj.name, dims, r.T, dtype_names[r.dtype], r.tiles == r.auto_tiles ? "" : "*",
+                   r.proj.name, dims, r.T, dtype_name(r.dtype), r.tiles == r.auto_tiles ? "" : "*",
                    r.tiles, r.ours_us, r.ours_sd, r.cublas_us, r.cublas_sd, ours_gbs(r),
                    100.0 * ours_gbs(r) / ceiling_gbs(r), r.ours_us / r.cublas_us, r.max_diff,
                    mismatch(r) ? " MISMATCH" : "");
@@ -470,7 +470,7 @@ static void print_rows(const options &o, const std::vector<row> &rows, const cha
                "\"bytes\": %.0f, \"weight_bytes\": %.0f, \"ours_gbs\": %.2f, "
                "\"copy_ceiling_gbs\": %.2f, \"percent_of_copy\": %.2f, \"ours_over_cublas\": "
                "%.4f, \"max_relative_diff\": %.3g, \"mismatch\": %s}%s\n",
-               r.T, dtype_names[r.dtype], r.tiles, r.tiles == r.auto_tiles ? "false" : "true",
+               r.T, dtype_name(r.dtype), r.tiles, r.tiles == r.auto_tiles ? "false" : "true",
                r.ours_us, r.ours_sd, r.cublas_us, r.cublas_sd, r.copy_us, r.copy_sd, r.bytes,
                r.weight_bytes, ours_gbs(r), ceiling_gbs(r), 100.0 * ours_gbs(r) / ceiling_gbs(r),
                r.ours_us / r.cublas_us, isfinite(r.max_diff) ? r.max_diff : -1.0,
@@ -512,9 +512,9 @@ int main(int argc, char **argv) {
     for (int which = 0; which < N_PROJ; which++) {
         if (!o.use_proj[which]) continue;
         const projection proj = make_projection(o.model, which);
-        for (int dt = 0; dt < 3; dt++) {
+        for (int dt = 0; dt < CINFER_DTYPE_COUNT; dt++) {
             if (!o.use_dtype[dt]) continue;
-            const ci_dtype dtype = dtype_of_name[dt];
+            const ci_dtype dtype = ci_dtype_of_run((cinfer_dtype)dt);
             buffers b;
             if (!buffers_make(ctx.stream, proj, dtype, o.seed + 1000 * which, &b)) {
                 status = EXIT_ERROR;
@@ -546,7 +546,7 @@ int main(int argc, char **argv) {
                     r.bytes = r.weight_bytes + (double)T * proj.n_in * 4 +
                               (double)T * total_out(proj) * 4;
                     fprintf(stderr, "bench_matmul: %s %s T=%d tiles=%d\n", proj.name,
-                            dtype_names[dt], T, r.tiles);
+                            dtype_name(dt), T, r.tiles);
                     time_work(ctx, WORK_OURS, proj, b, dtype, T, r.tiles, &r.ours_us, &r.ours_sd);
                     time_work(ctx, WORK_CUBLAS, proj, b, dtype, T, 0, &r.cublas_us, &r.cublas_sd);
                     time_work(ctx, WORK_COPY, proj, b, dtype, T, 0, &r.copy_us, &r.copy_sd);

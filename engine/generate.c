@@ -6,6 +6,7 @@
 #include "../common/clock.h"
 #include "../common/error.h"
 #include "session.h"
+#include "timing.h"
 
 static int ends_generation(const ci_config *c, const cinfer_generate_params *params,
                            int32_t token) {
@@ -20,6 +21,7 @@ cinfer_status cinfer_generate(cinfer_session *s, const int32_t *prompt, int n_pr
                               const cinfer_generate_params *params, cinfer_token_callback on_token,
                               void *user, float *prompt_logits, cinfer_generate_stats *stats) {
     ci_error_clear();
+    CI_TRY(ci_check_not_profiling(s, "cinfer_generate"));
     const ci_config *c = s->model->config;
     cinfer_generate_stats local = {0};
     if (!stats) stats = &local;

@@ -125,16 +125,81 @@ cinfer_status cinfer_model_load_random(const char *config_path, const cinfer_loa
 void cinfer_model_free(cinfer_model *model);
 const cinfer_model_info *cinfer_model_get_info(const cinfer_model *model);
 
+/* What config.json says beyond cinfer_model_info, as the model reads it (defaults filled in,
+ * transformers' 4.x and 5.x rope layouts read into one). Strings are the model's: valid until
+ * cinfer_model_free. */
+typedef struct cinfer_model_config {
+    const char *hidden_act; /* the MLP's activation as config.json names it ("silu") */
+    double rms_norm_eps;
+    const char *rope_type; /* "default", "linear", "dynamic", "llama3" or "yarn" */
+    double rope_theta;     /* the base of the rotary frequencies */
+    double rope_factor;    /* the rope type's scaling factor; 1 for "default" */
+    /* the pretraining length "llama3" and "yarn" scale from; 0 for the other types */
+    int rope_original_max_position_embeddings;
+    int attention_bias;      /* 1: the q, k, v and o projections have biases */
+    int mlp_bias;            /* 1: the gate, up and down projections have biases */
+    int tie_word_embeddings; /* 1: lm_head is the embedding table */
+    const char *torch_dtype; /* the dtype config.json says the weights were saved in, as written
+                                ("bfloat16"); "" when it says none */
+} cinfer_model_config;
+
+/* Fills *out with the model's config. */
+void cinfer_model_get_config(const cinfer_model *model, cinfer_model_config *out);
+
+/* One tensor of the checkpoint, as its files store it. Strings and shape are the model's: valid
+ * until cinfer_model_free. */
+typedef struct cinfer_tensor_info {
+    const char *name;     /* "model.layers.0.self_attn.q_proj.weight" */
+    const char *dtype;    /* safetensors' spelling: "F32", "BF16", "F16", "I64", ... */
+    int n_dims;           /* 0 for a scalar */
+    const int64_t *shape; /* [n_dims], row-major */
+    const char *file;     /* the file that holds it, without its folder ("model.safetensors") */
+    int64_t bytes;        /* as stored */
+    int used;             /* 1 when the model reads it; 0 for a tensor that its architecture, with
+                             this config, has no use for (the model runs without it) */
+} cinfer_tensor_info;
+
+/* Where the weights come from: "model.safetensors", "model.safetensors.index.json (3 shards)", or
+ * "random weights" (cinfer_model_load_random). Valid until cinfer_model_free. */
+const char *cinfer_model_weights_source(const cinfer_model *model);
+/* Tensors the checkpoint's files hold, all shards together; 0 for random weights (no file holds
+ * them). */
+int cinfer_model_n_tensors(const cinfer_model *model);
+/* Tensor i of them, in name order (byte-wise); CINFER_ERR_ARGUMENT for an i outside
+ * [0, cinfer_model_n_tensors). */
+cinfer_status cinfer_model_tensor(const cinfer_model *model, int i, cinfer_tensor_info *out);
+
+/* ---- devices --------------------------------------------------------------------------------- */
+
+/* 1 when this build has the CUDA backend compiled in, else 0. */
+int cinfer_cuda_compiled(void);
+
+typedef struct cinfer_device_info {
+    char name[256];     /* "NVIDIA H100 80GB HBM3"; "" when the device could not be queried */
+    size_t free_bytes;  /* device memory free when asked (0 when it could not be read) */
+    size_t total_bytes; /* device memory in all */
+    int compute_major, compute_minor; /* compute capability: 9 and 0 for sm_90 */
+} cinfer_device_info;
+#define CINFER_MAX_DEVICES 64
+
+/* The CUDA devices this process can use: describes the first min(max, CINFER_MAX_DEVICES) in out
+ * and returns how many there are. 0 (not an error) without CUDA compiled in, without a driver or
+ * without a device. Reading free memory makes a CUDA context on each device described. */
+int cinfer_cuda_devices(cinfer_device_info *out, int max);
+
 /* ---- sessions: sequences with their KV caches ------------------------------------------------ */
 
 typedef struct cinfer_session cinfer_session;
 
 /* One sequence. n_ctx: tokens the KV cache holds; 0 means max_position_embeddings. */
 cinfer_status cinfer_session_create(cinfer_model *model, int n_ctx, cinfer_session **out);
+/* The most sequences a session holds: a forward pass holds at most this many rows. */
+#define CINFER_MAX_SEQS 512
+
 /* n_seqs sequences decoded in lockstep, each with its own KV cache of n_ctx tokens (as
  * llama-batched-bench measures batching): every forward call takes the same number of new tokens
- * from each, so all sit at the same position. n_seqs is 1 to 512 (a forward pass holds at most 512
- * rows; a prompt runs in passes of 512 / n_seqs tokens of each sequence). n_seqs = 1 is
+ * from each, so all sit at the same position. n_seqs is 1 to CINFER_MAX_SEQS (a prompt runs in
+ * passes of CINFER_MAX_SEQS / n_seqs tokens of each sequence). n_seqs = 1 is
  * cinfer_session_create. */
 cinfer_status cinfer_session_create_batch(cinfer_model *model, int n_ctx, int n_seqs,
                                           cinfer_session **out);
@@ -178,6 +243,62 @@ typedef void (*cinfer_hidden_observer)(void *user, int stage, const float *hidde
                                        int hidden_size);
 void cinfer_session_observe(cinfer_session *session, cinfer_hidden_observer observer, void *user);
 
+/* One greedy decoding step of every sequence: runs tokens[b] (one new token of each sequence,
+ * [n_seqs]) at position n_past and writes to next[b] the id of the largest logit of sequence b
+ * (the first such, NaN never winning: what a temperature-0 sampler picks). This is the step
+ * cinfer_generate takes when it decodes greedily: the argmax runs on the backend's device, so
+ * only token ids reach the host, and on CUDA the step is recorded as a graph the first time and
+ * replayed after (not while an observer is set: it needs the hidden states on the host). Token
+ * ids are checked against the vocabulary first (CINFER_ERR_ARGUMENT); CINFER_ERR_CONTEXT_FULL
+ * when the cache is full; CINFER_ERR_ARGUMENT while a profile runs on the session (below). */
+cinfer_status cinfer_session_decode_greedy(cinfer_session *session, const int32_t *tokens,
+                                           int32_t *next);
+
+/* ---- timing on the device -------------------------------------------------------------------- */
+
+/* Device time between two points of a session's work, the host never waiting in between: mark
+ * `slot` is reached when every op the session issued before it has finished (CUDA: an event on
+ * the session's stream; the CPU backend's ops finish before they return, so its marks read the
+ * host clock). Slots are 0 to CINFER_MAX_MARKS - 1 and may be marked again; CINFER_ERR_ARGUMENT
+ * for a slot outside them, or while a profile runs on the session (it uses the marks, and a
+ * profile leaves them overwritten). */
+#define CINFER_MAX_MARKS 256
+cinfer_status cinfer_session_mark(cinfer_session *session, int slot);
+/* Waits until mark `to` is reached and returns the seconds from mark `from` to it: NaN when either
+ * slot is out of range or was never marked (or no timer could be had for it). */
+double cinfer_session_seconds_between(cinfer_session *session, int from, int to);
+
+/* What the ops of a forward pass are, for a profile. */
+typedef enum cinfer_op_class {
+    CINFER_OP_ATTENTION = 0, /* attention, standard and differential */
+    CINFER_OP_MATMUL = 1,    /* every linear layer and lm_head */
+    CINFER_OP_NORM = 2,      /* RMSNorm */
+    CINFER_OP_OTHER = 3      /* embedding, RoPE, activations, KV cache stores, argmax */
+} cinfer_op_class;
+#define CINFER_OP_CLASS_COUNT 4
+
+/* "attention", "matmul", "norm", "other"; "unknown" for a value out of range. */
+const char *cinfer_op_class_name(cinfer_op_class op_class);
+
+typedef struct cinfer_profile {
+    double seconds[CINFER_OP_CLASS_COUNT]; /* device time of the class's ops, indexed by class */
+    int calls[CINFER_OP_CLASS_COUNT];      /* how many of its ops ran */
+    int dropped;                           /* ops left untimed for want of memory to note them */
+} cinfer_profile;
+
+/* Where a session's forward passes spend their time, op class by op class. From start to stop,
+ * cinfer_session_forward and _forward_batch time each op on the device between two marks, the
+ * host not waiting between ops, so that a pass runs as it would unprofiled; where the host is
+ * slower to issue an op than the device to run the one before (small decode ops on a GPU), the
+ * op's time includes that wait. A recorded decode step cannot be timed op by op: while a profile
+ * runs, cinfer_session_decode_greedy, cinfer_generate and cinfer_session_mark refuse with
+ * CINFER_ERR_ARGUMENT. One profile at a time in the process (start refuses a second with
+ * CINFER_ERR_ARGUMENT), started and stopped from one thread; stop it before freeing the session. */
+cinfer_status cinfer_session_profile_start(cinfer_session *session);
+/* Ends the profile and writes what it measured to *profile; CINFER_ERR_ARGUMENT when no profile
+ * runs on this session. */
+cinfer_status cinfer_session_profile_stop(cinfer_session *session, cinfer_profile *profile);
+
 /* ---- sampling and generation ----------------------------------------------------------------- */
 
 /* A zeroed struct means greedy decoding with every filter off. */
@@ -220,6 +341,15 @@ typedef struct cinfer_generate_stats {
     cinfer_stop_reason stop_reason;
 } cinfer_generate_stats;
 
+/* eos_token_id of dir/generation_config.json, where chat checkpoints list the tokens that end a
+ * turn beside config.json's eos tokens (Llama 3 Instruct: <|eot_id|>): pass them as stop_tokens.
+ * Writes them to ids and their count to *n; *n = 0 when the folder has no such file.
+ * CINFER_ERR_ARGUMENT when they are more than max (CINFER_MAX_EOS_TOKENS is always enough: a
+ * file that lists more is refused with CINFER_ERR_CONFIG, as is a malformed field;
+ * CINFER_ERR_FORMAT for malformed JSON). */
+#define CINFER_MAX_EOS_TOKENS 16
+cinfer_status cinfer_generation_eos_tokens(const char *dir, int32_t *ids, int max, int *n);
+
 /* Called for every generated token as soon as it is sampled; return non-zero to stop. */
 typedef int (*cinfer_token_callback)(void *user, int32_t token);
 
@@ -257,6 +387,13 @@ int cinfer_tokenizer_vocab_size(const cinfer_tokenizer *tok);
 /* The vocabulary string of a token (e.g. "ĠHello", "▁Hello", "<0x0A>"); NULL for an id out of
  * range or one no token has. */
 const char *cinfer_tokenizer_piece(const cinfer_tokenizer *tok, int32_t id);
+/* The bytes one token stands for on its own, before they join into UTF-8 text: its piece through
+ * the tokenizer's decoders ("ĠHello" and "▁Hello" give " Hello", "<0x0A>" a newline), which may
+ * be part of a character ("<0xE2>" gives the byte E2 alone). For showing tokens one by one (cinfer
+ * tokenize); to decode text, use the detokenizer. *bytes is malloc'd, n_bytes long and
+ * NUL-terminated; the caller frees it. CINFER_ERR_ARGUMENT for an id no token has. */
+cinfer_status cinfer_tokenizer_token_bytes(const cinfer_tokenizer *tok, int32_t id, char **bytes,
+                                           size_t *n_bytes);
 /* The id of a vocabulary string (added tokens first), -1 if absent. */
 int32_t cinfer_tokenizer_find(const cinfer_tokenizer *tok, const char *piece);
 /* 1 for added tokens marked special (skipped by decoding with skip_special), else 0. */

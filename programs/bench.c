@@ -24,18 +24,14 @@
 
 #include <cjson/cJSON.h>
 
-#include "program.h"
-#include "../common/error.h"
 #include "../common/clock.h"
+#include "../common/error.h"
 #include "../common/splitmix.h"
-#include "cinfer.h"
-#include "../kernels/profile.h"
-#include "../engine/session.h"
 #include "ceilings.h"
-#include "bench.h"
+#include "cinfer.h"
+#include "commands.h"
 #include "option_lists.h"
-
-enum { EXIT_ERROR = 1, EXIT_USAGE = 2 };
+#include "program.h"
 
 static const char *bench_usage_text =
     "usage: cinfer bench --model DIR [options]\n"
@@ -72,9 +68,9 @@ typedef struct bench_options {
     int no_ceilings;
     int_list n_prompt, n_gen, n_depth, batch, threads;
     int repetitions;
-    int use_backend[2];   /* indexed by cinfer_backend */
-    int use_dtype[3];     /* indexed by cinfer_dtype: CUDA rows */
-    int use_attention[4]; /* indexed by cinfer_attention: CUDA rows */
+    int use_backend[CINFER_BACKEND_COUNT];
+    int use_dtype[CINFER_DTYPE_COUNT];         /* CUDA rows */
+    int use_attention[CINFER_ATTENTION_COUNT]; /* CUDA rows */
     int device;
     output_format output;
     uint64_t seed;
@@ -92,7 +88,7 @@ typedef struct bench_row {
      * the FLOP/s of its linear layers; beside the ceilings measured in the same run */
     double achieved_bytes_per_s, achieved_flops;
     bench_ceilings ceilings;
-    ci_op_profile profile; /* with --profile: one step (the prompt, or one decode step) */
+    cinfer_profile profile; /* with --profile: one step (the prompt, or one decode step) */
     double profile_step_seconds;
 } bench_row;
 
@@ -145,7 +141,7 @@ static int parse_bench_options(int argc, char **argv, bench_options *o) {
             if (parse_int_list(value, 0, 1 << 22, &o->n_depth))
                 return bench_usage("-d needs integers >= 0 separated by commas, got '%s'", value);
         } else if (IS("-b", "--batch-size")) {
-            if (parse_int_list(value, 1, CI_MAX_BATCH, &o->batch))
+            if (parse_int_list(value, 1, CINFER_MAX_SEQS, &o->batch))
                 return bench_usage("-b needs integers in [1, 512] separated by commas, got '%s'",
                                    value);
         } else if (IS("-t", "--threads")) {
@@ -164,19 +160,16 @@ static int parse_bench_options(int argc, char **argv, bench_options *o) {
             if (parse_output_format(value, &o->output))
                 return bench_usage("--output needs md, csv or json, got '%s'", value);
         } else if (strcmp(flag, "--backend") == 0) {
-            static const char *const names[] = {"cpu", "cuda", NULL};
-            if (parse_name_list(value, names, o->use_backend))
+            if (parse_enum_list(value, backend_by_name, CINFER_BACKEND_COUNT, o->use_backend))
                 return bench_usage("--backend needs cpu and/or cuda separated by commas, got '%s'",
                                    value);
         } else if (strcmp(flag, "--dtype") == 0) {
-            static const char *const names[] = {"f32", "bf16", "fp16", NULL};
-            if (parse_name_list(value, names, o->use_dtype))
+            if (parse_enum_list(value, dtype_by_name, CINFER_DTYPE_COUNT, o->use_dtype))
                 return bench_usage("--dtype needs f32, bf16 and/or fp16 separated by commas, got "
                                    "'%s'",
                                    value);
         } else if (strcmp(flag, "--attn") == 0) {
-            static const char *const names[] = {"auto", "eager", "sdpa", "flash", NULL};
-            if (parse_name_list(value, names, o->use_attention))
+            if (parse_enum_list(value, attention_by_name, CINFER_ATTENTION_COUNT, o->use_attention))
                 return bench_usage("--attn needs auto, eager, sdpa and/or flash separated by "
                                    "commas, got "
                                    "'%s'",
@@ -228,9 +221,8 @@ static cinfer_status run_once(cinfer_session *session, const bench_tokens *t, in
     const int32_t *steps = n_prompt > 0 ? NULL : gather_tokens(t, depth, n_gen);
     int32_t *step_ids = t->scratch + (size_t)t->n_seqs * (size_t)n_gen,
             *next = step_ids + t->n_seqs;
-    ci_backend *be = session->be;
     const double start = ci_now_seconds();
-    be->ops->mark(be, 0);
+    CI_TRY(cinfer_session_mark(session, 0));
     if (n_prompt > 0)
         CI_TRY(
             cinfer_session_forward_batch(session, prompts, n_prompt, CINFER_LOGITS_LAST, logits));
@@ -238,12 +230,12 @@ static cinfer_status run_once(cinfer_session *session, const bench_tokens *t, in
      * drawn ids rather than the argmax so that every run decodes the same tokens */
     for (int i = 0; i < n_gen; i++) {
         for (int b = 0; b < t->n_seqs; b++) step_ids[b] = steps[(size_t)b * (size_t)n_gen + i];
-        CI_TRY(ci_session_greedy_step(session, step_ids, next));
+        CI_TRY(cinfer_session_decode_greedy(session, step_ids, next));
     }
     /* device time from the first op to the last (CUDA events; the host clock on the CPU); the
      * host's if a mark could not be had */
-    be->ops->mark(be, 1);
-    *seconds = be->ops->seconds_between(be, 0, 1);
+    CI_TRY(cinfer_session_mark(session, 1));
+    *seconds = cinfer_session_seconds_between(session, 0, 1);
     if (!isfinite(*seconds)) *seconds = ci_now_seconds() - start;
     return CINFER_OK;
 }
@@ -255,12 +247,12 @@ static cinfer_status profile_once(cinfer_session *session, const bench_tokens *t
     CI_TRY(fill_depth(session, t, row->n_depth));
     const int n_step = row->n_prompt > 0 ? row->n_prompt : 1;
     const int32_t *ids = gather_tokens(t, row->n_depth, n_step);
-    ci_profile_start(session->be, &row->profile);
+    CI_TRY(cinfer_session_profile_start(session));
     double start = ci_now_seconds();
     cinfer_status status =
         cinfer_session_forward_batch(session, ids, n_step, CINFER_LOGITS_LAST, logits);
     row->profile_step_seconds = ci_now_seconds() - start;
-    ci_profile_stop(session->be);
+    CI_TRY(cinfer_session_profile_stop(session, &row->profile));
     if (row->profile.dropped)
         fprintf(stderr, "cinfer bench: --profile: %d ops left untimed (out of memory)\n",
                 row->profile.dropped);
@@ -275,7 +267,9 @@ static cinfer_status profile_once(cinfer_session *session, const bench_tokens *t
 static void roofline(bench_row *row, const cinfer_model_info *info, const cinfer_model *model,
                      double weight_element_bytes) {
     const double V = info->vocab_size, E = info->hidden_size;
-    const int tied = model->config->tie_word_embeddings;
+    cinfer_model_config config;
+    cinfer_model_get_config(model, &config);
+    const int tied = config.tie_word_embeddings;
     const double table = V * E;
     const double linear_params = (double)info->n_params - table * (tied ? 1 : 2);
     if (row->n_gen > 0) {
@@ -395,7 +389,7 @@ static void print_rows(const bench_options *o, const cinfer_model_info *info, co
                 test_name(r, test, sizeof test);
                 printf("| %s | %s | %s | %.3f |", r->backend, r->dtype, test,
                        1e3 * r->profile_step_seconds);
-                for (int c = 0; c < CI_OP_CLASS_COUNT; c++)
+                for (int c = 0; c < CINFER_OP_CLASS_COUNT; c++)
                     printf(" %.3f ms (%.0f%%) |", 1e3 * r->profile.seconds[c],
                            100.0 * r->profile.seconds[c] / r->profile_step_seconds);
                 printf("\n");
@@ -419,7 +413,7 @@ static void print_rows(const bench_options *o, const cinfer_model_info *info, co
                    r->achieved_flops, r->ceilings.flops);
             if (o->profile) {
                 printf(",%.6g", 1e3 * r->profile_step_seconds);
-                for (int c = 0; c < CI_OP_CLASS_COUNT; c++)
+                for (int c = 0; c < CINFER_OP_CLASS_COUNT; c++)
                     printf(",%.6g", 1e3 * r->profile.seconds[c]);
             }
             printf("\n");
@@ -456,9 +450,9 @@ static void print_rows(const bench_options *o, const cinfer_model_info *info, co
             if (o->profile) {
                 cJSON *profile = cJSON_AddObjectToObject(item, "profile");
                 cJSON_AddNumberToObject(profile, "step_ms", 1e3 * r->profile_step_seconds);
-                for (int c = 0; c < CI_OP_CLASS_COUNT; c++) {
+                for (int c = 0; c < CINFER_OP_CLASS_COUNT; c++) {
                     char key[32];
-                    snprintf(key, sizeof key, "%s_ms", ci_op_class_name((ci_op_class)c));
+                    snprintf(key, sizeof key, "%s_ms", cinfer_op_class_name((cinfer_op_class)c));
                     cJSON_AddNumberToObject(profile, key, 1e3 * r->profile.seconds[c]);
                 }
             }
@@ -492,30 +486,29 @@ typedef struct run_config {
     const char *backend, *dtype, *attention;
 } run_config;
 
-enum { MAX_CONFIGS = MAX_LIST + 9 };
+/* a CPU row per -t value, a CUDA row per dtype and attention kind */
+enum { MAX_CONFIGS = MAX_LIST + CINFER_DTYPE_COUNT * CINFER_ATTENTION_COUNT };
 
 static int plan_configs(const bench_options *o, run_config *configs) {
-    static const char *const dtype_names[] = {"f32", "bf16", "fp16"};
-    static const char *const attention_names[] = {"auto", "eager", "sdpa", "flash"};
     int n = 0;
     if (o->use_backend[CINFER_BACKEND_CPU])
         for (int t = 0; t < o->threads.n; t++)
             configs[n++] =
                 (run_config){{.backend = CINFER_BACKEND_CPU, .n_threads = o->threads.values[t]},
-                             "cpu",
-                             "f32",
+                             cinfer_backend_name(CINFER_BACKEND_CPU),
+                             cinfer_dtype_name(CINFER_DTYPE_F32),
                              "reference"};
     if (o->use_backend[CINFER_BACKEND_CUDA])
-        for (int d = 0; d < 3; d++)
-            for (int a = 0; a < 4; a++)
+        for (int d = 0; d < CINFER_DTYPE_COUNT; d++)
+            for (int a = 0; a < CINFER_ATTENTION_COUNT; a++)
                 if (o->use_dtype[d] && o->use_attention[a])
                     configs[n++] = (run_config){{.backend = CINFER_BACKEND_CUDA,
                                                  .dtype = (cinfer_dtype)d,
                                                  .attention = (cinfer_attention)a,
                                                  .device = o->device},
-                                                "cuda",
-                                                dtype_names[d],
-                                                attention_names[a]};
+                                                cinfer_backend_name(CINFER_BACKEND_CUDA),
+                                                cinfer_dtype_name((cinfer_dtype)d),
+                                                cinfer_attention_name((cinfer_attention)a)};
     return n;
 }
 
@@ -530,7 +523,7 @@ static cinfer_status load_model(const bench_options *o, const cinfer_load_option
     return cinfer_model_load_random(path, load, o->seed, model);
 }
 
-int cinfer_bench_main(int argc, char **argv) {
+static int bench_main(int argc, char **argv) {
     bench_options o;
     int usage = parse_bench_options(argc, argv, &o);
     if (usage) return usage < 0 ? 0 : usage; /* -1: help was asked for and printed */
@@ -653,3 +646,7 @@ done:
     free(rows);
     return status;
 }
+
+const program_command bench_command = {
+    "bench", bench_main,
+    "  bench --model DIR [-p 512] [-n 128]   prefill and decode throughput (bench --help)\n", NULL};

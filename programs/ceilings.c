@@ -1,4 +1,4 @@
-/* The CPU's read ceiling (bench/ceilings.h); the GPU's is in ceilings_cuda.cu. */
+/* The CPU's read ceiling (programs/ceilings.h); the GPU's is in ceilings_cuda.cu. */
 #include <omp.h>
 #include <stdlib.h>
 #include <string.h>

@@ -1,6 +1,6 @@
-// The GPU's ceilings (bench/ceilings.h): a device-to-device copy for bandwidth, a cuBLAS GEMM for
-// FLOP/s, each timed with CUDA events on its own stream, best of five after a warm-up.
-#include "../kernels/cuda/cuda_check.h"
+// The GPU's ceilings (programs/ceilings.h): a device-to-device copy for bandwidth, a cuBLAS GEMM
+// for FLOP/s, each timed with CUDA events on its own stream, best of five after a warm-up.
+#include "../common/cuda_check.h"
 
 extern "C" {
 #include "../common/error.h"

@@ -1,59 +1,19 @@
 /* cinfer compare: one input through the CPU reference and through the GPU, compared stage by
  * stage (embedding, each decoder layer, final norm, logits) with the tolerance of the GPU's run
- * dtype (engine/compare.h). Exits 1 when any row is outside it.
+ * dtype (programs/compare.h). Exits 1 when any row is outside it.
  *
  *   cinfer compare --model DIR --tokens "1 15 7 42 9" [--dtype f32|bf16|fp16]
  *                  [--attn auto|eager|sdpa|flash]
- *                  [--device N] [--threads N]
- *
- * Also here: parsing the options that pick a backend, which `run` shares. */
+ *                  [--device N] [--threads N] */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "cinfer.h"
-#include "program.h"
+#include "commands.h"
 #include "compare.h"
-
-enum { EXIT_ERROR = 1, EXIT_USAGE = 2 };
-
-int parse_load_option(const char *flag, const char *value, cinfer_load_options *o) {
-    if (strcmp(flag, "--backend") == 0) {
-        if (strcmp(value, "cpu") == 0)
-            o->backend = CINFER_BACKEND_CPU;
-        else if (strcmp(value, "cuda") == 0)
-            o->backend = CINFER_BACKEND_CUDA;
-        else
-            return usage_error("--backend needs cpu or cuda, got '%s'", value);
-    } else if (strcmp(flag, "--dtype") == 0) {
-        if (strcmp(value, "f32") == 0 || strcmp(value, "fp32") == 0)
-            o->dtype = CINFER_DTYPE_F32;
-        else if (strcmp(value, "bf16") == 0)
-            o->dtype = CINFER_DTYPE_BF16;
-        else if (strcmp(value, "fp16") == 0 || strcmp(value, "f16") == 0)
-            o->dtype = CINFER_DTYPE_F16;
-        else
-            return usage_error("--dtype needs f32, bf16 or fp16, got '%s'", value);
-    } else if (strcmp(flag, "--attn") == 0) {
-        if (strcmp(value, "auto") == 0)
-            o->attention = CINFER_ATTENTION_AUTO;
-        else if (strcmp(value, "eager") == 0)
-            o->attention = CINFER_ATTENTION_EAGER;
-        else if (strcmp(value, "sdpa") == 0)
-            o->attention = CINFER_ATTENTION_SDPA;
-        else if (strcmp(value, "flash") == 0)
-            o->attention = CINFER_ATTENTION_FLASH;
-        else
-            return usage_error("--attn needs auto, eager, sdpa or flash, got '%s'", value);
-    } else if (strcmp(flag, "--device") == 0) {
-        long device;
-        if (parse_long(value, 0, 1023, &device) != 0)
-            return usage_error("--device needs a GPU index >= 0, got '%s'", value);
-        o->device = (int)device;
-    }
-    return 0;
-}
+#include "program.h"
 
 /* ---- the residual stream of one run, stage by stage ---------------------------------------- */
 
@@ -137,7 +97,7 @@ static int argmax_row(const float *row, int n) {
     return best;
 }
 
-int cmd_compare(int argc, char **argv) {
+static int compare_main(int argc, char **argv) {
     const char *model_dir = NULL, *tokens_text = NULL;
     cinfer_load_options gpu = {.backend = CINFER_BACKEND_CUDA};
     for (int i = 0; i < argc; i += 2) {
@@ -206,13 +166,13 @@ int cmd_compare(int argc, char **argv) {
     const ci_tolerance tol = ci_tolerance_for(gpu.dtype);
     printf("compare %s: %d tokens, cuda %s (%s attention) on device %d against the CPU "
            "reference (f32)\n",
-           model_dir, n_tokens, ci_run_dtype_name(gpu.dtype),
+           model_dir, n_tokens, cinfer_dtype_name(gpu.dtype),
            cinfer_model_get_info(gpu_model)->attention, gpu.device);
     if (tol.max_abs > 0.0)
         printf("tolerance: max |gpu - cpu| <= %g x max(1, max |cpu|) per row\n", tol.max_abs);
     if (tol.rel_l2 > 0.0)
         printf("tolerance: relative L2 difference <= %g per row (provisional bound, see "
-               "engine/compare.h)\n",
+               "programs/compare.h)\n",
                tol.rel_l2);
     printf("%-16s %12s %12s   %s\n", "stage", "max |diff|", "rel L2", "within");
     int n_bad = 0;
@@ -249,7 +209,7 @@ int cmd_compare(int argc, char **argv) {
     n_bad += !top1_ok;
     if (n_bad) {
         fprintf(stderr, "cinfer: compare: %d row%s outside the %s tolerance\n", n_bad,
-                n_bad == 1 ? "" : "s", ci_run_dtype_name(gpu.dtype));
+                n_bad == 1 ? "" : "s", cinfer_dtype_name(gpu.dtype));
         status = EXIT_ERROR;
     } else {
         status = 0;
@@ -264,3 +224,9 @@ done:
     cinfer_model_free(cpu_model);
     return status;
 }
+
+const program_command compare_command = {
+    "compare", compare_main,
+    "  compare --model DIR --tokens \"1 15 7\"   the GPU against the CPU reference, layer by "
+    "layer\n",
+    "compare options: --dtype, --attn, --device, --threads as above\n"};

@@ -1,5 +1,5 @@
 /* How close a GPU run must come to the CPU reference, per run dtype. One table, used by
- * `cinfer compare` (engine/cli_compare.c) and by tests/test_cuda_model.cpp.
+ * `cinfer compare` (programs/compare.c) and by tests/test_cuda_model.cpp.
  *
  * f32: the project's bar, 1e-3 max-abs on logits and hidden states (what the CPU path is held to
  *   against transformers), scaled by the reference's largest magnitude when that exceeds 1 (real
@@ -30,10 +30,6 @@ static inline ci_tolerance ci_tolerance_for(cinfer_dtype dtype) {
     const ci_tolerance bf16 = {0.0, 5e-2, 0.75};
     const ci_tolerance f16 = {0.0, 1e-2, 0.9};
     return dtype == CINFER_DTYPE_BF16 ? bf16 : dtype == CINFER_DTYPE_F16 ? f16 : f32;
-}
-
-static inline const char *ci_run_dtype_name(cinfer_dtype dtype) {
-    return dtype == CINFER_DTYPE_BF16 ? "bf16" : dtype == CINFER_DTYPE_F16 ? "fp16" : "f32";
 }
 
 #endif

@@ -8,6 +8,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "cinfer.h"
+
 enum { MAX_LIST = 16 };
 
 typedef struct int_list {
@@ -52,8 +54,8 @@ static inline int parse_output_format(const char *text, output_format *out) {
     return -1;
 }
 
-/* "bf16,fp16" -> chosen[i] = 1 for each name given; names[] ends with NULL (and, where chosen is
- * indexed by an enum, follows its order). 0, else -1. */
+/* "prefill,decode" -> chosen[i] = 1 for each name given; names[] ends with NULL. For the public
+ * enums, whose names cinfer.h's tables hold, use parse_enum_list. 0, else -1. */
 static inline int parse_name_list(const char *text, const char *const *names, int *chosen) {
     int n_names = 0;
     while (names[n_names]) chosen[n_names++] = 0;
@@ -64,6 +66,41 @@ static inline int parse_name_list(const char *text, const char *const *names, in
             if (strlen(names[i]) == length && strncmp(p, names[i], length) == 0)
                 chosen[i] = found = 1;
         if (!found) return -1;
+        if (p[length] == '\0') return 0;
+        p += length + 1;
+    }
+}
+
+/* A public enum's value of a name, through its table in cinfer.h (aliases included); -1 for a
+ * name it does not know. */
+typedef int (*enum_of_name)(const char *name);
+static inline int dtype_by_name(const char *name) {
+    cinfer_dtype value;
+    return cinfer_dtype_from_name(name, &value) ? -1 : (int)value;
+}
+static inline int attention_by_name(const char *name) {
+    cinfer_attention value;
+    return cinfer_attention_from_name(name, &value) ? -1 : (int)value;
+}
+static inline int backend_by_name(const char *name) {
+    cinfer_backend value;
+    return cinfer_backend_from_name(name, &value) ? -1 : (int)value;
+}
+
+/* "bf16,f16" -> chosen[v] = 1 for the value v of each name given (dtype_by_name and the like);
+ * chosen has n_values entries, indexed by the enum. 0, else -1. */
+static inline int parse_enum_list(const char *text, enum_of_name value_of, int n_values,
+                                  int *chosen) {
+    for (int i = 0; i < n_values; i++) chosen[i] = 0;
+    for (const char *p = text;;) {
+        const size_t length = strcspn(p, ",");
+        char name[32];
+        if (length >= sizeof name) return -1;
+        memcpy(name, p, length);
+        name[length] = '\0';
+        const int value = value_of(name);
+        if (value < 0 || value >= n_values) return -1;
+        chosen[value] = 1;
         if (p[length] == '\0') return 0;
         p += length + 1;
     }

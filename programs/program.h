@@ -1,16 +1,25 @@
-/* What the cinfer commands share: usage errors, error exits, number and token-list parsing
- * (engine/cli.c), and the options that pick a backend (engine/cli_compare.c). */
-#ifndef CINFER_CLI_UTIL_H
-#define CINFER_CLI_UTIL_H
+/* What the cinfer commands share (programs/program.c): the exit statuses, the messages for misuse
+ * and errors, and the parsers of numbers, token lists and the options that pick a backend. Each
+ * command (inspect.c, run.c, tokenize.c, compare.c, bench.c) stands on this and the public API
+ * and calls no other command: main.c alone dispatches to them (programs/commands.h). */
+#ifndef CINFER_PROGRAM_H
+#define CINFER_PROGRAM_H
 
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 
 #include "cinfer.h"
 
-/* Prints "cinfer: <fmt with arg>" and the usage text; returns the misuse exit status (2). */
+/* Exit statuses of every cinfer command: 0 on success, EXIT_ERROR when the work failed (a bad
+ * checkpoint, an I/O error), EXIT_USAGE for misuse (an unknown option, a malformed value). */
+enum { EXIT_ERROR = 1, EXIT_USAGE = 2 };
+
+/* Sets what usage_error prints after its message: main.c's, the usage of every command. */
+void program_set_usage(void (*print_usage)(FILE *out));
+/* Prints "cinfer: <fmt with arg>" and the usage text to stderr; returns EXIT_USAGE. */
 int usage_error(const char *fmt, const char *arg);
-/* Prints the last error; returns the error exit status (1). */
+/* Prints the last error (and, with CINFER_DEBUG set, where it was raised); returns EXIT_ERROR. */
 int fail(void);
 /* The whole of text as an integer in [minimum, maximum]: 0, else -1. */
 int parse_long(const char *text, long minimum, long maximum, long *out);
@@ -19,12 +28,9 @@ void format_bytes(double bytes, char *buf, size_t size);
 /* "1 15 7 42" -> ids (malloc'd); 0, or the exit status once the reason is printed. */
 int parse_token_list(const char *text, int32_t **ids, int *n_ids);
 
-/* --backend cpu|cuda, --dtype f32|bf16|fp16, --attn auto|eager|sdpa|flash, --device N into
- * options; 0, or the misuse exit status once the reason is printed. Whether the kind runs the
- * model is cinfer_model_load's to say. */
+/* --backend cpu|cuda, --dtype f32|bf16|fp16, --attn auto|eager|sdpa|flash (the names cinfer.h's
+ * tables take, aliases included), --device N into options; 0, or EXIT_USAGE once the reason is
+ * printed. Whether the kind runs the model is cinfer_model_load's to say. */
 int parse_load_option(const char *flag, const char *value, cinfer_load_options *options);
-
-/* cinfer compare: the GPU against the CPU reference, stage by stage. */
-int cmd_compare(int argc, char **argv);
 
 #endif

@@ -42,6 +42,14 @@ declare -A rank=(
   [tests]=7    # tests may include anything
 )
 
+# Layers that may include only some of the layers below them. The programs stand on the public
+# API and the common utilities: whatever `cinfer` does, a program linking the library can do too,
+# and the engine's internals stay free to change under them. (bench/, below, reaches into the
+# kernels on purpose: it measures single ops.)
+declare -A only=(
+  [programs]="include common"
+)
+
 violations=0
 while IFS= read -r file; do
   layer=${file%%/*}
@@ -58,6 +66,9 @@ while IFS= read -r file; do
     [ "$to" = "$layer" ] && continue
     if [ -z "${rank[$to]+x}" ] || [ "${rank[$to]}" -ge "${rank[$layer]}" ]; then
       echo "check_layers: $file includes $target: $layer (rank ${rank[$layer]}) may not include $to (rank ${rank[$to]:-none})"
+      violations=$((violations + 1))
+    elif [ -n "${only[$layer]+x}" ] && [[ " ${only[$layer]} " != *" $to "* ]]; then
+      echo "check_layers: $file includes $target: $layer may include only $layer, ${only[$layer]// /, }"
       violations=$((violations + 1))
     fi
   done < <(sed -n 's/^[[:space:]]*#[[:space:]]*include[[:space:]]*"\([^"]*\)".*/\1/p' "$file")

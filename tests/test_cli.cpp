@@ -600,6 +600,18 @@ TEST(CliBench, RejectsBadOptionsAndBadModels) {
     EXPECT_EQ(r.out, "");
 }
 
+// Every command reads dtype, attention and backend names from cinfer.h's one table, so bench
+// takes what run takes, aliases included. --dtype picks the CUDA rows; the CPU row computes in
+// f32 whatever it says, which keeps this a quick run on any machine.
+TEST(CliBench, TakesTheNamesRunTakes) {
+    const std::string model = fixture_dir("llama_mha");
+    const CliResult r =
+        run_cli({"bench", "--model", model, "--dtype", "f16,bfloat16", "--backend", "cpu", "-p",
+                 "4", "-n", "0", "-r", "1", "--no-ceilings", "--output", "csv"});
+    ASSERT_TRUE(exits_with(r, 0));
+    EXPECT_TRUE(contains_all(r.out, {",cpu,f32,reference,", ",pp4,"}));
+}
+
 } // namespace
 
 // ---- cinfer run with text: --prompt, --chat, streaming, stop tokens ---------------------------

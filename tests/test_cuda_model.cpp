@@ -198,7 +198,7 @@ TEST_P(CudaModel, LogitsAgreeWithTheCpuReference) {
         const Difference d = compare(got, want);
         std::printf("[cinfer] %-24s %-4s %-5s %2d tokens: logits max |gpu - cpu| %.2e, rel L2 "
                     "%.2e\n",
-                    std::get<0>(GetParam()).c_str(), ci_run_dtype_name(dtype_),
+                    std::get<0>(GetParam()).c_str(), cinfer_dtype_name(dtype_),
                     attention_name(std::get<2>(GetParam())), n, d.max_abs, d.rel_l2);
         EXPECT_TRUE(within(d, tol_, "logits")) << n << " tokens";
         int agree = 0;
@@ -386,7 +386,7 @@ TEST_P(CudaModel, BatchedLongPromptsInPassesAgreeWithTheCpu) {
 }
 
 std::string param_name(const ::testing::TestParamInfo<CudaModel::ParamType> &info) {
-    return std::get<0>(info.param) + "_" + ci_run_dtype_name(std::get<1>(info.param)) + "_" +
+    return std::get<0>(info.param) + "_" + cinfer_dtype_name(std::get<1>(info.param)) + "_" +
            attention_name(std::get<2>(info.param));
 }
 
@@ -544,14 +544,14 @@ TEST_P(CudaRandomWeights, LogitsAgreeWithTheCpuReference) {
         const Difference d = compare(got, want);
         std::printf("[cinfer] random %-22s %-4s %2d tokens: logits max |gpu - cpu| %.2e, rel L2 "
                     "%.2e\n",
-                    std::get<0>(GetParam()).c_str(), ci_run_dtype_name(dtype_), n, d.max_abs,
+                    std::get<0>(GetParam()).c_str(), cinfer_dtype_name(dtype_), n, d.max_abs,
                     d.rel_l2);
         EXPECT_TRUE(within(d, tol, "logits")) << n << " tokens";
     }
 }
 
 std::string random_param_name(const ::testing::TestParamInfo<CudaRandomWeights::ParamType> &info) {
-    return std::get<0>(info.param) + "_" + ci_run_dtype_name(std::get<1>(info.param));
+    return std::get<0>(info.param) + "_" + cinfer_dtype_name(std::get<1>(info.param));
 }
 
 INSTANTIATE_TEST_SUITE_P(

@@ -3,7 +3,7 @@
 #include <stdio.h>
 #include <string.h>
 
-#include "cuda_check.h"
+#include "../../common/cuda_check.h"
 
 extern "C" {
 #include "../device.h"

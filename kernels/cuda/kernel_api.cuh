@@ -35,7 +35,7 @@
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
-#include "cuda_check.h"
+#include "../../common/cuda_check.h"
 
 #define CI_LAUNCH(kernel, grid, block, shared_bytes, stream, ...)                                  \
     do {                                                                                           \

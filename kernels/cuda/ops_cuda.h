@@ -7,7 +7,7 @@
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
 
-#include "cuda_check.h"
+#include "../../common/cuda_check.h"
 #include "kernel_api.cuh"
 
 extern "C" {

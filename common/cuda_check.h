@@ -1,5 +1,6 @@
 /* Error checks for CUDA runtime and cuBLAS calls: one handler each, with the failing statement,
- * file and line. */
+ * file and line. For the CUDA kernels and for any other code that calls CUDA itself (the GPU
+ * ceilings of `cinfer bench`). */
 #ifndef CINFER_CUDA_CHECK_H
 #define CINFER_CUDA_CHECK_H
 
