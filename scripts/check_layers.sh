@@ -16,16 +16,17 @@ if [ "${1:-}" = --self-test ]; then
   # a kernel that includes a model, a loader that includes a kernel, a program that reaches past
   # the public API: each must be refused; a model that includes a kernel must pass
   dir=$(mktemp -d "$PWD/kernels/.self_test.XXXXXX")
-  trap 'rm -rf "$dir" loaders/.self_test_*.c models/.self_test_*.c' EXIT
+  trap 'rm -rf "$dir" loaders/.self_test_*.c models/.self_test_*.c programs/.self_test_*.c' EXIT
   printf '#include "../../models/model.h"\n' >"$dir/up.c"
   printf '#include "../kernels/backend.h"\n' >loaders/.self_test_across.c
   printf '#include "../kernels/backend.h"\n' >models/.self_test_down.c
+  printf '#include "../engine/session.h"\n' >programs/.self_test_internal.c
   failed=0
-  for bad in "$dir/up.c" loaders/.self_test_across.c; do
+  for bad in "$dir/up.c" loaders/.self_test_across.c programs/.self_test_internal.c; do
     if "$0" "$bad" >/dev/null; then echo "check_layers self-test: $bad passed, but must not"; failed=1; fi
   done
   "$0" models/.self_test_down.c >/dev/null || { echo "check_layers self-test: a model including a kernel was refused"; failed=1; }
-  [ "$failed" = 0 ] && echo "check_layers self-test: up and across refused, down allowed"
+  [ "$failed" = 0 ] && echo "check_layers self-test: up, across and past the public API refused, down allowed"
   exit "$failed"
 fi
 
