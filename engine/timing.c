@@ -25,8 +25,8 @@ static struct {
 cinfer_status ci_check_not_profiling(const cinfer_session *session, const char *call) {
     if (!active.session || active.session != session) return CINFER_OK;
     return CI_FAIL(CINFER_ERR_ARGUMENT,
-                   "%s: a profile runs on this session (cinfer_session_profile_start); stop it "
-                   "first",
+                   "%s: a profile runs on this session (cinfer_session_profile_start): "
+                   "stop it first",
                    call);
 }
 

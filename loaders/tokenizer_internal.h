@@ -1,6 +1,6 @@
 /* The tokenizer's insides, shared by the loaders/tokenizer*.c files and by nothing else: the
  * layout of cinfer_tokenizer and of the encoder's scratch, and the functions the files call
- * across each other. Others use tokenizer.h and engine/cinfer.h.
+ * across each other. Others use tokenizer.h and include/cinfer.h.
  *
  * Hugging Face tokenizers in C: tokenizer.json read with cJSON, BPE encoding with the pipeline of
  * the `tokenizers` library (added tokens -> normalizer -> pre-tokenizer -> model ->
