@@ -165,15 +165,13 @@ static int parse_bench_options(int argc, char **argv, bench_options *o) {
                                    value);
         } else if (strcmp(flag, "--dtype") == 0) {
             if (parse_enum_list(value, dtype_by_name, CINFER_DTYPE_COUNT, o->use_dtype))
-                return bench_usage("--dtype needs f32, bf16 and/or fp16 separated by commas, got "
-                                   "'%s'",
-                                   value);
+                return bench_usage(
+                    "--dtype needs f32, bf16 and/or fp16 separated by commas, got '%s'", value);
         } else if (strcmp(flag, "--attn") == 0) {
             if (parse_enum_list(value, attention_by_name, CINFER_ATTENTION_COUNT, o->use_attention))
-                return bench_usage("--attn needs auto, eager, sdpa and/or flash separated by "
-                                   "commas, got "
-                                   "'%s'",
-                                   value);
+                return bench_usage(
+                    "--attn needs auto, eager, sdpa and/or flash separated by commas, got '%s'",
+                    value);
         } else if (strcmp(flag, "--device") == 0) {
             if (parse_int(value, 0, 1023, &o->device))
                 return bench_usage("--device needs one GPU index >= 0, got '%s'", value);
@@ -379,9 +377,9 @@ static void print_rows(const bench_options *o, const cinfer_model_info *info, co
                    "token x t/s; prefill: FLOP/s of the linear layers.\n",
                    how);
         if (o->profile) {
-            printf("\nOne step per test, each op timed on the device between two marks, the host "
-                   "never "
-                   "waiting between ops (--profile); step ms is the host's time for the step:\n\n");
+            printf("\nOne step per test, each op timed on the device between two marks, "
+                   "the host never waiting between ops (--profile); "
+                   "step ms is the host's time for the step:\n\n");
             printf("| backend | dtype | test | step ms | attention | matmul | norm | other |\n");
             printf("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |\n");
             for (int i = 0; i < n_rows; i++) {

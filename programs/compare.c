@@ -117,9 +117,9 @@ static int compare_main(int argc, char **argv) {
             int bad = parse_load_option(flag, value, &gpu);
             if (bad) return bad;
         } else {
-            return usage_error("compare: unknown option '%s' (it always runs the CPU reference "
-                               "against cuda)",
-                               flag);
+            return usage_error(
+                "compare: unknown option '%s' (it always runs the CPU reference against cuda)",
+                flag);
         }
     }
     if (!model_dir) return usage_error("%s", "--model DIR is required");
@@ -227,6 +227,6 @@ done:
 
 const program_command compare_command = {
     "compare", compare_main,
-    "  compare --model DIR --tokens \"1 15 7\"   the GPU against the CPU reference, layer by "
-    "layer\n",
+    "  compare --model DIR --tokens \"1 15 7\"   "
+    "the GPU against the CPU reference, layer by layer\n",
     "compare options: --dtype, --attn, --device, --threads as above\n"};

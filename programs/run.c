@@ -200,8 +200,8 @@ static int run_main(int argc, char **argv) {
     int usage = parse_options(argc, argv, &o);
     if (usage) return usage;
     if (!!o.tokens_text + !!o.prompt_text + !!o.chat_text != 1)
-        return usage_error("%s", "run needs one of --tokens \"ID ID ...\", --prompt TEXT or "
-                                 "--chat TEXT");
+        return usage_error("%s",
+                           "run needs one of --tokens \"ID ID ...\", --prompt TEXT or --chat TEXT");
     if (o.system_text && !o.chat_text) return usage_error("%s", "--system goes with --chat");
     int32_t *prompt = NULL;
     int n_prompt = 0;
