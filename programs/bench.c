@@ -33,6 +33,12 @@
 #include "option_lists.h"
 #include "program.h"
 
+static int bench_main(int argc, char **argv);
+/* what main.c dispatches to and prints in the usage */
+const program_command bench_command = {
+    "bench", bench_main,
+    "  bench --model DIR [-p 512] [-n 128]   prefill and decode throughput (bench --help)\n", NULL};
+
 static const char *bench_usage_text =
     "usage: cinfer bench --model DIR [options]\n"
     "       cinfer bench --config config.json --random-weights [options]\n"
@@ -644,7 +650,3 @@ done:
     free(rows);
     return status;
 }
-
-const program_command bench_command = {
-    "bench", bench_main,
-    "  bench --model DIR [-p 512] [-n 128]   prefill and decode throughput (bench --help)\n", NULL};

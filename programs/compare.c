@@ -15,6 +15,14 @@
 #include "compare.h"
 #include "program.h"
 
+static int compare_main(int argc, char **argv);
+/* what main.c dispatches to and prints in the usage */
+const program_command compare_command = {
+    "compare", compare_main,
+    "  compare --model DIR --tokens \"1 15 7\"   "
+    "the GPU against the CPU reference, layer by layer\n",
+    "compare options: --dtype, --attn, --device, --threads as above\n"};
+
 /* ---- the residual stream of one run, stage by stage ---------------------------------------- */
 
 typedef struct stage_capture {
@@ -224,9 +232,3 @@ done:
     cinfer_model_free(cpu_model);
     return status;
 }
-
-const program_command compare_command = {
-    "compare", compare_main,
-    "  compare --model DIR --tokens \"1 15 7\"   "
-    "the GPU against the CPU reference, layer by layer\n",
-    "compare options: --dtype, --attn, --device, --threads as above\n"};

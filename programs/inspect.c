@@ -9,6 +9,12 @@
 #include "commands.h"
 #include "program.h"
 
+static int inspect_main(int argc, char **argv);
+/* what main.c dispatches to and prints in the usage */
+const program_command inspect_command = {
+    "inspect", inspect_main,
+    "  inspect --model DIR      architecture, parameters, dtypes, tensors, memory needed\n", NULL};
+
 static void print_bytes(const char *label, double bytes, const char *note) {
     char amount[32];
     format_bytes(bytes, amount, sizeof amount);
@@ -121,7 +127,3 @@ static int inspect_main(int argc, char **argv) {
     cinfer_model_free(model);
     return 0;
 }
-
-const program_command inspect_command = {
-    "inspect", inspect_main,
-    "  inspect --model DIR      architecture, parameters, dtypes, tensors, memory needed\n", NULL};

@@ -19,6 +19,32 @@
 #include "npy.h"
 #include "program.h"
 
+static int run_main(int argc, char **argv);
+/* what main.c dispatches to and prints in the usage */
+const program_command run_command = {
+    "run", run_main,
+    "  run --model DIR --prompt TEXT      continue a text, streaming the new text\n"
+    "  run --model DIR --chat TEXT        answer as the chat template of the checkpoint says\n"
+    "  run --model DIR --tokens \"1 15 7\"   generate token ids from a prompt of token ids\n",
+    "run options:\n"
+    "  --system TEXT        with --chat: a system turn before the user's\n"
+    "  --max-new-tokens N   tokens to generate (default 32; 0 only runs the prompt)\n"
+    "  --temperature T      0 = greedy (default); > 0 samples\n"
+    "  --top-k K            keep the K most likely tokens (default 0 = off)\n"
+    "  --top-p P            keep the smallest set with probability >= P (default 1 = off)\n"
+    "  --seed S             random seed for sampling (default: from the clock, printed)\n"
+    "  --ctx-size N         KV cache positions (default: prompt + new tokens, at most\n"
+    "                       max_position_embeddings)\n"
+    "  --threads N          CPU threads (default: OpenMP's)\n"
+    "  --ignore-eos         keep generating after an eos token\n"
+    "  --dump-logits PATH   write the logits of every prompt position as float32 .npy\n"
+    "                       of shape [prompt tokens, vocab_size]\n"
+    "  --backend B          cpu (the reference path, default) or cuda\n"
+    "  --dtype D            cuda: f32 (default), bf16 or fp16 for weights and GEMM inputs\n"
+    "  --attn A             cuda: auto (default: the fastest that runs the model), eager, sdpa\n"
+    "                       or flash\n"
+    "  --device N           cuda: the GPU to run on (default 0)\n"};
+
 static int parse_float(const char *text, float *out) {
     char *end;
     errno = 0;
@@ -52,18 +78,18 @@ static int parse_options(int argc, char **argv, options *o) {
         if (!is_switch && i + 1 >= argc) return usage_error("option '%s' needs a value", flag);
         const char *value = is_switch ? NULL : argv[i + 1];
         long number;
-        if (strcmp(flag, "--model") == 0) {
-            o->model_dir = value;
-        } else if (strcmp(flag, "--tokens") == 0) {
-            o->tokens_text = value;
-        } else if (strcmp(flag, "--prompt") == 0) {
-            o->prompt_text = value;
-        } else if (strcmp(flag, "--chat") == 0) {
-            o->chat_text = value;
-        } else if (strcmp(flag, "--system") == 0) {
-            o->system_text = value;
-        } else if (strcmp(flag, "--dump-logits") == 0) {
-            o->dump_logits = value;
+        /* the options whose value is taken as it is */
+        const struct {
+            const char *flag;
+            const char **field;
+        } text_options[] = {{"--model", &o->model_dir},    {"--tokens", &o->tokens_text},
+                            {"--prompt", &o->prompt_text}, {"--chat", &o->chat_text},
+                            {"--system", &o->system_text}, {"--dump-logits", &o->dump_logits}};
+        const char **text = NULL;
+        for (size_t k = 0; k < sizeof text_options / sizeof text_options[0]; k++)
+            if (strcmp(flag, text_options[k].flag) == 0) text = text_options[k].field;
+        if (text) {
+            *text = value;
         } else if (strcmp(flag, "--max-new-tokens") == 0) {
             if (parse_long(value, 0, INT_MAX, &number) != 0)
                 return usage_error("--max-new-tokens needs an integer >= 0, got '%s'", value);
@@ -304,27 +330,3 @@ done:
     cinfer_model_free(model);
     return status;
 }
-
-const program_command run_command = {
-    "run", run_main,
-    "  run --model DIR --prompt TEXT      continue a text, streaming the new text\n"
-    "  run --model DIR --chat TEXT        answer as the chat template of the checkpoint says\n"
-    "  run --model DIR --tokens \"1 15 7\"   generate token ids from a prompt of token ids\n",
-    "run options:\n"
-    "  --system TEXT        with --chat: a system turn before the user's\n"
-    "  --max-new-tokens N   tokens to generate (default 32; 0 only runs the prompt)\n"
-    "  --temperature T      0 = greedy (default); > 0 samples\n"
-    "  --top-k K            keep the K most likely tokens (default 0 = off)\n"
-    "  --top-p P            keep the smallest set with probability >= P (default 1 = off)\n"
-    "  --seed S             random seed for sampling (default: from the clock, printed)\n"
-    "  --ctx-size N         KV cache positions (default: prompt + new tokens, at most\n"
-    "                       max_position_embeddings)\n"
-    "  --threads N          CPU threads (default: OpenMP's)\n"
-    "  --ignore-eos         keep generating after an eos token\n"
-    "  --dump-logits PATH   write the logits of every prompt position as float32 .npy\n"
-    "                       of shape [prompt tokens, vocab_size]\n"
-    "  --backend B          cpu (the reference path, default) or cuda\n"
-    "  --dtype D            cuda: f32 (default), bf16 or fp16 for weights and GEMM inputs\n"
-    "  --attn A             cuda: auto (default: the fastest that runs the model), eager, sdpa\n"
-    "                       or flash\n"
-    "  --device N           cuda: the GPU to run on (default 0)\n"};

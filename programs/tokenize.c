@@ -10,6 +10,16 @@
 #include "commands.h"
 #include "program.h"
 
+static int tokenize_main(int argc, char **argv);
+/* what main.c dispatches to and prints in the usage */
+const program_command tokenize_command = {
+    "tokenize", tokenize_main,
+    "  tokenize --model DIR [--text TEXT]  text (or stdin) to token ids with tokenizer.json\n",
+    "tokenize options (only the tokenizer files of DIR are read):\n"
+    "  --text TEXT          the text (default: all of stdin)\n"
+    "  --ids                print only the ids, space-separated on one line\n"
+    "  --no-special         do not add BOS/EOS (the post_processor's special tokens)\n"};
+
 /* Writes bytes so that every one shows: printable UTF-8 as it is, the rest as escapes. */
 static void print_escaped(const char *s, size_t n) {
     for (size_t i = 0; i < n; i++) {
@@ -132,11 +142,3 @@ static int tokenize_main(int argc, char **argv) {
     cinfer_tokenizer_free(tok);
     return status;
 }
-
-const program_command tokenize_command = {
-    "tokenize", tokenize_main,
-    "  tokenize --model DIR [--text TEXT]  text (or stdin) to token ids with tokenizer.json\n",
-    "tokenize options (only the tokenizer files of DIR are read):\n"
-    "  --text TEXT          the text (default: all of stdin)\n"
-    "  --ids                print only the ids, space-separated on one line\n"
-    "  --no-special         do not add BOS/EOS (the post_processor's special tokens)\n"};

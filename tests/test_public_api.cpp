@@ -7,6 +7,8 @@
 #include <string>
 #include <vector>
 
+#include <cjson/cJSON.h>
+
 #include "test_util.h"
 
 namespace {
@@ -34,22 +36,26 @@ TEST(Names, EveryValueRoundTripsThroughItsName) {
 }
 
 TEST(Names, CanonicalSpellingsAndTheAliasesPeopleType) {
-    EXPECT_STREQ(cinfer_dtype_name(CINFER_DTYPE_F32), "f32");
-    EXPECT_STREQ(cinfer_dtype_name(CINFER_DTYPE_BF16), "bf16");
-    EXPECT_STREQ(cinfer_dtype_name(CINFER_DTYPE_F16), "fp16");
-    EXPECT_STREQ(cinfer_attention_name(CINFER_ATTENTION_FLASH), "flash");
-    EXPECT_STREQ(cinfer_backend_name(CINFER_BACKEND_CUDA), "cuda");
+    // every spelling of a run dtype the table takes; the canonical one is what _name gives
     const struct {
         const char *name;
         cinfer_dtype dtype;
-    } aliases[] = {{"fp32", CINFER_DTYPE_F32},      {"float32", CINFER_DTYPE_F32},
-                   {"bfloat16", CINFER_DTYPE_BF16}, {"f16", CINFER_DTYPE_F16},
-                   {"float16", CINFER_DTYPE_F16},   {"half", CINFER_DTYPE_F16}};
-    for (const auto &alias : aliases) {
-        cinfer_dtype got = CINFER_DTYPE_F32;
-        ASSERT_EQ(cinfer_dtype_from_name(alias.name, &got), 0) << alias.name;
-        EXPECT_EQ(got, alias.dtype) << alias.name;
+        bool canonical;
+    } spellings[] = {{"f32", CINFER_DTYPE_F32, true},        {"fp32", CINFER_DTYPE_F32, false},
+                     {"float32", CINFER_DTYPE_F32, false},   {"bf16", CINFER_DTYPE_BF16, true},
+                     {"bfloat16", CINFER_DTYPE_BF16, false}, {"fp16", CINFER_DTYPE_F16, true},
+                     {"f16", CINFER_DTYPE_F16, false},       {"float16", CINFER_DTYPE_F16, false},
+                     {"half", CINFER_DTYPE_F16, false}};
+    for (const auto &spelling : spellings) {
+        cinfer_dtype got = (cinfer_dtype)-1;
+        ASSERT_EQ(cinfer_dtype_from_name(spelling.name, &got), 0) << spelling.name;
+        EXPECT_EQ(got, spelling.dtype) << spelling.name;
+        if (spelling.canonical) {
+            EXPECT_STREQ(cinfer_dtype_name(spelling.dtype), spelling.name);
+        }
     }
+    EXPECT_STREQ(cinfer_attention_name(CINFER_ATTENTION_FLASH), "flash");
+    EXPECT_STREQ(cinfer_backend_name(CINFER_BACKEND_CUDA), "cuda");
 }
 
 TEST(Names, UnknownNamesAndValuesAreRefused) {
@@ -79,20 +85,42 @@ class LoadedModel : public ::testing::Test {
 };
 
 // llama_gqa_llama3 (scripts/make_fixtures.py): biases on, tied embeddings, llama3 RoPE, written in
-// transformers' 4.x layout.
-TEST_F(LoadedModel, ConfigSaysWhatTheFixtureWasMadeWith) {
+// transformers' 4.x layout. The model's config against the file's own fields, read with cJSON.
+TEST_F(LoadedModel, ConfigSaysWhatConfigJsonSays) {
     load("llama_gqa_llama3");
-    cinfer_model_config c;
-    cinfer_model_get_config(model_, &c);
-    EXPECT_STREQ(c.hidden_act, "silu");
-    EXPECT_STREQ(c.rope_type, "llama3");
-    EXPECT_GT(c.rope_factor, 1.0);
-    EXPECT_GT(c.rope_original_max_position_embeddings, 0);
-    EXPECT_EQ(c.attention_bias, 1);
-    EXPECT_EQ(c.mlp_bias, 1);
-    EXPECT_EQ(c.tie_word_embeddings, 1);
-    EXPECT_EQ(c.rms_norm_eps, 1e-6);
-    EXPECT_STREQ(c.torch_dtype, "float32");
+    cinfer_model_config got;
+    cinfer_model_get_config(model_, &got);
+    const std::string text =
+        cinfer_test::read_file(fixture_dir("llama_gqa_llama3") + "/config.json");
+    cJSON *file = cJSON_Parse(text.c_str());
+    ASSERT_NE(file, nullptr);
+    const cJSON *rope = cJSON_GetObjectItem(file, "rope_scaling");
+    auto field = [](const cJSON *object, const char *name) {
+        const cJSON *item = cJSON_GetObjectItem(object, name);
+        EXPECT_NE(item, nullptr) << name;
+        return item;
+    };
+    const struct {
+        const char *got, *want;
+    } strings[] = {{got.hidden_act, field(file, "hidden_act")->valuestring},
+                   {got.rope_type, field(rope, "rope_type")->valuestring},
+                   {got.torch_dtype, field(file, "torch_dtype")->valuestring}};
+    for (const auto &s : strings) EXPECT_STREQ(s.got, s.want);
+    const struct {
+        double got, want;
+    } numbers[] = {
+        {got.rms_norm_eps, field(file, "rms_norm_eps")->valuedouble},
+        {got.rope_theta, field(file, "rope_theta")->valuedouble},
+        {got.rope_factor, field(rope, "factor")->valuedouble},
+        {(double)got.rope_original_max_position_embeddings,
+         field(rope, "original_max_position_embeddings")->valuedouble},
+        {(double)got.attention_bias, (double)cJSON_IsTrue(field(file, "attention_bias"))},
+        {(double)got.mlp_bias, (double)cJSON_IsTrue(field(file, "mlp_bias"))},
+        {(double)got.tie_word_embeddings, (double)cJSON_IsTrue(field(file, "tie_word_embeddings"))},
+    };
+    for (const auto &n : numbers) EXPECT_EQ(n.got, n.want);
+    EXPECT_EQ(got.attention_bias + got.mlp_bias + got.tie_word_embeddings, 3) << "all three on";
+    cJSON_Delete(file);
 }
 
 TEST_F(LoadedModel, DiffLlamaTakesItsOwnDefaults) {
