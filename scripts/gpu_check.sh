@@ -9,9 +9,9 @@
 #   scripts/gpu_check.sh --hide-system --build-only   the rehearsal: the same build with every
 #                                                     -dev package of this machine hidden (see
 #                                                     scripts/hide_system_deps.sh), as root; from
-#                                                     an empty build-gpu/ on 2 shared cores 3 min
-#                                                     47 s and 5 min 8 s (GoogleTest 36 s,
-#                                                     configure 7 s, build 3 to 4.5 min)
+#                                                     an empty build-gpu/ on 2 cores 2 min 8 s
+#                                                     idle (GoogleTest 21 s, configure 4 s, build
+#                                                     100 s), up to 5 min 8 s beside other builds
 # then on the GPU machine, each call carrying .deps (device tool: carry [".deps"]):
 #   1. scripts/gpu_check.sh --build-only --deadline 560     timeout_s 600: unpack, configure, build
 #   2. scripts/gpu_check.sh --no-build --deadline 560       timeout_s 600, straight after 1 (the
