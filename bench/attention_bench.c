@@ -634,7 +634,7 @@ static int plan_rows(const options *o, row *rows) {
 }
 
 static void device_label(int device, char *name, size_t size) {
-    ci_device_info devices[16];
+    cinfer_device_info devices[16];
     const int n = ci_cuda_devices(devices, 16);
     if (device < n && device < 16)
         snprintf(name, size, "%s (device %d)", devices[device].name, device);

@@ -1,6 +1,7 @@
 /* The one table of names for each public enum: run dtypes (with the aliases people type),
- * attention kinds and backends. Every program, message and bench row spells them from here, so
- * that `cinfer run`, `cinfer bench` and `cinfer compare` accept the same words. */
+ * attention kinds, backends and the op classes of a profile. Every program, message and bench
+ * row spells them from here, so that `cinfer run`, `cinfer bench` and `cinfer compare` accept the
+ * same words. */
 #include <string.h>
 
 #include "../include/cinfer.h"
@@ -24,6 +25,13 @@ static const name_entry attention_names[] = {
 static const name_entry backend_names[] = {
     {"cpu", CINFER_BACKEND_CPU},
     {"cuda", CINFER_BACKEND_CUDA},
+};
+
+static const name_entry op_class_names[] = {
+    {"attention", CINFER_OP_ATTENTION},
+    {"matmul", CINFER_OP_MATMUL},
+    {"norm", CINFER_OP_NORM},
+    {"other", CINFER_OP_OTHER},
 };
 
 #define COUNT(table) (sizeof table / sizeof table[0])
@@ -62,4 +70,7 @@ const char *cinfer_backend_name(cinfer_backend b) { return name_of(TABLE(backend
 int cinfer_backend_from_name(const char *name, cinfer_backend *out) {
     int v;
     return value_of(TABLE(backend_names), name, &v) ? -1 : (*out = (cinfer_backend)v, 0);
+}
+const char *cinfer_op_class_name(cinfer_op_class c) {
+    return name_of(TABLE(op_class_names), (int)c);
 }

@@ -2,8 +2,6 @@
  * config.json's settings, the checkpoint's tensors, the CUDA devices, generation_config.json's
  * eos tokens and the bytes of one token. Read-only getters over the loaders' and kernels' own
  * structures, so that programs need none of their headers. */
-#include <string.h>
-
 #include "../common/error.h"
 #include "../kernels/device.h"
 #include "../loaders/checkpoint.h"
@@ -60,22 +58,8 @@ cinfer_status cinfer_model_tensor(const cinfer_model *model, int i, cinfer_tenso
 int cinfer_cuda_compiled(void) { return ci_cuda_compiled(); }
 
 int cinfer_cuda_devices(cinfer_device_info *out, int max) {
-    ci_device_info found[CINFER_MAX_DEVICES];
     if (max > CINFER_MAX_DEVICES) max = CINFER_MAX_DEVICES;
-    if (max < 0 || !out) max = 0;
-    const int n = ci_cuda_devices(found, max);
-    for (int i = 0; i < n && i < max; i++) {
-        memset(&out[i], 0, sizeof out[i]);
-        const size_t name_bytes =
-            sizeof out[i].name < sizeof found[i].name ? sizeof out[i].name : sizeof found[i].name;
-        memcpy(out[i].name, found[i].name, name_bytes);
-        out[i].name[name_bytes - 1] = '\0';
-        out[i].free_bytes = found[i].free_bytes;
-        out[i].total_bytes = found[i].total_bytes;
-        out[i].compute_major = found[i].compute_major;
-        out[i].compute_minor = found[i].compute_minor;
-    }
-    return n;
+    return ci_cuda_devices(out, out && max > 0 ? max : 0);
 }
 
 cinfer_status cinfer_generation_eos_tokens(const char *dir, int32_t *ids, int max, int *n) {

@@ -9,17 +9,11 @@
 #include "timing.h"
 
 _Static_assert(CINFER_MAX_SEQS == CI_MAX_BATCH, "cinfer.h's sequence limit is the backends' rows");
-_Static_assert(CINFER_OP_CLASS_COUNT == CI_OP_CLASS_COUNT &&
-                   (int)CINFER_OP_ATTENTION == (int)CI_OP_ATTENTION &&
-                   (int)CINFER_OP_MATMUL == (int)CI_OP_MATMUL &&
-                   (int)CINFER_OP_NORM == (int)CI_OP_NORM &&
-                   (int)CINFER_OP_OTHER == (int)CI_OP_OTHER,
-               "cinfer.h's op classes are kernels/profile.h's, in its order");
 
 /* kernels/profile.c times one backend at a time: the session it runs on, and what it adds up. */
 static struct {
     const cinfer_session *session;
-    ci_op_profile profile;
+    cinfer_profile profile;
 } active;
 
 cinfer_status ci_check_not_profiling(const cinfer_session *session, const char *call) {
@@ -51,11 +45,6 @@ double cinfer_session_seconds_between(cinfer_session *session, int from, int to)
     return session->be->ops->seconds_between(session->be, from, to);
 }
 
-const char *cinfer_op_class_name(cinfer_op_class op_class) {
-    if ((int)op_class < 0 || (int)op_class >= CINFER_OP_CLASS_COUNT) return "unknown";
-    return ci_op_class_name((ci_op_class)op_class);
-}
-
 cinfer_status cinfer_session_profile_start(cinfer_session *session) {
     ci_error_clear();
     if (active.session)
@@ -74,10 +63,6 @@ cinfer_status cinfer_session_profile_stop(cinfer_session *session, cinfer_profil
                        "cinfer_session_profile_stop: no profile runs on this session");
     ci_profile_stop(session->be);
     active.session = NULL;
-    *profile = (cinfer_profile){.dropped = active.profile.dropped};
-    for (int c = 0; c < CINFER_OP_CLASS_COUNT; c++) {
-        profile->seconds[c] = active.profile.seconds[c];
-        profile->calls[c] = active.profile.calls[c];
-    }
+    *profile = active.profile;
     return CINFER_OK;
 }

@@ -12,15 +12,9 @@
 #include "../common/random_weights.h"
 #include "../common/tensor.h"
 
-typedef struct ci_device_info {
-    char name[256];
-    size_t free_bytes;
-    size_t total_bytes;
-    int compute_major, compute_minor;
-} ci_device_info;
-
-/* Fills up to max entries and returns how many devices there are (0 when none). */
-int ci_cuda_devices(ci_device_info *devices, int max);
+/* Fills up to max entries (cinfer.h's struct: the public cinfer_cuda_devices is this call) and
+ * returns how many devices there are (0 when none). */
+int ci_cuda_devices(cinfer_device_info *devices, int max);
 /* 1 when this build has the CUDA code compiled in. */
 int ci_cuda_compiled(void);
 

@@ -3,7 +3,7 @@
 #include "device.h"
 #include "../common/error.h"
 
-int ci_cuda_devices(ci_device_info *devices, int max) {
+int ci_cuda_devices(cinfer_device_info *devices, int max) {
     (void)devices;
     (void)max;
     return 0;

@@ -8,8 +8,8 @@
 
 static struct {
     const ci_backend_ops *real; /* the backend's own table while a profile runs */
-    ci_op_profile *profile;
-    ci_op_class *classes; /* the class of op i, timed between marks 2i and 2i + 1 */
+    cinfer_profile *profile;
+    cinfer_op_class *classes; /* the class of op i, timed between marks 2i and 2i + 1 */
     int n_ops, capacity;
 } active;
 
@@ -24,10 +24,10 @@ static struct {
 
 /* The index of a new op of class c, or -1 when there is no memory to note it (it goes untimed,
  * and the profile counts it as dropped). */
-static int next_op(ci_op_class c) {
+static int next_op(cinfer_op_class c) {
     if (active.n_ops == active.capacity) {
         const int n = active.capacity ? 2 * active.capacity : 256;
-        ci_op_class *grown = realloc(active.classes, (size_t)n * sizeof *grown);
+        cinfer_op_class *grown = realloc(active.classes, (size_t)n * sizeof *grown);
         if (!grown) {
             active.profile->dropped++;
             return -1;
@@ -41,52 +41,47 @@ static int next_op(ci_op_class c) {
 
 static void embedding_timed(ci_backend *be, ci_tensor *out, const ci_tensor *tokens,
                             const ci_tensor *table) {
-    TIMED(be, CI_OP_OTHER, active.real->embedding(be, out, tokens, table));
+    TIMED(be, CINFER_OP_OTHER, active.real->embedding(be, out, tokens, table));
 }
 static void rmsnorm_timed(ci_backend *be, ci_tensor *out, const ci_tensor *x,
                           const ci_tensor *weight, float eps) {
-    TIMED(be, CI_OP_NORM, active.real->rmsnorm(be, out, x, weight, eps));
+    TIMED(be, CINFER_OP_NORM, active.real->rmsnorm(be, out, x, weight, eps));
 }
 static void matmul_timed(ci_backend *be, const ci_tensor *x, const ci_projection *projections,
                          int n, int accumulate) {
-    TIMED(be, CI_OP_MATMUL, active.real->matmul(be, x, projections, n, accumulate));
+    TIMED(be, CINFER_OP_MATMUL, active.real->matmul(be, x, projections, n, accumulate));
 }
 static void rope_timed(ci_backend *be, ci_tensor *q, ci_tensor *k, int pos0,
                        const ci_rope_freqs *freqs) {
-    TIMED(be, CI_OP_OTHER, active.real->rope(be, q, k, pos0, freqs));
+    TIMED(be, CINFER_OP_OTHER, active.real->rope(be, q, k, pos0, freqs));
 }
 static void attention_timed(ci_backend *be, ci_tensor *out, const ci_tensor *q,
                             const ci_tensor *k_cache, const ci_tensor *v_cache, int pos0) {
-    TIMED(be, CI_OP_ATTENTION, active.real->attention(be, out, q, k_cache, v_cache, pos0));
+    TIMED(be, CINFER_OP_ATTENTION, active.real->attention(be, out, q, k_cache, v_cache, pos0));
 }
 static void diff_attention_timed(ci_backend *be, ci_tensor *out, const ci_tensor *q,
                                  const ci_tensor *k_cache, const ci_tensor *v_cache, int pos0,
                                  float lambda, float lambda_init, float eps) {
     TIMED(
-        be, CI_OP_ATTENTION,
+        be, CINFER_OP_ATTENTION,
         active.real->diff_attention(be, out, q, k_cache, v_cache, pos0, lambda, lambda_init, eps));
 }
 static void gated_activation_timed(ci_backend *be, ci_tensor *out, const ci_tensor *gate,
                                    const ci_tensor *up, ci_activation act) {
-    TIMED(be, CI_OP_OTHER, active.real->gated_activation(be, out, gate, up, act));
+    TIMED(be, CINFER_OP_OTHER, active.real->gated_activation(be, out, gate, up, act));
 }
 static void kv_store_timed(ci_backend *be, ci_tensor *k_cache, ci_tensor *v_cache,
                            const ci_tensor *k_new, const ci_tensor *v_new, int pos0) {
-    TIMED(be, CI_OP_OTHER, active.real->kv_store(be, k_cache, v_cache, k_new, v_new, pos0));
+    TIMED(be, CINFER_OP_OTHER, active.real->kv_store(be, k_cache, v_cache, k_new, v_new, pos0));
 }
 static void argmax_timed(ci_backend *be, ci_tensor *ids, const ci_tensor *logits) {
-    TIMED(be, CI_OP_OTHER, active.real->argmax(be, ids, logits));
+    TIMED(be, CINFER_OP_OTHER, active.real->argmax(be, ids, logits));
 }
 
-const char *ci_op_class_name(ci_op_class op_class) {
-    static const char *const names[CI_OP_CLASS_COUNT] = {"attention", "matmul", "norm", "other"};
-    return op_class < CI_OP_CLASS_COUNT ? names[op_class] : "?";
-}
-
-void ci_profile_start(ci_backend *be, ci_op_profile *profile) {
+void ci_profile_start(ci_backend *be, cinfer_profile *profile) {
     CI_ASSERT(active.real == NULL); /* one profile at a time */
     static ci_backend_ops timed;
-    *profile = (ci_op_profile){{0}, {0}, 0};
+    *profile = (cinfer_profile){{0}, {0}, 0};
     active.real = be->ops;
     active.profile = profile;
     active.n_ops = 0;

@@ -12,24 +12,10 @@
 
 #include "backend.h"
 
-typedef enum ci_op_class {
-    CI_OP_ATTENTION, /* attention, diff_attention */
-    CI_OP_MATMUL,    /* every linear layer and lm_head */
-    CI_OP_NORM,      /* rmsnorm */
-    CI_OP_OTHER,     /* embedding, rope, activations, KV stores, argmax */
-    CI_OP_CLASS_COUNT
-} ci_op_class;
-
-typedef struct ci_op_profile {
-    double seconds[CI_OP_CLASS_COUNT];
-    int calls[CI_OP_CLASS_COUNT];
-    int dropped; /* ops left untimed for want of memory to note them */
-} ci_op_profile;
-
-const char *ci_op_class_name(ci_op_class op_class);
-
-/* Starts adding the time of be's ops into *profile (zeroed here); stop restores the ops. */
-void ci_profile_start(ci_backend *be, ci_op_profile *profile);
+/* Starts adding the time of be's ops into *profile (zeroed here), by op class (cinfer.h's
+ * cinfer_op_class: attention and diff_attention; every matmul; rmsnorm; the rest); stop restores
+ * the ops and adds up what was timed. */
+void ci_profile_start(ci_backend *be, cinfer_profile *profile);
 void ci_profile_stop(ci_backend *be);
 
 #endif

@@ -54,43 +54,15 @@ static inline int parse_output_format(const char *text, output_format *out) {
     return -1;
 }
 
-/* "prefill,decode" -> chosen[i] = 1 for each name given; names[] ends with NULL. For the public
- * enums, whose names cinfer.h's tables hold, use parse_enum_list. 0, else -1. */
-static inline int parse_name_list(const char *text, const char *const *names, int *chosen) {
-    int n_names = 0;
-    while (names[n_names]) chosen[n_names++] = 0;
-    for (const char *p = text;;) {
-        size_t length = strcspn(p, ",");
-        int found = 0;
-        for (int i = 0; i < n_names && !found; i++)
-            if (strlen(names[i]) == length && strncmp(p, names[i], length) == 0)
-                chosen[i] = found = 1;
-        if (!found) return -1;
-        if (p[length] == '\0') return 0;
-        p += length + 1;
-    }
-}
+/* The value of a name in a table: its position in a NULL-terminated names[] (parse_name_list), or
+ * a public enum's value through cinfer.h's name tables (the *_by_name below, table unused); -1
+ * for a name the table does not know. */
+typedef int (*value_of_name)(const void *table, const char *name);
 
-/* A public enum's value of a name, through its table in cinfer.h (aliases included); -1 for a
- * name it does not know. */
-typedef int (*enum_of_name)(const char *name);
-static inline int dtype_by_name(const char *name) {
-    cinfer_dtype value;
-    return cinfer_dtype_from_name(name, &value) ? -1 : (int)value;
-}
-static inline int attention_by_name(const char *name) {
-    cinfer_attention value;
-    return cinfer_attention_from_name(name, &value) ? -1 : (int)value;
-}
-static inline int backend_by_name(const char *name) {
-    cinfer_backend value;
-    return cinfer_backend_from_name(name, &value) ? -1 : (int)value;
-}
-
-/* "bf16,f16" -> chosen[v] = 1 for the value v of each name given (dtype_by_name and the like);
- * chosen has n_values entries, indexed by the enum. 0, else -1. */
-static inline int parse_enum_list(const char *text, enum_of_name value_of, int n_values,
-                                  int *chosen) {
+/* "bf16,f16" -> chosen[v] = 1 for the value v of each name given; chosen has n_values entries.
+ * 0, else -1. */
+static inline int parse_value_list(const char *text, value_of_name value_of, const void *table,
+                                   int n_values, int *chosen) {
     for (int i = 0; i < n_values; i++) chosen[i] = 0;
     for (const char *p = text;;) {
         const size_t length = strcspn(p, ",");
@@ -98,12 +70,48 @@ static inline int parse_enum_list(const char *text, enum_of_name value_of, int n
         if (length >= sizeof name) return -1;
         memcpy(name, p, length);
         name[length] = '\0';
-        const int value = value_of(name);
+        const int value = value_of(table, name);
         if (value < 0 || value >= n_values) return -1;
         chosen[value] = 1;
         if (p[length] == '\0') return 0;
         p += length + 1;
     }
+}
+
+static inline int index_of_name(const void *table, const char *name) {
+    const char *const *names = (const char *const *)table;
+    for (int i = 0; names[i]; i++)
+        if (strcmp(names[i], name) == 0) return i;
+    return -1;
+}
+/* "prefill,decode" -> chosen[i] = 1 for each name given; names[] ends with NULL. For the public
+ * enums, whose names cinfer.h's tables hold, use parse_enum_list. 0, else -1. */
+static inline int parse_name_list(const char *text, const char *const *names, int *chosen) {
+    int n_names = 0;
+    while (names[n_names]) n_names++;
+    return parse_value_list(text, index_of_name, names, n_names, chosen);
+}
+
+static inline int dtype_by_name(const void *table, const char *name) {
+    cinfer_dtype value;
+    (void)table;
+    return cinfer_dtype_from_name(name, &value) ? -1 : (int)value;
+}
+static inline int attention_by_name(const void *table, const char *name) {
+    cinfer_attention value;
+    (void)table;
+    return cinfer_attention_from_name(name, &value) ? -1 : (int)value;
+}
+static inline int backend_by_name(const void *table, const char *name) {
+    cinfer_backend value;
+    (void)table;
+    return cinfer_backend_from_name(name, &value) ? -1 : (int)value;
+}
+/* The same for a public enum of n_values values (dtype_by_name and the like), chosen indexed by
+ * the enum. */
+static inline int parse_enum_list(const char *text, value_of_name value_of, int n_values,
+                                  int *chosen) {
+    return parse_value_list(text, value_of, NULL, n_values, chosen);
 }
 
 #endif

@@ -9,7 +9,7 @@ extern "C" {
 #include "../device.h"
 }
 
-extern "C" int ci_cuda_devices(ci_device_info *devices, int max) {
+extern "C" int ci_cuda_devices(cinfer_device_info *devices, int max) {
     int count = 0;
     if (cudaGetDeviceCount(&count) != cudaSuccess) {
         cudaGetLastError(); // clear the sticky "no driver" error
@@ -17,7 +17,7 @@ extern "C" int ci_cuda_devices(ci_device_info *devices, int max) {
     }
     for (int i = 0; i < count && i < max; i++) {
         cudaDeviceProp prop;
-        ci_device_info *info = &devices[i];
+        cinfer_device_info *info = &devices[i];
         memset(info, 0, sizeof *info);
         if (cudaGetDeviceProperties(&prop, i) != cudaSuccess) continue;
         snprintf(info->name, sizeof info->name, "%s", prop.name);
