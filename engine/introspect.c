@@ -1,12 +1,11 @@
 /* What a program may show about a model and its surroundings, through the public API (cinfer.h):
  * config.json's settings, the checkpoint's tensors, the CUDA devices, generation_config.json's
- * eos tokens and the bytes of one token. Read-only getters over the loaders' and kernels' own
+ * eos tokens. Read-only getters over the loaders' and kernels' own
  * structures, so that programs need none of their headers. */
 #include "../common/error.h"
 #include "../kernels/device.h"
 #include "../loaders/checkpoint.h"
 #include "../loaders/config.h"
-#include "../loaders/tokenizer.h"
 #include "../models/model.h"
 
 _Static_assert(CINFER_MAX_EOS_TOKENS == CI_MAX_EOS_TOKENS,
@@ -74,9 +73,4 @@ cinfer_status cinfer_generation_eos_tokens(const char *dir, int32_t *ids, int ma
     for (int i = 0; i < n_found; i++) ids[i] = found[i];
     *n = n_found;
     return CINFER_OK;
-}
-
-cinfer_status cinfer_tokenizer_token_bytes(const cinfer_tokenizer *tok, int32_t id, char **bytes,
-                                           size_t *n_bytes) {
-    return tokenizer_token_bytes(tok, id, bytes, n_bytes);
 }

@@ -11,10 +11,4 @@
 cinfer_status tokenizer_parse(const char *name, const char *text, size_t length,
                               cinfer_tokenizer **out);
 
-/* The bytes one token stands for on its own, before they are joined into UTF-8 text: "<0xE2>"
- * gives the byte E2, "ĠHello" gives " Hello", "▁Hello" gives " Hello". For display (cinfer
- * tokenize); *bytes is malloc'd. */
-cinfer_status tokenizer_token_bytes(const cinfer_tokenizer *tok, int32_t id, char **bytes,
-                                    size_t *n_bytes);
-
 #endif

@@ -1,6 +1,6 @@
 /* Decoding: the decoder steps (ByteLevel, ByteFallback, Fuse, Strip, Replace, Metaspace) run as a
  * stream (cinfer_detokenizer), cinfer_decode on top of it, and one token's bytes for display
- * (tokenizer_token_bytes). */
+ * (cinfer_tokenizer_token_bytes). */
 #include "tokenizer_internal.h"
 
 #include <stdlib.h>
@@ -285,8 +285,8 @@ cinfer_status cinfer_decode(const cinfer_tokenizer *tok, const int32_t *ids, int
     return CINFER_OK;
 }
 
-cinfer_status tokenizer_token_bytes(const cinfer_tokenizer *tok, int32_t id, char **bytes,
-                                    size_t *n_bytes) {
+cinfer_status cinfer_tokenizer_token_bytes(const cinfer_tokenizer *tok, int32_t id, char **bytes,
+                                           size_t *n_bytes) {
     *bytes = NULL;
     *n_bytes = 0;
     if (id < 0 || id >= tok->vocab_size || !tok->pieces[id])
