@@ -362,6 +362,116 @@ cinfer_status cinfer_generate(cinfer_session *session, const int32_t *prompt, in
                               const cinfer_generate_params *params, cinfer_token_callback on_token,
                               void *user, float *prompt_logits, cinfer_generate_stats *stats);
 
+/* ---- serving many requests: the continuous-batching engine ---------------------------------- */
+
+/* An engine serves many requests at once over one model (vLLM's LLMEngine): every step it runs
+ * the decode rows of the sequences in flight and chunks of waiting prompts in one forward pass,
+ * within a token budget, over a paged KV cache shared by all of them (blocks of block_size
+ * positions, a block table per sequence, full blocks shared between prompts that begin alike).
+ * A request joins at the next step and leaves as soon as it is done; when the cache runs out, the
+ * most recently admitted sequence is preempted (its blocks freed) and recomputed later, its tokens
+ * kept. docs/SERVING.md describes the scheduler.
+ *
+ * Threading: cinfer_engine_add_request, cinfer_engine_abort, cinfer_engine_get_stats and
+ * cinfer_engine_wait may be called from any thread at any time. cinfer_engine_step is called from
+ * one thread at a time (the engine thread); the outputs it returns are valid until its next call.
+ * cinfer_engine_free after every other call has returned. */
+typedef struct cinfer_engine cinfer_engine;
+
+/* A zeroed struct takes every default. */
+typedef struct cinfer_engine_options {
+    int block_size;         /* positions per KV block; 0: 16 */
+    int max_batched_tokens; /* rows (tokens over all sequences) per step; 0: 2048 */
+    int max_seqs;           /* sequences running at once, 1 to CINFER_MAX_SEQS; 0: 256 */
+    int max_model_len;      /* prompt plus new tokens of one request; 0: max_position_embeddings */
+    /* The size of the KV pool, the first that is set: n_kv_blocks blocks; kv_cache_bytes bytes;
+     * on CUDA, gpu_memory_utilization of the device's memory less what is already used (weights,
+     * other processes) and the engine's activations (0: 0.90, as vLLM's); on the CPU,
+     * min(4 GiB, what max_seqs requests of max_model_len need). */
+    int n_kv_blocks;
+    int64_t kv_cache_bytes;
+    double gpu_memory_utilization;
+    int disable_prefix_caching; /* full blocks of prompts are shared unless this is set */
+    int disable_cuda_graphs;    /* decode-only steps are recorded and replayed unless set */
+} cinfer_engine_options;
+
+#define CINFER_MAX_TOP_LOGPROBS 20
+
+/* One request's generation. A zeroed struct with max_new_tokens set is greedy, stopping at
+ * config.json's eos tokens. */
+typedef struct cinfer_request_params {
+    int max_new_tokens;
+    cinfer_sampling sampling; /* its seed makes the request's draws reproducible */
+    int ignore_eos;           /* keep going past eos and stop tokens */
+    const int32_t *stop_tokens; /* copied at submission; may be NULL */
+    int n_stop_tokens;
+    int logprobs;     /* non-zero: each output carries the log-probability of its token */
+    int top_logprobs; /* 0 to CINFER_MAX_TOP_LOGPROBS alternatives with theirs (needs logprobs) */
+} cinfer_request_params;
+
+typedef enum cinfer_finish_reason {
+    CINFER_FINISH_NONE = 0,   /* still running */
+    CINFER_FINISH_STOP = 1,   /* an eos or stop token (it is the last token given) */
+    CINFER_FINISH_LENGTH = 2, /* max_new_tokens */
+    CINFER_FINISH_ABORT = 3   /* cinfer_engine_abort */
+} cinfer_finish_reason;
+
+/* What one step did for one request: a new token, and whether the request is done. */
+typedef struct cinfer_request_output {
+    uint64_t request_id;
+    int32_t token; /* -1 when the step gave none (an abort, or max_new_tokens = 0) */
+    float logprob; /* log-softmax of the model's logits at token (with params.logprobs) */
+    int n_top;     /* params.top_logprobs alternatives, most likely first */
+    int32_t top_tokens[CINFER_MAX_TOP_LOGPROBS];
+    float top_logprobs[CINFER_MAX_TOP_LOGPROBS];
+    cinfer_finish_reason finish_reason;
+    int n_prompt, n_generated; /* counts so far */
+    int n_cached_prompt;       /* prompt tokens the prefix cache supplied at admission */
+} cinfer_request_output;
+
+typedef struct cinfer_engine_stats {
+    int n_running, n_waiting;
+    int block_size;
+    int n_blocks;        /* in the pool */
+    int n_blocks_used;   /* held by sequences */
+    int n_blocks_cached; /* free, but holding a prefix a new prompt may reuse */
+    int64_t kv_capacity_tokens; /* n_blocks · block_size */
+    int64_t kv_bytes;           /* the pool's memory, K and V of every layer */
+    uint64_t n_steps, n_preemptions, n_finished, n_aborted;
+    uint64_t prompt_tokens_queried; /* prompt tokens looked up in the prefix cache */
+    uint64_t prompt_tokens_hit;     /* of which the cache held (prefix hits, in tokens) */
+    uint64_t prompt_tokens_computed, generated_tokens;
+} cinfer_engine_stats;
+
+/* The engine gets a backend of its own on the model's device; the model must outlive it. */
+cinfer_status cinfer_engine_create(cinfer_model *model, const cinfer_engine_options *options,
+                                   cinfer_engine **out);
+void cinfer_engine_free(cinfer_engine *engine);
+/* Queues a request; *id names it in outputs and to cinfer_engine_abort. Refused
+ * (CINFER_ERR_ARGUMENT, nothing queued) when a token is outside the vocabulary, when the prompt is
+ * empty, or when it can never fit: prompt plus max_new_tokens past max_model_len or past the
+ * pool; the message gives both numbers. */
+cinfer_status cinfer_engine_add_request(cinfer_engine *engine, const int32_t *prompt, int n_prompt,
+                                        const cinfer_request_params *params, uint64_t *id);
+/* Ends a request at the next step (its blocks freed, a last output with CINFER_FINISH_ABORT).
+ * Returns 0 when the request is unknown or already finished. */
+int cinfer_engine_abort(cinfer_engine *engine, uint64_t id);
+/* Runs one step: admits, schedules, runs the forward pass, samples. *outputs points at *n_outputs
+ * outputs, one per request that got a token or finished. A step with nothing to do returns at
+ * once with none. */
+cinfer_status cinfer_engine_step(cinfer_engine *engine, const cinfer_request_output **outputs,
+                                 int *n_outputs);
+/* Non-zero while a request is waiting or running (submitted ones included). */
+int cinfer_engine_has_work(cinfer_engine *engine);
+/* Blocks until there is work or timeout_seconds pass; non-zero when there is work. */
+int cinfer_engine_wait(cinfer_engine *engine, double timeout_seconds);
+void cinfer_engine_get_stats(cinfer_engine *engine, cinfer_engine_stats *out);
+/* Bytes of KV pool and positions it holds that an engine with these options would have (the
+ * pool's size only, as inspect reports it). */
+cinfer_status cinfer_engine_kv_capacity(const cinfer_model *model,
+                                        const cinfer_engine_options *options, int64_t *kv_bytes,
+                                        int64_t *kv_tokens);
+
 /* ---- tokenizer: Hugging Face tokenizer.json, encode and streaming decode --------------------- */
 
 /* Reads tokenizer.json as the `tokenizers` library does (BPE models: byte-level as in GPT-2 and

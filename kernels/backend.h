@@ -77,6 +77,28 @@ typedef struct ci_projection {
 } ci_projection;
 enum { CI_MAX_PROJECTIONS = 3 };
 
+/* One ragged step over a paged KV cache (the continuous-batching engine, engine/engine.c): rows
+ * from S sequences, each at its own positions. Sequence s contributes rows
+ * [seq_starts[s], seq_starts[s+1]), consecutive tokens ending at position seq_lens[s] − 1: a
+ * decode row, or a chunk of its prompt after the positions already in its cache. Its keys and
+ * values live in fixed-size blocks of a pool shared by every sequence, pool [n_blocks, block_size,
+ * G, D] per layer; position p of sequence s is row p mod block_size of block
+ * block_tables[s][p / block_size]. The tensors are on the backend's device; the host copies give
+ * the ops their loop bounds and launch shapes without a round trip. */
+typedef struct ci_paged_step {
+    int n_rows, n_seqs;      /* R, S */
+    int block_size;          /* positions per block */
+    int max_blocks_per_seq;  /* columns of block_tables */
+    int max_seq_len;         /* the largest seq_lens[s] of the step (bounds scratch) */
+    int max_seq_rows;        /* the most rows any one sequence has in the step */
+    ci_tensor positions;     /* I32 [R]: the position of each row in its sequence */
+    ci_tensor slots;         /* I32 [R]: where row r's K and V go, block · block_size + offset */
+    ci_tensor seq_starts;    /* I32 [S + 1] */
+    ci_tensor seq_lens;      /* I32 [S]: keys sequence s has once this step is stored */
+    ci_tensor block_tables;  /* I32 [S, max_blocks_per_seq]; unused entries are never read */
+    const int32_t *host_seq_starts, *host_seq_lens; /* [S + 1], [S] */
+} ci_paged_step;
+
 typedef struct ci_backend_ops {
     const char *name;
 
@@ -127,6 +149,33 @@ typedef struct ci_backend_ops {
      *                                      k_new, v_new [T, G, D], caches [n_ctx, G, D] */
     void (*kv_store)(ci_backend *be, ci_tensor *k_cache, ci_tensor *v_cache, const ci_tensor *k_new,
                      const ci_tensor *v_new, int pos0);
+
+    /* ---- the same over a ragged step and a paged cache (ci_paged_step above) ----
+     * Row r of sequence s at position p attends keys [0, p] of sequence s: those already in its
+     * blocks and those of its own earlier rows of this step (stored first by kv_store_paged), so
+     * a chunk of a prompt is causal within itself and sees everything before it. Each row's
+     * result equals the contiguous op's for that sequence alone (query at pos0 = p over a cache
+     * holding the sequence's positions [0, p]). */
+
+    /* Rotates q [R, H, D] and k [R, G, D] in place; row r sits at position positions[r]. */
+    void (*rope_rows)(ci_backend *be, ci_tensor *q, ci_tensor *k, const ci_tensor *positions,
+                      const ci_rope_freqs *freqs);
+    /* pool row slots[r] = k_new[r], v_new[r]       k_new, v_new [R, G, D], pools [N, bs, G, D] */
+    void (*kv_store_paged)(ci_backend *be, ci_tensor *k_pool, ci_tensor *v_pool,
+                           const ci_tensor *k_new, const ci_tensor *v_new, const ci_tensor *slots);
+    /* q [R, H, D] over each row's sequence's blocks -> out [R, H, D] */
+    void (*paged_attention)(ci_backend *be, ci_tensor *out, const ci_tensor *q,
+                            const ci_tensor *k_pool, const ci_tensor *v_pool,
+                            const ci_paged_step *step);
+    void (*paged_diff_attention)(ci_backend *be, ci_tensor *out, const ci_tensor *q,
+                                 const ci_tensor *k_pool, const ci_tensor *v_pool,
+                                 const ci_paged_step *step, float lambda, float lambda_init,
+                                 float eps);
+    /* scratch the paged ops need for steps of up to max_rows rows whose sequences hold up to
+     * max_seq_len keys, from up to max_seqs sequences */
+    size_t (*paged_workspace_bytes)(const ci_backend *be, const ci_config *config, int max_rows,
+                                    int max_seq_len, int max_seqs);
+
     /* ids[r] = first index of the largest logit of row r, NaN never winning (as the host sampler)
      *                                                            logits [R, V] -> ids I32 [R] */
     void (*argmax)(ci_backend *be, ci_tensor *ids, const ci_tensor *logits);
@@ -241,6 +290,26 @@ static inline void ci_gated_activation(ci_backend *be, ci_tensor *out, const ci_
 static inline void ci_kv_store(ci_backend *be, ci_tensor *k_cache, ci_tensor *v_cache,
                                const ci_tensor *k_new, const ci_tensor *v_new, int pos0) {
     be->ops->kv_store(be, k_cache, v_cache, k_new, v_new, pos0);
+}
+static inline void ci_rope_rows(ci_backend *be, ci_tensor *q, ci_tensor *k,
+                                const ci_tensor *positions, const ci_rope_freqs *freqs) {
+    be->ops->rope_rows(be, q, k, positions, freqs);
+}
+static inline void ci_kv_store_paged(ci_backend *be, ci_tensor *k_pool, ci_tensor *v_pool,
+                                     const ci_tensor *k_new, const ci_tensor *v_new,
+                                     const ci_tensor *slots) {
+    be->ops->kv_store_paged(be, k_pool, v_pool, k_new, v_new, slots);
+}
+static inline void ci_paged_attention(ci_backend *be, ci_tensor *out, const ci_tensor *q,
+                                      const ci_tensor *k_pool, const ci_tensor *v_pool,
+                                      const ci_paged_step *step) {
+    be->ops->paged_attention(be, out, q, k_pool, v_pool, step);
+}
+static inline void ci_paged_diff_attention(ci_backend *be, ci_tensor *out, const ci_tensor *q,
+                                           const ci_tensor *k_pool, const ci_tensor *v_pool,
+                                           const ci_paged_step *step, float lambda,
+                                           float lambda_init, float eps) {
+    be->ops->paged_diff_attention(be, out, q, k_pool, v_pool, step, lambda, lambda_init, eps);
 }
 static inline void ci_argmax(ci_backend *be, ci_tensor *ids, const ci_tensor *logits) {
     be->ops->argmax(be, ids, logits);
