@@ -11,6 +11,7 @@
 #include "../loaders/config.h"
 
 struct cinfer_model;
+struct ci_forward_step;
 
 typedef struct ci_architecture {
     const char *class_name; /* the Hugging Face class: config.json's architectures[0] */
@@ -24,10 +25,11 @@ typedef struct ci_architecture {
     cinfer_status (*bind_layer_extras)(struct cinfer_model *model, int layer);
     /* 1 when its attention is the differential op: which kernels the backend must offer. */
     int differential;
-    /* The attention core: out [B, T, H, D] from q [B, T, H, D] and the layer's caches. */
+    /* The attention core: out from q (rows as the step lays them out, models/model.h) over the
+     * layer's caches, at the step's positions: lockstep or a ragged step over a paged pool. */
     void (*attention)(ci_backend *be, const struct cinfer_model *model, int layer, ci_tensor *out,
                       const ci_tensor *q, const ci_tensor *k_cache, const ci_tensor *v_cache,
-                      int pos0);
+                      const struct ci_forward_step *step);
 } ci_architecture;
 
 /* The architecture config names (architectures[0], else model_type), with its defaults applied

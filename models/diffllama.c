@@ -50,10 +50,15 @@ static cinfer_status bind_lambdas(cinfer_model *m, int layer) {
 
 static void diffllama_attention(ci_backend *be, const cinfer_model *m, int layer, ci_tensor *out,
                                 const ci_tensor *q, const ci_tensor *k_cache,
-                                const ci_tensor *v_cache, int pos0) {
+                                const ci_tensor *v_cache, const ci_forward_step *step) {
     const ci_layer *w = &m->layers[layer];
-    ci_diff_attention(be, out, q, k_cache, v_cache, pos0, w->lambda, w->lambda_init,
-                      (float)m->config->rms_norm_eps);
+    const float eps = (float)m->config->rms_norm_eps;
+    if (step->paged)
+        ci_paged_diff_attention(be, out, q, k_cache, v_cache, step->paged, w->lambda,
+                                w->lambda_init, eps);
+    else
+        ci_diff_attention(be, out, q, k_cache, v_cache, step->pos0, w->lambda, w->lambda_init,
+                          eps);
 }
 
 /* DiffLlamaConfig's rules: its heads form pairs, and DiffLlamaMLP has no biases whatever

@@ -18,11 +18,17 @@ static void observe(const ci_forward_step *step, int stage, const ci_tensor *hid
     if (step->hook.observe) step->hook.observe(step->hook.user, stage, hidden);
 }
 
+/* What the position-aware ops see: lockstep, the same memory as [B, T, heads, D]; ragged, the
+ * rows as they are (the step says where each one sits). */
+static ci_tensor seq_view(const ci_forward_step *step, const ci_tensor *rows) {
+    return step->paged ? *rows : ci_tensor_split_seqs(rows, step->n_seqs);
+}
+
 void ci_model_forward(ci_backend *be, const cinfer_model *m, const ci_forward_step *step,
                       ci_activations *act) {
     const ci_config *c = m->config;
     const float eps = (float)c->rms_norm_eps;
-    const int B = step->n_seqs, rows = B * step->n_tokens, pos0 = step->pos0;
+    const int rows = ci_forward_rows(step);
 
     ci_tensor x = ci_tensor_rows(&act->x, 0, rows);
     ci_tensor n = ci_tensor_rows(&act->x_norm, 0, rows);
@@ -32,9 +38,8 @@ void ci_model_forward(ci_backend *be, const cinfer_model *m, const ci_forward_st
     ci_tensor attn = ci_tensor_rows(&act->attn, 0, rows);
     ci_tensor gate = ci_tensor_rows(&act->gate, 0, rows);
     ci_tensor up = ci_tensor_rows(&act->up, 0, rows);
-    /* the same memory as [B, T, heads, D], for the ops that see sequences and positions */
-    ci_tensor q_seqs = ci_tensor_split_seqs(&q, B), k_seqs = ci_tensor_split_seqs(&k, B);
-    ci_tensor v_seqs = ci_tensor_split_seqs(&v, B), attn_seqs = ci_tensor_split_seqs(&attn, B);
+    ci_tensor q_seqs = seq_view(step, &q), k_seqs = seq_view(step, &k);
+    ci_tensor v_seqs = seq_view(step, &v), attn_seqs = seq_view(step, &attn);
 
     /* x = embed_tokens[tokens] */
     ci_embedding(be, &x, step->tokens, &m->embed_tokens);
@@ -50,10 +55,15 @@ void ci_model_forward(ci_backend *be, const cinfer_model *m, const ci_forward_st
                                      {&k, &w->k_proj, &w->k_bias},
                                      {&v, &w->v_proj, &w->v_bias}};
         ci_project(be, &n, qkv, 3);
-        ci_rope(be, &q_seqs, &k_seqs, pos0, step->rope);
-        /* the new keys and values join each sequence's cache, at rows [pos0, pos0 + T) */
-        ci_kv_store(be, k_cache, v_cache, &k_seqs, &v_seqs, pos0);
-        m->arch->attention(be, m, l, &attn_seqs, &q_seqs, k_cache, v_cache, pos0);
+        /* the new keys and values join each sequence's cache at their positions */
+        if (step->paged) {
+            ci_rope_rows(be, &q_seqs, &k_seqs, &step->paged->positions, step->rope);
+            ci_kv_store_paged(be, k_cache, v_cache, &k_seqs, &v_seqs, &step->paged->slots);
+        } else {
+            ci_rope(be, &q_seqs, &k_seqs, step->pos0, step->rope);
+            ci_kv_store(be, k_cache, v_cache, &k_seqs, &v_seqs, step->pos0);
+        }
+        m->arch->attention(be, m, l, &attn_seqs, &q_seqs, k_cache, v_cache, step);
         ci_matmul_add(be, &x, &attn, &w->o_proj, &w->o_bias);
 
         /* x = x + down_proj(act(gate_proj(n)) ⊙ up_proj(n)), n = RMSNorm(x) */
@@ -79,10 +89,13 @@ void ci_model_logits(ci_backend *be, const cinfer_model *m, ci_tensor *logits,
 
 static void llama_attention(ci_backend *be, const cinfer_model *m, int layer, ci_tensor *out,
                             const ci_tensor *q, const ci_tensor *k_cache, const ci_tensor *v_cache,
-                            int pos0) {
+                            const ci_forward_step *step) {
     (void)m;
     (void)layer;
-    ci_attention(be, out, q, k_cache, v_cache, pos0);
+    if (step->paged)
+        ci_paged_attention(be, out, q, k_cache, v_cache, step->paged);
+    else
+        ci_attention(be, out, q, k_cache, v_cache, step->pos0);
 }
 
 /* LlamaConfig's defaults; nothing beyond the checks every Llama-family config passes. */

@@ -95,10 +95,14 @@ void ci_rope_frequencies(const ci_config *config, int seq_len, float *inv_freq,
                          float *attention_scaling);
 
 /* ---- the forward pass (models/llama.c) ---------------------------------------------------------
- * A step runs T new tokens of each of B sequences in lockstep, all at positions pos0 .. pos0+T-1.
- * Its B·T rows are sequence-major (row b·T + t is token t of sequence b): row-wise ops just see
- * more rows, and the position-aware ops (rope, kv_store, attention) see [B, T, ...] views over
- * caches [B, n_ctx, G, D]. Every tensor is on the backend's device; the caller owns them all. */
+ * A step takes rows of tokens in one of two layouts:
+ *   - lockstep (a session): T new tokens of each of B sequences, all at positions
+ *     pos0 .. pos0+T-1. Its B·T rows are sequence-major (row b·T + t is token t of sequence b):
+ *     row-wise ops just see more rows, and the position-aware ops (rope, kv_store, attention) see
+ *     [B, T, ...] views over caches [B, n_ctx, G, D];
+ *   - ragged (the engine): `paged` describes R rows from S sequences each at its own positions,
+ *     and the caches are per-layer pools of blocks (kernels/backend.h: ci_paged_step).
+ * Every tensor is on the backend's device; the caller owns them all. */
 
 /* The working buffers of a step, for up to R rows (R = B·T at most what they were sized for). */
 typedef struct ci_activations {
@@ -120,13 +124,21 @@ typedef struct ci_hidden_hook {
 } ci_hidden_hook;
 
 typedef struct ci_forward_step {
-    const ci_tensor *tokens; /* I32 [B·T], sequence-major */
-    int n_seqs, n_tokens;    /* B, T */
-    int pos0;
-    const ci_rope_freqs *rope;    /* the frequencies of this call's length (ci_rope_frequencies) */
-    ci_tensor *k_cache, *v_cache; /* per layer [B, n_ctx, G, D]: the step appends its rows */
+    const ci_tensor *tokens; /* I32 [rows]: B·T sequence-major (lockstep), or R (ragged) */
+    int n_seqs, n_tokens;    /* lockstep: B, T */
+    int pos0;                /* lockstep */
+    const ci_paged_step *paged; /* ragged: the rows' sequences and positions; NULL: lockstep */
+    const ci_rope_freqs *rope;  /* the frequencies of this call's length (ci_rope_frequencies) */
+    /* per layer: lockstep caches [B, n_ctx, G, D], or pools [n_blocks, block_size, G, D]; the step
+     * stores its rows' keys and values there */
+    ci_tensor *k_cache, *v_cache;
     ci_hidden_hook hook;
 } ci_forward_step;
+
+/* Rows the step runs. */
+static inline int ci_forward_rows(const ci_forward_step *step) {
+    return step->paged ? step->paged->n_rows : step->n_seqs * step->n_tokens;
+}
 
 /* The decoder over one step: x = embed_tokens[tokens], the layers, and the final norm, whose
  * result stays in act->x_norm (rows [0, B·T)) for ci_model_logits. */

@@ -48,6 +48,13 @@ static size_t cpu_workspace_bytes(const ci_backend *be, const ci_config *c, int 
     return (size_t)be->n_threads * (attention > matmul ? attention : matmul);
 }
 
+/* The paged ops' per-thread scratch is the contiguous ops' at max_seq_len keys. */
+static size_t cpu_paged_workspace_bytes(const ci_backend *be, const ci_config *c, int max_rows,
+                                        int max_seq_len, int max_seqs) {
+    (void)max_rows;
+    return cpu_workspace_bytes(be, c, max_seq_len, max_seqs);
+}
+
 static void cpu_mark(ci_backend *be, int slot) {
     cpu_backend *cpu = (cpu_backend *)be;
     CI_ASSERT(slot >= 0);
@@ -85,6 +92,11 @@ static const ci_backend_ops cpu_ops = {
     .diff_attention = diff_attention_cpu,
     .gated_activation = gated_activation_cpu,
     .kv_store = kv_store_cpu,
+    .rope_rows = rope_rows_cpu,
+    .kv_store_paged = kv_store_paged_cpu,
+    .paged_attention = paged_attention_cpu,
+    .paged_diff_attention = paged_diff_attention_cpu,
+    .paged_workspace_bytes = cpu_paged_workspace_bytes,
     .argmax = argmax_cpu,
     .release = cpu_release,
     .mark = cpu_mark,

@@ -57,6 +57,27 @@ void kv_store_cpu(ci_backend *be, ci_tensor *k_cache, ci_tensor *v_cache, const 
     }
 }
 
+/* Pool row slots[r] (block · block_size + offset) = row r of k_new and v_new. */
+void kv_store_paged_cpu(ci_backend *be, ci_tensor *k_pool, ci_tensor *v_pool,
+                        const ci_tensor *k_new, const ci_tensor *v_new, const ci_tensor *slots) {
+    (void)be;
+    const int64_t n_rows = ci_tensor_n_rows(k_new), row_floats = ci_tensor_row_size(k_new);
+    const int64_t pool_rows = k_pool->shape[0] * k_pool->shape[1];
+    CI_ASSERT(k_pool->n_dims == 4 && k_pool->dtype == CI_F32 && v_pool->dtype == CI_F32 &&
+              k_new->dtype == CI_F32 && v_new->dtype == CI_F32 && slots->dtype == CI_I32);
+    CI_ASSERT(k_pool->shape[2] * k_pool->shape[3] == row_floats &&
+              ci_tensor_numel(v_new) == n_rows * row_floats && ci_tensor_numel(slots) >= n_rows &&
+              ci_tensor_numel(v_pool) == ci_tensor_numel(k_pool));
+    const int32_t *slot = slots->data;
+    for (int64_t r = 0; r < n_rows; r++) {
+        CI_ASSERT(slot[r] >= 0 && slot[r] < pool_rows);
+        memcpy((float *)k_pool->data + (int64_t)slot[r] * row_floats,
+               (const float *)k_new->data + r * row_floats, (size_t)row_floats * sizeof(float));
+        memcpy((float *)v_pool->data + (int64_t)slot[r] * row_floats,
+               (const float *)v_new->data + r * row_floats, (size_t)row_floats * sizeof(float));
+    }
+}
+
 /* First index of the largest value; NaN never wins unless every value is NaN (then the last),
  * exactly as the host sampler's argmax (engine/sampling.c). */
 void argmax_cpu(ci_backend *be, ci_tensor *ids, const ci_tensor *logits) {

@@ -24,6 +24,17 @@ void gated_activation_cpu(ci_backend *be, ci_tensor *out, const ci_tensor *gate,
                           const ci_tensor *up, ci_activation act);
 void kv_store_cpu(ci_backend *be, ci_tensor *k_cache, ci_tensor *v_cache, const ci_tensor *k_new,
                   const ci_tensor *v_new, int pos0);
+void rope_rows_cpu(ci_backend *be, ci_tensor *q, ci_tensor *k, const ci_tensor *positions,
+                   const ci_rope_freqs *freqs);
+void kv_store_paged_cpu(ci_backend *be, ci_tensor *k_pool, ci_tensor *v_pool,
+                        const ci_tensor *k_new, const ci_tensor *v_new, const ci_tensor *slots);
+void paged_attention_cpu(ci_backend *be, ci_tensor *out, const ci_tensor *q,
+                         const ci_tensor *k_pool, const ci_tensor *v_pool,
+                         const ci_paged_step *step);
+void paged_diff_attention_cpu(ci_backend *be, ci_tensor *out, const ci_tensor *q,
+                              const ci_tensor *k_pool, const ci_tensor *v_pool,
+                              const ci_paged_step *step, float lambda, float lambda_init,
+                              float eps);
 void argmax_cpu(ci_backend *be, ci_tensor *ids, const ci_tensor *logits);
 
 /* A CPU backend running the reference ops on n_threads threads (0: OpenMP's default). */
