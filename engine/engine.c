@@ -270,15 +270,21 @@ static void abort_request(cinfer_engine *e, uint64_t id) {
 
 static cinfer_status drain_inbox(cinfer_engine *e) {
     pthread_mutex_lock(&e->lock);
-    int ok = 1;
-    for (int i = 0; i < e->n_inbox && ok; i++) {
-        ok = grow((void **)&e->waiting, &e->cap_waiting, e->n_waiting, sizeof *e->waiting);
-        if (ok) e->waiting[e->n_waiting++] = e->inbox[i];
+    int ok = 1, moved = 0;
+    for (; moved < e->n_inbox && ok; moved++) {
+        /* room for every running sequence too, so that preempting one never needs memory */
+        ok = grow((void **)&e->waiting, &e->cap_waiting, e->n_waiting + e->n_running,
+                  sizeof *e->waiting);
+        if (!ok) break;
+        e->waiting[e->n_waiting++] = e->inbox[moved];
     }
-    e->n_inbox = 0;
+    /* what could not be moved stays in the inbox for the next step: no request is lost */
+    if (moved > 0 && moved < e->n_inbox)
+        memmove(e->inbox, e->inbox + moved, (size_t)(e->n_inbox - moved) * sizeof *e->inbox);
+    e->n_inbox -= moved;
     const int n_aborts = e->n_aborts;
     uint64_t *aborts = malloc((size_t)(n_aborts ? n_aborts : 1) * sizeof *aborts);
-    if (aborts) memcpy(aborts, e->aborts, (size_t)n_aborts * sizeof *aborts);
+    if (aborts && n_aborts > 0) memcpy(aborts, e->aborts, (size_t)n_aborts * sizeof *aborts);
     e->n_aborts = 0;
     pthread_mutex_unlock(&e->lock);
     if (!ok || !aborts) {
@@ -306,7 +312,7 @@ static void preempt(cinfer_engine *e, int running_index) {
     request *r = e->running[running_index];
     remove_running(e, running_index);
     release_blocks(e, r);
-    /* back to the front of the queue; room was there when it was admitted from it */
+    /* back to the front of the queue (drain_inbox keeps room for every running sequence) */
     memmove(&e->waiting[1], &e->waiting[0], (size_t)e->n_waiting * sizeof *e->waiting);
     e->waiting[0] = r;
     e->n_waiting++;
