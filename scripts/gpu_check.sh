@@ -26,13 +26,14 @@
 #   configure   CMake, pointed at .deps: PCRE2 linked static (libpcre2-8.a), cJSON's .so found
 #               through the build tree's RPATH (fetch_gpu_deps.sh says why)
 #   build       only the engine, the CLI, the GPU suites and the two micro-benchmarks (targets
-#               cinfer_cli test_cuda_ops test_cuda_model bench_attention bench_matmul); not the CPU
-#               suites, the emulator suites or the fuzzers, which run in CI; then a check that the
+#               cinfer_cli test_cuda_ops test_cuda_model test_cuda_engine bench_attention
+#               bench_matmul); not the CPU suites, the emulator suites or the fuzzers, which run in CI; then a check that the
 #               binaries load with no library missing and that `cinfer inspect` runs
 # The checks (--only picks some, in this order whatever the list's order):
 #   gpu         the GPU the binaries see (nvidia-smi, cinfer inspect); none: every later step
 #               "cannot run here"
-#   gpu-tests   the CUDA suites (ctest -R '^cuda\.'): each op and every fixture against the CPU
+#   gpu-tests   the CUDA suites (ctest -R '^cuda\.'): each op and every fixture against the CPU,
+#               and the continuous-batching engine (served = alone; logprobs against the CPU)
 #   compare     `cinfer compare` on every fixture and models/diffllama-tiny in f32, bf16 and fp16,
 #               with each attention kind (eager, sdpa, flash)
 #   bench       decode speed on a fixture (CPU and CUDA) and a Llama-3-8B shape, random weights
@@ -120,7 +121,7 @@ build_abs=$(cd "$build" && pwd)
 export PATH="$PATH:/usr/local/cuda/bin"
 cli="$build/cinfer"
 # the build's targets: the engine comes with each; the GPU steps need no other
-gpu_targets=(cinfer_cli test_cuda_ops test_cuda_model bench_attention bench_matmul)
+gpu_targets=(cinfer_cli test_cuda_ops test_cuda_model test_cuda_engine bench_attention bench_matmul)
 
 # ---- the summary: one line per step, written out after every change -------------------------------
 host=$(hostname 2>/dev/null || cat /etc/hostname 2>/dev/null || echo '?')
@@ -482,12 +483,12 @@ gtest_suite() { # name: one suite, in one process; appends its line to details, 
 if go gpu-tests; then
   step_start gpu-tests
   suite_failed=0 suite_skipped=0 notes=()
-  for suite in test_cuda_ops test_cuda_model; do
+  for suite in test_cuda_ops test_cuda_model test_cuda_engine; do
     gtest_suite "$suite"
     notes+=("$suite_note")
   done
   # the figures the tests print ("[cinfer] ... logits max ...")
-  grep -h "\[cinfer\]" "$logs/test_cuda_ops.log" "$logs/test_cuda_model.log" | sort -u >"$logs/measured.log"
+  grep -h "\[cinfer\]" "$logs/test_cuda_ops.log" "$logs/test_cuda_model.log" "$logs/test_cuda_engine.log" | sort -u >"$logs/measured.log"
   if [ $suite_failed = 0 ] && [ $suite_skipped -le 3 ]; then
     # three tests skip on purpose when a GPU is present (they check the no-GPU messages)
     step_end ok "$(printf '%s; ' "${notes[@]}")($suite_skipped skipped, 3 expected)"
