@@ -27,8 +27,8 @@
 #               through the build tree's RPATH (fetch_gpu_deps.sh says why)
 #   build       only the engine, the CLI, the GPU suites and the two micro-benchmarks (targets
 #               cinfer_cli test_cuda_ops test_cuda_model test_cuda_engine bench_attention
-#               bench_matmul); not the CPU suites, the emulator suites or the fuzzers, which run in CI; then a check that the
-#               binaries load with no library missing and that `cinfer inspect` runs
+#               bench_matmul); not the CPU suites, the emulator suites or the fuzzers, which
+#               run in CI; then a check that the binaries load with no library missing and that `cinfer inspect` runs
 # The checks (--only picks some, in this order whatever the list's order):
 #   gpu         the GPU the binaries see (nvidia-smi, cinfer inspect); none: every later step
 #               "cannot run here"
