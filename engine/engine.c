@@ -27,6 +27,7 @@
 
 #include "../common/error.h"
 #include "../kernels/device.h"
+#include "engine.h"
 #include "kv_blocks.h"
 #include "session.h"
 
@@ -66,7 +67,13 @@ struct cinfer_engine {
     int block_size, max_batched_tokens, max_seqs, max_model_len, max_blocks_per_seq;
     int prefix_caching;
     ci_block_pool *pool;
-    ci_tensor *k_pool, *v_pool; /* per layer [n_blocks, block_size, G, D] */
+    /* per layer [n_blocks + 1, block_size, G, D]: the last block is never handed out; the padding
+     * rows of a recorded decode step write there */
+    ci_tensor *k_pool, *v_pool;
+    int padding_block;
+    /* decode-only steps recorded once per padded batch size 1, 2, 4, ... (CUDA graphs) */
+    int record_decode;
+    ci_recorded_step decode_steps[16];
     int64_t kv_bytes;
 
     /* device buffers for one step of up to R = max_batched_tokens rows, S = max_seqs sequences */
@@ -357,6 +364,36 @@ static void schedule(cinfer_engine *e) {
 
 /* ---- one step's inputs and forward pass ------------------------------------------------------- */
 
+/* A step where every sequence has one row can be recorded: padded to a power of two of
+ * sequences (at most max_seqs), its shapes are those of every other such step of that size.
+ * Returns the padded size, or 0 when the step runs eagerly. */
+static int recorded_size(const cinfer_engine *e) {
+    if (!e->record_decode) return 0;
+    for (int s = 0; s < e->n_batch; s++)
+        if (e->batch[s].n_rows != 1) return 0;
+    int padded = 1;
+    while (padded < e->n_batch) padded *= 2;
+    if (padded > e->max_seqs) padded = e->max_seqs;
+    return padded <= e->max_batched_tokens ? padded : 0;
+}
+
+static int log2_of(int n) {
+    int log = 0;
+    while ((1 << log) < n) log++;
+    return log;
+}
+
+typedef struct forward_call {
+    cinfer_engine *engine;
+    const ci_forward_step *step;
+} forward_call;
+
+static void run_forward(void *user, int unused_pos0) {
+    (void)unused_pos0;
+    const forward_call *call = user;
+    ci_model_forward(call->engine->be, call->engine->model, call->step, &call->engine->act);
+}
+
 /* Lays the scheduled rows out as a ci_paged_step, uploads it, and runs the model. Returns the
  * number of rows whose logits are wanted (their requests in e->sampled_req). */
 static int run_batch(cinfer_engine *e) {
@@ -383,7 +420,21 @@ static int run_batch(cinfer_engine *e) {
             e->sampled_req[n_sampled++] = r;
         }
     }
-    const int S = e->n_batch, R = row;
+    /* a recorded step's padding: one-row sequences at position 0 of the padding block, whose
+     * outputs nobody reads; the kernels size their grids for max_model_len keys, as every replay
+     * of the recording must */
+    const int padded = recorded_size(e);
+    int S = e->n_batch;
+    for (; S < padded; S++, row++) {
+        e->h_seq_starts[S] = row;
+        e->h_tokens[row] = 0;
+        e->h_positions[row] = 0;
+        e->h_slots[row] = e->padding_block * bs;
+        e->h_seq_lens[S] = 1;
+        e->h_block_tables[(size_t)S * (size_t)M] = e->padding_block;
+    }
+    if (padded) max_seq_len = e->max_model_len;
+    const int R = row;
     e->h_seq_starts[S] = R;
     be->ops->to_device(be, e->tokens.data, e->h_tokens, (size_t)R * sizeof(int32_t));
     be->ops->to_device(be, e->positions.data, e->h_positions, (size_t)R * sizeof(int32_t));
@@ -418,7 +469,11 @@ static int run_batch(cinfer_engine *e) {
         .k_cache = e->k_pool,
         .v_cache = e->v_pool,
     };
-    ci_model_forward(be, e->model, &step, &e->act);
+    forward_call call = {e, &step};
+    if (padded)
+        ci_backend_run_step(be, &e->decode_steps[log2_of(padded)], 1, 0, run_forward, &call);
+    else
+        run_forward(&call, 0);
     if (n_sampled > 0) {
         /* the sampled rows of the final norm, gathered: an embedding lookup in [R, E] */
         const ci_tensor normed = ci_tensor_rows(&e->act.x_norm, 0, R);
@@ -670,7 +725,7 @@ static cinfer_status pool_blocks(const cinfer_model *model, const cinfer_engine_
         cinfer_engine shape_only = {0};
         const int64_t in_use = (int64_t)total_bytes - (int64_t)free_bytes;
         bytes = (int64_t)(o->gpu_memory_utilization * (double)total_bytes) - in_use -
-                step_buffer_bytes(&shape_only, c, o) - workspace_bytes;
+                step_buffer_bytes(&shape_only, c, o) - workspace_bytes - block_bytes /* padding */;
         if (bytes < block_bytes)
             return CI_FAIL(CINFER_ERR_MEMORY,
                            "CUDA device %d: no room for a KV cache: %.2f GiB of %.2f GiB are in "
@@ -734,7 +789,8 @@ static cinfer_status allocate(cinfer_engine *e, int64_t n_blocks) {
     for (int l = 0; l < c->n_layers; l++) {
         ci_tensor *pools[2] = {&e->k_pool[l], &e->v_pool[l]};
         for (int i = 0; i < 2; i++) {
-            *pools[i] = tensor_of(kv_dtype, 4, n_blocks, e->block_size, c->n_kv_heads, c->head_dim);
+            *pools[i] =
+                tensor_of(kv_dtype, 4, n_blocks + 1, e->block_size, c->n_kv_heads, c->head_dim);
             pools[i]->data = be->ops->alloc(be, ci_tensor_nbytes(pools[i]));
             if (!pools[i]->data)
                 return CI_FAIL(CINFER_ERR_MEMORY,
@@ -777,6 +833,7 @@ static cinfer_status allocate(cinfer_engine *e, int64_t n_blocks) {
     if (paged > workspace) workspace = paged;
     CI_TRY(ci_backend_reserve(be, workspace));
     if (n_blocks > 1 << 30) return CI_FAIL(CINFER_ERR_ARGUMENT, "too many KV blocks");
+    e->padding_block = (int)n_blocks;
     return ci_block_pool_create((int)n_blocks, e->block_size, &e->pool);
 }
 
@@ -842,11 +899,15 @@ cinfer_status cinfer_engine_create(cinfer_model *model, const cinfer_engine_opti
     e->max_blocks_per_seq = blocks_for(o.max_model_len, o.block_size);
     e->prefix_caching = !o.disable_prefix_caching;
     e->next_id = 1;
+    _Static_assert(sizeof e->decode_steps / sizeof e->decode_steps[0] > 10,
+                   "a recording per power of two up to CINFER_MAX_SEQS = 512");
     cinfer_status status = ci_backend_create_for(&model->options, &e->be);
     if (status == CINFER_OK && !e->be->ops->paged_attention)
         status = CI_FAIL(CINFER_ERR_UNSUPPORTED,
                          "the %s backend does not run paged attention yet (the engine needs it)",
                          e->be->ops->name);
+    if (status == CINFER_OK)
+        e->record_decode = !o.disable_cuda_graphs && e->be->ops->capture_begin != NULL;
     int64_t n_blocks = 0;
     if (status == CINFER_OK)
         status = pool_blocks(model, &o,
@@ -867,6 +928,8 @@ cinfer_status cinfer_engine_create(cinfer_model *model, const cinfer_engine_opti
     *out = e;
     return CINFER_OK;
 }
+
+void ci_engine_pad_decode_steps(cinfer_engine *e, int pad) { e->record_decode = pad; }
 
 /* ---- the calls any thread may make ------------------------------------------------------------ */
 

@@ -76,15 +76,16 @@ void ci_backend_run_step(ci_backend *be, ci_recorded_step *recorded, int record,
          * must not happen while recording, then the recording. The rehearsal runs the step for
          * real and the replay below runs it again: harmless, since a step rewrites the same cache
          * rows with the same values and computes the same outputs. */
+        int unused;
         ops->capture_begin(be, 0);
         step(user, pos0);
-        ops->capture_end(be);
+        ops->capture_end(be, &unused);
         ops->capture_begin(be, 1);
         step(user, pos0);
-        recorded->state = ops->capture_end(be) == 0 ? 1 : -1;
+        recorded->state = ops->capture_end(be, &recorded->id) == 0 ? 1 : -1;
     }
     if (recorded->state == 1)
-        ops->replay(be);
+        ops->replay(be, recorded->id);
     else
         step(user, pos0);
 }

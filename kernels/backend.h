@@ -186,10 +186,12 @@ typedef struct ci_backend_ops {
      * attention spans the whole cache; with record = 1 they are recorded, not run (replay runs
      * the recording), with record = 0 they run: a rehearsal that does the one-time work (kernel
      * loading, cuBLAS's choices) that must not happen while recording. capture_end returns
-     * non-zero when the recording failed, and the caller then runs its ops eagerly. */
+     * non-zero when the recording failed, and the caller then runs its ops eagerly; else a
+     * recording's id (in *id), which replay takes. A backend keeps every recording until it is
+     * freed. */
     void (*capture_begin)(ci_backend *be, int record);
-    int (*capture_end)(ci_backend *be);
-    void (*replay)(ci_backend *be);
+    int (*capture_end)(ci_backend *be, int *id);
+    void (*replay)(ci_backend *be, int id);
     void (*set_position)(ci_backend *be, int pos0);
     /* Optional: called by ci_backend_free before the struct is freed (streams, handles, graphs). */
     void (*release)(ci_backend *be);
@@ -234,6 +236,7 @@ cinfer_status ci_backend_reserve(ci_backend *be, size_t bytes);
 /* A step recorded once and replayed after (a CUDA graph of a decode step), for one caller. */
 typedef struct ci_recorded_step {
     int state; /* 0 not recorded yet, 1 recorded, -1 recording failed: the step runs eagerly */
+    int id;    /* the backend's name for the recording, once recorded */
 } ci_recorded_step;
 
 /* Runs step(user, pos0). Where the backend records (CUDA) and `record` allows it, the first call

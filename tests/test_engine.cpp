@@ -13,6 +13,10 @@
 
 #include "test_util.h"
 
+extern "C" {
+#include "engine/engine.h"
+}
+
 using namespace cinfer_test;
 
 namespace {
@@ -213,6 +217,7 @@ cinfer_engine_options options(int block_size, int max_batched_tokens, int max_se
 struct Setting {
     const char *name;
     cinfer_engine_options options;
+    bool padded = false; // decode steps padded as CUDA records them
 };
 std::vector<Setting> settings() {
     cinfer_engine_options no_prefix = options(8, 64);
@@ -222,6 +227,7 @@ std::vector<Setting> settings() {
         {"chunked", options(8, 13, 3)},
         {"tiny-pool", options(4, 32, 8, 18)},
         {"no-prefix-cache", no_prefix},
+        {"padded-decode", options(8, 64, 6), true},
     };
 }
 
@@ -235,6 +241,7 @@ TEST_P(EngineFixtures, RandomWorkloadsMatchSoloRuns) {
         std::vector<Request> requests = random_workload(rng, m.vocab, 24, 40, 24);
         Engine engine(m.model, setting.options);
         ASSERT_NE(engine.engine, nullptr);
+        if (setting.padded) ci_engine_pad_decode_steps(engine, 1);
         const std::vector<Result> served = serve(engine, requests);
         expect_same_as_solo(m.model, requests, served, setting.name);
         cinfer_engine_stats stats{};

@@ -93,11 +93,11 @@ static size_t cuda_workspace_bytes(const ci_backend *be, const ci_config *c, int
 
 // ---- the recorded decode step ------------------------------------------------------------------
 
-static void drop_graph(cuda_backend *cu) {
-    if (cu->graph_exec) CUDA_CHECK(cudaGraphExecDestroy(cu->graph_exec));
-    if (cu->graph) CUDA_CHECK(cudaGraphDestroy(cu->graph));
-    cu->graph_exec = NULL;
-    cu->graph = NULL;
+static void drop_graphs(cuda_backend *cu) {
+    for (int i = 0; i < cu->n_graphs; i++) CUDA_CHECK(cudaGraphExecDestroy(cu->graphs[i]));
+    free(cu->graphs);
+    cu->graphs = NULL;
+    cu->n_graphs = 0;
 }
 
 static void cuda_capture_begin(ci_backend *be, int record) {
@@ -105,34 +105,46 @@ static void cuda_capture_begin(ci_backend *be, int record) {
     cu->capturing = 1;
     cu->recording = record;
     if (!record) return;
-    drop_graph(cu);
     // thread-local: a call that is illegal during capture fails here, not in another thread
     CUDA_CHECK(cudaStreamBeginCapture(cu->stream, cudaStreamCaptureModeThreadLocal));
 }
 
-static int cuda_capture_end(ci_backend *be) {
+// A backend keeps several recordings (the engine records one decode step per padded batch size),
+// each instantiated once and named by its index.
+static int cuda_capture_end(ci_backend *be, int *id) {
     cuda_backend *cu = cuda_of(be);
     const int recording = cu->recording;
     cu->capturing = cu->recording = 0;
     if (!recording) return 0;
-    cudaError_t error = cudaStreamEndCapture(cu->stream, &cu->graph);
-    if (error == cudaSuccess) error = cudaGraphInstantiate(&cu->graph_exec, cu->graph, 0);
+    cudaGraph_t graph = NULL;
+    cudaGraphExec_t exec = NULL;
+    cudaError_t error = cudaStreamEndCapture(cu->stream, &graph);
+    if (error == cudaSuccess) error = cudaGraphInstantiate(&exec, graph, 0);
+    if (graph) CUDA_CHECK(cudaGraphDestroy(graph)); // the instantiated graph stands alone
+    cudaGraphExec_t *grown = NULL;
+    if (error == cudaSuccess) {
+        grown = (cudaGraphExec_t *)realloc(cu->graphs, (size_t)(cu->n_graphs + 1) * sizeof *grown);
+        if (!grown) error = cudaErrorMemoryAllocation;
+    }
     if (error != cudaSuccess) {
         fprintf(stderr,
-                "cinfer: recording the decode step as a CUDA graph failed (%s); decoding "
-                "runs without it\n",
+                "cinfer: recording a decode step as a CUDA graph failed (%s); that step runs "
+                "without it\n",
                 cudaGetErrorString(error));
         cudaGetLastError();
-        drop_graph(cu);
+        if (exec) CUDA_CHECK(cudaGraphExecDestroy(exec));
         return -1;
     }
+    cu->graphs = grown;
+    cu->graphs[cu->n_graphs] = exec;
+    *id = cu->n_graphs++;
     return 0;
 }
 
-static void cuda_replay(ci_backend *be) {
+static void cuda_replay(ci_backend *be, int id) {
     cuda_backend *cu = cuda_of(be);
-    CI_ASSERT(cu->graph_exec != NULL);
-    CUDA_CHECK(cudaGraphLaunch(cu->graph_exec, cu->stream));
+    CI_ASSERT(id >= 0 && id < cu->n_graphs);
+    CUDA_CHECK(cudaGraphLaunch(cu->graphs[id], cu->stream));
 }
 
 // Queued on the stream before the replay that reads it. host_position is rewritten only after
@@ -148,7 +160,7 @@ static void cuda_release(ci_backend *be) {
     cuda_backend *cu = cuda_of(be);
     CUDA_CHECK(cudaSetDevice(cu->device));
     if (cu->stream) CUDA_CHECK(cudaStreamSynchronize(cu->stream));
-    drop_graph(cu);
+    drop_graphs(cu);
     for (int i = 0; i < cu->n_marks; i++) CUDA_CHECK(cudaEventDestroy(cu->marks[i]));
     free(cu->marks);
     if (cu->cublas) CUBLAS_CHECK(cublasDestroy(cu->cublas));

@@ -27,9 +27,10 @@ struct cuda_backend {
     int *position;          // device: pos0 of a recorded step, written by set_position
     int *host_position;     // pinned staging for it
     int capturing;          // between capture_begin and capture_end: positions on the device
-    int recording;          // ... and the stream is being recorded into `graph`
-    cudaGraph_t graph;
-    cudaGraphExec_t graph_exec;
+    int recording;          // ... and the stream is being recorded into a graph
+    // every recorded step, named by its index (ci_recorded_step.id); freed with the backend
+    cudaGraphExec_t *graphs;
+    int n_graphs;
     cudaEvent_t *marks; // the timing marks (kernels/backend.h: mark), created on demand
     int n_marks;
 };
