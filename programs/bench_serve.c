@@ -27,6 +27,9 @@
  *          than one output token;
  *   rates  requests, output tokens and prompt + output tokens over the run's duration, from the
  *          first arrival to the last token.
+ *   peak KV blocks  the most blocks held by requests after a step (cinfer_engine_get_stats):
+ *          blocks that a request finishing in a step took in that step are free again when the
+ *          step returns, so this may miss the last block of the requests that end the peak.
  * Percentiles interpolate linearly between the sorted values (numpy's default). */
 #include <errno.h>
 #include <math.h>
@@ -50,8 +53,8 @@ enum { ENGINE_MAX_BATCHED_TOKENS = 2048 };
 /* the warm-up request: long enough to run a prompt chunk and a decode step, short enough that it
  * costs nothing beside the run */
 enum { WARM_UP_PROMPT = 32, WARM_UP_OUTPUT = 2 };
-/* a line of a dataset file may be this long: 1 MiB of ids is ~150k tokens */
-enum { MAX_DATASET_REQUESTS = 1 << 24 };
+/* --num-prompts at most: past this the per-request records alone would take gigabytes */
+enum { MAX_REQUESTS = 1 << 24 };
 
 const char *const bench_serve_usage_text =
     "serving test: many requests through the continuous-batching engine, as vLLM's\n"
@@ -82,11 +85,11 @@ const char *const bench_serve_usage_text =
     "  -t, --threads N          CPU threads (default: OpenMP's)\n"
     "  --backend cpu|cuda, --dtype D, --attn A, --device N, --random-weights, --config FILE,\n"
     "  --output md|csv|json     as for the lockstep tests\n"
-    "  Rows: requests/s, output and total tokens/s, TTFT and TPOT p50/p90/p99 (ms), the peak KV\n"
-    "  blocks in use of the pool's, the prefix cache's hit rate over prompt tokens, preemptions,\n"
-    "  the pool's capacity in tokens. To compare with the lockstep tests, run --max-seqs 1,8,32\n"
-    "  beside `-p P -n N -b 1,8,32` (tg rows: B sequences decoding in lockstep) with\n"
-    "  --input-len P --output-len N --request-rate inf.\n";
+    "  Rows: requests/s, output and total tokens/s, TTFT and TPOT p50/p90/p99 (ms), the peak\n"
+    "  KV blocks in use (after a step) of the pool's, the prefix cache's hit rate over prompt\n"
+    "  tokens, preemptions, the pool's capacity in tokens. To compare with the lockstep tests,\n"
+    "  run --max-seqs 1,8,32 --input-len P --output-len N --request-rate inf beside\n"
+    "  -p P -n N -b 1,8,32 (tg rows: B sequences decoding in lockstep, no scheduler).\n";
 
 typedef struct serve_options {
     const char *model_dir, *config_path, *dataset;
@@ -222,7 +225,7 @@ static int parse_serve_options(int argc, char **argv, serve_options *o) {
         } else if (strcmp(flag, "--dataset") == 0) {
             o->dataset = value;
         } else if (strcmp(flag, "--num-prompts") == 0) {
-            if (parse_int(value, 1, MAX_DATASET_REQUESTS, &o->num_prompts))
+            if (parse_int(value, 1, MAX_REQUESTS, &o->num_prompts))
                 return serve_usage("--num-prompts needs one integer >= 1, got '%s'", value);
         } else if (strcmp(flag, "--input-len") == 0) {
             if (parse_int(value, 1, 1 << 24, &o->input_len))
