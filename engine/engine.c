@@ -278,7 +278,8 @@ static cinfer_status drain_inbox(cinfer_engine *e) {
     e->n_inbox = 0;
     const int n_aborts = e->n_aborts;
     uint64_t *aborts = malloc((size_t)(n_aborts ? n_aborts : 1) * sizeof *aborts);
-    if (aborts) memcpy(aborts, e->aborts, (size_t)n_aborts * sizeof *aborts);
+    /* e->aborts is NULL until the first abort: memcpy must not see it, even for 0 bytes */
+    if (aborts && n_aborts) memcpy(aborts, e->aborts, (size_t)n_aborts * sizeof *aborts);
     e->n_aborts = 0;
     pthread_mutex_unlock(&e->lock);
     if (!ok || !aborts) {
