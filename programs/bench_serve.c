@@ -768,6 +768,14 @@ static int serve_run(cinfer_engine *engine, const serve_workload *w, const serve
     row->seconds = last;
     int n_tpot = 0;
     for (int i = 0; i < w->n; i++) {
+        /* ignore_eos: a request that stopped short would make every figure a lie */
+        if (timing[i].n_output != w->requests[i].n_output) {
+            fprintf(stderr,
+                    "cinfer bench: error: request %d generated %d tokens, expected its output "
+                    "length %d\n",
+                    i, timing[i].n_output, w->requests[i].n_output);
+            return EXIT_ERROR;
+        }
         row->output_tokens += timing[i].n_output;
         scratch[i] = timing[i].first - w->requests[i].arrival;
     }
@@ -946,7 +954,10 @@ int bench_serve_main(int argc, char **argv) {
     int status = parse_serve_options(argc, argv, &o);
     if (status) return status < 0 ? 0 : status; /* -1: help was asked for and printed */
     serve_workload w = {0};
-    if (o.dataset && (status = read_dataset(&o, &w)) != 0) return status;
+    if (o.dataset && (status = read_dataset(&o, &w)) != 0) {
+        free_workload(&w);
+        return status;
+    }
 
     status = EXIT_ERROR;
     cinfer_model *model = NULL;
