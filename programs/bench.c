@@ -15,7 +15,10 @@
  * once to warm up (caches, page faults of the mapped weights, lazily started threads), then
  * `repetitions` times on a freshly reset session; rows show mean ± standard deviation. A run is
  * timed on the device, between timing marks before its first op and after its last (CUDA events;
- * on the CPU, whose ops finish as they return, the host clock). */
+ * on the CPU, whose ops finish as they return, the host clock).
+ *
+ * With --num-prompts or --dataset (or another option only it takes) bench runs the serving test
+ * instead: many requests through the continuous-batching engine (programs/bench_serve.c). */
 #include <errno.h>
 #include <math.h>
 #include <stdio.h>
@@ -27,6 +30,7 @@
 #include "../common/clock.h"
 #include "../common/error.h"
 #include "../common/splitmix.h"
+#include "bench_serve.h"
 #include "ceilings.h"
 #include "cinfer.h"
 #include "commands.h"
@@ -37,7 +41,9 @@ static int bench_main(int argc, char **argv);
 /* what main.c dispatches to and prints in the usage */
 const program_command bench_command = {
     "bench", bench_main,
-    "  bench --model DIR [-p 512] [-n 128]   prefill and decode throughput (bench --help)\n", NULL};
+    "  bench --model DIR [-p 512] [-n 128]   prefill and decode throughput (bench --help)\n"
+    "  bench --model DIR --num-prompts N     serving test: many requests, continuous batching\n",
+    NULL};
 
 static const char *bench_usage_text =
     "usage: cinfer bench --model DIR [options]\n"
@@ -121,6 +127,8 @@ static int parse_bench_options(int argc, char **argv, bench_options *o) {
         const char *flag = argv[i];
         if (strcmp(flag, "--help") == 0 || strcmp(flag, "-h") == 0) {
             fputs(bench_usage_text, stdout);
+            fputs("\n", stdout);
+            fputs(bench_serve_usage_text, stdout);
             return -1;
         }
         if (strcmp(flag, "--random-weights") == 0 || strcmp(flag, "--profile") == 0 ||
@@ -528,6 +536,7 @@ static cinfer_status load_model(const bench_options *o, const cinfer_load_option
 }
 
 static int bench_main(int argc, char **argv) {
+    if (bench_serve_wanted(argc, argv)) return bench_serve_main(argc, argv);
     bench_options o;
     int usage = parse_bench_options(argc, argv, &o);
     if (usage) return usage < 0 ? 0 : usage; /* -1: help was asked for and printed */

@@ -113,6 +113,16 @@ static int inspect_main(int argc, char **argv) {
     char note[96];
     snprintf(note, sizeof note, " (KV cache, activations and scratch at %d positions)", n_ctx);
     print_bytes("session", (double)cinfer_session_memory_bytes(model, n_ctx), note);
+    /* the pool a serving engine with default options would get (cinfer_engine_create) */
+    int64_t pool_bytes = 0, pool_tokens = 0;
+    if (cinfer_engine_kv_capacity(model, NULL, &pool_bytes, &pool_tokens) == CINFER_OK) {
+        char amount[32];
+        format_bytes((double)pool_bytes, amount, sizeof amount);
+        printf("  %-22s %" PRId64 " tokens in %s (the serving engine's, default options)\n",
+               "KV pool", pool_tokens, amount);
+    } else {
+        printf("  %-22s not sized: %s\n", "KV pool", cinfer_last_error());
+    }
     print_gpus();
 
     printf("tensors\n");

@@ -857,3 +857,281 @@ TEST(CliBench, RowsStandAgainstCeilingsMeasuredInTheRun) {
 }
 
 } // namespace
+
+// ---- cinfer bench: the serving test (programs/bench_serve.c) ----------------------------------
+
+namespace {
+
+double number(const cJSON *row, const char *key) {
+    const cJSON *item = cJSON_GetObjectItem(row, key);
+    EXPECT_TRUE(cJSON_IsNumber(item)) << key;
+    return cJSON_IsNumber(item) ? item->valuedouble : 0.0;
+}
+
+// What every row of the serving test must hold, whatever the workload: the rates are the counts
+// over the duration, the percentiles ordered, the hit rate a ratio of its counts, the pool's
+// figures consistent.
+void expect_consistent_serving_row(const cJSON *row) {
+    const double seconds = number(row, "seconds");
+    const double requests = number(row, "requests"), prompt = number(row, "prompt_tokens"),
+                 output = number(row, "output_tokens");
+    ASSERT_GT(seconds, 0.0);
+    EXPECT_NEAR(number(row, "requests_per_s"), requests / seconds, 1e-6 * requests / seconds);
+    EXPECT_NEAR(number(row, "output_tokens_per_s"), output / seconds, 1e-6 * output / seconds);
+    EXPECT_NEAR(number(row, "total_tokens_per_s"), (prompt + output) / seconds,
+                1e-6 * (prompt + output) / seconds);
+    for (const char *metric : {"ttft", "tpot"}) {
+        SCOPED_TRACE(metric);
+        const std::string m = metric;
+        const double p50 = number(row, (m + "_p50_ms").c_str()),
+                     p90 = number(row, (m + "_p90_ms").c_str()),
+                     p99 = number(row, (m + "_p99_ms").c_str());
+        EXPECT_GT(p50, 0.0);
+        EXPECT_LE(p50, p90);
+        EXPECT_LE(p90, p99);
+        EXPECT_LE(p99, 1e3 * seconds);
+    }
+    const double queried = number(row, "prompt_tokens_queried"),
+                 hit = number(row, "prompt_tokens_hit");
+    const double rate = number(row, "prefix_hit_rate");
+    EXPECT_GE(rate, 0.0);
+    EXPECT_LE(rate, 1.0);
+    EXPECT_LE(hit, queried);
+    if (queried > 0) {
+        EXPECT_NEAR(rate, hit / queried, 1e-9);
+    }
+    EXPECT_GT(number(row, "peak_kv_blocks"), 0.0);
+    EXPECT_LE(number(row, "peak_kv_blocks"), number(row, "kv_blocks"));
+    EXPECT_EQ(number(row, "kv_capacity_tokens"),
+              number(row, "kv_blocks") * number(row, "block_size"));
+    EXPECT_GE(number(row, "preemptions"), 0.0);
+    EXPECT_GT(number(row, "steps"), 0.0);
+}
+
+std::vector<std::string> serve_args(std::vector<std::string> extra) {
+    std::vector<std::string> args = {"bench", "--model", fixture_dir("llama_mha"), "-t", "1"};
+    args.insert(args.end(), extra.begin(), extra.end());
+    return args;
+}
+
+// 12 requests of 12 + 6 tokens, a row per in-flight cap: every request produces exactly its
+// output length (ignore_eos), and the same workload runs under every cap.
+TEST(CliBenchServe, JsonHasARowPerMaxSeqsWithConsistentFigures) {
+    const CliResult r =
+        run_cli(serve_args({"--num-prompts", "12", "--input-len", "12", "--output-len", "6",
+                            "--max-seqs", "1,4,16", "--output", "json"}));
+    ASSERT_TRUE(exits_with(r, 0));
+    cJSON *rows = cJSON_Parse(r.out.c_str());
+    ASSERT_NE(rows, nullptr) << "stdout is not JSON:\n" << r.out;
+    ASSERT_EQ(cJSON_GetArraySize(rows), 3);
+    const int caps[3] = {1, 4, 16};
+    for (int i = 0; i < 3; i++) {
+        const cJSON *row = cJSON_GetArrayItem(rows, i);
+        SCOPED_TRACE("max_seqs " + std::to_string(caps[i]));
+        EXPECT_EQ(number(row, "max_seqs"), caps[i]);
+        EXPECT_EQ(number(row, "requests"), 12);
+        EXPECT_EQ(number(row, "prompt_tokens"), 12 * 12);
+        EXPECT_EQ(number(row, "output_tokens"), 12 * 6);
+        EXPECT_STREQ(cJSON_GetObjectItem(row, "request_rate")->valuestring, "inf");
+        EXPECT_STREQ(cJSON_GetObjectItem(row, "backend")->valuestring, "cpu");
+        EXPECT_TRUE(cJSON_IsNull(cJSON_GetObjectItem(row, "dataset")));
+        // one request at a time holds one request's blocks: 18 tokens in blocks of 16 (the
+        // peak is sampled after each step, when a finished request's blocks are already free)
+        if (caps[i] == 1) {
+            EXPECT_LE(number(row, "peak_kv_blocks"), 2);
+        }
+        expect_consistent_serving_row(row);
+    }
+    cJSON_Delete(rows);
+}
+
+// Drawn lengths and Poisson arrivals: the same seed gives the same workload (token counts) under
+// every cap, and the lengths stay within the range.
+TEST(CliBenchServe, DrawsLengthsInTheRangeAndArrivalsAtTheRate) {
+    const CliResult r = run_cli(serve_args(
+        {"--num-prompts", "12", "--input-len", "10", "--output-len", "8", "--range-ratio", "0.5",
+         "--request-rate", "2000", "--max-seqs", "2,8", "--seed", "7", "--output", "json"}));
+    ASSERT_TRUE(exits_with(r, 0));
+    cJSON *rows = cJSON_Parse(r.out.c_str());
+    ASSERT_NE(rows, nullptr) << r.out;
+    ASSERT_EQ(cJSON_GetArraySize(rows), 2);
+    for (int i = 0; i < 2; i++) {
+        const cJSON *row = cJSON_GetArrayItem(rows, i);
+        EXPECT_EQ(number(row, "request_rate"), 2000);
+        EXPECT_GE(number(row, "prompt_tokens"), 12 * 5);
+        EXPECT_LE(number(row, "prompt_tokens"), 12 * 15);
+        EXPECT_GE(number(row, "output_tokens"), 12 * 4);
+        EXPECT_LE(number(row, "output_tokens"), 12 * 12);
+        EXPECT_EQ(number(row, "prompt_tokens"),
+                  number(cJSON_GetArrayItem(rows, 0), "prompt_tokens"));
+        EXPECT_EQ(number(row, "output_tokens"),
+                  number(cJSON_GetArrayItem(rows, 0), "output_tokens"));
+        expect_consistent_serving_row(row);
+    }
+    cJSON_Delete(rows);
+}
+
+TEST(CliBenchServe, CsvAndMarkdownHoldARowPerMaxSeqs) {
+    const auto args = [](const std::string &format) {
+        return serve_args({"--num-prompts", "6", "--input-len", "8", "--output-len", "3",
+                           "--max-seqs", "1,3", "--output", format});
+    };
+    const CliResult csv = run_cli(args("csv"));
+    ASSERT_TRUE(exits_with(csv, 0));
+    std::vector<std::string> lines;
+    std::istringstream in(csv.out);
+    for (std::string line; std::getline(in, line);) lines.push_back(line);
+    ASSERT_EQ(lines.size(), 3u) << csv.out;
+    EXPECT_TRUE(contains_all(lines[0],
+                             {"requests,max_seqs,", "requests_per_s", "output_tokens_per_s",
+                              "total_tokens_per_s", "ttft_p50_ms", "tpot_p99_ms", "peak_kv_blocks",
+                              "prefix_hit_rate", "preemptions", "kv_capacity_tokens"}));
+    const size_t columns = std::count(lines[0].begin(), lines[0].end(), ',');
+    for (int i = 1; i <= 2; i++) {
+        EXPECT_EQ((size_t)std::count(lines[i].begin(), lines[i].end(), ','), columns) << lines[i];
+        EXPECT_NE(lines[i].find(",6," + std::to_string(i == 1 ? 1 : 3) + ","), std::string::npos)
+            << lines[i];
+    }
+
+    const CliResult md = run_cli(args("md"));
+    ASSERT_TRUE(exits_with(md, 0));
+    std::istringstream table(md.out);
+    std::vector<std::string> rows;
+    for (std::string line; std::getline(table, line);) rows.push_back(line);
+    ASSERT_EQ(rows.size(), 4u) << md.out;
+    EXPECT_TRUE(contains_all(rows[0], {"req/s", "TTFT", "TPOT", "in flight", "KV pool tokens"}));
+    EXPECT_NE(rows[2].find("| 6 | 1 |"), std::string::npos) << rows[2];
+    EXPECT_NE(rows[3].find("| 6 | 3 |"), std::string::npos) << rows[3];
+}
+
+// A JSONL dataset: given prompts and drawn ones, blank lines skipped; two prompts that share
+// their first 32 tokens, run one after the other, share two KV blocks of 16.
+TEST(CliBenchServe, RunsAJsonlDataset) {
+    TempDir dir;
+    std::string shared;
+    for (int i = 0; i < 32; i++) shared += std::to_string(1 + i % 100) + ", ";
+    const std::string path = dir.file("requests.jsonl");
+    cinfer_test::write_file(path, "{\"prompt_tokens\": [" + shared +
+                                      "5, 6], \"output_len\": 4}\n"
+                                      "{\"prompt_tokens\": [" +
+                                      shared +
+                                      "7], \"output_len\": 3}\n"
+                                      "\n"
+                                      "{\"prompt_len\": 10, \"output_len\": 5}\n"
+                                      "{\"output_len\": 2, \"prompt_len\": 20}\n");
+    const CliResult r = run_cli(serve_args(
+        {"--dataset", path, "--max-seqs", "1", "--block-size", "16", "--output", "json"}));
+    ASSERT_TRUE(exits_with(r, 0));
+    cJSON *rows = cJSON_Parse(r.out.c_str());
+    ASSERT_NE(rows, nullptr) << r.out;
+    ASSERT_EQ(cJSON_GetArraySize(rows), 1);
+    const cJSON *row = cJSON_GetArrayItem(rows, 0);
+    EXPECT_STREQ(cJSON_GetObjectItem(row, "dataset")->valuestring, path.c_str());
+    EXPECT_EQ(number(row, "requests"), 4);
+    EXPECT_EQ(number(row, "prompt_tokens"), 34 + 33 + 10 + 20);
+    EXPECT_EQ(number(row, "output_tokens"), 4 + 3 + 5 + 2);
+    EXPECT_EQ(number(row, "prompt_tokens_hit"), 32);
+    expect_consistent_serving_row(row);
+    cJSON_Delete(rows);
+
+    // --num-prompts takes the first lines
+    const CliResult first =
+        run_cli(serve_args({"--dataset", path, "--num-prompts", "3", "--output", "json"}));
+    ASSERT_TRUE(exits_with(first, 0));
+    rows = cJSON_Parse(first.out.c_str());
+    ASSERT_NE(rows, nullptr) << first.out;
+    EXPECT_EQ(number(cJSON_GetArrayItem(rows, 0), "output_tokens"), 4 + 3 + 5);
+    cJSON_Delete(rows);
+}
+
+// Every bad line: exit 1, nothing on stdout, a message naming the file, the line and the field.
+TEST(CliBenchServe, RejectsMalformedDatasetsNamingLineAndField) {
+    TempDir dir;
+    const std::string path = dir.file("bad.jsonl");
+    const std::string good = "{\"prompt_len\": 4, \"output_len\": 2}\n";
+    const std::vector<std::pair<std::string, std::vector<std::string>>> cases = {
+        {"{\"prompt_len\": 4, \"output_len\": 2", {":2:", "not JSON"}},
+        {"[4, 2]", {":2:", "expected a JSON object"}},
+        {"{\"prompt_len\": -3, \"output_len\": 2}", {":2:", "prompt_len", "-3"}},
+        {"{\"prompt_len\": 2.5, \"output_len\": 2}", {":2:", "prompt_len", "integer"}},
+        {"{\"prompt_len\": 4, \"output_len\": 0}", {":2:", "output_len", ">= 1"}},
+        {"{\"prompt_len\": 4}", {":2:", "output_len", "missing"}},
+        {"{\"output_len\": 4}", {":2:", "prompt_len", "prompt_tokens", "neither"}},
+        {"{\"prompt_len\": 4, \"prompt_tokens\": [1], \"output_len\": 2}", {":2:", "both"}},
+        {"{\"prompt_len\": 4, \"output_len\": 2, \"max_tokens\": 9}", {":2:", "max_tokens"}},
+        {"{\"prompt_tokens\": [], \"output_len\": 2}", {":2:", "prompt_tokens", "non-empty"}},
+        {"{\"prompt_tokens\": [1, \"a\"], \"output_len\": 2}",
+         {":2:", "prompt_tokens", "element 1"}},
+        {"{\"prompt_tokens\": [1, 128], \"output_len\": 2}", {":2:", "element 1", "vocab_size"}},
+        {"{\"prompt_len\": 60, \"output_len\": 10}", {":2:", "70 tokens", "max_model_len = 64"}},
+    };
+    for (const auto &[line, parts] : cases) {
+        SCOPED_TRACE(line);
+        cinfer_test::write_file(path, good + line + "\n");
+        const CliResult r = run_cli(serve_args({"--dataset", path}));
+        EXPECT_TRUE(exits_with(r, kExitError));
+        EXPECT_EQ(r.out, "");
+        EXPECT_TRUE(contains_all(r.err, {path}));
+        for (const auto &part : parts) EXPECT_TRUE(contains_all(r.err, {part}));
+    }
+    cinfer_test::write_file(path, "\n\n");
+    CliResult r = run_cli(serve_args({"--dataset", path}));
+    EXPECT_TRUE(exits_with(r, kExitError));
+    EXPECT_TRUE(contains_all(r.err, {path, "no requests"}));
+    cinfer_test::write_file(path, good);
+    r = run_cli(serve_args({"--dataset", path, "--num-prompts", "2"}));
+    EXPECT_TRUE(exits_with(r, kExitError));
+    EXPECT_TRUE(contains_all(r.err, {path, "holds 1 requests", "--num-prompts"}));
+    r = run_cli(serve_args({"--dataset", dir.file("missing.jsonl")}));
+    EXPECT_TRUE(exits_with(r, kExitError));
+    EXPECT_TRUE(contains_all(r.err, {"missing.jsonl", "No such file"}));
+}
+
+TEST(CliBenchServe, RejectsBadOptionsAsMisuse) {
+    for (const std::vector<std::string> &extra : std::vector<std::vector<std::string>>{
+             {"--num-prompts", "0"},
+             {"--num-prompts", "-4"},
+             {"--num-prompts", "4", "--input-len", "-1"},
+             {"--num-prompts", "4", "--output-len", "0"},
+             {"--num-prompts", "4", "--range-ratio", "1"},
+             {"--num-prompts", "4", "--request-rate", "0"},
+             {"--num-prompts", "4", "--request-rate", "fast"},
+             {"--num-prompts", "4", "--max-seqs", "0,8"},
+             {"--num-prompts", "4", "--max-seqs", "1,513"},
+             {"--num-prompts", "4", "--kv-cache-bytes", "4X"},
+             {"--num-prompts", "4", "--gpu-memory-utilization", "1.5"},
+             {"--num-prompts", "4", "--block-size", "0"},
+             {"--num-prompts", "4", "-p", "16"},
+             {"--num-prompts", "4", "--input-len", "60", "--output-len", "8"},
+             {"--num-prompts", "4", "--input-len", "8", "--max-model-len", "65"},
+             {"--max-seqs", "4"},
+             {"--num-prompts"},
+         }) {
+        const CliResult r = run_cli(serve_args(extra));
+        EXPECT_TRUE(exits_with(r, kExitUsage)) << extra.back();
+        EXPECT_EQ(r.out, "");
+        EXPECT_NE(r.err.find("cinfer bench:"), std::string::npos) << r.err;
+    }
+    // a pool too small for one request: the engine's refusal, passed through
+    const CliResult r = run_cli(serve_args({"--num-prompts", "2", "--input-len", "40",
+                                            "--output-len", "4", "--kv-cache-bytes", "16K"}));
+    EXPECT_TRUE(exits_with(r, kExitError));
+    EXPECT_TRUE(contains_all(r.err, {"request 0", "44 tokens", "KV cache holds"}));
+    EXPECT_EQ(r.out, "");
+}
+
+// inspect states the serving engine's pool with default options, as the API sizes it.
+TEST(Cli, InspectReportsTheServingEnginesKvPool) {
+    const CliResult r = run_cli({"inspect", "--model", kModel});
+    ASSERT_TRUE(exits_with(r, 0));
+    ApiModel api;
+    int64_t bytes = 0, tokens = 0;
+    ASSERT_EQ(cinfer_engine_kv_capacity(api.model, nullptr, &bytes, &tokens), CINFER_OK)
+        << cinfer_last_error();
+    const size_t at = r.out.find("\n  KV pool ");
+    ASSERT_NE(at, std::string::npos) << r.out;
+    const std::string line = r.out.substr(at + 1, r.out.find('\n', at + 1) - at - 1);
+    EXPECT_TRUE(contains_all(line, {std::to_string(tokens) + " tokens in ", "default options"}));
+}
+
+} // namespace
