@@ -599,6 +599,8 @@ cinfer_status cinfer_engine_step(cinfer_engine *e, const cinfer_request_output *
     *n_outputs = 0;
     CI_TRY(drain_inbox(e));
     schedule(e);
+    const int used = ci_block_pool_n_used(e->pool); /* the step's blocks, before any is freed */
+    if (used > e->counts.n_blocks_used_peak) e->counts.n_blocks_used_peak = used;
     cinfer_status status = CINFER_OK;
     if (e->n_batch > 0) {
         const int first_token_output = e->n_outputs;

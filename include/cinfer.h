@@ -435,6 +435,7 @@ typedef struct cinfer_engine_stats {
     int n_blocks;        /* in the pool */
     int n_blocks_used;   /* held by sequences */
     int n_blocks_cached; /* free, but holding a prefix a new prompt may reuse */
+    int n_blocks_used_peak; /* the most held at once, as each step ran (since creation) */
     int64_t kv_capacity_tokens; /* n_blocks · block_size */
     int64_t kv_bytes;           /* the pool's memory, K and V of every layer */
     uint64_t n_steps, n_preemptions, n_finished, n_aborted;

@@ -27,9 +27,8 @@
  *          than one output token;
  *   rates  requests, output tokens and prompt + output tokens over the run's duration, from the
  *          first arrival to the last token.
- *   peak KV blocks  the most blocks held by requests after a step (cinfer_engine_get_stats):
- *          blocks that a request finishing in a step took in that step are free again when the
- *          step returns, so this may miss the last block of the requests that end the peak.
+ *   peak KV blocks  the most blocks held by requests at once while a step ran
+ *          (cinfer_engine_stats.n_blocks_used_peak; each row runs on a fresh engine).
  * Percentiles interpolate linearly between the sorted values (numpy's default). */
 #include <errno.h>
 #include <math.h>
@@ -51,8 +50,8 @@ enum { DEFAULT_INPUT_LEN = 1024, DEFAULT_OUTPUT_LEN = 128, DEFAULT_MAX_SEQS = 25
 /* cinfer_engine_options' default, for the rows: the engine does not report it back */
 enum { ENGINE_MAX_BATCHED_TOKENS = 2048 };
 /* the warm-up request: long enough to run a prompt chunk and a decode step, short enough that it
- * costs nothing beside the run */
-enum { WARM_UP_PROMPT = 32, WARM_UP_OUTPUT = 2 };
+ * costs nothing beside the run and holds one KV block (the row's peak counts from creation) */
+enum { WARM_UP_PROMPT = 8, WARM_UP_OUTPUT = 2 };
 /* --num-prompts at most: past this the per-request records alone would take gigabytes */
 enum { MAX_REQUESTS = 1 << 24 };
 
@@ -86,7 +85,7 @@ const char *const bench_serve_usage_text =
     "  --backend cpu|cuda, --dtype D, --attn A, --device N, --random-weights, --config FILE,\n"
     "  --output md|csv|json     as for the lockstep tests\n"
     "  Rows: requests/s, output and total tokens/s, TTFT and TPOT p50/p90/p99 (ms), the peak\n"
-    "  KV blocks in use (after a step) of the pool's, the prefix cache's hit rate over prompt\n"
+    "  KV blocks in use (while a step ran) of the pool's, the prefix cache's hit rate over prompt\n"
     "  tokens, preemptions, the pool's capacity in tokens. To compare with the lockstep tests,\n"
     "  run --max-seqs 1,8,32 --input-len P --output-len N --request-rate inf beside\n"
     "  -p P -n N -b 1,8,32 (tg rows: B sequences decoding in lockstep, no scheduler).\n";
@@ -702,7 +701,6 @@ static int serve_run(cinfer_engine *engine, const serve_workload *w, const serve
                      request_timing *timing, double *scratch, serve_row *row) {
     cinfer_engine_stats before, stats;
     cinfer_engine_get_stats(engine, &before);
-    row->peak_blocks_used = before.n_blocks_used;
     memset(timing, 0, (size_t)w->n * sizeof *timing);
     int next = 0, n_done = 0;
     double last = 0.0;
@@ -757,11 +755,9 @@ static int serve_run(cinfer_engine *engine, const serve_workload *w, const serve
                 last = now;
             }
         }
-        cinfer_engine_get_stats(engine, &stats);
-        if (stats.n_blocks_used > row->peak_blocks_used)
-            row->peak_blocks_used = stats.n_blocks_used;
     }
     cinfer_engine_get_stats(engine, &stats);
+    row->peak_blocks_used = stats.n_blocks_used_peak;
 
     row->n_requests = w->n;
     row->prompt_tokens = w->n_prompt_tokens;
