@@ -181,7 +181,7 @@ static void release_blocks(cinfer_engine *e, request *r) {
 /* The longest run of r's leading full blocks the prefix cache holds, taken as r's own. At least
  * one token is always left to compute: its logits give the next token. */
 static void take_cached_prefix(cinfer_engine *e, request *r) {
-    if (!e->prefix_caching) return;
+    if (!e->prefix_caching || r->params.prompt_logits) return;
     const int max_hits = (r->n_tokens - 1) / e->block_size;
     uint64_t parent = 0;
     for (int i = 0; i < max_hits; i++) {
@@ -484,6 +484,29 @@ static int run_batch(cinfer_engine *e) {
     return n_sampled;
 }
 
+/* lm_head over the rows of requests that asked for their prompt's logits, LOGIT_ROWS at a time,
+ * to their buffers (a sequence's rows of one step are consecutive rows of the final norm). */
+static void prompt_logits_to_host(cinfer_engine *e) {
+    ci_backend *be = e->be;
+    const size_t V = (size_t)e->model->config->vocab_size;
+    for (int s = 0; s < e->n_batch; s++) {
+        const request *r = e->batch[s].req;
+        if (!r->params.prompt_logits) continue;
+        const int first_pos = r->n_computed; /* before this step's rows are counted in */
+        const int n = first_pos + e->batch[s].n_rows < r->n_prompt
+                          ? e->batch[s].n_rows
+                          : r->n_prompt - first_pos; /* rows past the prompt (recomputed) */
+        for (int i = 0; i < n; i += LOGIT_ROWS) {
+            const int rows = n - i < LOGIT_ROWS ? n - i : LOGIT_ROWS;
+            const ci_tensor normed = ci_tensor_rows(&e->act.x_norm, e->h_seq_starts[s] + i, rows);
+            ci_tensor logits = ci_tensor_rows(&e->logits, 0, rows);
+            ci_model_logits(be, e->model, &logits, &normed);
+            be->ops->to_host(be, r->params.prompt_logits + (size_t)(first_pos + i) * V,
+                             logits.data, (size_t)rows * V * sizeof(float));
+        }
+    }
+}
+
 /* ---- sampling and finishing ------------------------------------------------------------------- */
 
 static int wants_host_logits(const request *r) {
@@ -605,6 +628,7 @@ cinfer_status cinfer_engine_step(cinfer_engine *e, const cinfer_request_output *
     if (e->n_batch > 0) {
         const int first_token_output = e->n_outputs;
         const int n_sampled = run_batch(e);
+        prompt_logits_to_host(e);
         for (int s = 0; s < e->n_batch; s++) {
             request *r = e->batch[s].req;
             /* a decode row extends what was generated; every other row computes a prompt (or
@@ -685,13 +709,17 @@ static cinfer_status resolve_options(const cinfer_model *model, const cinfer_eng
     if (out->max_batched_tokens < 1 || out->max_batched_tokens > 65536)
         return CI_FAIL(CINFER_ERR_ARGUMENT, "max_batched_tokens = %d: expected 1 to 65536",
                        out->max_batched_tokens);
-    /* dynamic RoPE changes its frequencies past max_position_embeddings: within it, one set of
-     * frequencies serves every sequence of a step */
-    if (out->max_model_len < 1 || out->max_model_len > c->max_position_embeddings)
+    /* dynamic RoPE changes its frequencies past max_position_embeddings, with each sequence's
+     * length: within it, one set of frequencies serves every sequence of a step */
+    if (out->max_model_len < 1 ||
+        (c->rope.type == CI_ROPE_DYNAMIC && out->max_model_len > c->max_position_embeddings))
         return CI_FAIL(CINFER_ERR_ARGUMENT,
                        "max_model_len = %d: expected 1 to max_position_embeddings = %d "
-                       "(config.json)",
-                       out->max_model_len, c->max_position_embeddings);
+                       "(config.json)%s",
+                       out->max_model_len, c->max_position_embeddings,
+                       c->rope.type == CI_ROPE_DYNAMIC
+                           ? ", which dynamic RoPE scaling cannot pass in a batch"
+                           : "");
     if (!(out->gpu_memory_utilization > 0.0 && out->gpu_memory_utilization <= 1.0))
         return CI_FAIL(CINFER_ERR_ARGUMENT, "gpu_memory_utilization = %g: expected (0, 1]",
                        out->gpu_memory_utilization);
@@ -824,8 +852,8 @@ static cinfer_status allocate(cinfer_engine *e, int64_t n_blocks) {
         free(host_inv_freq);
         return CI_FAIL(CINFER_ERR_MEMORY, "out of memory for the engine's buffers");
     }
-    /* every request ends within max_model_len <= max_position_embeddings, where the frequencies
-     * of every rope type are those of that length */
+    /* one set of frequencies for every step: only dynamic scaling's depend on the length, and
+     * not within max_position_embeddings, which max_model_len then stays within */
     ci_rope_frequencies(c, e->max_model_len, host_inv_freq, &e->rope.attention_scaling);
     be->ops->to_device(be, e->inv_freq, host_inv_freq, (size_t)D / 2 * sizeof(float));
     free(host_inv_freq);

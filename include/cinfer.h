@@ -383,7 +383,9 @@ typedef struct cinfer_engine_options {
     int block_size;         /* positions per KV block; 0: 16 */
     int max_batched_tokens; /* rows (tokens over all sequences) per step; 0: 2048 */
     int max_seqs;           /* sequences running at once, 1 to CINFER_MAX_SEQS; 0: 256 */
-    int max_model_len;      /* prompt plus new tokens of one request; 0: max_position_embeddings */
+    /* prompt plus new tokens of one request; 0: max_position_embeddings. Past it only where the
+     * RoPE frequencies do not depend on the length (not rope_scaling type "dynamic"). */
+    int max_model_len;
     /* The size of the KV pool, the first that is set: n_kv_blocks blocks; kv_cache_bytes bytes;
      * on CUDA, gpu_memory_utilization of the device's memory less what is already used (weights,
      * other processes) and the engine's activations (0: 0.90, as vLLM's); on the CPU,
@@ -407,6 +409,11 @@ typedef struct cinfer_request_params {
     int n_stop_tokens;
     int logprobs;     /* non-zero: each output carries the log-probability of its token */
     int top_logprobs; /* 0 to CINFER_MAX_TOP_LOGPROBS alternatives with theirs (needs logprobs) */
+    /* When not NULL: the caller's [n_prompt, vocab_size] buffer, which receives the logits of
+     * every prompt position before the request's first output (as cinfer_generate's
+     * prompt_logits). Such a request computes its whole prompt: it takes nothing from the
+     * prefix cache. */
+    float *prompt_logits;
 } cinfer_request_params;
 
 typedef enum cinfer_finish_reason {

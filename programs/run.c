@@ -1,5 +1,6 @@
 /* cinfer run: generate from a prompt of token ids (--tokens), of text (--prompt) or of one chat
- * turn (--chat), printing ids or streaming the text as it forms.
+ * turn (--chat), printing ids or streaming the text as it forms. The request runs through the
+ * continuous-batching engine, alone (docs/SERVING.md).
  *
  *   cinfer run --model DIR --tokens "1 15 7 42" [--max-new-tokens N] [--temperature T]
  *              [--top-k K] [--top-p P] [--seed S] [--ctx-size N] [--threads N]
@@ -14,6 +15,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "../common/clock.h"
 #include "cinfer.h"
 #include "commands.h"
 #include "npy.h"
@@ -203,14 +205,70 @@ static int encode_text_prompt(const options *o, cinfer_tokenizer **tok, token_pr
     return 0;
 }
 
-static const char *stop_reason_name(cinfer_stop_reason reason) {
-    switch (reason) {
-    case CINFER_STOP_MAX_TOKENS: return "max new tokens";
-    case CINFER_STOP_EOS: return "eos token";
-    case CINFER_STOP_CONTEXT: return "context full";
-    case CINFER_STOP_CALLBACK: return "stopped";
+/* How a run ended, and how long its parts took. */
+typedef struct run_result {
+    int n_generated;
+    double prefill_seconds; /* from the submission to the first token */
+    double decode_seconds;  /* from the first token to the last */
+    const char *stop;       /* what ended it, in words */
+} run_result;
+
+/* One request through the continuous-batching engine (the same path `serve` and `bench` take),
+ * alone: a pool of exactly its context and no prefix cache. New tokens stop at the context's end
+ * as the session's did ("context full"). */
+static cinfer_status generate(cinfer_model *model, const options *o, const int32_t *prompt,
+                              int n_prompt, int n_ctx, token_printer *printer,
+                              float *prompt_logits, run_result *result) {
+    *result = (run_result){0, 0.0, 0.0, "max new tokens"};
+    const int room = n_ctx - n_prompt;
+    cinfer_engine_options engine_options = {
+        .max_seqs = 1,
+        .max_model_len = n_ctx,
+        .disable_prefix_caching = 1,
+    };
+    enum { BLOCK = 16 };
+    engine_options.block_size = BLOCK;
+    engine_options.n_kv_blocks = (n_ctx + BLOCK - 1) / BLOCK;
+    cinfer_engine *engine = NULL;
+    const cinfer_status created = cinfer_engine_create(model, &engine_options, &engine);
+    if (created != CINFER_OK) return created;
+    const cinfer_request_params params = {
+        .max_new_tokens = o->max_new_tokens < room ? o->max_new_tokens : room,
+        .sampling = o->sampling,
+        .ignore_eos = o->ignore_eos,
+        .stop_tokens = printer->stop_tokens,
+        .n_stop_tokens = printer->n_stop_tokens,
+        .prompt_logits = prompt_logits,
+    };
+    const double start = ci_now_seconds();
+    double first = start, last = start;
+    uint64_t id = 0;
+    cinfer_status status = cinfer_engine_add_request(engine, prompt, n_prompt, &params, &id);
+    for (int done = 0; status == CINFER_OK && !done;) {
+        const cinfer_request_output *outputs;
+        int n_outputs;
+        status = cinfer_engine_step(engine, &outputs, &n_outputs);
+        for (int i = 0; status == CINFER_OK && i < n_outputs; i++) {
+            const cinfer_request_output *out = &outputs[i];
+            if (out->token >= 0) {
+                last = ci_now_seconds();
+                if (result->n_generated++ == 0) first = last;
+                if (print_token(printer, out->token) != 0) {
+                    cinfer_engine_abort(engine, id); /* its message is set */
+                    result->stop = "stopped";
+                }
+            }
+            if (out->finish_reason == CINFER_FINISH_NONE) continue;
+            done = 1;
+            if (out->finish_reason == CINFER_FINISH_STOP) result->stop = "eos token";
+            if (out->finish_reason == CINFER_FINISH_LENGTH && o->max_new_tokens > room)
+                result->stop = "context full";
+        }
     }
-    return "?";
+    result->prefill_seconds = (result->n_generated ? first : ci_now_seconds()) - start;
+    result->decode_seconds = last - first;
+    cinfer_engine_free(engine);
+    return status;
 }
 
 /* After the text, not before it, so that it never lands inside the output on a terminal. */
@@ -250,7 +308,6 @@ static int run_main(int argc, char **argv) {
     cinfer_load_options load = o.load;
     load.n_threads = o.n_threads;
     cinfer_model *model = NULL;
-    cinfer_session *session = NULL;
     float *prompt_logits = NULL;
     int status = EXIT_ERROR;
     if (cinfer_model_load(o.model_dir, &load, &model) != CINFER_OK) {
@@ -276,10 +333,6 @@ static int run_main(int argc, char **argv) {
                 n_ctx);
         goto done;
     }
-    if (cinfer_session_create(model, n_ctx, &session) != CINFER_OK) {
-        status = fail();
-        goto done;
-    }
     if (o.dump_logits) {
         prompt_logits = malloc((size_t)n_prompt * (size_t)info->vocab_size * sizeof(float));
         if (!prompt_logits) {
@@ -288,11 +341,9 @@ static int run_main(int argc, char **argv) {
             goto done;
         }
     }
-    cinfer_generate_params params = {o.max_new_tokens, o.sampling, o.ignore_eos,
-                                     printer.stop_tokens, printer.n_stop_tokens};
-    cinfer_generate_stats stats;
-    cinfer_status generated = cinfer_generate(session, prompt, n_prompt, &params, print_token,
-                                              &printer, prompt_logits, &stats);
+    run_result result;
+    cinfer_status generated =
+        generate(model, &o, prompt, n_prompt, n_ctx, &printer, prompt_logits, &result);
     if (printer.detokenizer && generated == CINFER_OK && !printer.failed) {
         const char *rest;
         size_t n_rest;
@@ -312,13 +363,13 @@ static int run_main(int argc, char **argv) {
         status = fail();
         goto done;
     }
-    fprintf(stderr, "cinfer: prompt: %d tokens in %.3f s (%.2f tokens/s)", stats.n_prompt,
-            stats.prefill_seconds,
-            stats.prefill_seconds > 0 ? stats.n_prompt / stats.prefill_seconds : 0.0);
-    if (stats.n_generated > 1)
-        fprintf(stderr, "; generated %d tokens, %.2f tokens/s after the first", stats.n_generated,
-                (stats.n_generated - 1) / stats.decode_seconds);
-    fprintf(stderr, "; stop: %s\n", stop_reason_name(stats.stop_reason));
+    fprintf(stderr, "cinfer: prompt: %d tokens in %.3f s (%.2f tokens/s)", n_prompt,
+            result.prefill_seconds,
+            result.prefill_seconds > 0 ? n_prompt / result.prefill_seconds : 0.0);
+    if (result.n_generated > 1)
+        fprintf(stderr, "; generated %d tokens, %.2f tokens/s after the first", result.n_generated,
+                (result.n_generated - 1) / result.decode_seconds);
+    fprintf(stderr, "; stop: %s\n", result.stop);
     print_sampling(&o.sampling);
     status = 0;
 done:
@@ -326,7 +377,6 @@ done:
     free(prompt);
     cinfer_detokenizer_free(printer.detokenizer);
     cinfer_tokenizer_free(tok);
-    cinfer_session_free(session);
     cinfer_model_free(model);
     return status;
 }

@@ -453,6 +453,43 @@ TEST(Engine, LogprobsMatchTheLogits) {
     }
 }
 
+// A request's prompt logits equal the session's, bit for bit, however its prompt is chunked,
+// and even when an identical prompt before it left its blocks in the prefix cache.
+TEST(Engine, PromptLogitsEqualTheSessions) {
+    Model m(fixture_dir("diffllama_gqa2_llama3"));
+    std::mt19937_64 rng(fresh_seed());
+    const std::vector<int32_t> prompt = random_ids(rng, 37, m.vocab);
+    const size_t V = (size_t)m.vocab;
+    std::vector<float> expected(prompt.size() * V);
+    cinfer_session *s = nullptr;
+    ASSERT_EQ(cinfer_session_create(m.model, (int)prompt.size(), &s), CINFER_OK);
+    ASSERT_EQ(cinfer_session_forward(s, prompt.data(), (int)prompt.size(), CINFER_LOGITS_ALL,
+                                     expected.data()),
+              CINFER_OK);
+    cinfer_session_free(s);
+    for (int budget : {64, 5, 16}) {
+        Engine engine(m.model, options(8, budget));
+        std::vector<std::vector<float>> got(2, std::vector<float>(prompt.size() * V, NAN));
+        for (int k = 0; k < 2; k++) { // the second finds the first's blocks cached
+            cinfer_request_params p{};
+            p.max_new_tokens = 2;
+            p.prompt_logits = got[k].data();
+            uint64_t id = 0;
+            ASSERT_EQ(cinfer_engine_add_request(engine, prompt.data(), (int)prompt.size(), &p, &id),
+                      CINFER_OK);
+            while (cinfer_engine_has_work(engine)) {
+                const cinfer_request_output *out = nullptr;
+                int n = 0;
+                ASSERT_EQ(cinfer_engine_step(engine, &out, &n), CINFER_OK);
+            }
+            EXPECT_EQ(got[k], expected) << "max_batched_tokens " << budget << ", request " << k;
+        }
+        cinfer_engine_stats stats{};
+        cinfer_engine_get_stats(engine, &stats);
+        EXPECT_EQ(stats.prompt_tokens_hit, 0u) << "a prompt that wants its logits reused blocks";
+    }
+}
+
 // Many threads submit and abort at random moments while the engine thread steps: every request
 // finishes exactly once, the ones not aborted with their solo tokens, and the pool ends empty.
 TEST(Engine, ConcurrentSubmittersAndAborters) {
@@ -554,12 +591,21 @@ TEST(Engine, OptionsOutOfRangeAreRefused) {
         EXPECT_NE(std::string(cinfer_last_error()).find(message), std::string::npos)
             << cinfer_last_error();
     }
+    // past max_position_embeddings only where the RoPE frequencies do not depend on the length
+    Model dynamic(fixture_dir("llama_gelu_dynamic"));
+    const int max_pos = cinfer_model_get_info(dynamic.model)->max_position_embeddings;
     cinfer_engine_options too_long{};
-    too_long.max_model_len = 257;
+    too_long.max_model_len = max_pos + 1;
     cinfer_engine *e = nullptr;
-    EXPECT_EQ(cinfer_engine_create(m.model, &too_long, &e), CINFER_ERR_ARGUMENT);
-    EXPECT_NE(std::string(cinfer_last_error()).find("max_position_embeddings = 256"),
-              std::string::npos);
+    EXPECT_EQ(cinfer_engine_create(dynamic.model, &too_long, &e), CINFER_ERR_ARGUMENT);
+    EXPECT_NE(std::string(cinfer_last_error())
+                  .find("max_position_embeddings = " + std::to_string(max_pos)),
+              std::string::npos)
+        << cinfer_last_error();
+    EXPECT_NE(std::string(cinfer_last_error()).find("dynamic"), std::string::npos);
+    too_long.max_model_len = 257;
+    ASSERT_EQ(cinfer_engine_create(m.model, &too_long, &e), CINFER_OK) << cinfer_last_error();
+    cinfer_engine_free(e);
     int64_t bytes = 0, tokens = 0;
     cinfer_engine_options sized = options(16, 64);
     sized.kv_cache_bytes = 1 << 20;
