@@ -37,6 +37,8 @@
 #   compare     `cinfer compare` on every fixture and models/diffllama-tiny in f32, bf16 and fp16,
 #               with each attention kind (eager, sdpa, flash)
 #   bench       decode speed on a fixture (CPU and CUDA) and a Llama-3-8B shape, random weights
+#   serve       the serving bench (continuous batching) on a Llama-3-8B shape, bf16, random
+#               weights: output tokens/s one request at a time and 64 in flight
 #   figures     (GPU_CHECK_BIG=1 or --only) the real shapes of bench/shapes beside transformers
 #   attention   bench_attention beside torch SDPA (scripts/bench_attention.py), --check-memory
 #   matmul      bench_matmul: the decode GEMV beside cuBLAS and a device copy
@@ -78,7 +80,7 @@ repo=$(pwd)
 argv=("$@")
 
 usage() { echo "gpu_check: $*" >&2; exit 2; }
-checks=(gpu-tests compare bench figures attention matmul sanitizer ncu big cpu-tests)
+checks=(gpu-tests compare bench serve figures attention matmul sanitizer ncu big cpu-tests)
 build_only=0 no_build=0 hide_system=0 only=""
 deadline=${GPU_CHECK_DEADLINE:-0}
 while [ $# -gt 0 ]; do
@@ -599,6 +601,29 @@ if go bench; then
   fi
   if [ -n "$bench_fail" ]; then step_end FAIL "first: $bench_fail"
   else step_end ok "llama_gqa_llama3 and llama3-8b (random, bf16: $tg; $rss); rows in details"; fi
+fi
+
+# ---- the serving bench: continuous batching on an 8B shape ---------------------------------------
+# One request at a time (a few requests: each decodes alone) and 64 in flight (two waves of 64):
+# the issue's target is >= 10x the single-request output tokens/s at 64 in flight.
+if go serve; then
+  step_start serve
+  serve_fail="" rates=()
+  for cap in 1 64; do
+    n=$([ $cap = 1 ] && echo 4 || echo 128)
+    log="$logs/serve_llama3-8b_$cap.log"
+    run "$log" 300 "$cli" bench --config bench/shapes/llama3-8b.json --random-weights --backend cuda \
+      --dtype bf16 --num-prompts "$n" --input-len 256 --output-len 64 --max-seqs "$cap" --output csv
+    if [ $rc -eq 0 ]; then
+      rates+=("$cap in flight: $(tail -n 1 "$log" | cut -d, -f1-20)")
+    else
+      serve_fail=${serve_fail:-"max-seqs $cap: $(cut_note 300)$(tail -n 1 "$log")"}
+    fi
+    details+=("serve llama3-8b bf16 max-seqs $cap: $([ $rc -eq 0 ] && echo ok || echo FAIL): $(tail -n 1 "$log")")
+    write_summary
+  done
+  if [ -n "$serve_fail" ]; then step_end FAIL "$serve_fail"
+  else step_end ok "csv rows in details and logs/serve_*.log (header: first line of each)"; fi
 fi
 
 # ---- the issue's figures: real shapes with random weights, beside transformers --------------------
