@@ -40,6 +40,7 @@
 
 #include "../common/clock.h"
 #include "../common/splitmix.h"
+#include "bench_dataset.h"
 #include "bench_serve.h"
 #include "cinfer.h"
 #include "option_lists.h"
@@ -106,10 +107,9 @@ typedef struct serve_options {
 
 typedef struct serve_request {
     int n_prompt, n_output;
-    int32_t *prompt;  /* into the workload's given or drawn ids */
-    int64_t given_at; /* a dataset's prompt_tokens: where they start in given; else -1 */
-    double arrival;   /* seconds after the run starts */
-    int line;         /* of the dataset; 0 for a drawn request */
+    int32_t *prompt; /* into the workload's given or drawn ids */
+    double arrival;  /* seconds after the run starts */
+    int line;        /* of the dataset; 0 for a drawn request */
 } serve_request;
 
 typedef struct serve_workload {
@@ -306,24 +306,6 @@ static int parse_serve_options(int argc, char **argv, serve_options *o) {
 /* ---- the workload -----------------------------------------------------------------------------
  */
 
-/* A JSON number that is an integer in [minimum, maximum]; 0, else -1. */
-static int json_int(const cJSON *item, int minimum, int maximum, int *out) {
-    if (!cJSON_IsNumber(item)) return -1;
-    const double v = item->valuedouble;
-    if (!(v >= minimum && v <= maximum) || v != floor(v)) return -1;
-    *out = (int)v;
-    return 0;
-}
-
-/* What a field held, as JSON, cut to fit buf: for messages. */
-static const char *json_text(const cJSON *item, char *buf, size_t size) {
-    char *text = cJSON_PrintUnformatted(item);
-    snprintf(buf, size, "%s", text ? text : "?");
-    if (text && strlen(text) >= size && size > 4) strcpy(buf + size - 4, "...");
-    cJSON_free(text);
-    return buf;
-}
-
 static char *read_whole_file(const char *path, size_t *size) {
     FILE *f = fopen(path, "rb");
     if (!f) return NULL;
@@ -351,121 +333,7 @@ static char *read_whole_file(const char *path, size_t *size) {
     return text;
 }
 
-/* One line of a dataset into r (prompt ids, if given, appended to *given). 0, else the exit
- * status once the reason is printed. */
-static int parse_dataset_line(const char *path, int line_no, const char *line, serve_request *r,
-                              int32_t **given, int64_t *n_given, int64_t *cap_given) {
-    const char *end = NULL;
-    cJSON *json = cJSON_ParseWithOpts(line, &end, 1);
-    int status = EXIT_ERROR;
-    char got[48];
-    if (!json) {
-        const char *at = cJSON_GetErrorPtr();
-        const long column = at && at >= line ? (long)(at - line) + 1 : 1;
-        fprintf(stderr,
-                "cinfer bench: error: %s:%d:%ld: not JSON: expected one object per line, e.g. "
-                "{\"prompt_len\": 128, \"output_len\": 64}\n",
-                path, line_no, column);
-        return EXIT_ERROR;
-    }
-    if (!cJSON_IsObject(json)) {
-        fprintf(stderr, "cinfer bench: error: %s:%d: expected a JSON object, got %s\n", path,
-                line_no, cJSON_IsArray(json) ? "an array" : "a value that is not an object");
-        goto done;
-    }
-    const cJSON *prompt_len = NULL, *prompt_tokens = NULL, *output_len = NULL;
-    for (const cJSON *item = json->child; item; item = item->next) {
-        const cJSON **slot = strcmp(item->string, "prompt_len") == 0      ? &prompt_len
-                             : strcmp(item->string, "prompt_tokens") == 0 ? &prompt_tokens
-                             : strcmp(item->string, "output_len") == 0    ? &output_len
-                                                                          : NULL;
-        if (!slot) {
-            fprintf(stderr,
-                    "cinfer bench: error: %s:%d: unknown field \"%s\": expected prompt_len or "
-                    "prompt_tokens, and output_len\n",
-                    path, line_no, item->string);
-            goto done;
-        }
-        if (*slot) {
-            fprintf(stderr, "cinfer bench: error: %s:%d: field \"%s\" given twice\n", path, line_no,
-                    item->string);
-            goto done;
-        }
-        *slot = item;
-    }
-    if (!prompt_len == !prompt_tokens) {
-        fprintf(stderr,
-                "cinfer bench: error: %s:%d: expected one of \"prompt_len\" (an integer >= 1) or "
-                "\"prompt_tokens\" (a list of token ids), %s\n",
-                path, line_no, prompt_len ? "got both" : "got neither");
-        goto done;
-    }
-    if (!output_len) {
-        fprintf(stderr,
-                "cinfer bench: error: %s:%d: field \"output_len\" is missing: expected the "
-                "number of tokens to generate, an integer >= 1\n",
-                path, line_no);
-        goto done;
-    }
-    if (json_int(output_len, 1, 1 << 30, &r->n_output)) {
-        fprintf(stderr,
-                "cinfer bench: error: %s:%d: field \"output_len\": expected an integer >= 1, "
-                "got %s\n",
-                path, line_no, json_text(output_len, got, sizeof got));
-        goto done;
-    }
-    if (prompt_len) {
-        if (json_int(prompt_len, 1, 1 << 30, &r->n_prompt)) {
-            fprintf(
-                stderr,
-                "cinfer bench: error: %s:%d: field \"prompt_len\": expected an integer >= 1, got "
-                "%s\n",
-                path, line_no, json_text(prompt_len, got, sizeof got));
-            goto done;
-        }
-        r->given_at = -1;
-    } else {
-        const int n = cJSON_GetArraySize(prompt_tokens);
-        if (!cJSON_IsArray(prompt_tokens) || n == 0) {
-            fprintf(stderr,
-                    "cinfer bench: error: %s:%d: field \"prompt_tokens\": expected a non-empty "
-                    "list of token ids\n",
-                    path, line_no);
-            goto done;
-        }
-        if (*n_given + n > *cap_given) {
-            const int64_t capacity = 2 * *cap_given + n + 1024;
-            int32_t *grown = realloc(*given, (size_t)capacity * sizeof *grown);
-            if (!grown) {
-                fprintf(stderr, "cinfer bench: error: out of memory reading %s\n", path);
-                goto done;
-            }
-            *given = grown, *cap_given = capacity;
-        }
-        int k = 0;
-        for (const cJSON *id = prompt_tokens->child; id; id = id->next, k++) {
-            int value;
-            if (json_int(id, 0, 2147483647, &value)) {
-                fprintf(stderr,
-                        "cinfer bench: error: %s:%d: field \"prompt_tokens\": element %d is not "
-                        "a token id (an integer >= 0): %s\n",
-                        path, line_no, k, json_text(id, got, sizeof got));
-                goto done;
-            }
-            (*given)[*n_given + k] = value;
-        }
-        r->given_at = *n_given; /* a pointer once every line is read: *given may move */
-        r->n_prompt = n;
-        *n_given += n;
-    }
-    r->line = line_no;
-    status = 0;
-done:
-    cJSON_Delete(json);
-    return status;
-}
-
-/* The requests of a JSONL file, every line checked; blank lines are skipped. 0, else the exit
+/* The requests of a JSONL file (programs/bench_dataset.c checks every line). 0, else the exit
  * status once the reason is printed. */
 static int read_dataset(const serve_options *o, serve_workload *w) {
     size_t size = 0;
@@ -475,55 +343,38 @@ static int read_dataset(const serve_options *o, serve_workload *w) {
                 strerror(errno));
         return EXIT_ERROR;
     }
-    int status = EXIT_ERROR, capacity = 0, line_no = 0;
-    int64_t n_given = 0, cap_given = 0;
-    for (char *line = text; line < text + size; line++) {
-        char *end = memchr(line, '\n', (size_t)(text + size - line));
-        if (!end) end = text + size;
-        *end = '\0';
-        line_no++;
-        if (memchr(line, '\0', (size_t)(end - line))) {
-            fprintf(stderr, "cinfer bench: error: %s:%d: a NUL byte inside the line\n", o->dataset,
-                    line_no);
-            goto done;
-        }
-        const char *p = line;
-        while (*p == ' ' || *p == '\t' || *p == '\r') p++;
-        if (*p) {
-            if (o->num_prompts > 0 && w->n == o->num_prompts) break;
-            if (w->n == capacity) {
-                capacity = 2 * capacity + 64;
-                serve_request *grown = realloc(w->requests, (size_t)capacity * sizeof *grown);
-                if (!grown) {
-                    fprintf(stderr, "cinfer bench: error: out of memory reading %s\n", o->dataset);
-                    goto done;
-                }
-                w->requests = grown;
-            }
-            w->requests[w->n] = (serve_request){0};
-            if (parse_dataset_line(o->dataset, line_no, line, &w->requests[w->n], &w->given,
-                                   &n_given, &cap_given))
-                goto done;
-            w->n++;
-        }
-        line = end;
+    bench_dataset d;
+    char err[512];
+    const int failed =
+        bench_dataset_parse(o->dataset, text, size, o->num_prompts, &d, err, sizeof err);
+    free(text);
+    if (failed) {
+        fprintf(stderr, "cinfer bench: error: %s\n", err);
+        return EXIT_ERROR;
     }
-    if (w->n == 0) {
-        fprintf(stderr, "cinfer bench: error: %s: no requests: expected one JSON object per line\n",
-                o->dataset);
-        goto done;
-    }
-    if (o->num_prompts > w->n) {
+    int status = EXIT_ERROR;
+    if (o->num_prompts > d.n) {
         fprintf(stderr, "cinfer bench: error: %s holds %d requests; --num-prompts asks for %d\n",
-                o->dataset, w->n, o->num_prompts);
+                o->dataset, d.n, o->num_prompts);
         goto done;
     }
-    for (int i = 0; i < w->n; i++) /* given stays put from here on */
-        if (w->requests[i].given_at >= 0)
-            w->requests[i].prompt = w->given + w->requests[i].given_at;
+    w->requests = calloc((size_t)d.n, sizeof *w->requests);
+    if (!w->requests) {
+        fprintf(stderr, "cinfer bench: error: out of memory reading %s\n", o->dataset);
+        goto done;
+    }
+    w->n = d.n;
+    w->given = d.given, d.given = NULL; /* the workload's now; it stays put from here on */
+    for (int i = 0; i < d.n; i++) {
+        const bench_dataset_request *q = &d.requests[i];
+        w->requests[i] = (serve_request){.n_prompt = q->n_prompt,
+                                         .n_output = q->n_output,
+                                         .prompt = q->given_at >= 0 ? w->given + q->given_at : NULL,
+                                         .line = q->line};
+    }
     status = 0;
 done:
-    free(text);
+    bench_dataset_free(&d);
     return status;
 }
 
