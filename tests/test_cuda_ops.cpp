@@ -641,7 +641,8 @@ class CudaPagedAttention
         d_k_new = upload(view(k_new.data(), CI_F32, {R, G, D}));
         d_v_new = upload(view(v_new.data(), CI_F32, {R, G, D}));
         step = {};
-        step.n_rows = R, step.n_seqs = S, step.block_size = bs, step.max_blocks_per_seq = max_blocks;
+        step.n_rows = R, step.n_seqs = S, step.block_size = bs,
+        step.max_blocks_per_seq = max_blocks;
         step.max_seq_len = max_seq_len, step.max_seq_rows = max_seq_rows;
         fill_rows();
         step.positions = upload(view(positions.data(), CI_I32, {R}));
@@ -653,12 +654,12 @@ class CudaPagedAttention
         ci_config config{};
         config.hidden_size = config.intermediate_size = 64;
         config.n_heads = H, config.n_kv_heads = G, config.head_dim = D;
-        ASSERT_EQ(ci_backend_reserve(gpu_, gpu_->ops->paged_workspace_bytes(gpu_, &config, R,
-                                                                            max_seq_len, S)),
+        ASSERT_EQ(ci_backend_reserve(
+                      gpu_, gpu_->ops->paged_workspace_bytes(gpu_, &config, R, max_seq_len, S)),
                   CINFER_OK);
-        ASSERT_EQ(ci_backend_reserve(cpu_, cpu_->ops->workspace_bytes(cpu_, &config,
-                                                                      max_seq_len + 1, 1)),
-                  CINFER_OK);
+        ASSERT_EQ(
+            ci_backend_reserve(cpu_, cpu_->ops->workspace_bytes(cpu_, &config, max_seq_len + 1, 1)),
+            CINFER_OK);
     }
 
     // positions, slots and this step's new keys (k_new, v_new: what the model would store).
@@ -670,8 +671,10 @@ class CudaPagedAttention
                 const int p = seqs[s].cached + r, at = starts[s] + r;
                 positions.push_back(p);
                 slots.push_back(slot_of(s, p));
-                std::copy_n(k_seq[s].begin() + (size_t)p * row, row, k_new.begin() + (size_t)at * row);
-                std::copy_n(v_seq[s].begin() + (size_t)p * row, row, v_new.begin() + (size_t)at * row);
+                std::copy_n(k_seq[s].begin() + (size_t)p * row, row,
+                            k_new.begin() + (size_t)at * row);
+                std::copy_n(v_seq[s].begin() + (size_t)p * row, row,
+                            v_new.begin() + (size_t)at * row);
             }
     }
 
@@ -699,8 +702,8 @@ class CudaPagedAttention
     }
     void attend() {
         if (differential)
-            gpu_->ops->paged_diff_attention(gpu_, &d_out, &d_q, &d_k_pool, &d_v_pool, &step,
-                                            lambda, lambda_init, eps);
+            gpu_->ops->paged_diff_attention(gpu_, &d_out, &d_q, &d_k_pool, &d_v_pool, &step, lambda,
+                                            lambda_init, eps);
         else
             gpu_->ops->paged_attention(gpu_, &d_out, &d_q, &d_k_pool, &d_v_pool, &step);
     }
@@ -788,13 +791,16 @@ TEST_P(CudaPagedAttention, RecordedDecodeStepReplaysWithNewContents) {
             }
             fill_rows();
             q = randn(q.size());
-            for (auto [dst, src] : std::vector<std::pair<ci_tensor *, void *>>{
-                     {&step.positions, positions.data()}, {&step.slots, slots.data()},
-                     {&step.seq_lens, lens.data()}, {&step.block_tables, table.data()},
-                     {&d_q, q.data()}, {&d_k_new, k_new.data()}, {&d_v_new, v_new.data()}})
+            for (auto [dst, src] :
+                 std::vector<std::pair<ci_tensor *, void *>>{{&step.positions, positions.data()},
+                                                             {&step.slots, slots.data()},
+                                                             {&step.seq_lens, lens.data()},
+                                                             {&step.block_tables, table.data()},
+                                                             {&d_q, q.data()},
+                                                             {&d_k_new, k_new.data()},
+                                                             {&d_v_new, v_new.data()}})
                 gpu_->ops->to_device(gpu_, dst->data, src, ci_tensor_nbytes(dst));
-            gpu_->ops->kv_store_paged(gpu_, &d_k_pool, &d_v_pool, &d_k_new, &d_v_new,
-                                      &step.slots);
+            gpu_->ops->kv_store_paged(gpu_, &d_k_pool, &d_v_pool, &d_k_new, &d_v_new, &step.slots);
             std::vector<float> nan_out((size_t)R * H * D, NAN);
             gpu_->ops->to_device(gpu_, d_out.data, nan_out.data(), ci_tensor_nbytes(&d_out));
             gpu_->ops->replay(gpu_);
@@ -854,8 +860,8 @@ TEST_F(CudaOps, RopeRowsAndKvStorePagedMatchTheCpuOps) {
         ci_tensor d_slots = upload(view(slots.data(), CI_I32, {R}));
         gpu_->ops->kv_store_paged(gpu_, &d_kp, &d_vp, &d_kn, &d_vn, &d_slots);
         // what the pools must hold: their old bytes, row r encoded in place at slots[r]
-        for (auto [fresh, device] : {std::pair<std::vector<float> *, ci_tensor *>{&k_new, &d_kp},
-                                     {&v_new, &d_vp}}) {
+        for (auto [fresh, device] :
+             {std::pair<std::vector<float> *, ci_tensor *>{&k_new, &d_kp}, {&v_new, &d_vp}}) {
             std::vector<unsigned char> expected = pool.bytes;
             const Encoded rows = encode(*fresh, dtype);
             for (int r = 0; r < R; r++)

@@ -175,9 +175,8 @@ template <typename T> Step<T> make_step(std::mt19937_64 &rng, const PagedCase &c
         const std::vector<float> v = cinfer_test::random_floats(rng, (size_t)len * row);
         st.k_seq.emplace_back(k.size()), st.v_seq.emplace_back(v.size());
         for (int p = 0; p < len; p++) {
-            const size_t slot = (size_t)st.block_tables[(size_t)s * st.max_blocks + p / st.bs] *
-                                    st.bs +
-                                p % st.bs;
+            const size_t slot =
+                (size_t)st.block_tables[(size_t)s * st.max_blocks + p / st.bs] * st.bs + p % st.bs;
             const bool in_step = p >= c.seqs[s].cached;
             if (in_step) st.slots.push_back((int)slot);
             for (int i = 0; i < row; i++) {
@@ -400,7 +399,8 @@ template <typename T> void check_kv_store_paged() {
     ASSERT_EQ(ci_backend_create(CINFER_BACKEND_CPU, 1, &be), CINFER_OK);
     std::vector<float> k_cache((size_t)R * row, NAN), v_cache(k_cache);
     std::vector<float> k_in = k_new, v_in = v_new;
-    ci_tensor kc = f32_tensor(k_cache.data(), {R, G, D}), vc = f32_tensor(v_cache.data(), {R, G, D});
+    ci_tensor kc = f32_tensor(k_cache.data(), {R, G, D}),
+              vc = f32_tensor(v_cache.data(), {R, G, D});
     ci_tensor kn = f32_tensor(k_in.data(), {R, G, D}), vn = f32_tensor(v_in.data(), {R, G, D});
     kv_store_cpu(be, &kc, &vc, &kn, &vn, 0);
     ci_backend_free(be);

@@ -120,8 +120,8 @@ __global__ void masked_softmax_kernel(float *scores, int rows, int n_keys_spanne
 
 // scores[h, t, :] = Q[t0 + t, h] · K_kv(h)ᵀ / sqrt(D), then masked softmax
 static void attention_probabilities(cuda_backend *cu, const attention_shape &s, float *scores,
-                                    const float *q, const float *k_cache, position_arg pos0,
-                                    int t0, int rows, int span) {
+                                    const float *q, const float *k_cache, position_arg pos0, int t0,
+                                    int rows, int span) {
     const float scale = (float)(1.0 / sqrt((double)s.head_dim)), zero = 0.0f;
     const int D = s.head_dim, G = s.n_kv_heads, H = s.n_heads, g = s.group;
     for (int j = 0; j < g; j++)
@@ -129,8 +129,8 @@ static void attention_probabilities(cuda_backend *cu, const attention_shape &s, 
             cu->cublas, CUBLAS_OP_T, CUBLAS_OP_N, span, rows, D, &scale, k_cache, G * D,
             (long long)D, q + ((int64_t)t0 * H + j) * D, H * D, (long long)g * D, &zero,
             scores + (int64_t)j * rows * span, span, (long long)g * rows * span, G));
-    masked_softmax_kernel<<<(unsigned)(H * rows), ROW_THREADS, 0, cu->stream>>>(
-        scores, rows, span, pos0, t0);
+    masked_softmax_kernel<<<(unsigned)(H * rows), ROW_THREADS, 0, cu->stream>>>(scores, rows, span,
+                                                                                pos0, t0);
     CUDA_CHECK_LAUNCH();
 }
 

@@ -412,8 +412,7 @@ __global__ void attention_decode_reduce_kernel(const attention_params p, int n_c
     if constexpr (!DIFF) {
         const int h = blockIdx.x;
         if (column < D)
-            p.out[(out_row * H + h) * D + column] =
-                decode_combine(p, n_chunks, D, seq, h, column);
+            p.out[(out_row * H + h) * D + column] = decode_combine(p, n_chunks, D, seq, h, column);
     } else {
         // Y_p = (1 − λ_init)·O_p / sqrt(mean over 2D of O_p² + eps), O_p = O1 − λ·O2 (each over
         // Vcat_p), into columns [2pD, 2(p+1)D) of the output row.

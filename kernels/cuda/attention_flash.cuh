@@ -96,14 +96,15 @@ __device__ __forceinline__ int flash_imin(int a, int b) { return a < b ? a : b; 
 // The part of a call one block covers, the same for every thread of the block (so the key loop
 // and its barriers are uniform).
 struct flash_block {
-    int seq;     // sequence b
-    int first_row, n_rows; // its query rows in q and out (attention_seq_first_row, _rows)
-    int t0;      // first query row of the block (of the sequence's n_rows)
-    int pos0;    // position of the sequence's first new query
-    int n_keys;  // keys the block's last real query row sees (its causal limit + 1), ≤ n_ctx
-    int head[2]; // query heads: [0] the head or p, [1] p + P (differential)
-    int kv[2];   // their KV heads, h / (H / G)
-    int n_kv;    // distinct KV heads to load: 1, or 2 for a pair reading two KV heads
+    int seq;       // sequence b
+    int first_row; // its query rows: [first_row, first_row + n_rows) of q and out
+    int n_rows;    // (attention_seq_first_row, attention_seq_rows)
+    int t0;        // first query row of the block (of the sequence's n_rows)
+    int pos0;      // position of the sequence's first new query
+    int n_keys;    // keys the block's last real query row sees (its causal limit + 1), ≤ n_ctx
+    int head[2];   // query heads: [0] the head or p, [1] p + P (differential)
+    int kv[2];     // their KV heads, h / (H / G)
+    int n_kv;      // distinct KV heads to load: 1, or 2 for a pair reading two KV heads
 };
 
 template <bool DIFF, int BR>
@@ -262,8 +263,8 @@ __global__ void __launch_bounds__(flash_tc_config<D_PAD, DIFF>::THREADS)
     for (int h = 0; h < C::HEADS; h++)
         flash_load_queries<T, BR, D_PAD, STRIDE, THREADS>(q_tiles + h * BR * STRIDE, p, blk,
                                                           blk.head[h], tid);
-    flash_load_stage<T, BC, D_PAD, STRIDE, THREADS, C::HEADS, PAGED>(k_stages, v_stages, p, blk,
-                                                                     0, vector_loads, tid);
+    flash_load_stage<T, BC, D_PAD, STRIDE, THREADS, C::HEADS, PAGED>(k_stages, v_stages, p, blk, 0,
+                                                                     vector_loads, tid);
     ci_cp_async_commit();
 
     const T *q_warp = q_tiles + (role * BR + warp_row) * STRIDE;
@@ -430,8 +431,8 @@ __global__ void __launch_bounds__(flash_tc_config<D_PAD, DIFF>::THREADS)
                 sum_squares[r] += __shfl_xor_sync(0xffffffffu, sum_squares[r], 2);
             }
             // the pair's 2·head_dim columns start at column 2·p·head_dim of the [H·D] row
-            float *out = p.out + (int64_t)blk.first_row * row_stride +
-                         (int64_t)blk.head[0] * 2 * p.head_dim;
+            float *out =
+                p.out + (int64_t)blk.first_row * row_stride + (int64_t)blk.head[0] * 2 * p.head_dim;
             FLASH_UNROLL
             for (int r = 0; r < 2; r++) {
                 const int t = blk.t0 + row0 + 8 * r;
@@ -505,8 +506,8 @@ __global__ void __launch_bounds__(flash_simt_config<D_PAD, DIFF>::THREADS)
     for (int h = 0; h < C::HEADS; h++)
         flash_load_queries<float, BR, D_PAD, STRIDE, THREADS>(q_tiles + h * BR * STRIDE, p, blk,
                                                               blk.head[h], tid);
-    flash_load_stage<float, BC, D_PAD, STRIDE, THREADS, C::HEADS, PAGED>(k_stages, v_stages, p,
-                                                                         blk, 0, vector_loads, tid);
+    flash_load_stage<float, BC, D_PAD, STRIDE, THREADS, C::HEADS, PAGED>(k_stages, v_stages, p, blk,
+                                                                         0, vector_loads, tid);
     ci_cp_async_commit();
 
     const float *q_row = q_tiles + (role * BR + row) * STRIDE;
@@ -602,8 +603,8 @@ __global__ void __launch_bounds__(flash_simt_config<D_PAD, DIFF>::THREADS)
             sum_squares += __shfl_xor_sync(0xffffffffu, sum_squares, 2);
             const float norm =
                 (1.0f - p.lambda_init) * rsqrtf(sum_squares / (float)(2 * p.head_dim) + p.eps);
-            float *out = p.out + (int64_t)blk.first_row * row_stride +
-                         (int64_t)blk.head[0] * 2 * p.head_dim;
+            float *out =
+                p.out + (int64_t)blk.first_row * row_stride + (int64_t)blk.head[0] * 2 * p.head_dim;
             if (t < blk.n_rows) {
                 FLASH_UNROLL
                 for (int i = 0; i < C::O_WIDTH / 4; i++) {

@@ -27,9 +27,9 @@ void rope_rows_cuda(ci_backend *be, ci_tensor *q, ci_tensor *k, const ci_tensor 
               k->shape[2] == head_dim && head_dim % 2 == 0);
     CI_ASSERT(positions->dtype == CI_I32 && ci_tensor_numel(positions) >= n_rows);
     CI_ASSERT(q->dtype == CI_F32 && k->dtype == CI_F32);
-    rope_rows_launch((float *)q->data, (float *)k->data, n_rows, (int)q->shape[1],
-                     (int)k->shape[1], (int)head_dim, (const int32_t *)positions->data,
-                     freqs->inv_freq, freqs->attention_scaling, cuda_of(be)->stream);
+    rope_rows_launch((float *)q->data, (float *)k->data, n_rows, (int)q->shape[1], (int)k->shape[1],
+                     (int)head_dim, (const int32_t *)positions->data, freqs->inv_freq,
+                     freqs->attention_scaling, cuda_of(be)->stream);
 }
 
 // k_new, v_new [R, G, D]; pools [n_blocks, block_size, G, D]; slots I32 [R].
@@ -147,8 +147,8 @@ static void paged_eager(cuda_backend *cu, const attention_params &p, const ci_pa
     }
 }
 
-static void run_paged(cuda_backend *cu, ci_tensor *out, const ci_tensor *q,
-                      const ci_tensor *k_pool, const ci_tensor *v_pool, const ci_paged_step *st,
+static void run_paged(cuda_backend *cu, ci_tensor *out, const ci_tensor *q, const ci_tensor *k_pool,
+                      const ci_tensor *v_pool, const ci_paged_step *st,
                       const differential_terms *diff) {
     if (st->n_rows == 0) return;
     attention_params p = paged_params(cu, out, q, k_pool, v_pool, st);

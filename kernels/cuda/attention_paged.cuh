@@ -31,9 +31,9 @@ static inline unsigned paged_blocks_for(int64_t n) {
 // of position · inv_freq[i] by the precise cosf/sinf, times attention_scaling. Static, as its
 // launcher: the only kernel here that is not a template, it must not clash between the library
 // and an emulator test that includes this header.
-static __global__ void rope_rows_kernel(float *q, float *k, int64_t n_rows, int n_heads, int n_kv_heads,
-                                 int head_dim, const int32_t *positions, const float *inv_freq,
-                                 float attention_scaling) {
+static __global__ void rope_rows_kernel(float *q, float *k, int64_t n_rows, int n_heads,
+                                        int n_kv_heads, int head_dim, const int32_t *positions,
+                                        const float *inv_freq, float attention_scaling) {
     const int half = head_dim / 2, heads = n_heads + n_kv_heads;
     const int64_t idx = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (idx >= n_rows * heads * half) return;
@@ -50,11 +50,9 @@ static __global__ void rope_rows_kernel(float *q, float *k, int64_t n_rows, int 
 }
 
 // q [n_rows, H, D] and k [n_rows, G, D] in place.
-static inline void rope_rows_launch(float *q, float *k, int64_t n_rows, int n_heads,
-                                    int n_kv_heads,
-                                    int head_dim, const int32_t *positions,
-                                    const float *inv_freq, float attention_scaling,
-                                    cudaStream_t stream) {
+static inline void rope_rows_launch(float *q, float *k, int64_t n_rows, int n_heads, int n_kv_heads,
+                                    int head_dim, const int32_t *positions, const float *inv_freq,
+                                    float attention_scaling, cudaStream_t stream) {
     const int64_t n = n_rows * (n_heads + n_kv_heads) * (head_dim / 2);
     if (n == 0) return;
     CI_LAUNCH(rope_rows_kernel, paged_blocks_for(n), PAGED_THREADS, 0, stream, q, k, n_rows,

@@ -29,9 +29,9 @@
 // Global reads: q (each row once), the position (pos0.device or seq_pos0[seq]), and the K/V rows
 // [0, min(pos0(b) + t, n_ctx − 1)] of the row's KV head(s), never a row past the sequence's
 // current length; so a recorded call (position in device memory) needs no host-side length: the
-// key loop ends where the position read on the device says. PAGED (a ragged step over a paged pool): the
-// same, with each key's row looked up in the block table, and each sequence's query rows and
-// length read from seq_starts and seq_lens; query tiles past a shorter sequence's rows idle.
+// key loop ends where the position read on the device says. PAGED (a ragged step over a paged
+// pool): the same, with each key's row looked up in the block table, and each sequence's query rows
+// and length read from seq_starts and seq_lens; query tiles past a shorter sequence's rows idle.
 //
 // Traffic per call (bytes, s = sizeof(T), K+V of NH = 1 or 2 KV heads per row set):
 //   q: n_seqs·n_tokens·H·D·4 read once; out: the same, written once.
@@ -123,7 +123,8 @@ __global__ void __launch_bounds__(SDPA_MAX_WARPS * 32)
     if constexpr (DIFF) kv_head[NH - 1] = (first_head + n_pairs) / group;
 
     const int pos0 = attention_seq_pos0(p, seq);
-    const int first_row_of_seq = attention_seq_first_row(p, seq), n_rows = attention_seq_rows(p, seq);
+    const int first_row_of_seq = attention_seq_first_row(p, seq),
+              n_rows = attention_seq_rows(p, seq);
     const size_t cache_row = (size_t)G * D; // elements from one position to the next
     const T *__restrict__ k_all = (const T *)p.k_cache;
     const T *__restrict__ v_all = (const T *)p.v_cache;
@@ -392,8 +393,8 @@ static int attention_sdpa_launch_for(const attention_params &p, cudaStream_t str
     const int warps = row_warps * key_splits;
     const dim3 grid((unsigned)((p.n_tokens + query_tile - 1) / query_tile), (unsigned)head_blocks,
                     (unsigned)p.n_seqs);
-    CI_LAUNCH((attention_sdpa_kernel<T, D_MAX, DIFF, PAGED>), grid, warps * 32, 0, stream, p, query_tile,
-              heads_per_block, row_warps);
+    CI_LAUNCH((attention_sdpa_kernel<T, D_MAX, DIFF, PAGED>), grid, warps * 32, 0, stream, p,
+              query_tile, heads_per_block, row_warps);
     return 0;
 }
 
