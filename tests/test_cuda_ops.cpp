@@ -555,6 +555,323 @@ INSTANTIATE_TEST_SUITE_P(Eager, CudaEagerAttention,
                                             ::testing::Values(CI_F32, CI_BF16, CI_F16)),
                          attention_param_name);
 
+// ---- the ragged step over a paged cache ---------------------------------------------------------
+// The paged ops of every kind against the contiguous CPU ops, sequence by sequence (each row's
+// result is the contiguous op's for its sequence alone at pos0 = its first row's position), the
+// same construction as tests/test_emu_paged.cpp: blocks in shuffled order, every pool row no
+// sequence holds NaN, table entries past a sequence's blocks far outside the pool, the output
+// poisoned, this step's keys stored by kv_store_paged. A decode-only step is also recorded as a
+// CUDA graph and replayed for the next token after its device contents changed (new positions,
+// lengths, slots, a new block, new keys and queries), with max_seq_len a bound past every length
+// as the engine records it: the ops must take everything but the shapes from device memory.
+
+struct PagedSeq {
+    int cached, rows;
+};
+
+class CudaPagedAttention
+    : public CudaOps,
+      public ::testing::WithParamInterface<std::tuple<cinfer_attention, ci_dtype>> {
+  protected:
+    int H = 8, G = 2, D = 64, bs = 16;
+    ci_dtype dtype = CI_F32;
+    bool differential = false;
+    float lambda = 0.5f, lambda_init = 0.3f, eps = 1e-5f;
+
+    // The step on the host, and its device tensors (allocated once: a replay reads the same ones).
+    std::vector<PagedSeq> seqs;
+    int S = 0, R = 0, max_blocks = 0, n_blocks = 0, max_seq_len = 0, max_seq_rows = 0;
+    std::vector<int> starts, lens, positions, slots, table;
+    std::vector<std::vector<float>> k_seq, v_seq; // each sequence's keys as the pool holds them
+    std::vector<float> q, k_new, v_new, want;
+    std::vector<int> free_blocks;
+    ci_tensor d_k_pool{}, d_v_pool{}, d_q{}, d_out{}, d_k_new{}, d_v_new{};
+    ci_paged_step step{};
+
+    static constexpr int kPoisonBlock = 1 << 28;
+
+    int slot_of(int s, int p) const { return table[(size_t)s * max_blocks + p / bs] * bs + p % bs; }
+
+    // A new step over `seqs` (fresh keys for every cached position), its pool uploaded.
+    void build(int bound_extra) {
+        S = (int)seqs.size();
+        starts = {0}, lens.clear(), positions.clear(), slots.clear();
+        int blocks_used = 0;
+        max_seq_len = max_seq_rows = 0;
+        for (const PagedSeq &s : seqs) {
+            starts.push_back(starts.back() + s.rows);
+            lens.push_back(s.cached + s.rows);
+            max_seq_len = std::max(max_seq_len, s.cached + s.rows);
+            max_seq_rows = std::max(max_seq_rows, s.rows);
+            blocks_used += (s.cached + s.rows + bs - 1) / bs;
+        }
+        R = starts.back();
+        max_seq_len += bound_extra;
+        max_blocks = (max_seq_len + bs) / bs + 1; // room for a step after this one
+        n_blocks = blocks_used + S + 2;
+        free_blocks.resize(n_blocks);
+        for (int b = 0; b < n_blocks; b++) free_blocks[b] = b;
+        std::shuffle(free_blocks.begin(), free_blocks.end(), rng_);
+        table.assign((size_t)S * max_blocks, kPoisonBlock);
+        const int row = G * D;
+        std::vector<float> pool((size_t)n_blocks * bs * row, NAN);
+        k_seq.assign(S, {}), v_seq.assign(S, {});
+        std::vector<float> pool_v = pool;
+        for (int s = 0; s < S; s++) {
+            for (int b = 0; b < (lens[s] + bs - 1) / bs; b++) {
+                table[(size_t)s * max_blocks + b] = free_blocks.back();
+                free_blocks.pop_back();
+            }
+            k_seq[s] = encode(randn((size_t)lens[s] * row), dtype).values;
+            v_seq[s] = encode(randn((size_t)lens[s] * row, 2.0f), dtype).values;
+            for (int p = 0; p < seqs[s].cached; p++)
+                for (int i = 0; i < row; i++) {
+                    pool[(size_t)slot_of(s, p) * row + i] = k_seq[s][(size_t)p * row + i];
+                    pool_v[(size_t)slot_of(s, p) * row + i] = v_seq[s][(size_t)p * row + i];
+                }
+        }
+        Encoded k_pool = encode(pool, dtype), v_pool = encode(pool_v, dtype);
+        d_k_pool = upload(view(k_pool.bytes.data(), dtype, {n_blocks, bs, G, D}));
+        d_v_pool = upload(view(v_pool.bytes.data(), dtype, {n_blocks, bs, G, D}));
+        q = randn((size_t)R * H * D);
+        std::vector<float> out((size_t)R * H * D);
+        d_q = upload(view(q.data(), CI_F32, {R, H, D}));
+        d_out = poisoned(view(out.data(), CI_F32, {R, H, D}));
+        k_new.assign((size_t)R * row, 0.0f), v_new = k_new;
+        d_k_new = upload(view(k_new.data(), CI_F32, {R, G, D}));
+        d_v_new = upload(view(v_new.data(), CI_F32, {R, G, D}));
+        step = {};
+        step.n_rows = R, step.n_seqs = S, step.block_size = bs,
+        step.max_blocks_per_seq = max_blocks;
+        step.max_seq_len = max_seq_len, step.max_seq_rows = max_seq_rows;
+        fill_rows();
+        step.positions = upload(view(positions.data(), CI_I32, {R}));
+        step.slots = upload(view(slots.data(), CI_I32, {R}));
+        step.seq_starts = upload(view(starts.data(), CI_I32, {S + 1}));
+        step.seq_lens = upload(view(lens.data(), CI_I32, {S}));
+        step.block_tables = upload(view(table.data(), CI_I32, {S, max_blocks}));
+        step.host_seq_starts = starts.data(), step.host_seq_lens = lens.data();
+        ci_config config{};
+        config.hidden_size = config.intermediate_size = 64;
+        config.n_heads = H, config.n_kv_heads = G, config.head_dim = D;
+        ASSERT_EQ(ci_backend_reserve(
+                      gpu_, gpu_->ops->paged_workspace_bytes(gpu_, &config, R, max_seq_len, S)),
+                  CINFER_OK);
+        ASSERT_EQ(
+            ci_backend_reserve(cpu_, cpu_->ops->workspace_bytes(cpu_, &config, max_seq_len + 1, 1)),
+            CINFER_OK);
+    }
+
+    // positions, slots and this step's new keys (k_new, v_new: what the model would store).
+    void fill_rows() {
+        const int row = G * D;
+        positions.clear(), slots.clear();
+        for (int s = 0; s < S; s++)
+            for (int r = 0; r < seqs[s].rows; r++) {
+                const int p = seqs[s].cached + r, at = starts[s] + r;
+                positions.push_back(p);
+                slots.push_back(slot_of(s, p));
+                std::copy_n(k_seq[s].begin() + (size_t)p * row, row,
+                            k_new.begin() + (size_t)at * row);
+                std::copy_n(v_seq[s].begin() + (size_t)p * row, row,
+                            v_new.begin() + (size_t)at * row);
+            }
+    }
+
+    // The contiguous CPU op, one sequence at a time.
+    void reference() {
+        want.assign((size_t)R * H * D, NAN);
+        for (int s = 0; s < S; s++) {
+            const int rows = seqs[s].rows, len = lens[s];
+            const size_t at = (size_t)starts[s] * H * D;
+            ci_tensor q_s = view(q.data() + at, CI_F32, {rows, H, D});
+            ci_tensor out_s = view(want.data() + at, CI_F32, {rows, H, D});
+            ci_tensor k_s = view(k_seq[s].data(), CI_F32, {len, G, D});
+            ci_tensor v_s = view(v_seq[s].data(), CI_F32, {len, G, D});
+            if (differential)
+                cpu_->ops->diff_attention(cpu_, &out_s, &q_s, &k_s, &v_s, len - rows, lambda,
+                                          lambda_init, eps);
+            else
+                cpu_->ops->attention(cpu_, &out_s, &q_s, &k_s, &v_s, len - rows);
+        }
+    }
+
+    void store_and_attend() {
+        gpu_->ops->kv_store_paged(gpu_, &d_k_pool, &d_v_pool, &d_k_new, &d_v_new, &step.slots);
+        attend();
+    }
+    void attend() {
+        if (differential)
+            gpu_->ops->paged_diff_attention(gpu_, &d_out, &d_q, &d_k_pool, &d_v_pool, &step, lambda,
+                                            lambda_init, eps);
+        else
+            gpu_->ops->paged_attention(gpu_, &d_out, &d_q, &d_k_pool, &d_v_pool, &step);
+    }
+
+    void compare() {
+        reference();
+        double v_max = 0.0;
+        for (const auto &v : v_seq)
+            for (float x : v) v_max = std::max(v_max, (double)std::fabs(x));
+        const cinfer_attention kind = std::get<0>(GetParam());
+        // as CudaAttention: flash on tensor cores rounds Q and P to the cache dtype
+        const bool tensor_cores = kind == CINFER_ATTENTION_FLASH && dtype != CI_F32 && R != S;
+        const double unit_roundoff = dtype == CI_BF16 ? 0x1.0p-9 : 0x1.0p-12;
+        const double relative = tensor_cores ? 8.0 * unit_roundoff : 1e-4;
+        EXPECT_TRUE(all_close(download<float>(d_out), want, [&](size_t i) {
+            return differential ? relative * (1.0 + std::fabs(want[i])) : relative * v_max;
+        }));
+    }
+
+    void setup(int head_dim, int n_heads, int n_kv_heads, int block_size, bool diff) {
+        gpu_->attention = std::get<0>(GetParam());
+        dtype = std::get<1>(GetParam());
+        D = head_dim, H = n_heads, G = n_kv_heads, bs = block_size, differential = diff;
+    }
+};
+
+TEST_P(CudaPagedAttention, RaggedStepsMatchTheContiguousCpuOp) {
+    for (bool diff : {false, true})
+        for (auto [D, H, G, bs] : std::vector<std::tuple<int, int, int, int>>{
+                 {64, 4, 4, 16}, {128, 8, 2, 32}, {64, 8, 2, 8}, {128, 32, 8, 16}}) {
+            if (!ci_cuda_attention_supports(std::get<0>(GetParam()), D, diff,
+                                            std::get<1>(GetParam()), 0))
+                continue;
+            SCOPED_TRACE("D " + std::to_string(D) + " H " + std::to_string(H) + " G " +
+                         std::to_string(G) + " block " + std::to_string(bs) +
+                         (diff ? " differential" : ""));
+            setup(D, H, G, bs, diff);
+            // decode rows beside prompt chunks that start and end inside blocks
+            seqs = {{37, 1}, {0, 70}, {13, 6}, {300, 1}, {5, 129}};
+            build(0);
+            store_and_attend();
+            compare();
+            // decode-only (flash-decoding for the fused kinds), lengths up to 1500
+            seqs = {{1499, 1}, {0, 1}, {15, 1}, {31, 1}, {700, 1}};
+            build(0);
+            store_and_attend();
+            compare();
+        }
+}
+
+// The engine records a decode step once and replays it: record it with a bound on the lengths,
+// replay it, then move every sequence one token on (a new block for the one that fills its last),
+// write the new contents into the same device tensors, and replay again.
+TEST_P(CudaPagedAttention, RecordedDecodeStepReplaysWithNewContents) {
+    for (bool diff : {false, true}) {
+        SCOPED_TRACE(diff ? "differential" : "standard");
+        setup(128, 8, 2, 16, diff);
+        seqs = {{47, 1}, {15, 1}, {200, 1}, {0, 1}};
+        build(300);
+        // the rehearsal runs the ops; the recording only records them (kernels/backend.h)
+        gpu_->ops->kv_store_paged(gpu_, &d_k_pool, &d_v_pool, &d_k_new, &d_v_new, &step.slots);
+        gpu_->ops->capture_begin(gpu_, 0);
+        attend();
+        ASSERT_EQ(gpu_->ops->capture_end(gpu_), 0);
+        gpu_->ops->capture_begin(gpu_, 1);
+        attend();
+        ASSERT_EQ(gpu_->ops->capture_end(gpu_), 0);
+        std::vector<float> nan_out((size_t)R * H * D, NAN); // the replay must write every row
+        gpu_->ops->to_device(gpu_, d_out.data, nan_out.data(), ci_tensor_nbytes(&d_out));
+        gpu_->ops->replay(gpu_);
+        compare();
+        for (int round = 0; round < 2; round++) {
+            const int row = G * D;
+            for (int s = 0; s < S; s++) {
+                seqs[s].cached++;
+                lens[s]++;
+                if ((lens[s] - 1) % bs == 0) { // its last block is full: a new one
+                    table[(size_t)s * max_blocks + (lens[s] - 1) / bs] = free_blocks.back();
+                    free_blocks.pop_back();
+                }
+                const std::vector<float> fresh = encode(randn((size_t)row), dtype).values;
+                const std::vector<float> fresh_v = encode(randn((size_t)row, 2.0f), dtype).values;
+                k_seq[s].insert(k_seq[s].end(), fresh.begin(), fresh.end());
+                v_seq[s].insert(v_seq[s].end(), fresh_v.begin(), fresh_v.end());
+            }
+            fill_rows();
+            q = randn(q.size());
+            for (auto [dst, src] :
+                 std::vector<std::pair<ci_tensor *, void *>>{{&step.positions, positions.data()},
+                                                             {&step.slots, slots.data()},
+                                                             {&step.seq_lens, lens.data()},
+                                                             {&step.block_tables, table.data()},
+                                                             {&d_q, q.data()},
+                                                             {&d_k_new, k_new.data()},
+                                                             {&d_v_new, v_new.data()}})
+                gpu_->ops->to_device(gpu_, dst->data, src, ci_tensor_nbytes(dst));
+            gpu_->ops->kv_store_paged(gpu_, &d_k_pool, &d_v_pool, &d_k_new, &d_v_new, &step.slots);
+            std::vector<float> nan_out((size_t)R * H * D, NAN);
+            gpu_->ops->to_device(gpu_, d_out.data, nan_out.data(), ci_tensor_nbytes(&d_out));
+            gpu_->ops->replay(gpu_);
+            compare();
+        }
+    }
+}
+
+INSTANTIATE_TEST_SUITE_P(Kinds, CudaPagedAttention,
+                         ::testing::Combine(::testing::Values(CINFER_ATTENTION_EAGER,
+                                                              CINFER_ATTENTION_SDPA,
+                                                              CINFER_ATTENTION_FLASH),
+                                            ::testing::Values(CI_F32, CI_BF16, CI_F16)),
+                         attention_param_name);
+
+// rope_rows against rope_cpu row by row (each at its own position), kv_store_paged exactly.
+TEST_F(CudaOps, RopeRowsAndKvStorePagedMatchTheCpuOps) {
+    const int H = 8, G = 2, D = 64, bs = 8, n_blocks = 6;
+    const std::vector<int> positions = {37, 0, 1, 2, 3, 4093, 13, 14, 15, 16, 1};
+    const int R = (int)positions.size();
+    const ci_config c = rope_config(CI_ROPE_DEFAULT, D);
+    std::vector<float> inv_freq(D / 2);
+    ci_rope_freqs freqs{};
+    ci_rope_frequencies(&c, 4096, inv_freq.data(), &freqs.attention_scaling);
+    freqs.inv_freq = inv_freq.data();
+    std::vector<float> q = randn((size_t)R * H * D), k = randn((size_t)R * G * D);
+    const std::vector<float> q_in = q;
+    ci_tensor d_q = upload(view(q.data(), CI_F32, {R, H, D}));
+    ci_tensor d_k = upload(view(k.data(), CI_F32, {R, G, D}));
+    ci_tensor d_pos = upload(view((void *)positions.data(), CI_I32, {R}));
+    ci_tensor d_freq = upload(view(inv_freq.data(), CI_F32, {D / 2}));
+    const ci_rope_freqs d_freqs = {(const float *)d_freq.data, freqs.attention_scaling};
+    gpu_->ops->rope_rows(gpu_, &d_q, &d_k, &d_pos, &d_freqs);
+    for (int r = 0; r < R; r++) {
+        ci_tensor q_r = view(q.data() + (size_t)r * H * D, CI_F32, {1, H, D});
+        ci_tensor k_r = view(k.data() + (size_t)r * G * D, CI_F32, {1, G, D});
+        cpu_->ops->rope(cpu_, &q_r, &k_r, positions[r], &freqs);
+    }
+    EXPECT_TRUE(all_close(download<float>(d_q), q, [&](size_t i) {
+        const size_t base = i / D * D, j = i % D % (D / 2);
+        return 8.0 * kUlp * (std::fabs(q_in[base + j]) + std::fabs(q_in[base + j + D / 2])) + 1e-30;
+    }));
+
+    for (ci_dtype dtype : {CI_F32, CI_BF16, CI_F16}) {
+        SCOPED_TRACE("dtype " + std::to_string((int)dtype));
+        std::vector<int> slots(n_blocks * bs);
+        for (int i = 0; i < n_blocks * bs; i++) slots[i] = i;
+        std::shuffle(slots.begin(), slots.end(), rng_);
+        slots.resize(R);
+        const size_t row = (size_t)G * D, element = ci_dtype_size(dtype);
+        Encoded pool = encode(randn((size_t)n_blocks * bs * row), dtype);
+        std::vector<float> k_new = randn((size_t)R * row), v_new = randn(k_new.size());
+        ci_tensor d_kp = upload(view(pool.bytes.data(), dtype, {n_blocks, bs, G, D}));
+        ci_tensor d_vp = upload(view(pool.bytes.data(), dtype, {n_blocks, bs, G, D}));
+        ci_tensor d_kn = upload(view(k_new.data(), CI_F32, {R, G, D}));
+        ci_tensor d_vn = upload(view(v_new.data(), CI_F32, {R, G, D}));
+        ci_tensor d_slots = upload(view(slots.data(), CI_I32, {R}));
+        gpu_->ops->kv_store_paged(gpu_, &d_kp, &d_vp, &d_kn, &d_vn, &d_slots);
+        // what the pools must hold: their old bytes, row r encoded in place at slots[r]
+        for (auto [fresh, device] :
+             {std::pair<std::vector<float> *, ci_tensor *>{&k_new, &d_kp}, {&v_new, &d_vp}}) {
+            std::vector<unsigned char> expected = pool.bytes;
+            const Encoded rows = encode(*fresh, dtype);
+            for (int r = 0; r < R; r++)
+                std::memcpy(expected.data() + (size_t)slots[r] * row * element,
+                            rows.bytes.data() + (size_t)r * row * element, row * element);
+            EXPECT_EQ(download<unsigned char>(*device), expected);
+        }
+    }
+}
+
 // ---- the gated activation and the residual add -------------------------------------------------
 // F32 expf/erff/tanhf against double: a few ulps of the result, plus, where 1 + tanh or 1 + erf
 // cancels (large negative gate), an ulp of 1 times 0.5·|gate|·|up|.

@@ -120,7 +120,7 @@ __global__ void masked_softmax_kernel(float *scores, int rows, int n_keys_spanne
 
 // scores[h, t, :] = Q[t0 + t, h] · K_kv(h)ᵀ / sqrt(D), then masked softmax
 static void attention_probabilities(cuda_backend *cu, const attention_shape &s, float *scores,
-                                    const float *q, const float *k_cache, int pos0, int t0,
+                                    const float *q, const float *k_cache, position_arg pos0, int t0,
                                     int rows, int span) {
     const float scale = (float)(1.0 / sqrt((double)s.head_dim)), zero = 0.0f;
     const int D = s.head_dim, G = s.n_kv_heads, H = s.n_heads, g = s.group;
@@ -129,29 +129,9 @@ static void attention_probabilities(cuda_backend *cu, const attention_shape &s, 
             cu->cublas, CUBLAS_OP_T, CUBLAS_OP_N, span, rows, D, &scale, k_cache, G * D,
             (long long)D, q + ((int64_t)t0 * H + j) * D, H * D, (long long)g * D, &zero,
             scores + (int64_t)j * rows * span, span, (long long)g * rows * span, G));
-    masked_softmax_kernel<<<(unsigned)(H * rows), ROW_THREADS, 0, cu->stream>>>(
-        scores, rows, span, position_for(cu, pos0), t0);
+    masked_softmax_kernel<<<(unsigned)(H * rows), ROW_THREADS, 0, cu->stream>>>(scores, rows, span,
+                                                                                pos0, t0);
     CUDA_CHECK_LAUNCH();
-}
-
-static void eager_attention(cuda_backend *cu, ci_tensor *out, const ci_tensor *q,
-                            const ci_tensor *k_cache, const ci_tensor *v_cache, int pos0) {
-    attention_shape s = eager_layout(&cu->base, out, q, k_cache, v_cache, pos0);
-    const int D = s.head_dim, G = s.n_kv_heads, H = s.n_heads, g = s.group;
-    widen_caches(cu, &s, k_cache, v_cache, attention_key_span(cu, pos0, s.n_tokens, s.n_ctx));
-    float *scores = s.scratch;
-    const float one = 1.0f, zero = 0.0f;
-    for (int t0 = 0; t0 < s.n_tokens; t0 += s.rows_per_chunk) {
-        const int rows = s.n_tokens - t0 < s.rows_per_chunk ? s.n_tokens - t0 : s.rows_per_chunk;
-        const int span = attention_key_span(cu, pos0 + t0, rows, s.n_ctx);
-        attention_probabilities(cu, s, scores, (const float *)q->data, s.k, pos0, t0, rows, span);
-        // out[t0 + t, h] = P_h[t] · V_kv(h)
-        for (int j = 0; j < g; j++)
-            CUBLAS_CHECK(cublasSgemmStridedBatched(
-                cu->cublas, CUBLAS_OP_N, CUBLAS_OP_N, D, rows, span, &one, s.v, G * D, (long long)D,
-                scores + (int64_t)j * rows * span, span, (long long)g * rows * span, &zero,
-                (float *)out->data + ((int64_t)t0 * H + j) * D, H * D, (long long)g * D, G));
-    }
 }
 
 // ---- differential attention --------------------------------------------------------------------
@@ -178,21 +158,33 @@ __global__ void diff_epilogue_kernel(float *out, const float *per_head, int rows
     for (int j = threadIdx.x; j < width; j += blockDim.x) y[j] = (o1[j] - lambda * o2[j]) * norm;
 }
 
-static void eager_diff_attention(cuda_backend *cu, ci_tensor *out, const ci_tensor *q,
-                                 const ci_tensor *k_cache, const ci_tensor *v_cache, int pos0,
-                                 float lambda, float lambda_init, float eps) {
-    attention_shape s = eager_layout(&cu->base, out, q, k_cache, v_cache, pos0);
-    CI_ASSERT(s.n_heads % 2 == 0);
-    const int D = s.head_dim, G = s.n_kv_heads, H = s.n_heads, P = s.n_heads / 2;
-    widen_caches(cu, &s, k_cache, v_cache, attention_key_span(cu, pos0, s.n_tokens, s.n_ctx));
+// Both maps of eager attention over F32 caches already in place (s.k, s.v, s.scratch and
+// s.rows_per_chunk set): q and out [n_tokens, H, D] at row strides H·D, query t at position
+// pos0 + t. Each chunk's GEMMs span the keys its last query sees (host_pos0 + t0 + rows), or the
+// whole cache when full_span (a recorded step, whose position only the device knows; the
+// softmax masks past it).
+static void eager_run(cuda_backend *cu, const attention_shape &s, float *out, const float *q,
+                      position_arg pos0, int host_pos0, int full_span,
+                      const differential_terms *diff) {
+    const int D = s.head_dim, G = s.n_kv_heads, H = s.n_heads, g = s.group, P = H / 2;
     const float one = 1.0f, zero = 0.0f;
     float *scores = s.scratch;
-    // the per-head outputs follow the largest scores block of a chunk
+    // diff attention's per-head outputs follow the largest scores block of a chunk
     float *per_head = scores + (size_t)H * s.rows_per_chunk * s.n_ctx;
     for (int t0 = 0; t0 < s.n_tokens; t0 += s.rows_per_chunk) {
         const int rows = s.n_tokens - t0 < s.rows_per_chunk ? s.n_tokens - t0 : s.rows_per_chunk;
-        const int span = attention_key_span(cu, pos0 + t0, rows, s.n_ctx);
-        attention_probabilities(cu, s, scores, (const float *)q->data, s.k, pos0, t0, rows, span);
+        const int span = full_span ? s.n_ctx : host_pos0 + t0 + rows;
+        attention_probabilities(cu, s, scores, q, s.k, pos0, t0, rows, span);
+        if (!diff) {
+            // out[t0 + t, h] = P_h[t] · V_kv(h)
+            for (int j = 0; j < g; j++)
+                CUBLAS_CHECK(cublasSgemmStridedBatched(
+                    cu->cublas, CUBLAS_OP_N, CUBLAS_OP_N, D, rows, span, &one, s.v, G * D,
+                    (long long)D, scores + (int64_t)j * rows * span, span,
+                    (long long)g * rows * span, &zero, out + ((int64_t)t0 * H + j) * D, H * D,
+                    (long long)g * D, G));
+            continue;
+        }
         // O_h[:, half·D : (half+1)·D] = A_h · V_kv(p + half·P), p = h mod P
         for (int h = 0; h < H; h++) {
             const int p = h % P;
@@ -205,9 +197,43 @@ static void eager_diff_attention(cuda_backend *cu, ci_tensor *out, const ci_tens
             }
         }
         diff_epilogue_kernel<<<(unsigned)(rows * P), ROW_THREADS, 0, cu->stream>>>(
-            (float *)out->data, per_head, rows, P, D, lambda, lambda_init, eps, t0);
+            out, per_head, rows, P, D, diff->lambda, diff->lambda_init, diff->eps, t0);
         CUDA_CHECK_LAUNCH();
     }
+}
+
+// One sequence's eager attention over its cache tensors: widened to F32 first when stored in
+// BF16/F16.
+static void eager_attention(cuda_backend *cu, ci_tensor *out, const ci_tensor *q,
+                            const ci_tensor *k_cache, const ci_tensor *v_cache, int pos0,
+                            const differential_terms *diff) {
+    attention_shape s = eager_layout(&cu->base, out, q, k_cache, v_cache, pos0);
+    CI_ASSERT(!diff || s.n_heads % 2 == 0);
+    widen_caches(cu, &s, k_cache, v_cache, attention_key_span(cu, pos0, s.n_tokens, s.n_ctx));
+    eager_run(cu, s, (float *)out->data, (const float *)q->data, position_for(cu, pos0), pos0,
+              cu->capturing, diff);
+}
+
+void attention_cuda_eager_rows(cuda_backend *cu, float *out, const float *q, const float *k,
+                               const float *v, int n_tokens, int n_heads, int n_kv_heads,
+                               int head_dim, int n_ctx, position_arg pos0, int host_pos0,
+                               int full_span, float *scratch, size_t scratch_bytes,
+                               const differential_terms *diff) {
+    CI_ASSERT(n_heads % n_kv_heads == 0 && (!diff || n_heads % 2 == 0));
+    attention_shape s = {};
+    s.n_tokens = n_tokens;
+    s.n_heads = n_heads;
+    s.n_kv_heads = n_kv_heads;
+    s.head_dim = head_dim;
+    s.n_ctx = n_ctx;
+    s.group = n_heads / n_kv_heads;
+    s.k = k;
+    s.v = v;
+    s.scratch = scratch;
+    const size_t fit = scratch_bytes / attention_cuda_scratch_bytes(n_heads, head_dim, n_ctx, 1);
+    CI_ASSERT(fit >= 1); // the paged workspace reserves at least one query row
+    s.rows_per_chunk = fit < (size_t)n_tokens ? (int)fit : n_tokens;
+    eager_run(cu, s, out, q, pos0, host_pos0, full_span, diff);
 }
 
 // ---- the fused kinds --------------------------------------------------------------------------
@@ -269,11 +295,6 @@ static void fused_attention(cuda_backend *cu, const attention_params &p, ci_dtyp
 
 // ---- the op: the backend's attention kind ------------------------------------------------------
 
-// What differential attention adds (docs/MODEL_MATH.md); NULL for standard attention.
-typedef struct differential_terms {
-    float lambda, lambda_init, eps;
-} differential_terms;
-
 // Both ops, in the backend's kind. Eager runs the sequences of a batch one after another through
 // the same workspace: its GEMMs are the baseline, not the fast path, and a sequence's scores
 // already fill the scratch. The fused kinds take the batch in one launch.
@@ -285,11 +306,7 @@ static void run_attention(cuda_backend *cu, ci_tensor *out, const ci_tensor *q,
         for (int b = 0; b < n_seqs; b++) {
             ci_tensor out_b = ci_tensor_seq(out, b), q_b = ci_tensor_seq(q, b);
             const ci_tensor k_b = ci_tensor_seq(k_cache, b), v_b = ci_tensor_seq(v_cache, b);
-            if (diff)
-                eager_diff_attention(cu, &out_b, &q_b, &k_b, &v_b, pos0, diff->lambda,
-                                     diff->lambda_init, diff->eps);
-            else
-                eager_attention(cu, &out_b, &q_b, &k_b, &v_b, pos0);
+            eager_attention(cu, &out_b, &q_b, &k_b, &v_b, pos0, diff);
         }
         return;
     }

@@ -156,7 +156,7 @@ __device__ __host__ constexpr int decode_unroll() {
 // pair when DIFF). Grid: x = head unit (KV head × group slice, or pair), y = chunk, z = sequence;
 // the head unit varies fastest so that blocks that share K/V rows (slices of one group, pairs with
 // a common KV head) run side by side and find them in L2.
-template <typename T, int E, int VPT, int HEADS, bool DIFF>
+template <typename T, int E, int VPT, int HEADS, bool DIFF, bool PAGED>
 __global__ void __launch_bounds__(DECODE_THREADS)
     attention_decode_split_kernel(const attention_params p, int n_chunks, int min_chunk_keys,
                                   int lanes_per_key, int group_slices) {
@@ -178,6 +178,7 @@ __global__ void __launch_bounds__(DECODE_THREADS)
 
     // The clamp keeps a bad recorded position inside the cache instead of reading past it (as
     // sdpa and flash do); a valid one is at most n_ctx − 1.
+    const int query_row = attention_seq_first_row(p, seq); // its one query
     int n_keys = attention_seq_pos0(p, seq) + 1;
     if (n_keys > p.n_ctx) n_keys = p.n_ctx;
     int key_begin, key_end;
@@ -213,7 +214,7 @@ __global__ void __launch_bounds__(DECODE_THREADS)
     const float q_scale = p.scale * DECODE_LOG2E;
 #pragma unroll
     for (int i = 0; i < HEADS; i++) {
-        const float *q_row = p.q + ((size_t)seq * H + head_of(i)) * D;
+        const float *q_row = p.q + ((size_t)query_row * H + head_of(i)) * D;
 #pragma unroll
         for (int j = 0; j < VPT; j++)
 #pragma unroll
@@ -235,24 +236,27 @@ __global__ void __launch_bounds__(DECODE_THREADS)
 
     const T *k_cache = static_cast<const T *>(p.k_cache);
     const T *v_cache = static_cast<const T *>(p.v_cache);
-    // Element offset of (key, kv head, vector j of this lane) in a cache [n_seqs, n_ctx, G, D].
-    auto cache_offset = [&](int key, int kv, int j) {
-        return (((size_t)seq * p.n_ctx + key) * G + kv) * D + (size_t)(sub + j * lanes_per_key) * E;
+    // Element offset of (cache row, kv head, vector j of this lane) in a cache [rows, G, D]; the
+    // row of a key is attention_cache_row's (contiguous [n_seqs, n_ctx] or paged).
+    auto cache_offset = [&](int64_t row, int kv, int j) {
+        return ((size_t)row * G + kv) * D + (size_t)(sub + j * lanes_per_key) * E;
     };
     // This thread's pieces of the tile's keys from one cache (K or V), rows [ROWS] of each key
     // (row r of kv head kv_of_row(r)), every load issued before any is used; past key_end or the
-    // row's end, zeros.
+    // row's end, zeros (and a paged key past the end never looks up its block).
     auto load_tile = [&](auto &dst, const T *cache, int tile) {
         constexpr int ROWS = sizeof(dst[0]) / sizeof(dst[0][0]);
 #pragma unroll
         for (int u = 0; u < UNROLL; u++) {
             const int key = tile + u * n_slots + slot;
+            const bool key_live = key < key_end;
+            const int64_t row = key_live ? attention_cache_row<PAGED>(p, seq, key) : 0;
 #pragma unroll
             for (int r = 0; r < ROWS; r++)
 #pragma unroll
                 for (int j = 0; j < VPT; j++)
-                    decode_load<T, E>(dst[u][r][j], cache + cache_offset(key, kv_of_row(r), j),
-                                      key < key_end && vector_live[j]);
+                    decode_load<T, E>(dst[u][r][j], cache + cache_offset(row, kv_of_row(r), j),
+                                      key_live && vector_live[j]);
         }
     };
 
@@ -404,11 +408,11 @@ __device__ __forceinline__ float decode_combine(const attention_params &p, int n
 template <bool DIFF>
 __global__ void attention_decode_reduce_kernel(const attention_params p, int n_chunks) {
     const int D = p.head_dim, H = p.n_heads, seq = blockIdx.y, column = threadIdx.x;
+    const size_t out_row = (size_t)attention_seq_first_row(p, seq); // the sequence's one query
     if constexpr (!DIFF) {
         const int h = blockIdx.x;
         if (column < D)
-            p.out[((size_t)seq * H + h) * D + column] =
-                decode_combine(p, n_chunks, D, seq, h, column);
+            p.out[(out_row * H + h) * D + column] = decode_combine(p, n_chunks, D, seq, h, column);
     } else {
         // Y_p = (1 − λ_init)·O_p / sqrt(mean over 2D of O_p² + eps), O_p = O1 − λ·O2 (each over
         // Vcat_p), into columns [2pD, 2(p+1)D) of the output row.
@@ -426,13 +430,13 @@ __global__ void attention_decode_reduce_kernel(const attention_params p, int n_c
         float sum_squares = 0.0f;
         for (int w = 0; w < (int)(blockDim.x / 32); w++) sum_squares += warp_squares[w];
         const float norm = (1.0f - p.lambda_init) * rsqrtf(sum_squares / (float)width + p.eps);
-        if (column < width) p.out[(size_t)seq * H * D + (size_t)pair * width + column] = o * norm;
+        if (column < width) p.out[out_row * H * D + (size_t)pair * width + column] = o * norm;
     }
 }
 
 // ---- launchers ----------------------------------------------------------------------------------
 
-template <typename T, int E, int VPT, int HEADS, bool DIFF>
+template <typename T, int E, int VPT, int HEADS, bool DIFF, bool PAGED>
 int attention_decode_launch_split(const attention_params &p, cudaStream_t stream, int n_chunks,
                                   int min_chunk_keys, int n_units, int group_slices) {
     const int n_vectors = p.head_dim / E;
@@ -442,7 +446,7 @@ int attention_decode_launch_split(const attention_params &p, cudaStream_t stream
     const int tile_keys = DECODE_THREADS / lanes_per_key * decode_unroll<T, E, VPT, HEADS, DIFF>();
     const size_t shared_bytes =
         decode_split_shared_bytes(HEADS, tile_keys, (DIFF ? 2 : 1) * p.head_dim);
-    auto kernel = attention_decode_split_kernel<T, E, VPT, HEADS, DIFF>;
+    auto kernel = attention_decode_split_kernel<T, E, VPT, HEADS, DIFF, PAGED>;
     ci_allow_dynamic_shared(kernel, shared_bytes);
     CI_LAUNCH(kernel, dim3(n_units, n_chunks, p.n_seqs), dim3(DECODE_THREADS), shared_bytes, stream,
               p, n_chunks, min_chunk_keys, lanes_per_key, group_slices);
@@ -451,17 +455,17 @@ int attention_decode_launch_split(const attention_params &p, cudaStream_t stream
 
 // The block's head unit: the pair when differential, else up to DECODE_MAX_GROUP heads of one
 // GQA group (the smallest power of two that holds the group, so that g = 1, 2, 4 waste nothing).
-template <typename T, int E, int VPT>
+template <typename T, int E, int VPT, bool PAGED>
 int attention_decode_launch_heads(const attention_params &p, cudaStream_t stream, int n_chunks,
                                   int min_chunk_keys) {
     if (p.differential)
-        return attention_decode_launch_split<T, E, VPT, 2, true>(p, stream, n_chunks,
-                                                                 min_chunk_keys, p.n_heads / 2, 1);
+        return attention_decode_launch_split<T, E, VPT, 2, true, PAGED>(
+            p, stream, n_chunks, min_chunk_keys, p.n_heads / 2, 1);
     const int group = p.n_heads / p.n_kv_heads;
     auto launch = [&](auto heads_constant) {
         constexpr int HEADS = decltype(heads_constant)::value;
         const int slices = (group + HEADS - 1) / HEADS;
-        return attention_decode_launch_split<T, E, VPT, HEADS, false>(
+        return attention_decode_launch_split<T, E, VPT, HEADS, false, PAGED>(
             p, stream, n_chunks, min_chunk_keys, p.n_kv_heads * slices, slices);
     };
     if (group == 1) return launch(std::integral_constant<int, 1>());
@@ -472,8 +476,9 @@ int attention_decode_launch_heads(const attention_params &p, cudaStream_t stream
 
 // Both kernels, with the chunking chosen by the caller (tests use small chunks to get many of them
 // on short caches): n_chunks chunks of at least min_chunk_keys keys. The workspace must hold
-// attention_decode_partials_bytes(n_seqs, n_heads, n_chunks, D or 2·D).
-template <typename T>
+// attention_decode_partials_bytes(n_seqs, n_heads, n_chunks, D or 2·D). PAGED: a ragged step over
+// a paged pool (attention_params) whose every sequence has one row.
+template <typename T, bool PAGED = false>
 int attention_decode_launch_chunked(const attention_params &p, cudaStream_t stream, int n_chunks,
                                     int min_chunk_keys) {
     if (p.n_tokens != 1 || !attention_decode_supports(p.head_dim) || p.n_kv_heads < 1 ||
@@ -494,11 +499,11 @@ int attention_decode_launch_chunked(const attention_params &p, cudaStream_t stre
     constexpr int E16 = 16 / sizeof(T);
     const bool aligned = (uintptr_t)p.k_cache % 16 == 0 && (uintptr_t)p.v_cache % 16 == 0;
     if (p.head_dim % E16 == 0 && aligned)
-        attention_decode_launch_heads<T, E16, DECODE_HEAD_DIM_MAX / E16 / 32>(p, stream, n_chunks,
-                                                                              min_chunk_keys);
+        attention_decode_launch_heads<T, E16, DECODE_HEAD_DIM_MAX / E16 / 32, PAGED>(
+            p, stream, n_chunks, min_chunk_keys);
     else
-        attention_decode_launch_heads<T, 1, DECODE_HEAD_DIM_MAX / 32>(p, stream, n_chunks,
-                                                                      min_chunk_keys);
+        attention_decode_launch_heads<T, 1, DECODE_HEAD_DIM_MAX / 32, PAGED>(p, stream, n_chunks,
+                                                                             min_chunk_keys);
 
     const int reduce_threads = (out_width + 31) / 32 * 32;
     if (p.differential)
@@ -511,12 +516,15 @@ int attention_decode_launch_chunked(const attention_params &p, cudaStream_t stre
 }
 
 // Runs the split kernel, then the reduce kernel, on `stream`. n_tokens must be 1 (returns 1
-// otherwise, and for a head_dim over DECODE_HEAD_DIM_MAX).
-template <typename T> int attention_decode_launch(const attention_params &p, cudaStream_t stream) {
+// otherwise, and for a head_dim over DECODE_HEAD_DIM_MAX). `span`: the most keys any sequence
+// may see, which sizes the chunking (a ragged step passes the bound it was given on the host,
+// since its lengths are only on the device); 0 derives it from the positions as below.
+template <typename T, bool PAGED = false>
+int attention_decode_launch(const attention_params &p, cudaStream_t stream, int span = 0) {
     const bool recorded = p.pos0.device != nullptr || p.seq_pos0 != nullptr;
-    const int span = recorded ? p.n_ctx : p.pos0.host + 1; // the most keys any sequence sees
+    if (span <= 0) span = recorded ? p.n_ctx : p.pos0.host + 1;
     const int n_chunks = attention_decode_chunk_count(p.n_seqs, p.n_heads, span);
-    return attention_decode_launch_chunked<T>(p, stream, n_chunks, DECODE_MIN_CHUNK_KEYS);
+    return attention_decode_launch_chunked<T, PAGED>(p, stream, n_chunks, DECODE_MIN_CHUNK_KEYS);
 }
 
 #endif

@@ -96,13 +96,15 @@ __device__ __forceinline__ int flash_imin(int a, int b) { return a < b ? a : b; 
 // The part of a call one block covers, the same for every thread of the block (so the key loop
 // and its barriers are uniform).
 struct flash_block {
-    int seq;     // sequence b
-    int t0;      // first query row of the block (of this call's n_tokens)
-    int pos0;    // position of the sequence's first new query
-    int n_keys;  // keys the block's last real query row sees (its causal limit + 1), ≤ n_ctx
-    int head[2]; // query heads: [0] the head or p, [1] p + P (differential)
-    int kv[2];   // their KV heads, h / (H / G)
-    int n_kv;    // distinct KV heads to load: 1, or 2 for a pair reading two KV heads
+    int seq;       // sequence b
+    int first_row; // its query rows: [first_row, first_row + n_rows) of q and out
+    int n_rows;    // (attention_seq_first_row, attention_seq_rows)
+    int t0;        // first query row of the block (of the sequence's n_rows)
+    int pos0;      // position of the sequence's first new query
+    int n_keys;    // keys the block's last real query row sees (its causal limit + 1), ≤ n_ctx
+    int head[2];   // query heads: [0] the head or p, [1] p + P (differential)
+    int kv[2];     // their KV heads, h / (H / G)
+    int n_kv;      // distinct KV heads to load: 1, or 2 for a pair reading two KV heads
 };
 
 template <bool DIFF, int BR>
@@ -110,9 +112,13 @@ __device__ __forceinline__ flash_block flash_block_of(const attention_params &p)
     flash_block blk;
     blk.seq = blockIdx.z;
     blk.t0 = blockIdx.x * BR;
+    blk.first_row = attention_seq_first_row(p, blk.seq);
+    blk.n_rows = attention_seq_rows(p, blk.seq);
     blk.pos0 = attention_seq_pos0(p, blk.seq);
-    const int last_row = flash_imin(blk.t0 + BR, p.n_tokens); // rows past n_tokens see no extra key
-    blk.n_keys = flash_imin(blk.pos0 + last_row, p.n_ctx);
+    const int last_row = flash_imin(blk.t0 + BR, blk.n_rows); // rows past n_rows see no extra key
+    // A ragged step's grid is sized for its longest sequence: a block past this sequence's rows
+    // has no keys to see, and returns.
+    blk.n_keys = blk.t0 < blk.n_rows ? flash_imin(blk.pos0 + last_row, p.n_ctx) : 0;
     const int group = p.n_heads / p.n_kv_heads;
     blk.head[0] = blockIdx.y;
     blk.head[1] = DIFF ? blockIdx.y + p.n_heads / 2 : blockIdx.y;
@@ -123,37 +129,38 @@ __device__ __forceinline__ flash_block flash_block_of(const attention_params &p)
 }
 
 // Query rows [t0, t0 + BR) of one head, rounded to T, into a [BR][STRIDE] shared tile; columns
-// ≥ head_dim and rows ≥ n_tokens are zero.
+// ≥ head_dim and rows past the sequence's are zero.
 template <typename T, int BR, int D_PAD, int STRIDE, int THREADS>
 __device__ __forceinline__ void flash_load_queries(T *tile, const attention_params &p,
                                                    const flash_block &blk, int head, int tid) {
-    const float *q = p.q + ((int64_t)blk.seq * p.n_tokens * p.n_heads + head) * p.head_dim;
+    const float *q = p.q + ((int64_t)blk.first_row * p.n_heads + head) * p.head_dim;
     const int64_t row_stride = (int64_t)p.n_heads * p.head_dim;
     for (int i = tid; i < BR * D_PAD; i += THREADS) {
         const int r = i / D_PAD, c = i % D_PAD, t = blk.t0 + r;
-        const float x = (t < p.n_tokens && c < p.head_dim) ? q[t * row_stride + c] : 0.0f;
+        const float x = (t < blk.n_rows && c < p.head_dim) ? q[t * row_stride + c] : 0.0f;
         tile[r * STRIDE + c] = ci_from_float<T>(x);
     }
 }
 
 // Cache rows [key0, key0 + BC) of one KV head into a [BC][STRIDE] shared tile; rows ≥ n_keys
 // (another query's future, or bytes past the sequence's length) and columns ≥ head_dim are zero
-// and nothing is read for them. With vector_loads, 16-byte cp.async copies that the caller
-// commits and waits for; otherwise plain copies.
-template <typename T, int BC, int D_PAD, int STRIDE, int THREADS>
+// and nothing is read for them (nor, when PAGED, their block-table entries). With vector_loads,
+// 16-byte cp.async copies that the caller commits and waits for; otherwise plain copies.
+template <typename T, int BC, int D_PAD, int STRIDE, int THREADS, bool PAGED>
 __device__ __forceinline__ void flash_load_keys(T *tile, const void *cache,
                                                 const attention_params &p, const flash_block &blk,
                                                 int kv_head, int key0, int vector_loads, int tid) {
     const int64_t row_stride = (int64_t)p.n_kv_heads * p.head_dim;
-    const T *head_rows = static_cast<const T *>(cache) + (int64_t)blk.seq * p.n_ctx * row_stride +
-                         (int64_t)kv_head * p.head_dim;
+    const T *head_column = static_cast<const T *>(cache) + (int64_t)kv_head * p.head_dim;
     if (vector_loads) { // head_dim is a multiple of PER_COPY: a copy is all inside or all outside
         constexpr int PER_COPY = 16 / (int)sizeof(T), COPIES_PER_ROW = D_PAD / PER_COPY;
         for (int i = tid; i < BC * COPIES_PER_ROW; i += THREADS) {
             const int r = i / COPIES_PER_ROW, c = (i % COPIES_PER_ROW) * PER_COPY;
             const int key = key0 + r;
             const bool inside = key < blk.n_keys && c < p.head_dim;
-            const T *src = inside ? head_rows + key * row_stride + c : head_rows;
+            const T *src =
+                inside ? head_column + attention_cache_row<PAGED>(p, blk.seq, key) * row_stride + c
+                       : head_column;
             ci_cp_async_16(tile + r * STRIDE + c, src, inside ? 16 : 0);
         }
     } else {
@@ -161,36 +168,38 @@ __device__ __forceinline__ void flash_load_keys(T *tile, const void *cache,
         for (int i = tid; i < BC * D_PAD; i += THREADS) {
             const int r = i / D_PAD, c = i % D_PAD, key = key0 + r;
             tile[r * STRIDE + c] =
-                (key < blk.n_keys && c < p.head_dim) ? head_rows[key * row_stride + c] : zero;
+                (key < blk.n_keys && c < p.head_dim)
+                    ? head_column[attention_cache_row<PAGED>(p, blk.seq, key) * row_stride + c]
+                    : zero;
         }
     }
 }
 
 // K and V tiles `tile` of every distinct KV head of the block into one pipeline stage, laid out
 // [HEADS][BC][STRIDE] each (the second head's slot unused when both heads share a KV head).
-template <typename T, int BC, int D_PAD, int STRIDE, int THREADS, int HEADS>
+template <typename T, int BC, int D_PAD, int STRIDE, int THREADS, int HEADS, bool PAGED>
 __device__ __forceinline__ void flash_load_stage(T *k_stage, T *v_stage, const attention_params &p,
                                                  const flash_block &blk, int tile, int vector_loads,
                                                  int tid) {
     FLASH_UNROLL
     for (int i = 0; i < HEADS; i++) {
         if (i >= blk.n_kv) break; // a pair on one KV head loads it once
-        flash_load_keys<T, BC, D_PAD, STRIDE, THREADS>(k_stage + i * BC * STRIDE, p.k_cache, p, blk,
-                                                       blk.kv[i], tile * BC, vector_loads, tid);
-        flash_load_keys<T, BC, D_PAD, STRIDE, THREADS>(v_stage + i * BC * STRIDE, p.v_cache, p, blk,
-                                                       blk.kv[i], tile * BC, vector_loads, tid);
+        flash_load_keys<T, BC, D_PAD, STRIDE, THREADS, PAGED>(
+            k_stage + i * BC * STRIDE, p.k_cache, p, blk, blk.kv[i], tile * BC, vector_loads, tid);
+        flash_load_keys<T, BC, D_PAD, STRIDE, THREADS, PAGED>(
+            v_stage + i * BC * STRIDE, p.v_cache, p, blk, blk.kv[i], tile * BC, vector_loads, tid);
     }
 }
 
 // Start tile j+1's copy (if any), then wait until tile j has landed and every thread sees it.
-template <typename T, int BC, int D_PAD, int STRIDE, int THREADS, int HEADS>
+template <typename T, int BC, int D_PAD, int STRIDE, int THREADS, int HEADS, bool PAGED>
 __device__ __forceinline__ void flash_next_tile(T *k_stages, T *v_stages, const attention_params &p,
                                                 const flash_block &blk, int j, int n_tiles,
                                                 int vector_loads, int tid) {
     constexpr int STAGE = HEADS * BC * STRIDE;
     if (j + 1 < n_tiles) {
         const int next = (j + 1) & 1;
-        flash_load_stage<T, BC, D_PAD, STRIDE, THREADS, HEADS>(
+        flash_load_stage<T, BC, D_PAD, STRIDE, THREADS, HEADS, PAGED>(
             k_stages + next * STAGE, v_stages + next * STAGE, p, blk, j + 1, vector_loads, tid);
         ci_cp_async_commit();
         ci_cp_async_wait<1>(); // all but the newest group: tile j is in
@@ -232,7 +241,7 @@ template <int D_PAD, bool DIFF> struct flash_tc_config {
         TILE_BYTES > EXCHANGE_BYTES ? TILE_BYTES : EXCHANGE_BYTES;
 };
 
-template <typename T, int D_PAD, bool DIFF>
+template <typename T, int D_PAD, bool DIFF, bool PAGED>
 __global__ void __launch_bounds__(flash_tc_config<D_PAD, DIFF>::THREADS)
     attention_flash_tc_kernel(const attention_params p, int vector_loads) {
     using C = flash_tc_config<D_PAD, DIFF>;
@@ -254,8 +263,8 @@ __global__ void __launch_bounds__(flash_tc_config<D_PAD, DIFF>::THREADS)
     for (int h = 0; h < C::HEADS; h++)
         flash_load_queries<T, BR, D_PAD, STRIDE, THREADS>(q_tiles + h * BR * STRIDE, p, blk,
                                                           blk.head[h], tid);
-    flash_load_stage<T, BC, D_PAD, STRIDE, THREADS, C::HEADS>(k_stages, v_stages, p, blk, 0,
-                                                              vector_loads, tid);
+    flash_load_stage<T, BC, D_PAD, STRIDE, THREADS, C::HEADS, PAGED>(k_stages, v_stages, p, blk, 0,
+                                                                     vector_loads, tid);
     ci_cp_async_commit();
 
     const T *q_warp = q_tiles + (role * BR + warp_row) * STRIDE;
@@ -271,8 +280,8 @@ __global__ void __launch_bounds__(flash_tc_config<D_PAD, DIFF>::THREADS)
     float row_max[2] = {-INFINITY, -INFINITY}, row_sum[2] = {0.0f, 0.0f}; // this lane's part
 
     for (int j = 0; j < n_tiles; j++) {
-        flash_next_tile<T, BC, D_PAD, STRIDE, THREADS, C::HEADS>(k_stages, v_stages, p, blk, j,
-                                                                 n_tiles, vector_loads, tid);
+        flash_next_tile<T, BC, D_PAD, STRIDE, THREADS, C::HEADS, PAGED>(
+            k_stages, v_stages, p, blk, j, n_tiles, vector_loads, tid);
         const T *k_tile = k_stages + (j & 1) * C::STAGE_ELEMS + k_slot * BC * STRIDE;
         const T *v_tile = v_stages + (j & 1) * C::STAGE_ELEMS;
 
@@ -374,11 +383,11 @@ __global__ void __launch_bounds__(flash_tc_config<D_PAD, DIFF>::THREADS)
     const int64_t row_stride = (int64_t)p.n_heads * p.head_dim; // of q and out
 
     if constexpr (!DIFF) {
-        float *out = p.out + ((int64_t)blk.seq * p.n_tokens * p.n_heads + blk.head[0]) * p.head_dim;
+        float *out = p.out + ((int64_t)blk.first_row * p.n_heads + blk.head[0]) * p.head_dim;
         FLASH_UNROLL
         for (int r = 0; r < 2; r++) {
             const int t = blk.t0 + row0 + 8 * r;
-            if (t >= p.n_tokens) continue;
+            if (t >= blk.n_rows) continue;
             FLASH_UNROLL
             for (int n = 0; n < D_PAD / 8; n++) {
                 FLASH_UNROLL
@@ -422,12 +431,12 @@ __global__ void __launch_bounds__(flash_tc_config<D_PAD, DIFF>::THREADS)
                 sum_squares[r] += __shfl_xor_sync(0xffffffffu, sum_squares[r], 2);
             }
             // the pair's 2·head_dim columns start at column 2·p·head_dim of the [H·D] row
-            float *out = p.out + (int64_t)blk.seq * p.n_tokens * row_stride +
-                         (int64_t)blk.head[0] * 2 * p.head_dim;
+            float *out =
+                p.out + (int64_t)blk.first_row * row_stride + (int64_t)blk.head[0] * 2 * p.head_dim;
             FLASH_UNROLL
             for (int r = 0; r < 2; r++) {
                 const int t = blk.t0 + row0 + 8 * r;
-                if (t >= p.n_tokens) continue;
+                if (t >= blk.n_rows) continue;
                 const float norm = (1.0f - p.lambda_init) *
                                    rsqrtf(sum_squares[r] / (float)(2 * p.head_dim) + p.eps);
                 FLASH_UNROLL
@@ -475,7 +484,7 @@ template <int D_PAD, bool DIFF> struct flash_simt_config {
         TILE_BYTES > EXCHANGE_BYTES ? TILE_BYTES : EXCHANGE_BYTES;
 };
 
-template <int D_PAD, bool DIFF>
+template <int D_PAD, bool DIFF, bool PAGED>
 __global__ void __launch_bounds__(flash_simt_config<D_PAD, DIFF>::THREADS)
     attention_flash_simt_kernel(const attention_params p, int vector_loads) {
     using C = flash_simt_config<D_PAD, DIFF>;
@@ -497,8 +506,8 @@ __global__ void __launch_bounds__(flash_simt_config<D_PAD, DIFF>::THREADS)
     for (int h = 0; h < C::HEADS; h++)
         flash_load_queries<float, BR, D_PAD, STRIDE, THREADS>(q_tiles + h * BR * STRIDE, p, blk,
                                                               blk.head[h], tid);
-    flash_load_stage<float, BC, D_PAD, STRIDE, THREADS, C::HEADS>(k_stages, v_stages, p, blk, 0,
-                                                                  vector_loads, tid);
+    flash_load_stage<float, BC, D_PAD, STRIDE, THREADS, C::HEADS, PAGED>(k_stages, v_stages, p, blk,
+                                                                         0, vector_loads, tid);
     ci_cp_async_commit();
 
     const float *q_row = q_tiles + (role * BR + row) * STRIDE;
@@ -513,8 +522,8 @@ __global__ void __launch_bounds__(flash_simt_config<D_PAD, DIFF>::THREADS)
     float row_max = -INFINITY, row_sum = 0.0f; // row_sum: this thread's keys only
 
     for (int j = 0; j < n_tiles; j++) {
-        flash_next_tile<float, BC, D_PAD, STRIDE, THREADS, C::HEADS>(k_stages, v_stages, p, blk, j,
-                                                                     n_tiles, vector_loads, tid);
+        flash_next_tile<float, BC, D_PAD, STRIDE, THREADS, C::HEADS, PAGED>(
+            k_stages, v_stages, p, blk, j, n_tiles, vector_loads, tid);
         const float *k_tile = k_stages + (j & 1) * C::STAGE_ELEMS + k_slot * BC * STRIDE;
         const float *v_tile = v_stages + (j & 1) * C::STAGE_ELEMS;
 
@@ -566,8 +575,8 @@ __global__ void __launch_bounds__(flash_simt_config<D_PAD, DIFF>::THREADS)
     const int64_t row_stride = (int64_t)p.n_heads * p.head_dim; // of q and out
 
     if constexpr (!DIFF) {
-        float *out = p.out + ((int64_t)blk.seq * p.n_tokens * p.n_heads + blk.head[0]) * p.head_dim;
-        if (t < p.n_tokens) {
+        float *out = p.out + ((int64_t)blk.first_row * p.n_heads + blk.head[0]) * p.head_dim;
+        if (t < blk.n_rows) {
             FLASH_UNROLL
             for (int i = 0; i < D_PAD / 4; i++) {
                 const int col = part + 4 * i;
@@ -594,9 +603,9 @@ __global__ void __launch_bounds__(flash_simt_config<D_PAD, DIFF>::THREADS)
             sum_squares += __shfl_xor_sync(0xffffffffu, sum_squares, 2);
             const float norm =
                 (1.0f - p.lambda_init) * rsqrtf(sum_squares / (float)(2 * p.head_dim) + p.eps);
-            float *out = p.out + (int64_t)blk.seq * p.n_tokens * row_stride +
-                         (int64_t)blk.head[0] * 2 * p.head_dim;
-            if (t < p.n_tokens) {
+            float *out =
+                p.out + (int64_t)blk.first_row * row_stride + (int64_t)blk.head[0] * 2 * p.head_dim;
+            if (t < blk.n_rows) {
                 FLASH_UNROLL
                 for (int i = 0; i < C::O_WIDTH / 4; i++) {
                     const int half = i / (D_PAD / 4), col = part + 4 * (i % (D_PAD / 4));
@@ -618,26 +627,27 @@ template <typename T> static inline int flash_vector_loads(const attention_param
 }
 
 // Grid: (query blocks, heads or head pairs, sequences); every block has work (n_tokens is known
-// on the host even in a recorded call: only the positions are not).
+// on the host even in a recorded call: only the positions are not), except in a ragged step,
+// whose blocks past a shorter sequence's rows return at once.
 template <int BR, bool DIFF> static inline dim3 flash_grid(const attention_params &p) {
     return dim3((unsigned)((p.n_tokens + BR - 1) / BR),
                 (unsigned)(DIFF ? p.n_heads / 2 : p.n_heads), (unsigned)p.n_seqs);
 }
 
-template <typename T, int D_PAD, bool DIFF>
+template <typename T, int D_PAD, bool DIFF, bool PAGED>
 static inline int flash_tc_launch(const attention_params &p, cudaStream_t stream) {
     using C = flash_tc_config<D_PAD, DIFF>;
-    auto kernel = attention_flash_tc_kernel<T, D_PAD, DIFF>;
+    auto kernel = attention_flash_tc_kernel<T, D_PAD, DIFF, PAGED>;
     ci_allow_dynamic_shared(kernel, C::SHARED_BYTES);
     const dim3 grid = flash_grid<C::BR, DIFF>(p);
     CI_LAUNCH(kernel, grid, C::THREADS, C::SHARED_BYTES, stream, p, flash_vector_loads<T>(p));
     return 0;
 }
 
-template <int D_PAD, bool DIFF>
+template <int D_PAD, bool DIFF, bool PAGED>
 static inline int flash_simt_launch(const attention_params &p, cudaStream_t stream) {
     using C = flash_simt_config<D_PAD, DIFF>;
-    auto kernel = attention_flash_simt_kernel<D_PAD, DIFF>;
+    auto kernel = attention_flash_simt_kernel<D_PAD, DIFF, PAGED>;
     ci_allow_dynamic_shared(kernel, C::SHARED_BYTES);
     const dim3 grid = flash_grid<C::BR, DIFF>(p);
     CI_LAUNCH(kernel, grid, C::THREADS, C::SHARED_BYTES, stream, p, flash_vector_loads<float>(p));
@@ -645,20 +655,20 @@ static inline int flash_simt_launch(const attention_params &p, cudaStream_t stre
 }
 
 // BF16/F16 on tensor cores, F32 on the SIMT kernel, in the smallest D_PAD that holds head_dim.
-template <typename T, int D_PAD, bool DIFF>
+template <typename T, int D_PAD, bool DIFF, bool PAGED>
 static inline int flash_launch_kernel(const attention_params &p, cudaStream_t stream) {
     if constexpr (sizeof(T) == 2)
-        return flash_tc_launch<T, D_PAD, DIFF>(p, stream);
+        return flash_tc_launch<T, D_PAD, DIFF, PAGED>(p, stream);
     else
-        return flash_simt_launch<D_PAD, DIFF>(p, stream);
+        return flash_simt_launch<D_PAD, DIFF, PAGED>(p, stream);
 }
 
-template <typename T, bool DIFF>
+template <typename T, bool DIFF, bool PAGED>
 static inline int flash_launch_padded(const attention_params &p, cudaStream_t stream) {
-    if (p.head_dim <= 16) return flash_launch_kernel<T, 16, DIFF>(p, stream);
-    if (p.head_dim <= 32) return flash_launch_kernel<T, 32, DIFF>(p, stream);
-    if (p.head_dim <= 64) return flash_launch_kernel<T, 64, DIFF>(p, stream);
-    return flash_launch_kernel<T, 128, DIFF>(p, stream);
+    if (p.head_dim <= 16) return flash_launch_kernel<T, 16, DIFF, PAGED>(p, stream);
+    if (p.head_dim <= 32) return flash_launch_kernel<T, 32, DIFF, PAGED>(p, stream);
+    if (p.head_dim <= 64) return flash_launch_kernel<T, 64, DIFF, PAGED>(p, stream);
+    return flash_launch_kernel<T, 128, DIFF, PAGED>(p, stream);
 }
 
 // The head dims the kernels are built for: any head_dim ≤ 128 runs in the next D_PAD up (16, 32,
@@ -687,15 +697,17 @@ inline size_t attention_flash_shared_bytes(int head_dim, int differential, int e
 
 // Returns 1 for shapes it does not run: head_dim past 128, H not a multiple of G, an odd H for
 // differential attention, or a grid past the GPU's limits (heads or pairs are grid y and sequences
-// grid z: at most 65535 each).
-template <typename T> int attention_flash_launch(const attention_params &p, cudaStream_t stream) {
+// grid z: at most 65535 each). PAGED: a ragged step over a paged pool (attention_params), the grid
+// sized for n_tokens = the most rows any sequence has.
+template <typename T, bool PAGED = false>
+int attention_flash_launch(const attention_params &p, cudaStream_t stream) {
     if (!attention_flash_supports(p.head_dim) || p.n_kv_heads <= 0 ||
         p.n_heads % p.n_kv_heads != 0 || (p.differential && p.n_heads % 2 != 0))
         return 1;
     if (p.n_seqs > 65535 || (p.differential ? p.n_heads / 2 : p.n_heads) > 65535) return 1;
     if (p.n_tokens <= 0 || p.n_seqs <= 0) return 0;
-    return p.differential ? flash_launch_padded<T, true>(p, stream)
-                          : flash_launch_padded<T, false>(p, stream);
+    return p.differential ? flash_launch_padded<T, true, PAGED>(p, stream)
+                          : flash_launch_padded<T, false, PAGED>(p, stream);
 }
 
 #endif

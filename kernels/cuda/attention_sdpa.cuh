@@ -29,7 +29,9 @@
 // Global reads: q (each row once), the position (pos0.device or seq_pos0[seq]), and the K/V rows
 // [0, min(pos0(b) + t, n_ctx − 1)] of the row's KV head(s), never a row past the sequence's
 // current length; so a recorded call (position in device memory) needs no host-side length: the
-// key loop ends where the position read on the device says.
+// key loop ends where the position read on the device says. PAGED (a ragged step over a paged
+// pool): the same, with each key's row looked up in the block table, and each sequence's query rows
+// and length read from seq_starts and seq_lens; query tiles past a shorter sequence's rows idle.
 //
 // Traffic per call (bytes, s = sizeof(T), K+V of NH = 1 or 2 KV heads per row set):
 //   q: n_seqs·n_tokens·H·D·4 read once; out: the same, written once.
@@ -93,7 +95,7 @@ __device__ __forceinline__ void sdpa_merge_scales(float m_a, float m_b, float &m
 // row_warps: warps that take distinct rows; the block's other warps split the keys of the same
 // rows (key_splits = warps / row_warps, > 1 only when the block has rows for fewer than
 // SDPA_MAX_WARPS warps, as in decode) and merge their states through shared memory at the end.
-template <typename T, int D_MAX, bool DIFF>
+template <typename T, int D_MAX, bool DIFF, bool PAGED>
 __global__ void __launch_bounds__(SDPA_MAX_WARPS * 32)
     attention_sdpa_kernel(const attention_params p, int query_tile, int heads_per_block,
                           int row_warps) {
@@ -121,9 +123,11 @@ __global__ void __launch_bounds__(SDPA_MAX_WARPS * 32)
     if constexpr (DIFF) kv_head[NH - 1] = (first_head + n_pairs) / group;
 
     const int pos0 = attention_seq_pos0(p, seq);
+    const int first_row_of_seq = attention_seq_first_row(p, seq),
+              n_rows = attention_seq_rows(p, seq);
     const size_t cache_row = (size_t)G * D; // elements from one position to the next
-    const T *__restrict__ k_seq = (const T *)p.k_cache + (size_t)seq * p.n_ctx * cache_row;
-    const T *__restrict__ v_seq = (const T *)p.v_cache + (size_t)seq * p.n_ctx * cache_row;
+    const T *__restrict__ k_all = (const T *)p.k_cache;
+    const T *__restrict__ v_all = (const T *)p.v_cache;
     const float *__restrict__ q_all = p.q;
     float *__restrict__ out_all = p.out;
     const float q_scale = p.scale * SDPA_LOG2E;
@@ -142,7 +146,7 @@ __global__ void __launch_bounds__(SDPA_MAX_WARPS * 32)
             const int row = first_row + u;
             token[u] = first_token + row / heads_per_block;
             head[u] = first_head + row % heads_per_block;
-            const bool real = row < block_rows && token[u] < p.n_tokens;
+            const bool real = row < block_rows && token[u] < n_rows;
             // Causal: query t sees [0, pos0 + t]; the clamp keeps a bad recorded position inside
             // the cache instead of reading past it.
             const int causal_last = pos0 + token[u] < p.n_ctx ? pos0 + token[u] : p.n_ctx - 1;
@@ -157,7 +161,7 @@ __global__ void __launch_bounds__(SDPA_MAX_WARPS * 32)
 #pragma unroll
             for (int i = 0; i < NH; i++) {
                 const size_t q_row =
-                    ((size_t)seq * p.n_tokens + token[u]) * H + head[u] + i * n_pairs;
+                    ((size_t)first_row_of_seq + token[u]) * H + head[u] + i * n_pairs;
 #pragma unroll
                 for (int e = 0; e < E; e++) {
                     const int d = e * L + lane_in_key;
@@ -190,15 +194,19 @@ __global__ void __launch_bounds__(SDPA_MAX_WARPS * 32)
             for (int c = 0; c < C; c++) {
                 key[c] = base + c * KG + key_group;
                 const bool live = key[c] < warp_keys;
+                // a paged key's block is looked up only for live keys: the table's entries past
+                // the sequence's length are never read
+                const size_t key_row =
+                    live ? (size_t)attention_cache_row<PAGED>(p, seq, key[c]) * cache_row : 0;
 #pragma unroll
                 for (int i = 0; i < NH; i++) {
-                    const size_t row = (size_t)key[c] * cache_row + (size_t)kv_head[i] * D;
+                    const size_t row = key_row + (size_t)kv_head[i] * D;
 #pragma unroll
                     for (int e = 0; e < E; e++) {
                         const int d = e * L + lane_in_key;
                         const bool in = live && d < D;
-                        k[c][i][e] = in ? ci_to_float(k_seq[row + d]) : 0.0f;
-                        v[c][i][e] = in ? ci_to_float(v_seq[row + d]) : 0.0f;
+                        k[c][i][e] = in ? ci_to_float(k_all[row + d]) : 0.0f;
+                        v[c][i][e] = in ? ci_to_float(v_all[row + d]) : 0.0f;
                     }
                 }
             }
@@ -315,7 +323,7 @@ __global__ void __launch_bounds__(SDPA_MAX_WARPS * 32)
             float inv_l[NH];
 #pragma unroll
             for (int i = 0; i < NH; i++) inv_l[i] = l[u][i] > 0.0f ? 1.0f / l[u][i] : 0.0f;
-            const size_t out_token = ((size_t)seq * p.n_tokens + token[u]) * H * D;
+            const size_t out_token = ((size_t)first_row_of_seq + token[u]) * H * D;
             if constexpr (!DIFF) {
                 float *y = out_all + out_token + (size_t)head[u] * D;
 #pragma unroll
@@ -364,7 +372,7 @@ static inline int sdpa_gcd(int a, int b) {
     return a;
 }
 
-template <typename T, int D_MAX, bool DIFF>
+template <typename T, int D_MAX, bool DIFF, bool PAGED>
 static int attention_sdpa_launch_for(const attention_params &p, cudaStream_t stream) {
     using cfg = sdpa_config<D_MAX, DIFF>;
     const int group = p.n_heads / p.n_kv_heads;
@@ -385,8 +393,8 @@ static int attention_sdpa_launch_for(const attention_params &p, cudaStream_t str
     const int warps = row_warps * key_splits;
     const dim3 grid((unsigned)((p.n_tokens + query_tile - 1) / query_tile), (unsigned)head_blocks,
                     (unsigned)p.n_seqs);
-    CI_LAUNCH((attention_sdpa_kernel<T, D_MAX, DIFF>), grid, warps * 32, 0, stream, p, query_tile,
-              heads_per_block, row_warps);
+    CI_LAUNCH((attention_sdpa_kernel<T, D_MAX, DIFF, PAGED>), grid, warps * 32, 0, stream, p,
+              query_tile, heads_per_block, row_warps);
     return 0;
 }
 
@@ -394,22 +402,25 @@ inline int attention_sdpa_supports(int head_dim) { return head_dim >= 1 && head_
 
 // Queues the call on `stream`; returns 0, or 1 for shapes this kernel does not run (head_dim
 // outside 1..256, H not a multiple of G, an odd H for differential attention, grid limits).
-template <typename T> int attention_sdpa_launch(const attention_params &p, cudaStream_t stream) {
+// PAGED: a ragged step over a paged pool (attention_params: seq_starts, block_tables); n_tokens
+// is then the most rows any sequence has, and query tiles past a sequence's rows do nothing.
+template <typename T, bool PAGED = false>
+int attention_sdpa_launch(const attention_params &p, cudaStream_t stream) {
     if (!attention_sdpa_supports(p.head_dim)) return 1;
     if (p.n_heads < 1 || p.n_kv_heads < 1 || p.n_heads % p.n_kv_heads != 0) return 1;
     if (p.differential && p.n_heads % 2 != 0) return 1;
     if (p.n_seqs < 1 || p.n_seqs > 65535 || p.n_tokens < 1 || p.n_heads > 65535) return 1;
     const int d = p.head_dim;
     if (p.differential) {
-        if (d <= 32) return attention_sdpa_launch_for<T, 32, true>(p, stream);
-        if (d <= 64) return attention_sdpa_launch_for<T, 64, true>(p, stream);
-        if (d <= 128) return attention_sdpa_launch_for<T, 128, true>(p, stream);
-        return attention_sdpa_launch_for<T, 256, true>(p, stream);
+        if (d <= 32) return attention_sdpa_launch_for<T, 32, true, PAGED>(p, stream);
+        if (d <= 64) return attention_sdpa_launch_for<T, 64, true, PAGED>(p, stream);
+        if (d <= 128) return attention_sdpa_launch_for<T, 128, true, PAGED>(p, stream);
+        return attention_sdpa_launch_for<T, 256, true, PAGED>(p, stream);
     }
-    if (d <= 32) return attention_sdpa_launch_for<T, 32, false>(p, stream);
-    if (d <= 64) return attention_sdpa_launch_for<T, 64, false>(p, stream);
-    if (d <= 128) return attention_sdpa_launch_for<T, 128, false>(p, stream);
-    return attention_sdpa_launch_for<T, 256, false>(p, stream);
+    if (d <= 32) return attention_sdpa_launch_for<T, 32, false, PAGED>(p, stream);
+    if (d <= 64) return attention_sdpa_launch_for<T, 64, false, PAGED>(p, stream);
+    if (d <= 128) return attention_sdpa_launch_for<T, 128, false, PAGED>(p, stream);
+    return attention_sdpa_launch_for<T, 256, false, PAGED>(p, stream);
 }
 
 #endif

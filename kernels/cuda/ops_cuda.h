@@ -119,6 +119,20 @@ void gated_activation_cuda(ci_backend *be, ci_tensor *out, const ci_tensor *gate
 void kv_store_cuda(ci_backend *be, ci_tensor *k_cache, ci_tensor *v_cache, const ci_tensor *k_new,
                    const ci_tensor *v_new, int pos0);
 void argmax_cuda(ci_backend *be, ci_tensor *ids, const ci_tensor *logits);
+// the ragged step over a paged cache (attention_paged.cu)
+void rope_rows_cuda(ci_backend *be, ci_tensor *q, ci_tensor *k, const ci_tensor *positions,
+                    const ci_rope_freqs *freqs);
+void kv_store_paged_cuda(ci_backend *be, ci_tensor *k_pool, ci_tensor *v_pool,
+                         const ci_tensor *k_new, const ci_tensor *v_new, const ci_tensor *slots);
+void paged_attention_cuda(ci_backend *be, ci_tensor *out, const ci_tensor *q,
+                          const ci_tensor *k_pool, const ci_tensor *v_pool,
+                          const ci_paged_step *step);
+void paged_diff_attention_cuda(ci_backend *be, ci_tensor *out, const ci_tensor *q,
+                               const ci_tensor *k_pool, const ci_tensor *v_pool,
+                               const ci_paged_step *step, float lambda, float lambda_init,
+                               float eps);
+size_t paged_workspace_bytes_cuda(const ci_backend *be, const ci_config *config, int max_rows,
+                                  int max_seq_len, int max_seqs);
 
 // ---- helpers the ops share ---------------------------------------------------------------------
 // out[t, n] += bias[n]; out is F32 [T, N], bias [N] in F32, BF16 or F16
@@ -136,5 +150,21 @@ size_t attention_cuda_scratch_bytes(int n_heads, int head_dim, int n_ctx, int n_
 // sequences, at most max_rows new queries of each sequence per call.
 size_t attention_cuda_workspace_bytes(cinfer_attention kind, const ci_config *c, int n_ctx,
                                       int n_seqs, int max_rows);
+size_t attention_cuda_widened_cache_bytes(int n_kv_heads, int head_dim, int n_ctx);
+
+// What differential attention adds (docs/MODEL_MATH.md); NULL for standard attention.
+typedef struct differential_terms {
+    float lambda, lambda_init, eps;
+} differential_terms;
+
+// Eager attention (attention.cu) of n_tokens queries of one sequence, q and out [n_tokens, H, D],
+// over F32 caches k, v [n_ctx, G, D], query t at position pos0 + t: the scores go through
+// `scratch` in chunks of query rows that fit scratch_bytes. The GEMMs span the keys each chunk
+// sees (host_pos0 + t0 + rows), or all n_ctx when full_span (a position only the device knows).
+void attention_cuda_eager_rows(cuda_backend *cu, float *out, const float *q, const float *k,
+                               const float *v, int n_tokens, int n_heads, int n_kv_heads,
+                               int head_dim, int n_ctx, position_arg pos0, int host_pos0,
+                               int full_span, float *scratch, size_t scratch_bytes,
+                               const differential_terms *diff);
 
 #endif
