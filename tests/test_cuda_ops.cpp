@@ -765,15 +765,17 @@ TEST_P(CudaPagedAttention, RecordedDecodeStepReplaysWithNewContents) {
         build(300);
         // the rehearsal runs the ops; the recording only records them (kernels/backend.h)
         gpu_->ops->kv_store_paged(gpu_, &d_k_pool, &d_v_pool, &d_k_new, &d_v_new, &step.slots);
+        int recording = -1, rehearsal = -1;
         gpu_->ops->capture_begin(gpu_, 0);
         attend();
-        ASSERT_EQ(gpu_->ops->capture_end(gpu_), 0);
+        ASSERT_EQ(gpu_->ops->capture_end(gpu_, &rehearsal), 0);
         gpu_->ops->capture_begin(gpu_, 1);
         attend();
-        ASSERT_EQ(gpu_->ops->capture_end(gpu_), 0);
+        ASSERT_EQ(gpu_->ops->capture_end(gpu_, &recording), 0);
+        ASSERT_GE(recording, 0);
         std::vector<float> nan_out((size_t)R * H * D, NAN); // the replay must write every row
         gpu_->ops->to_device(gpu_, d_out.data, nan_out.data(), ci_tensor_nbytes(&d_out));
-        gpu_->ops->replay(gpu_);
+        gpu_->ops->replay(gpu_, recording);
         compare();
         for (int round = 0; round < 2; round++) {
             const int row = G * D;
@@ -803,7 +805,7 @@ TEST_P(CudaPagedAttention, RecordedDecodeStepReplaysWithNewContents) {
             gpu_->ops->kv_store_paged(gpu_, &d_k_pool, &d_v_pool, &d_k_new, &d_v_new, &step.slots);
             std::vector<float> nan_out((size_t)R * H * D, NAN);
             gpu_->ops->to_device(gpu_, d_out.data, nan_out.data(), ci_tensor_nbytes(&d_out));
-            gpu_->ops->replay(gpu_);
+            gpu_->ops->replay(gpu_, recording);
             compare();
         }
     }

@@ -79,15 +79,30 @@ static void cuda_to_host(ci_backend *be, void *host_dst, const void *device_src,
 
 // The ops share the workspace from its start (they run one after another on one stream): the
 // largest of matmul's rounded input and what the backend's attention kind needs.
-static size_t cuda_workspace_bytes(const ci_backend *be, const ci_config *c, int n_ctx,
-                                   int n_seqs) {
+static int64_t widest_matmul_input(const ci_config *c) {
     int64_t widest_input = c->hidden_size;
     if (c->intermediate_size > widest_input) widest_input = c->intermediate_size;
     if ((int64_t)c->n_heads * c->head_dim > widest_input)
         widest_input = (int64_t)c->n_heads * c->head_dim;
-    const size_t matmul = matmul_cuda_scratch_bytes(ci_rows_per_pass(n_ctx, n_seqs), widest_input);
+    return widest_input;
+}
+
+static size_t cuda_workspace_bytes(const ci_backend *be, const ci_config *c, int n_ctx,
+                                   int n_seqs) {
+    const size_t matmul =
+        matmul_cuda_scratch_bytes(ci_rows_per_pass(n_ctx, n_seqs), widest_matmul_input(c));
     const size_t attention = attention_cuda_workspace_bytes(be->attention, c, n_ctx, n_seqs,
                                                             ci_tokens_per_pass(n_ctx, n_seqs));
+    return matmul > attention ? matmul : attention;
+}
+
+// A ragged step's ops share the workspace as a lockstep pass's do: matmul's rounded input for
+// every row of the step (the engine's steps run up to max_batched_tokens rows, past a lockstep
+// pass's CI_MAX_BATCH), or what the paged attention needs.
+static size_t cuda_paged_workspace_bytes(const ci_backend *be, const ci_config *c, int max_rows,
+                                         int max_seq_len, int max_seqs) {
+    const size_t matmul = matmul_cuda_scratch_bytes(max_rows, widest_matmul_input(c));
+    const size_t attention = paged_workspace_bytes_cuda(be, c, max_rows, max_seq_len, max_seqs);
     return matmul > attention ? matmul : attention;
 }
 
@@ -225,7 +240,7 @@ static const ci_backend_ops cuda_ops = {
     /* kv_store_paged */ kv_store_paged_cuda,
     /* paged_attention */ paged_attention_cuda,
     /* paged_diff_attention */ paged_diff_attention_cuda,
-    /* paged_workspace_bytes */ paged_workspace_bytes_cuda,
+    /* paged_workspace_bytes */ cuda_paged_workspace_bytes,
     /* argmax */ argmax_cuda,
     /* capture_begin */ cuda_capture_begin,
     /* capture_end */ cuda_capture_end,
