@@ -44,8 +44,8 @@ typedef struct request {
     uint64_t id;
     int32_t *tokens; /* the prompt, then what was generated: [capacity] */
     int n_prompt, n_tokens, capacity;
-    int n_computed; /* tokens whose keys and values are in its blocks */
-    int *blocks;    /* block table [max_blocks] */
+    int n_computed;         /* tokens whose keys and values are in its blocks */
+    int *blocks;            /* block table [max_blocks] */
     uint64_t *block_hashes; /* [max_blocks]: of the committed leading blocks */
     int n_blocks, n_committed, max_blocks;
     cinfer_request_params params;
@@ -77,13 +77,13 @@ struct cinfer_engine {
     int64_t kv_bytes;
 
     /* device buffers for one step of up to R = max_batched_tokens rows, S = max_seqs sequences */
-    ci_tensor tokens, positions, slots;  /* I32 [R] */
-    ci_tensor seq_starts, seq_lens;      /* I32 [S + 1], [S] */
-    ci_tensor block_tables;              /* I32 [S, max_blocks_per_seq] */
-    ci_tensor sample_rows;               /* I32 [S]: rows whose logits are wanted */
-    ci_tensor sampled_normed;            /* [S, E]: those rows of the final norm */
-    ci_tensor logits;                    /* [LOGIT_ROWS, V] */
-    ci_tensor argmax_ids;                /* I32 [LOGIT_ROWS] */
+    ci_tensor tokens, positions, slots; /* I32 [R] */
+    ci_tensor seq_starts, seq_lens;     /* I32 [S + 1], [S] */
+    ci_tensor block_tables;             /* I32 [S, max_blocks_per_seq] */
+    ci_tensor sample_rows;              /* I32 [S]: rows whose logits are wanted */
+    ci_tensor sampled_normed;           /* [S, E]: those rows of the final norm */
+    ci_tensor logits;                   /* [LOGIT_ROWS, V] */
+    ci_tensor argmax_ids;               /* I32 [LOGIT_ROWS] */
     ci_activations act;
     float *inv_freq;
     ci_rope_freqs rope;
@@ -120,7 +120,8 @@ struct cinfer_engine {
     cinfer_engine_stats counts;
 };
 
-/* ---- small containers ------------------------------------------------------------------------- */
+/* ---- small containers -------------------------------------------------------------------------
+ */
 
 /* Makes room for one more element in a growable array; 0 when memory ran out. */
 static int grow(void **items, int *cap, int n, size_t size) {
@@ -138,13 +139,16 @@ static int find_live(const cinfer_engine *e, uint64_t id) {
     while (lo <= hi) {
         const int mid = (lo + hi) / 2;
         if (e->live_ids[mid] == id) return mid;
-        if (e->live_ids[mid] < id) lo = mid + 1;
-        else hi = mid - 1;
+        if (e->live_ids[mid] < id)
+            lo = mid + 1;
+        else
+            hi = mid - 1;
     }
     return -1;
 }
 
-/* ---- requests --------------------------------------------------------------------------------- */
+/* ---- requests ---------------------------------------------------------------------------------
+ */
 
 static void request_free(request *r) {
     if (!r) return;
@@ -160,7 +164,8 @@ static int blocks_for(int n_positions, int block_size) {
     return (n_positions + block_size - 1) / block_size;
 }
 
-/* Gives r blocks for positions [0, n_positions); 0 when the pool ran out (what it got, it keeps). */
+/* Gives r blocks for positions [0, n_positions); 0 when the pool ran out (what it got, it keeps).
+ */
 static int ensure_blocks(cinfer_engine *e, request *r, int n_positions) {
     const int need = blocks_for(n_positions, e->block_size);
     while (r->n_blocks < need) {
@@ -209,7 +214,8 @@ static void commit_full_blocks(cinfer_engine *e, request *r) {
     if (n_full > r->n_committed) r->n_committed = n_full;
 }
 
-/* ---- outputs ---------------------------------------------------------------------------------- */
+/* ---- outputs ----------------------------------------------------------------------------------
+ */
 
 static cinfer_request_output *new_output(cinfer_engine *e, const request *r) {
     if (!grow((void **)&e->outputs, &e->cap_outputs, e->n_outputs, sizeof *e->outputs)) return NULL;
@@ -241,16 +247,19 @@ static void retire(cinfer_engine *e, request *r, cinfer_finish_reason reason) {
 }
 
 static void remove_running(cinfer_engine *e, int i) {
-    memmove(&e->running[i], &e->running[i + 1], (size_t)(e->n_running - i - 1) * sizeof *e->running);
+    memmove(&e->running[i], &e->running[i + 1],
+            (size_t)(e->n_running - i - 1) * sizeof *e->running);
     e->n_running--;
 }
 
 static void remove_waiting(cinfer_engine *e, int i) {
-    memmove(&e->waiting[i], &e->waiting[i + 1], (size_t)(e->n_waiting - i - 1) * sizeof *e->waiting);
+    memmove(&e->waiting[i], &e->waiting[i + 1],
+            (size_t)(e->n_waiting - i - 1) * sizeof *e->waiting);
     e->n_waiting--;
 }
 
-/* ---- the inbox -------------------------------------------------------------------------------- */
+/* ---- the inbox --------------------------------------------------------------------------------
+ */
 
 static void finish_with_output(cinfer_engine *e, request *r, cinfer_finish_reason reason) {
     cinfer_request_output *out = new_output(e, r);
@@ -313,7 +322,8 @@ static cinfer_status drain_inbox(cinfer_engine *e) {
     return CINFER_OK;
 }
 
-/* ---- scheduling ------------------------------------------------------------------------------- */
+/* ---- scheduling -------------------------------------------------------------------------------
+ */
 
 static void preempt(cinfer_engine *e, int running_index) {
     request *r = e->running[running_index];
@@ -362,7 +372,8 @@ static void schedule(cinfer_engine *e) {
     }
 }
 
-/* ---- one step's inputs and forward pass ------------------------------------------------------- */
+/* ---- one step's inputs and forward pass -------------------------------------------------------
+ */
 
 /* A step where every sequence has one row can be recorded: padded to a power of two of
  * sequences (at most max_seqs), its shapes are those of every other such step of that size.
@@ -501,13 +512,14 @@ static void prompt_logits_to_host(cinfer_engine *e) {
             const ci_tensor normed = ci_tensor_rows(&e->act.x_norm, e->h_seq_starts[s] + i, rows);
             ci_tensor logits = ci_tensor_rows(&e->logits, 0, rows);
             ci_model_logits(be, e->model, &logits, &normed);
-            be->ops->to_host(be, r->params.prompt_logits + (size_t)(first_pos + i) * V,
-                             logits.data, (size_t)rows * V * sizeof(float));
+            be->ops->to_host(be, r->params.prompt_logits + (size_t)(first_pos + i) * V, logits.data,
+                             (size_t)rows * V * sizeof(float));
         }
     }
 }
 
-/* ---- sampling and finishing ------------------------------------------------------------------- */
+/* ---- sampling and finishing -------------------------------------------------------------------
+ */
 
 static int wants_host_logits(const request *r) {
     return r->params.sampling.temperature > 0.0f || r->params.logprobs;
@@ -563,7 +575,8 @@ static cinfer_status sample_tokens(cinfer_engine *e, int n_sampled) {
         ci_tensor logits = ci_tensor_rows(&e->logits, 0, rows);
         ci_model_logits(be, e->model, &logits, &normed);
         if (host) {
-            be->ops->to_host(be, e->h_logits, logits.data, (size_t)rows * (size_t)V * sizeof(float));
+            be->ops->to_host(be, e->h_logits, logits.data,
+                             (size_t)rows * (size_t)V * sizeof(float));
         } else {
             ci_tensor ids = ci_tensor_rows(&e->argmax_ids, 0, rows);
             ci_argmax(be, &ids, &logits);
@@ -648,7 +661,8 @@ cinfer_status cinfer_engine_step(cinfer_engine *e, const cinfer_request_output *
     return status;
 }
 
-/* ---- creation --------------------------------------------------------------------------------- */
+/* ---- creation ---------------------------------------------------------------------------------
+ */
 
 static ci_tensor tensor_of(ci_dtype dtype, int n_dims, int64_t d0, int64_t d1, int64_t d2,
                            int64_t d3) {
@@ -699,7 +713,8 @@ static cinfer_status resolve_options(const cinfer_model *model, const cinfer_eng
     if (out->max_batched_tokens == 0) out->max_batched_tokens = DEFAULT_MAX_BATCHED_TOKENS;
     if (out->max_seqs == 0) out->max_seqs = DEFAULT_MAX_SEQS;
     if (out->max_model_len == 0) out->max_model_len = c->max_position_embeddings;
-    if (out->gpu_memory_utilization == 0.0) out->gpu_memory_utilization = DEFAULT_GPU_MEMORY_UTILIZATION;
+    if (out->gpu_memory_utilization == 0.0)
+        out->gpu_memory_utilization = DEFAULT_GPU_MEMORY_UTILIZATION;
     if (out->block_size < 1 || out->block_size > 1024)
         return CI_FAIL(CINFER_ERR_ARGUMENT, "block_size = %d: expected 1 to 1024 positions",
                        out->block_size);
@@ -766,8 +781,8 @@ static cinfer_status pool_blocks(const cinfer_model *model, const cinfer_engine_
                            (double)(step_buffer_bytes(&shape_only, c, o) + workspace_bytes) /
                                (1 << 30));
     } else {
-        const int64_t all_full = (int64_t)o->max_seqs *
-                                 blocks_for(o->max_model_len, o->block_size) * block_bytes;
+        const int64_t all_full =
+            (int64_t)o->max_seqs * blocks_for(o->max_model_len, o->block_size) * block_bytes;
         bytes = all_full < DEFAULT_CPU_KV_BYTES ? all_full : DEFAULT_CPU_KV_BYTES;
     }
     *n_blocks = bytes / block_bytes;
@@ -940,11 +955,11 @@ cinfer_status cinfer_engine_create(cinfer_model *model, const cinfer_engine_opti
         e->record_decode = !o.disable_cuda_graphs && e->be->ops->capture_begin != NULL;
     int64_t n_blocks = 0;
     if (status == CINFER_OK)
-        status = pool_blocks(model, &o,
-                             (int64_t)e->be->ops->paged_workspace_bytes(
-                                 e->be, model->config, o.max_batched_tokens, o.max_model_len,
-                                 o.max_seqs),
-                             &n_blocks);
+        status = pool_blocks(
+            model, &o,
+            (int64_t)e->be->ops->paged_workspace_bytes(e->be, model->config, o.max_batched_tokens,
+                                                       o.max_model_len, o.max_seqs),
+            &n_blocks);
     if (status == CINFER_OK) status = allocate(e, n_blocks);
     if (status != CINFER_OK) {
         cinfer_engine_free(e);
@@ -961,7 +976,8 @@ cinfer_status cinfer_engine_create(cinfer_model *model, const cinfer_engine_opti
 
 void ci_engine_pad_decode_steps(cinfer_engine *e, int pad) { e->record_decode = pad; }
 
-/* ---- the calls any thread may make ------------------------------------------------------------ */
+/* ---- the calls any thread may make ------------------------------------------------------------
+ */
 
 static cinfer_status check_request(const cinfer_engine *e, const int32_t *prompt, int n_prompt,
                                    const cinfer_request_params *p) {
@@ -982,8 +998,8 @@ static cinfer_status check_request(const cinfer_engine *e, const int32_t *prompt
         return CI_FAIL(CINFER_ERR_ARGUMENT, "stop_tokens is NULL but n_stop_tokens is %d",
                        p->n_stop_tokens);
     if (p->top_logprobs < 0 || p->top_logprobs > CINFER_MAX_TOP_LOGPROBS)
-        return CI_FAIL(CINFER_ERR_ARGUMENT, "top_logprobs = %d: expected 0 to %d",
-                       p->top_logprobs, CINFER_MAX_TOP_LOGPROBS);
+        return CI_FAIL(CINFER_ERR_ARGUMENT, "top_logprobs = %d: expected 0 to %d", p->top_logprobs,
+                       CINFER_MAX_TOP_LOGPROBS);
     const int64_t total = (int64_t)n_prompt + p->max_new_tokens;
     if (total > e->max_model_len)
         return CI_FAIL(CINFER_ERR_ARGUMENT,

@@ -217,8 +217,8 @@ typedef struct run_result {
  * alone: a pool of exactly its context and no prefix cache. New tokens stop at the context's end
  * as the session's did ("context full"). */
 static cinfer_status generate(cinfer_model *model, const options *o, const int32_t *prompt,
-                              int n_prompt, int n_ctx, token_printer *printer,
-                              float *prompt_logits, run_result *result) {
+                              int n_prompt, int n_ctx, token_printer *printer, float *prompt_logits,
+                              run_result *result) {
     *result = (run_result){0, 0.0, 0.0, "max new tokens"};
     const int room = n_ctx - n_prompt;
     cinfer_engine_options engine_options = {

@@ -117,9 +117,9 @@ std::vector<float> reference_logprobs(cinfer_model *cpu, const std::vector<int32
     cinfer_session *s = nullptr;
     EXPECT_EQ(cinfer_session_create(cpu, (int)all.size(), &s), CINFER_OK);
     std::vector<float> logits(all.size() * (size_t)vocab);
-    EXPECT_EQ(cinfer_session_forward(s, all.data(), (int)all.size(), CINFER_LOGITS_ALL,
-                                     logits.data()),
-              CINFER_OK);
+    EXPECT_EQ(
+        cinfer_session_forward(s, all.data(), (int)all.size(), CINFER_LOGITS_ALL, logits.data()),
+        CINFER_OK);
     cinfer_session_free(s);
     std::vector<float> out;
     for (size_t t = 0; t < tokens.size(); t++) {
@@ -150,9 +150,10 @@ TEST_P(CudaEngine, ServedEqualsAlone) {
     for (size_t i = 0; i < prompts.size(); i++) {
         prompts[i].resize((size_t)len(rng));
         for (auto &t : prompts[i]) t = id(rng);
-        if (i % 3 == 2) std::copy(prompts[i - 1].begin(),
-                                  prompts[i - 1].begin() + std::min(prompts[i - 1].size(), prompts[i].size()),
-                                  prompts[i].begin());
+        if (i % 3 == 2)
+            std::copy(prompts[i - 1].begin(),
+                      prompts[i - 1].begin() + std::min(prompts[i - 1].size(), prompts[i].size()),
+                      prompts[i].begin());
     }
     const int n_new = 12;
     // 20 blocks of 16: fewer than 12 requests of up to 52 positions need, so some are preempted
@@ -169,7 +170,8 @@ TEST_P(CudaEngine, ServedEqualsAlone) {
             for (size_t t = 0; t < expected.size(); t++) {
                 const double allowed =
                     dtype == CINFER_DTYPE_F32 ? 1e-3 : 4.0 * (tol.rel_l2 > 0 ? tol.rel_l2 : 1e-2);
-                EXPECT_NEAR(served[i].logprobs[t], expected[t], allowed * std::max(1.0, std::fabs((double)expected[t])))
+                EXPECT_NEAR(served[i].logprobs[t], expected[t],
+                            allowed * std::max(1.0, std::fabs((double)expected[t])))
                     << "request " << i << ", token " << t;
             }
         }
@@ -188,8 +190,13 @@ INSTANTIATE_TEST_SUITE_P(
         const cinfer_dtype d = std::get<1>(info.param);
         const cinfer_attention a = std::get<2>(info.param);
         return std::get<0>(info.param) + "_" +
-               (d == CINFER_DTYPE_F32 ? "f32" : d == CINFER_DTYPE_BF16 ? "bf16" : "fp16") + "_" +
-               (a == CINFER_ATTENTION_EAGER ? "eager" : a == CINFER_ATTENTION_SDPA ? "sdpa" : "flash");
+               (d == CINFER_DTYPE_F32    ? "f32"
+                : d == CINFER_DTYPE_BF16 ? "bf16"
+                                         : "fp16") +
+               "_" +
+               (a == CINFER_ATTENTION_EAGER  ? "eager"
+                : a == CINFER_ATTENTION_SDPA ? "sdpa"
+                                             : "flash");
     });
 
 } // namespace

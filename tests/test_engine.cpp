@@ -35,8 +35,7 @@ struct Model {
 struct Engine {
     cinfer_engine *engine = nullptr;
     Engine(cinfer_model *model, const cinfer_engine_options &options) {
-        EXPECT_EQ(cinfer_engine_create(model, &options, &engine), CINFER_OK)
-            << cinfer_last_error();
+        EXPECT_EQ(cinfer_engine_create(model, &options, &engine), CINFER_OK) << cinfer_last_error();
     }
     ~Engine() { cinfer_engine_free(engine); }
     operator cinfer_engine *() const { return engine; }
@@ -89,7 +88,8 @@ Result solo(cinfer_model *model, Request &r) {
                   &result, nullptr, &stats),
               CINFER_OK)
         << cinfer_last_error();
-    result.reason = stats.stop_reason == CINFER_STOP_EOS ? CINFER_FINISH_STOP : CINFER_FINISH_LENGTH;
+    result.reason =
+        stats.stop_reason == CINFER_STOP_EOS ? CINFER_FINISH_STOP : CINFER_FINISH_LENGTH;
     cinfer_session_free(s);
     return result;
 }
@@ -171,7 +171,8 @@ std::vector<Request> random_workload(std::mt19937_64 &rng, int vocab, int n_requ
         Request &r = requests[i];
         r.prompt = random_ids(rng, prompt_len(rng), vocab);
         if (i > 0 && coin(rng) == 0) {
-            const auto &earlier = requests[std::uniform_int_distribution<int>(0, i - 1)(rng)].prompt;
+            const auto &earlier =
+                requests[std::uniform_int_distribution<int>(0, i - 1)(rng)].prompt;
             const size_t shared = std::min(earlier.size(), r.prompt.size());
             std::copy(earlier.begin(), earlier.begin() + shared, r.prompt.begin());
         }
@@ -282,7 +283,8 @@ TEST(Engine, ChunksEndAtEveryOffsetInsideABlock) {
     for (int budget = 1; budget <= 10; budget++) {
         std::vector<Request> requests = base;
         Engine engine(m.model, options(8, budget));
-        EXPECT_EQ(serve(engine, requests)[0].tokens, alone.tokens) << "max_batched_tokens " << budget;
+        EXPECT_EQ(serve(engine, requests)[0].tokens, alone.tokens)
+            << "max_batched_tokens " << budget;
     }
 }
 
@@ -353,7 +355,8 @@ TEST(Engine, AbortDuringPrefillAndDuringDecode) {
     EXPECT_EQ(served[2].tokens, alone.tokens);
     EXPECT_EQ(served[2].reason, CINFER_FINISH_LENGTH);
     const Result alone1 = solo(m.model, requests[1]);
-    EXPECT_TRUE(std::equal(served[1].tokens.begin(), served[1].tokens.end(), alone1.tokens.begin()));
+    EXPECT_TRUE(
+        std::equal(served[1].tokens.begin(), served[1].tokens.end(), alone1.tokens.begin()));
     cinfer_engine_stats stats{};
     cinfer_engine_get_stats(engine, &stats);
     EXPECT_EQ(stats.n_aborted, 3u);
@@ -361,7 +364,7 @@ TEST(Engine, AbortDuringPrefillAndDuringDecode) {
 }
 
 TEST(Engine, RefusesWhatCanNeverFitNamingBothNumbers) {
-    Model m(fixture_dir("llama_gqa_llama3")); // max_position_embeddings 256
+    Model m(fixture_dir("llama_gqa_llama3"));      // max_position_embeddings 256
     Engine engine(m.model, options(8, 64, 4, 10)); // 80 positions of KV
     std::vector<int32_t> prompt(50, 3);
     cinfer_request_params p{};
@@ -448,7 +451,8 @@ TEST(Engine, LogprobsMatchTheLogits) {
             for (size_t v = 0; v < V; v++) order[v] = (int32_t)v;
             std::stable_sort(order.begin(), order.end(),
                              [&](int32_t a, int32_t b) { return row[a] > row[b]; });
-            EXPECT_EQ(served[i].top_tokens[t], std::vector<int32_t>(order.begin(), order.begin() + 5));
+            EXPECT_EQ(served[i].top_tokens[t],
+                      std::vector<int32_t>(order.begin(), order.begin() + 5));
         }
     }
 }
@@ -532,7 +536,8 @@ TEST(Engine, ConcurrentSubmittersAndAborters) {
             uint64_t id = 0;
             {
                 std::lock_guard<std::mutex> guard(lock);
-                if (!index_of.empty()) id = std::next(index_of.begin(), rng() % index_of.size())->first;
+                if (!index_of.empty())
+                    id = std::next(index_of.begin(), rng() % index_of.size())->first;
             }
             if (id) cinfer_engine_abort(engine, id);
         }

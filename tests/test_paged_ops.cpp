@@ -75,7 +75,8 @@ void check_step(const Shape &shape, int block_size, const Step &plan, bool diffe
         values[s] = random_floats(rng, (size_t)plan.seq_len[s] * row_floats);
         const int first_new = plan.seq_len[s] - plan.rows[s];
         for (int p = 0; p < plan.seq_len[s]; p++) {
-            const int slot = tables[(size_t)s * max_blocks + p / block_size] * block_size + p % block_size;
+            const int slot =
+                tables[(size_t)s * max_blocks + p / block_size] * block_size + p % block_size;
             const float *k = keys[s].data() + (size_t)p * row_floats;
             const float *v = values[s].data() + (size_t)p * row_floats;
             if (p < first_new) {
@@ -138,7 +139,8 @@ void check_step(const Shape &shape, int block_size, const Step &plan, bool diffe
         const int n = plan.rows[s], len = plan.seq_len[s], r0 = seq_starts[s];
         ci_tensor kc = tensor(keys[s].data(), CI_F32, {len, G, D});
         ci_tensor vc = tensor(values[s].data(), CI_F32, {len, G, D});
-        std::vector<float> q_s(q.begin() + (size_t)r0 * H * D, q.begin() + (size_t)(r0 + n) * H * D);
+        std::vector<float> q_s(q.begin() + (size_t)r0 * H * D,
+                               q.begin() + (size_t)(r0 + n) * H * D);
         std::vector<float> expected((size_t)n * H * D, NAN);
         ci_tensor qs = tensor(q_s.data(), CI_F32, {n, H, D});
         ci_tensor es = tensor(expected.data(), CI_F32, {n, H, D});
@@ -148,8 +150,8 @@ void check_step(const Shape &shape, int block_size, const Step &plan, bool diffe
             be->ops->attention(be, &es, &qs, &kc, &vc, len - n);
         for (size_t i = 0; i < expected.size(); i++)
             ASSERT_EQ(out[(size_t)r0 * H * D + i], expected[i])
-                << "sequence " << s << " of " << S << ", element " << i << ", H=" << H
-                << " G=" << G << " D=" << D << " block_size=" << block_size
+                << "sequence " << s << " of " << S << ", element " << i << ", H=" << H << " G=" << G
+                << " D=" << D << " block_size=" << block_size
                 << (differential ? " differential" : "");
     }
 }
@@ -183,15 +185,18 @@ TEST(PagedOps, RopeRowsEqualsRopeAtEachPosition) {
     for (int i = 0; i < D / 2; i++) inv_freq[i] = std::pow(10000.0f, -2.0f * (float)i / (float)D);
     const ci_rope_freqs freqs = {inv_freq.data(), 1.0f};
     std::vector<int32_t> positions = {0, 5, 6, 7, 300, 1, 2, 40000, 17};
-    std::vector<float> q = random_floats(rng, (size_t)R * H * D), k = random_floats(rng, (size_t)R * G * D);
+    std::vector<float> q = random_floats(rng, (size_t)R * H * D),
+                       k = random_floats(rng, (size_t)R * G * D);
     std::vector<float> q_rows = q, k_rows = k;
-    ci_tensor qt = tensor(q_rows.data(), CI_F32, {R, H, D}), kt = tensor(k_rows.data(), CI_F32, {R, G, D});
+    ci_tensor qt = tensor(q_rows.data(), CI_F32, {R, H, D}),
+              kt = tensor(k_rows.data(), CI_F32, {R, G, D});
     ci_tensor pt = tensor(positions.data(), CI_I32, {R});
     cpu.be->ops->rope_rows(cpu.be, &qt, &kt, &pt, &freqs);
     for (int r = 0; r < R; r++) {
         std::vector<float> q1(q.begin() + (size_t)r * H * D, q.begin() + (size_t)(r + 1) * H * D);
         std::vector<float> k1(k.begin() + (size_t)r * G * D, k.begin() + (size_t)(r + 1) * G * D);
-        ci_tensor q1t = tensor(q1.data(), CI_F32, {1, H, D}), k1t = tensor(k1.data(), CI_F32, {1, G, D});
+        ci_tensor q1t = tensor(q1.data(), CI_F32, {1, H, D}),
+                  k1t = tensor(k1.data(), CI_F32, {1, G, D});
         cpu.be->ops->rope(cpu.be, &q1t, &k1t, positions[r], &freqs);
         EXPECT_EQ(0, std::memcmp(q1.data(), q_rows.data() + (size_t)r * H * D, q1.size() * 4)) << r;
         EXPECT_EQ(0, std::memcmp(k1.data(), k_rows.data() + (size_t)r * G * D, k1.size() * 4)) << r;

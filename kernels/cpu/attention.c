@@ -227,17 +227,21 @@ typedef struct paged_shape {
 static paged_shape check_paged(const ci_backend *be, const ci_tensor *out, const ci_tensor *q,
                                const ci_tensor *k_pool, const ci_tensor *v_pool,
                                const ci_paged_step *step) {
-    paged_shape s = {q->shape[0], q->shape[1], k_pool->shape[2], q->shape[2], 0,
-                     k_pool->shape[1], k_pool->shape[2] * k_pool->shape[3]};
+    paged_shape s = {.n_rows = q->shape[0],
+                     .n_heads = q->shape[1],
+                     .n_kv_heads = k_pool->shape[2],
+                     .head_dim = q->shape[2],
+                     .block_size = k_pool->shape[1],
+                     .row_floats = k_pool->shape[2] * k_pool->shape[3]};
     CI_ASSERT(q->n_dims == 3 && out->n_dims == 3 && k_pool->n_dims == 4 && v_pool->n_dims == 4);
     CI_ASSERT(k_pool->dtype == CI_F32 && v_pool->dtype == CI_F32 && q->dtype == CI_F32);
     CI_ASSERT(k_pool->shape[3] == s.head_dim && s.block_size == step->block_size);
     for (int i = 0; i < 4; i++) CI_ASSERT(v_pool->shape[i] == k_pool->shape[i]);
     CI_ASSERT(s.n_heads % s.n_kv_heads == 0 && s.n_rows == step->n_rows);
     CI_ASSERT(ci_tensor_numel(out) == ci_tensor_numel(q));
-    CI_ASSERT(be->workspace_bytes >= (size_t)be->n_threads *
-                                         attention_cpu_scratch_bytes(step->max_seq_len,
-                                                                     (int)s.head_dim));
+    CI_ASSERT(be->workspace_bytes >=
+              (size_t)be->n_threads *
+                  attention_cpu_scratch_bytes(step->max_seq_len, (int)s.head_dim));
     s.group = s.n_heads / s.n_kv_heads;
     return s;
 }
@@ -247,14 +251,16 @@ static int64_t seq_of_row(const ci_paged_step *step, int64_t r) {
     int64_t lo = 0, hi = step->n_seqs - 1;
     while (lo < hi) {
         const int64_t mid = (lo + hi + 1) / 2;
-        if (step->host_seq_starts[mid] <= r) lo = mid;
-        else hi = mid - 1;
+        if (step->host_seq_starts[mid] <= r)
+            lo = mid;
+        else
+            hi = mid - 1;
     }
     return lo;
 }
 
-static seq_cache paged_cache(const ci_tensor *k_pool, const ci_tensor *v_pool,
-                             const paged_shape *s, const ci_paged_step *step, int64_t seq) {
+static seq_cache paged_cache(const ci_tensor *k_pool, const ci_tensor *v_pool, const paged_shape *s,
+                             const ci_paged_step *step, int64_t seq) {
     const int32_t *tables = step->block_tables.data;
     return (seq_cache){k_pool->data, v_pool->data, s->row_floats, s->block_size,
                        tables + seq * step->max_blocks_per_seq};
@@ -309,9 +315,9 @@ void paged_diff_attention_cpu(ci_backend *be, ci_tensor *out, const ci_tensor *q
             const seq_cache cache = paged_cache(k_pool, v_pool, &s, step, seq_of_row(step, r));
             double *probs1 = paged_scratch(be, step, D), *probs2 = probs1 + step->max_seq_len;
             double *o1 = probs2 + step->max_seq_len, *o2 = o1 + 2 * D;
-            attend_pair(qs + r * s.n_heads * D, &cache, p, s.n_heads, s.group, D,
-                        positions[r] + 1, scale, probs1, probs2, o1, o2, lambda, lambda_init,
-                        eps, ys + r * s.n_heads * D + p * 2 * D);
+            attend_pair(qs + r * s.n_heads * D, &cache, p, s.n_heads, s.group, D, positions[r] + 1,
+                        scale, probs1, probs2, o1, o2, lambda, lambda_init, eps,
+                        ys + r * s.n_heads * D + p * 2 * D);
         }
     }
 }
