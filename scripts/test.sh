@@ -40,7 +40,7 @@ if [ "${SKIP_FUZZ:-0}" != 1 ]; then
   CC=clang CXX=clang++ cmake -S . -B build-fuzz -DCMAKE_BUILD_TYPE=RelWithDebInfo \
     -DCINFER_FUZZ=ON -DCINFER_CUDA=OFF -DCINFER_TESTS=OFF
   cmake --build build-fuzz -j "$jobs"
-  for target in safetensors config tokenizer bench_dataset; do
+  for target in safetensors config tokenizer bench_dataset serve_stop; do
     corpus=$(mktemp -d)
     cp -r "tests/fuzz/corpus/$target/." "$corpus/"
     # new inputs go to a scratch copy, so the committed corpus stays as it is
