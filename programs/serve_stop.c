@@ -6,8 +6,10 @@
  * still become a stop string. Each state also knows the longest stop string that ends there
  * (found through its failure links when the trie is built), which is the one that begins
  * earliest among those ending at this byte. The state's depth bounds what is held back by
- * SERVE_STOP_MAX_BYTES, so a call costs the bytes it is given plus that, however long the output
- * and however many stop strings there are (the failure-link walks are amortized over the bytes). */
+ * SERVE_STOP_MAX_BYTES, so a call costs the bytes it is given plus that, however long the output.
+ * Per byte: one step deepens the state by at most one byte and each failure link taken makes it
+ * shallower, so failure links taken never outnumber the bytes; a node's children are a list,
+ * scanned in at most min(number of stop strings, 256) looks (the root's are a table). */
 #include "serve_stop.h"
 
 #include <stdarg.h>

@@ -7,8 +7,8 @@
  * What the calls return, joined, is the whole text cut where the earliest occurrence of any stop
  * string begins (the lowest start position; at one position the shortest stop string, then the
  * lowest index), or the whole text if none occurs. Matching is byte for byte (no normalization).
- * The cost of a call is proportional to the bytes it is given plus the bytes held back (at most
- * SERVE_STOP_MAX_BYTES + 3), whatever the number of stop strings: an Aho-Corasick automaton. */
+ * A call costs the bytes it is given plus the bytes held back (at most SERVE_STOP_MAX_BYTES + 3),
+ * however long the text already sent: an Aho-Corasick automaton, stepped once per new byte. */
 #ifndef CINFER_SERVE_STOP_H
 #define CINFER_SERVE_STOP_H
 
