@@ -5,7 +5,8 @@
 #   1. release build (the CUDA code compiles when nvcc is present; GPU tests skip without a GPU)
 #   2. AddressSanitizer + UndefinedBehaviorSanitizer build without CUDA (so -DCINFER_CUDA=OFF is
 #      proven to build as well): the whole suite again, bad-input tests included
-#   3. the libFuzzer targets (safetensors header, config.json, tokenizer.json) built with clang,
+#   3. the libFuzzer targets (safetensors header, config.json, tokenizer.json, bench's dataset,
+#      serve's request bodies) built with clang,
 #      each run for FUZZ_SECONDS (default 30) over its seed corpus
 #
 # Environment: JOBS (default: nproc), FUZZ_SECONDS, SKIP_FUZZ=1.
@@ -40,7 +41,7 @@ if [ "${SKIP_FUZZ:-0}" != 1 ]; then
   CC=clang CXX=clang++ cmake -S . -B build-fuzz -DCMAKE_BUILD_TYPE=RelWithDebInfo \
     -DCINFER_FUZZ=ON -DCINFER_CUDA=OFF -DCINFER_TESTS=OFF
   cmake --build build-fuzz -j "$jobs"
-  for target in safetensors config tokenizer bench_dataset serve_stop; do
+  for target in safetensors config tokenizer bench_dataset serve_stop serve_request; do
     corpus=$(mktemp -d)
     cp -r "tests/fuzz/corpus/$target/." "$corpus/"
     # new inputs go to a scratch copy, so the committed corpus stays as it is
