@@ -91,7 +91,6 @@ struct cinfer_engine {
     int32_t *h_tokens, *h_positions, *h_slots, *h_seq_starts, *h_seq_lens, *h_block_tables;
     int32_t *h_sample_rows, *h_argmax_ids;
     float *h_logits;
-    double *h_logprob_scratch; /* [V] */
 
     /* owned by the engine thread */
     request **running; /* [max_seqs], in the order they were admitted */
@@ -111,6 +110,8 @@ struct cinfer_engine {
     int n_inbox, cap_inbox;
     uint64_t *aborts;
     int n_aborts, cap_aborts;
+    uint64_t *draining_aborts; /* the engine thread's: last step's list, reused */
+    int cap_draining_aborts;
     uint64_t *live_ids; /* requests submitted and not finished, ascending */
     int n_live, cap_live;
     uint64_t next_id;
@@ -298,17 +299,17 @@ static cinfer_status drain_inbox(cinfer_engine *e) {
     if (moved > 0 && moved < e->n_inbox)
         memmove(e->inbox, e->inbox + moved, (size_t)(e->n_inbox - moved) * sizeof *e->inbox);
     e->n_inbox -= moved;
-    const int n_aborts = e->n_aborts;
-    uint64_t *aborts = malloc((size_t)(n_aborts ? n_aborts : 1) * sizeof *aborts);
-    if (aborts && n_aborts > 0) memcpy(aborts, e->aborts, (size_t)n_aborts * sizeof *aborts);
+    /* the aborts change hands with the engine thread's spare list: no copy, no allocation */
+    uint64_t *aborts = e->aborts;
+    const int n_aborts = e->n_aborts, cap_aborts = e->cap_aborts;
+    e->aborts = e->draining_aborts;
+    e->cap_aborts = e->cap_draining_aborts;
     e->n_aborts = 0;
     pthread_mutex_unlock(&e->lock);
-    if (!ok || !aborts) {
-        free(aborts);
-        return CI_FAIL(CINFER_ERR_MEMORY, "out of memory queueing requests");
-    }
+    e->draining_aborts = aborts;
+    e->cap_draining_aborts = cap_aborts;
     for (int i = 0; i < n_aborts; i++) abort_request(e, aborts[i]);
-    free(aborts);
+    if (!ok) return CI_FAIL(CINFER_ERR_MEMORY, "out of memory queueing requests");
     /* max_new_tokens = 0 asks for nothing past the prompt */
     for (int i = 0; i < e->n_waiting;) {
         request *r = e->waiting[i];
@@ -526,7 +527,7 @@ static int wants_host_logits(const request *r) {
 }
 
 /* Log-softmax of the row at token, and the top n alternatives, in double. */
-static void fill_logprobs(const float *logits, int V, int32_t token, int n_top, double *scratch,
+static void fill_logprobs(const float *logits, int V, int32_t token, int n_top,
                           cinfer_request_output *out) {
     double max_logit = -INFINITY;
     for (int i = 0; i < V; i++)
@@ -550,7 +551,6 @@ static void fill_logprobs(const float *logits, int V, int32_t token, int n_top, 
     }
     out->n_top = n;
     for (int i = 0; i < n; i++) out->top_logprobs[i] = (float)((double)logits[ids[i]] - log_total);
-    (void)scratch;
 }
 
 static int is_stop_token(const cinfer_engine *e, const request *r, int32_t token) {
@@ -592,8 +592,7 @@ static cinfer_status sample_tokens(cinfer_engine *e, int n_sampled) {
             cinfer_request_output *out = new_output(e, r);
             if (!out) return CI_FAIL(CINFER_ERR_MEMORY, "out of memory for outputs");
             out->token = token;
-            if (r->params.logprobs)
-                fill_logprobs(row, V, token, r->params.top_logprobs, e->h_logprob_scratch, out);
+            if (r->params.logprobs) fill_logprobs(row, V, token, r->params.top_logprobs, out);
             if (!r->params.ignore_eos && is_stop_token(e, r, token))
                 out->finish_reason = CINFER_FINISH_STOP;
             else if (r->n_tokens - r->n_prompt >= r->params.max_new_tokens)
@@ -856,14 +855,12 @@ static cinfer_status allocate(cinfer_engine *e, int64_t n_blocks) {
     e->h_sample_rows = malloc((size_t)S * sizeof(int32_t));
     e->h_argmax_ids = malloc(LOGIT_ROWS * sizeof(int32_t));
     e->h_logits = malloc((size_t)LOGIT_ROWS * (size_t)V * sizeof(float));
-    e->h_logprob_scratch = malloc((size_t)V * sizeof(double));
     e->running = calloc((size_t)S, sizeof *e->running);
     e->batch = calloc((size_t)S, sizeof *e->batch);
     e->sampled_req = calloc((size_t)S, sizeof *e->sampled_req);
     if (!e->inv_freq || !host_inv_freq || !e->h_tokens || !e->h_positions || !e->h_slots ||
         !e->h_seq_starts || !e->h_seq_lens || !e->h_block_tables || !e->h_sample_rows ||
-        !e->h_argmax_ids || !e->h_logits || !e->h_logprob_scratch || !e->running || !e->batch ||
-        !e->sampled_req) {
+        !e->h_argmax_ids || !e->h_logits || !e->running || !e->batch || !e->sampled_req) {
         free(host_inv_freq);
         return CI_FAIL(CINFER_ERR_MEMORY, "out of memory for the engine's buffers");
     }
@@ -912,7 +909,6 @@ void cinfer_engine_free(cinfer_engine *e) {
     free(e->h_sample_rows);
     free(e->h_argmax_ids);
     free(e->h_logits);
-    free(e->h_logprob_scratch);
     free(e->running);
     free(e->waiting);
     free(e->batch);
@@ -920,6 +916,7 @@ void cinfer_engine_free(cinfer_engine *e) {
     free(e->outputs);
     free(e->inbox);
     free(e->aborts);
+    free(e->draining_aborts);
     free(e->live_ids);
     pthread_mutex_destroy(&e->lock);
     pthread_cond_destroy(&e->work);
@@ -1077,9 +1074,12 @@ int cinfer_engine_abort(cinfer_engine *e, uint64_t id) {
     return known;
 }
 
+/* A request submitted and not finished, or an abort to carry out. Under e->lock. */
+static int work_pending(const cinfer_engine *e) { return e->n_live > 0 || e->n_aborts > 0; }
+
 int cinfer_engine_has_work(cinfer_engine *e) {
     pthread_mutex_lock(&e->lock);
-    const int work = e->n_live > 0 || e->n_aborts > 0;
+    const int work = work_pending(e);
     pthread_mutex_unlock(&e->lock);
     return work;
 }
@@ -1095,12 +1095,9 @@ int cinfer_engine_wait(cinfer_engine *e, double timeout_seconds) {
         deadline.tv_nsec -= 1000000000L;
     }
     pthread_mutex_lock(&e->lock);
-    int work = e->n_live > 0 || e->n_aborts > 0;
-    while (!work) {
+    while (!work_pending(e))
         if (pthread_cond_timedwait(&e->work, &e->lock, &deadline) != 0) break;
-        work = e->n_live > 0 || e->n_aborts > 0;
-    }
-    work = e->n_live > 0 || e->n_aborts > 0;
+    const int work = work_pending(e);
     pthread_mutex_unlock(&e->lock);
     return work;
 }

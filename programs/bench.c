@@ -317,13 +317,6 @@ static void test_name(const bench_row *row, char *buf, size_t size) {
         snprintf(buf + n, size - (size_t)n, " @ d%d", row->n_depth);
 }
 
-/* The path as given, minus trailing slashes: what the user called the model. */
-static void model_label(const char *dir, char *buf, size_t size) {
-    snprintf(buf, size, "%s", dir);
-    size_t n = strlen(buf);
-    while (n > 1 && buf[n - 1] == '/') buf[--n] = '\0';
-}
-
 static void human_count(double count, char *buf, size_t size) {
     const char *units[] = {"", "K", "M", "B", "T"};
     int u = 0;
@@ -347,21 +340,11 @@ static void against_ceiling(const bench_row *r, char *buf, size_t size) {
     }
 }
 
-/* RFC 4180: quoted, with quotes doubled. */
-static void print_csv_field(const char *text) {
-    putchar('"');
-    for (const char *c = text; *c; c++) {
-        if (*c == '"') putchar('"');
-        putchar(*c);
-    }
-    putchar('"');
-}
-
 static void print_rows(const bench_options *o, const cinfer_model_info *info, const bench_row *rows,
                        int n_rows) {
     char model[512], test[64], size[32], params[32];
-    model_label(o->config_path ? o->config_path : o->model_dir, model, sizeof model);
-    if (o->random_weights && strlen(model) + 10 < sizeof model) strcat(model, " (random)");
+    bench_model_label(o->config_path ? o->config_path : o->model_dir, o->random_weights, model,
+                      sizeof model);
     format_bytes((double)info->weight_bytes, size, sizeof size);
     human_count((double)info->n_params, params, sizeof params);
     if (o->output == OUTPUT_MD) {
@@ -469,13 +452,7 @@ static void print_rows(const bench_options *o, const cinfer_model_info *info, co
                 }
             }
         }
-        char *json = array ? cJSON_Print(array) : NULL;
-        if (json)
-            printf("%s\n", json);
-        else
-            fprintf(stderr, "cinfer bench: error: out of memory printing JSON\n");
-        cJSON_free(json);
-        cJSON_Delete(array);
+        print_json_rows(array);
     }
     fflush(stdout);
 }

@@ -679,9 +679,8 @@ static void json_ms(cJSON *item, const char *key, double seconds) {
 static void print_serve_rows(const serve_options *o, const cinfer_model_info *info,
                              const serve_row *rows, int n_rows) {
     char model[512];
-    snprintf(model, sizeof model, "%s", o->config_path ? o->config_path : o->model_dir);
-    for (size_t n = strlen(model); n > 1 && model[n - 1] == '/';) model[--n] = '\0';
-    if (o->random_weights && strlen(model) + 10 < sizeof model) strcat(model, " (random)");
+    bench_model_label(o->config_path ? o->config_path : o->model_dir, o->random_weights, model,
+                      sizeof model);
     const char *backend = cinfer_backend_name(o->load.backend);
     const char *dtype = o->load.backend == CINFER_BACKEND_CPU ? cinfer_dtype_name(CINFER_DTYPE_F32)
                                                               : cinfer_dtype_name(o->load.dtype);
@@ -716,9 +715,11 @@ static void print_serve_rows(const serve_options *o, const cinfer_model_info *in
                "prompt_tokens_hit,prefix_hit_rate,preemptions,steps\n");
         for (int i = 0; i < n_rows; i++) {
             const serve_row *r = &rows[i];
-            printf("\"%s\",%s,%s,%s,%s,%d,\"%s\",%d,%d,%d,%d,", model, info->architecture, backend,
-                   dtype, info->attention, o->load.n_threads, o->dataset ? o->dataset : "",
-                   r->n_requests, r->max_seqs,
+            print_csv_field(model);
+            printf(",%s,%s,%s,%s,%d,", info->architecture, backend, dtype, info->attention,
+                   o->load.n_threads);
+            print_csv_field(o->dataset ? o->dataset : "");
+            printf(",%d,%d,%d,%d,", r->n_requests, r->max_seqs,
                    o->engine.max_batched_tokens ? o->engine.max_batched_tokens
                                                 : ENGINE_MAX_BATCHED_TOKENS,
                    r->block_size);
@@ -782,13 +783,7 @@ static void print_serve_rows(const serve_options *o, const cinfer_model_info *in
             cJSON_AddNumberToObject(item, "preemptions", (double)r->preemptions);
             cJSON_AddNumberToObject(item, "steps", (double)r->steps);
         }
-        char *json = array ? cJSON_Print(array) : NULL;
-        if (json)
-            printf("%s\n", json);
-        else
-            fprintf(stderr, "cinfer bench: error: out of memory printing JSON\n");
-        cJSON_free(json);
-        cJSON_Delete(array);
+        print_json_rows(array);
     }
     fflush(stdout);
 }

@@ -5,6 +5,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <cjson/cJSON.h>
+
 #include "program.h"
 
 static void (*usage_printer)(FILE *out);
@@ -100,4 +102,30 @@ int parse_load_option(const char *flag, const char *value, cinfer_load_options *
         o->device = (int)device;
     }
     return 0;
+}
+
+void bench_model_label(const char *path, int random_weights, char *buf, size_t size) {
+    snprintf(buf, size, "%s", path);
+    size_t n = strlen(buf);
+    while (n > 1 && buf[n - 1] == '/') buf[--n] = '\0';
+    if (random_weights && n + 10 < size) strcat(buf, " (random)");
+}
+
+void print_csv_field(const char *text) {
+    putchar('"');
+    for (const char *c = text; *c; c++) {
+        if (*c == '"') putchar('"');
+        putchar(*c);
+    }
+    putchar('"');
+}
+
+void print_json_rows(cJSON *array) {
+    char *json = array ? cJSON_Print(array) : NULL;
+    if (json)
+        printf("%s\n", json);
+    else
+        fprintf(stderr, "cinfer bench: error: out of memory printing JSON\n");
+    cJSON_free(json);
+    cJSON_Delete(array);
 }

@@ -28,6 +28,15 @@ void format_bytes(double bytes, char *buf, size_t size);
 /* "1 15 7 42" -> ids (malloc'd); 0, or the exit status once the reason is printed. */
 int parse_token_list(const char *text, int32_t **ids, int *n_ids);
 
+/* What the bench rows call the model: the path as given minus trailing slashes, with " (random)"
+ * for random weights. */
+void bench_model_label(const char *path, int random_weights, char *buf, size_t size);
+/* RFC 4180: text quoted, with quotes doubled, to stdout. */
+void print_csv_field(const char *text);
+/* Prints a cJSON array of rows (NULL: out of memory) to stdout and deletes it. */
+struct cJSON;
+void print_json_rows(struct cJSON *array);
+
 /* --backend cpu|cuda, --dtype f32|bf16|fp16, --attn auto|eager|sdpa|flash (the names cinfer.h's
  * tables take, aliases included), --device N into options; 0, or EXIT_USAGE once the reason is
  * printed. Whether the kind runs the model is cinfer_model_load's to say. */
