@@ -25,6 +25,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "../common/clock.h"
 #include "../common/error.h"
 #include "../kernels/device.h"
 #include "engine.h"
@@ -53,6 +54,8 @@ typedef struct request {
     cinfer_sampler *sampler;
     int n_cached_prompt; /* prompt tokens the prefix cache supplied at its first admission */
     int admitted_once;
+    double submitted_at;   /* ci_now_seconds() at cinfer_engine_add_request */
+    double queued_seconds; /* from submission to its first admission; -1 until then */
 } request;
 
 /* The rows of one step that belong to one request. */
@@ -228,6 +231,7 @@ static cinfer_request_output *new_output(cinfer_engine *e, const request *r) {
     out->n_prompt = r->n_prompt;
     out->n_generated = r->n_tokens - r->n_prompt;
     out->n_cached_prompt = r->n_cached_prompt;
+    out->queued_seconds = r->queued_seconds;
     return out;
 }
 
@@ -365,6 +369,7 @@ static void schedule(cinfer_engine *e) {
             e->counts.prompt_tokens_queried += (uint64_t)r->n_prompt;
             e->counts.prompt_tokens_hit += (uint64_t)r->n_cached_prompt;
             r->admitted_once = 1;
+            r->queued_seconds = ci_now_seconds() - r->submitted_at;
         }
         remove_waiting(e, 0);
         e->running[e->n_running++] = r;
@@ -1020,6 +1025,8 @@ cinfer_status cinfer_engine_add_request(cinfer_engine *e, const int32_t *prompt,
     request *r = calloc(1, sizeof *r);
     CI_CHECK_ALLOC(r, sizeof *r);
     r->params = *params;
+    r->submitted_at = ci_now_seconds();
+    r->queued_seconds = -1.0;
     r->n_prompt = r->n_tokens = n_prompt;
     r->capacity = n_prompt + params->max_new_tokens;
     r->max_blocks = blocks_for(r->capacity, e->block_size);

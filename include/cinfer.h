@@ -434,6 +434,7 @@ typedef struct cinfer_request_output {
     cinfer_finish_reason finish_reason;
     int n_prompt, n_generated; /* counts so far */
     int n_cached_prompt;       /* prompt tokens the prefix cache supplied at admission */
+    double queued_seconds;     /* from submission to its first admission; -1 until admitted */
 } cinfer_request_output;
 
 typedef struct cinfer_engine_stats {

@@ -15,5 +15,6 @@ extern const program_command run_command;      /* programs/run.c */
 extern const program_command bench_command;    /* programs/bench.c */
 extern const program_command tokenize_command; /* programs/tokenize.c */
 extern const program_command compare_command;  /* programs/compare.c */
+extern const program_command serve_command;    /* programs/serve.c (CINFER_HAVE_SERVER) */
 
 #endif

@@ -8,6 +8,7 @@
  *                                                                         (programs/tokenize.c)
  *   cinfer compare --model DIR --tokens "1 15 7" [--dtype D] [--attn A] [--device N]
  *                                                                         (programs/compare.c)
+ *   cinfer serve --model DIR [--port 8000] [options]    (programs/serve.c, where libmicrohttpd is)
  *
  * Errors go to stderr as one line naming what was wrong, with exit status 1 (2 for misuse). */
 #include <stdio.h>
@@ -17,11 +18,20 @@
 #include "program.h"
 
 /* The command list, in the order the usage lists them. */
-static const program_command *const commands[] = {&inspect_command, &run_command, &bench_command,
-                                                  &tokenize_command, &compare_command};
-/* Their option sections, in the order the usage gives them: compare's refers to run's above it. */
-static const program_command *const option_sections[] = {&run_command, &compare_command,
-                                                         &tokenize_command};
+static const program_command *const commands[] = {
+    &inspect_command, &run_command, &bench_command, &tokenize_command, &compare_command,
+#ifdef CINFER_HAVE_SERVER /* built where libmicrohttpd is (CMakeLists.txt, CINFER_SERVER) */
+    &serve_command,
+#endif
+};
+/* Their option sections, in the order the usage gives them: compare's and serve's refer to run's
+ * above them. */
+static const program_command *const option_sections[] = {
+    &run_command, &compare_command, &tokenize_command,
+#ifdef CINFER_HAVE_SERVER
+    &serve_command,
+#endif
+};
 
 static void print_usage(FILE *out) {
     fputs("usage: cinfer <command> [options]\n\ncommands:\n", out);
@@ -41,5 +51,12 @@ int main(int argc, char **argv) {
     }
     for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
         if (strcmp(argv[1], commands[i]->name) == 0) return commands[i]->main(argc - 2, argv + 2);
+#ifndef CINFER_HAVE_SERVER
+    if (strcmp(argv[1], "serve") == 0) {
+        fprintf(stderr, "cinfer: error: this cinfer was built without `serve`: it needs "
+                        "libmicrohttpd (Debian: libmicrohttpd-dev) when CMake runs\n");
+        return EXIT_ERROR;
+    }
+#endif
     return usage_error("unknown command '%s'", argv[1]);
 }

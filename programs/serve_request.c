@@ -506,6 +506,55 @@ static int parse_logprobs(const cJSON *root, serve_request *req, serve_error *er
     return 0;
 }
 
+/* vLLM's /tokenize ({"prompt": text} or {"messages": [...]}, add_special_tokens,
+ * add_generation_prompt) and /detokenize ({"tokens": [ids]}). */
+static int parse_tokenizer_fields(const cJSON *root, serve_request *req, serve_error *err) {
+    if (req->kind == SERVE_DETOKENIZE) {
+        const cJSON *tokens = field(root, "tokens");
+        if (!tokens) return refuse(err, "tokens", NULL, "tokens is required: a list of token ids");
+        if (!cJSON_IsArray(tokens))
+            return refuse(err, "tokens", NULL, "tokens must be a list of token ids, got %s",
+                          json_type(tokens));
+        const int n = cJSON_GetArraySize(tokens);
+        req->prompt_tokens = malloc((size_t)(n > 0 ? n : 1) * sizeof *req->prompt_tokens);
+        if (!req->prompt_tokens) {
+            serve_error_set(err, 500, "tokens", NULL, "out of memory for %d tokens", n);
+            return -1;
+        }
+        int k = 0;
+        for (const cJSON *id = tokens->child; id; id = id->next, k++) {
+            char got[48];
+            if (!is_int_in(id, 0, INT32_MAX))
+                return refuse(err, "tokens", NULL,
+                              "tokens must be token ids (integers in [0, %d]): element %d is %s",
+                              INT32_MAX, k, json_text(id, got, sizeof got));
+            req->prompt_tokens[k] = (int32_t)id->valuedouble;
+        }
+        req->n_prompt_tokens = n;
+        return 0;
+    }
+    const int has_messages = field(root, "messages") != NULL;
+    if (has_messages == (field(root, "prompt") != NULL))
+        return refuse(err, "prompt", NULL, "tokenize takes one of prompt (a string) and messages");
+    if (has_messages) {
+        if (parse_messages(root, req, err)) return -1;
+    } else {
+        const cJSON *prompt = field(root, "prompt");
+        if (!cJSON_IsString(prompt))
+            return refuse(err, "prompt", NULL, "prompt must be a string, got %s",
+                          json_type(prompt));
+        if (!(req->prompt = copy_text(prompt, "prompt", err))) return -1;
+    }
+    /* vLLM's defaults: special tokens for plain text (the template writes its own), and the
+     * assistant's header after the messages */
+    req->add_special_tokens = !has_messages;
+    req->add_generation_prompt = 1;
+    return get_bool(root, "add_special_tokens", &req->add_special_tokens, err) ||
+                   get_bool(root, "add_generation_prompt", &req->add_generation_prompt, err)
+               ? -1
+               : 0;
+}
+
 static int parse_fields(const cJSON *root, serve_request *req, serve_error *err) {
     const cJSON *model = field(root, "model");
     if (model) {
@@ -513,6 +562,8 @@ static int parse_fields(const cJSON *root, serve_request *req, serve_error *err)
             return refuse(err, "model", NULL, "model must be a string, got %s", json_type(model));
         if (!(req->model = copy_text(model, "model", err))) return -1;
     }
+    if (req->kind == SERVE_TOKENIZE || req->kind == SERVE_DETOKENIZE)
+        return parse_tokenizer_fields(root, req, err);
     if (req->kind == SERVE_COMPLETION ? parse_prompt(root, req, err)
                                       : parse_messages(root, req, err))
         return -1;

@@ -35,7 +35,10 @@ enum {
 
 typedef enum serve_kind {
     SERVE_COMPLETION = 0, /* POST /v1/completions */
-    SERVE_CHAT = 1        /* POST /v1/chat/completions */
+    SERVE_CHAT = 1,       /* POST /v1/chat/completions */
+    SERVE_TOKENIZE = 2,   /* POST /tokenize: prompt (text) or messages, add_special_tokens and
+                             add_generation_prompt; nothing else is read */
+    SERVE_DETOKENIZE = 3  /* POST /detokenize: tokens into prompt_tokens (may be empty) */
 } serve_kind;
 
 typedef struct serve_request {
@@ -65,6 +68,7 @@ typedef struct serve_request {
     int logprobs;      /* 0 or 1: each token's log-probability */
     int top_logprobs;  /* [0, CINFER_MAX_TOP_LOGPROBS] alternatives; 0 unless logprobs */
     int ignore_eos;
+    int add_special_tokens, add_generation_prompt; /* tokenize's */
 } serve_request;
 
 /* OpenAI's error object. status 0: no error. */

@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # Installs the Debian packages cinfer builds and tests with, when they are missing:
-# a C/C++ toolchain, CMake, cJSON, GoogleTest, PCRE2, and clang with its libFuzzer runtime.
+# a C/C++ toolchain, CMake, cJSON, GoogleTest, PCRE2, libmicrohttpd (cinfer serve), libcurl (the
+# server's tests), and clang with its libFuzzer runtime.
 # The CUDA toolkit is not installed here (it is large and comes with GPU machines); the build
 # compiles the CUDA code whenever nvcc is present and skips it otherwise.
 set -euo pipefail
 
-packages=(build-essential cmake pkg-config libcjson-dev libgtest-dev libpcre2-dev clang libclang-rt-dev)
+packages=(build-essential cmake pkg-config libcjson-dev libgtest-dev libpcre2-dev libmicrohttpd-dev
+          libcurl4-openssl-dev python3-venv clang libclang-rt-dev)
 missing=()
 for p in "${packages[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
