@@ -57,6 +57,7 @@ struct Result {
     cinfer_finish_reason reason = CINFER_FINISH_NONE;
     int n_finish_outputs = 0;
     int n_cached_prompt = 0;
+    double queued_seconds = -2; // the last output's
 };
 
 cinfer_request_params params_of(Request &r) {
@@ -129,6 +130,11 @@ std::vector<Result> serve(cinfer_engine *engine, std::vector<Request> &requests,
                                             outputs[o].top_tokens + outputs[o].n_top);
             }
             res.n_cached_prompt = outputs[o].n_cached_prompt;
+            res.queued_seconds = outputs[o].queued_seconds;
+            // a token means the request was admitted: its wait is known
+            if (outputs[o].token >= 0) {
+                EXPECT_GE(outputs[o].queued_seconds, 0.0);
+            }
             EXPECT_EQ(outputs[o].n_generated, (int)res.tokens.size());
             if (outputs[o].finish_reason != CINFER_FINISH_NONE) {
                 res.reason = outputs[o].finish_reason;
@@ -351,6 +357,8 @@ TEST(Engine, AbortDuringPrefillAndDuringDecode) {
     EXPECT_EQ(served[1].reason, CINFER_FINISH_ABORT);
     EXPECT_EQ(served[1].tokens.size(), 3u);
     EXPECT_EQ(served[3].reason, CINFER_FINISH_ABORT);
+    EXPECT_EQ(served[3].queued_seconds, -1.0) << "never admitted: no queue time";
+    EXPECT_GE(served[0].queued_seconds, 0.0) << "admitted, then aborted in its prefill";
     const Result alone = solo(m.model, requests[2]);
     EXPECT_EQ(served[2].tokens, alone.tokens);
     EXPECT_EQ(served[2].reason, CINFER_FINISH_LENGTH);

@@ -566,6 +566,53 @@ TEST(ServeRequest, ErrorJson) {
     EXPECT_EQ(std::string(err.message), long_text + "?"); // the cut é's first byte
 }
 
+// vLLM's /tokenize and /detokenize bodies.
+TEST(ServeRequest, Tokenize) {
+    {
+        Parsed p(SERVE_TOKENIZE, R"({"prompt": "Hi there", "model": "m"})");
+        ASSERT_EQ(p.rc, 0) << p.err.message;
+        EXPECT_STREQ(p.req.prompt, "Hi there");
+        EXPECT_STREQ(p.req.model, "m");
+        EXPECT_EQ(p.req.add_special_tokens, 1); // plain text gets the tokenizer's specials
+        EXPECT_EQ(p.req.add_generation_prompt, 1);
+    }
+    {
+        Parsed p(SERVE_TOKENIZE, R"({"messages": [{"role": "user", "content": "Hi"}],
+                                     "add_generation_prompt": false})");
+        ASSERT_EQ(p.rc, 0) << p.err.message;
+        ASSERT_EQ(p.req.n_messages, 1);
+        EXPECT_STREQ(p.req.messages[0].content, "Hi");
+        EXPECT_EQ(p.req.add_special_tokens, 0); // the template writes its own
+        EXPECT_EQ(p.req.add_generation_prompt, 0);
+    }
+    BODY_REFUSED(SERVE_TOKENIZE, "{}", "prompt", nullptr, "one of prompt");
+    BODY_REFUSED(SERVE_TOKENIZE, R"({"prompt": "a", "messages": []})", "prompt", nullptr,
+                 "one of prompt");
+    BODY_REFUSED(SERVE_TOKENIZE, R"({"prompt": [1, 2]})", "prompt", nullptr, "a string");
+    BODY_REFUSED(SERVE_TOKENIZE, R"({"prompt": "a", "add_special_tokens": 1})",
+                 "add_special_tokens");
+    BODY_REFUSED(SERVE_TOKENIZE, R"({"messages": [{"role": "robot", "content": "a"}]})",
+                 "messages[0].role");
+}
+
+TEST(ServeRequest, Detokenize) {
+    {
+        Parsed p(SERVE_DETOKENIZE, R"({"tokens": [0, 15, 4095]})");
+        ASSERT_EQ(p.rc, 0) << p.err.message;
+        ASSERT_EQ(p.req.n_prompt_tokens, 3);
+        EXPECT_EQ(p.req.prompt_tokens[2], 4095);
+    }
+    {
+        Parsed p(SERVE_DETOKENIZE, R"({"tokens": []})");
+        ASSERT_EQ(p.rc, 0) << p.err.message;
+        EXPECT_EQ(p.req.n_prompt_tokens, 0);
+    }
+    BODY_REFUSED(SERVE_DETOKENIZE, "{}", "tokens", nullptr, "required");
+    BODY_REFUSED(SERVE_DETOKENIZE, R"({"tokens": "1 2"})", "tokens", nullptr, "list");
+    BODY_REFUSED(SERVE_DETOKENIZE, R"({"tokens": [1, -2]})", "tokens", nullptr, "element 1");
+    BODY_REFUSED(SERVE_DETOKENIZE, R"({"tokens": [1.5]})", "tokens", nullptr, "element 0");
+}
+
 TEST(ServeRequest, FreeTwice) {
     std::unique_ptr<Parsed> p(chat("\"stop\": [\"a\"], \"model\": \"m\""));
     ASSERT_EQ(p->rc, 0);

@@ -1,5 +1,5 @@
 /* libFuzzer target for the request bodies of `cinfer serve` (programs/serve_request.c). The
- * first byte picks the endpoint (completions or chat), the rest is the body. Whatever the bytes,
+ * first byte picks the endpoint (completions, chat, tokenize or detokenize), the rest is the body. Whatever the bytes,
  * serve_request_parse must either refuse them with a 4xx status, a non-empty message and a
  * zeroed request, or return a request that keeps the header's promises: every value inside its
  * range, every string valid UTF-8 and within its limits, exactly the prompt form of its kind.
@@ -54,6 +54,20 @@ static int utf8_ok(const char *text) {
 
 static void check_request(const serve_request *r) {
     REQUIRE(!r->model || utf8_ok(r->model));
+    if (r->kind == SERVE_DETOKENIZE) {
+        REQUIRE(!r->prompt && !r->messages && r->prompt_tokens && r->n_prompt_tokens >= 0);
+        for (int i = 0; i < r->n_prompt_tokens; i++) REQUIRE(r->prompt_tokens[i] >= 0);
+        return;
+    }
+    if (r->kind == SERVE_TOKENIZE) {
+        REQUIRE(!r->prompt_tokens && !r->prompt != !r->messages);
+        if (r->prompt) REQUIRE(utf8_ok(r->prompt));
+        for (int i = 0; i < r->n_messages; i++)
+            REQUIRE(r->messages[i].content && utf8_ok(r->messages[i].content));
+        REQUIRE(r->add_special_tokens == 0 || r->add_special_tokens == 1);
+        REQUIRE(r->add_generation_prompt == 0 || r->add_generation_prompt == 1);
+        return;
+    }
     if (r->kind == SERVE_COMPLETION) {
         REQUIRE(!r->messages && r->n_messages == 0);
         REQUIRE(!r->prompt != !r->prompt_tokens);
@@ -124,7 +138,9 @@ static void check_error_json(const serve_error *err) {
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     if (size == 0) return 0;
-    const serve_kind kind = data[0] & 1 ? SERVE_CHAT : SERVE_COMPLETION;
+    static const serve_kind kinds[4] = {SERVE_COMPLETION, SERVE_CHAT, SERVE_TOKENIZE,
+                                        SERVE_DETOKENIZE};
+    const serve_kind kind = kinds[data[0] & 3];
     /* the body copied to a buffer of exactly its size, so a read past it is caught */
     char *body = malloc(size - 1 ? size - 1 : 1);
     REQUIRE(body);
