@@ -164,34 +164,6 @@ int bench_serve_wanted(int argc, char **argv) {
     return 0;
 }
 
-/* A number in [minimum, maximum] that is the whole of text; 0, else -1. */
-static int parse_double(const char *text, double minimum, double maximum, double *out) {
-    char *end;
-    const double v = strtod(text, &end);
-    if (end == text || *end != '\0' || !(v >= minimum && v <= maximum)) return -1;
-    *out = v;
-    return 0;
-}
-
-/* "4294967296", "4G", "512M", "64K" (powers of 1024); at least 1. 0, else -1. */
-static int parse_bytes(const char *text, int64_t *out) {
-    char *end;
-    const double v = strtod(text, &end);
-    double scale = 1.0;
-    if (*end && !end[1]) {
-        const char *units = "KMGT";
-        const char *unit = strchr(units, *end == 'k' || *end == 'm' || *end == 'g' || *end == 't'
-                                             ? *end - 'a' + 'A'
-                                             : *end);
-        if (!unit || !*unit) return -1;
-        scale = pow(1024.0, (double)(unit - units + 1));
-        end++;
-    }
-    if (end == text || *end != '\0' || !(v * scale >= 1.0 && v * scale < 9.2e18)) return -1;
-    *out = (int64_t)(v * scale);
-    return 0;
-}
-
 /* -1 when --help was printed, 0 to run, else the exit status. */
 static int parse_serve_options(int argc, char **argv, serve_options *o) {
     *o = (serve_options){.input_len = DEFAULT_INPUT_LEN,

@@ -1,6 +1,7 @@
 /* What the cinfer commands share (programs/program.h). */
 #include <errno.h>
 #include <limits.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -35,6 +36,35 @@ int parse_long(const char *text, long minimum, long maximum, long *out) {
     long v = strtol(text, &end, 10);
     if (errno || end == text || *end != '\0' || v < minimum || v > maximum) return -1;
     *out = v;
+    return 0;
+}
+
+/* Strict: the whole of text is a number in [minimum, maximum] (NaN is in no range). */
+int parse_double(const char *text, double minimum, double maximum, double *out) {
+    char *end;
+    errno = 0;
+    const double v = strtod(text, &end);
+    if (errno || end == text || *end != '\0' || !(v >= minimum && v <= maximum)) return -1;
+    *out = v;
+    return 0;
+}
+
+/* "4294967296", "4G", "512M", "64K": powers of 1024. */
+int parse_bytes(const char *text, int64_t *out) {
+    char *end;
+    const double v = strtod(text, &end);
+    double scale = 1.0;
+    if (*end && !end[1]) {
+        const char *units = "KMGT";
+        const char *unit = strchr(units, *end == 'k' || *end == 'm' || *end == 'g' || *end == 't'
+                                             ? *end - 'a' + 'A'
+                                             : *end);
+        if (!unit || !*unit) return -1;
+        scale = pow(1024.0, (double)(unit - units + 1));
+        end++;
+    }
+    if (end == text || *end != '\0' || !(v * scale >= 1.0 && v * scale < 9.2e18)) return -1;
+    *out = (int64_t)(v * scale);
     return 0;
 }
 

@@ -23,6 +23,10 @@ int usage_error(const char *fmt, const char *arg);
 int fail(void);
 /* The whole of text as an integer in [minimum, maximum]: 0, else -1. */
 int parse_long(const char *text, long minimum, long maximum, long *out);
+/* The whole of text as a number in [minimum, maximum]: 0, else -1. */
+int parse_double(const char *text, double minimum, double maximum, double *out);
+/* "4294967296", "4G", "512M", "64K" (powers of 1024) as bytes, at least 1: 0, else -1. */
+int parse_bytes(const char *text, int64_t *out);
 /* "1.50 GiB": bytes in the largest binary unit that keeps the number at 1 or more. */
 void format_bytes(double bytes, char *buf, size_t size);
 /* "1 15 7 42" -> ids (malloc'd); 0, or the exit status once the reason is printed. */

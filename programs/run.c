@@ -8,6 +8,7 @@
  *              [--backend cpu|cuda] [--dtype f32|bf16|fp16] [--attn auto|eager|sdpa|flash]
  *              [--device N] */
 #include <errno.h>
+#include <float.h>
 #include <limits.h>
 #include <math.h>
 #include <stdio.h>
@@ -47,12 +48,11 @@ const program_command run_command = {
     "                       or flash\n"
     "  --device N           cuda: the GPU to run on (default 0)\n"};
 
-static int parse_float(const char *text, float *out) {
-    char *end;
-    errno = 0;
-    float v = strtof(text, &end);
-    if (errno || end == text || *end != '\0' || !isfinite(v)) return -1;
-    *out = v;
+/* A float option: parsed as a double in range, then narrowed. */
+static int parse_float(const char *text, double minimum, double maximum, float *out) {
+    double v;
+    if (parse_double(text, minimum, maximum, &v) != 0) return -1;
+    *out = (float)v;
     return 0;
 }
 
@@ -117,11 +117,11 @@ static int parse_options(int argc, char **argv, options *o) {
             o->sampling.seed = seed;
             o->seed_given = 1;
         } else if (strcmp(flag, "--temperature") == 0) {
-            if (parse_float(value, &o->sampling.temperature) != 0 || o->sampling.temperature < 0)
+            if (parse_float(value, 0.0, FLT_MAX, &o->sampling.temperature) != 0)
                 return usage_error("--temperature needs a number >= 0, got '%s'", value);
         } else if (strcmp(flag, "--top-p") == 0) {
-            if (parse_float(value, &o->sampling.top_p) != 0 || !(o->sampling.top_p > 0.0f) ||
-                o->sampling.top_p > 1.0f)
+            if (parse_float(value, 0.0, 1.0, &o->sampling.top_p) != 0 ||
+                !(o->sampling.top_p > 0.0f))
                 return usage_error("--top-p needs a number in (0, 1], got '%s'", value);
         } else if (strcmp(flag, "--backend") == 0 || strcmp(flag, "--dtype") == 0 ||
                    strcmp(flag, "--attn") == 0 || strcmp(flag, "--device") == 0) {

@@ -48,16 +48,6 @@ const program_command serve_command = {
     "  --shutdown-grace S   seconds requests in flight get after SIGINT/SIGTERM (default 30)\n"
     "  --threads N, --backend, --dtype, --attn, --device   as for run\n"};
 
-static int parse_number(const char *text, double minimum, double maximum, double *out) {
-    char *end;
-    errno = 0;
-    const double v = strtod(text, &end);
-    if (errno || end == text || *end != '\0' || !isfinite(v) || v < minimum || v > maximum)
-        return -1;
-    *out = v;
-    return 0;
-}
-
 /* The folder's last component: "models/diffllama-tiny/" serves "diffllama-tiny". */
 static const char *folder_name(const char *dir, char *buf, size_t size) {
     size_t n = strlen(dir);
@@ -135,22 +125,22 @@ static int parse_options(int argc, char **argv, serve_options *o) {
         } else if (strcmp(flag, "--api-key") == 0) {
             o->api_key = value[0] ? value : NULL;
         } else if (strcmp(flag, "--kv-cache-bytes") == 0) {
-            if (parse_number(value, 1, 9.0e18, &x) != 0 || x != floor(x))
-                return usage_error("--kv-cache-bytes needs an integer >= 1, got '%s'", value);
-            o->engine.kv_cache_bytes = (int64_t)x;
+            if (parse_bytes(value, &o->engine.kv_cache_bytes) != 0)
+                return usage_error("--kv-cache-bytes needs bytes (\"4294967296\", \"4G\", "
+                                   "\"512M\"), got '%s'",
+                                   value);
         } else if (strcmp(flag, "--max-body-bytes") == 0) {
-            if (parse_number(value, 1024, 1 << 30, &x) != 0 || x != floor(x))
+            if (parse_double(value, 1024, 1 << 30, &x) != 0 || x != floor(x))
                 return usage_error("--max-body-bytes needs an integer in [1024, 2^30], got '%s'",
                                    value);
             o->max_body_bytes = (size_t)x;
         } else if (strcmp(flag, "--gpu-memory-utilization") == 0) {
-            if (parse_number(value, 1e-3, 1.0, &o->engine.gpu_memory_utilization) != 0)
+            if (parse_double(value, 1e-3, 1.0, &o->engine.gpu_memory_utilization) != 0)
                 return usage_error("--gpu-memory-utilization needs a number in (0, 1], got '%s'",
                                    value);
         } else if (strcmp(flag, "--shutdown-grace") == 0) {
-            if (parse_number(value, 0, 86400, &o->shutdown_grace) != 0)
-                return usage_error("--shutdown-grace needs seconds in [0, 86400], got '%s'",
-                                   value);
+            if (parse_double(value, 0, 86400, &o->shutdown_grace) != 0)
+                return usage_error("--shutdown-grace needs seconds in [0, 86400], got '%s'", value);
         } else if (strcmp(flag, "--backend") == 0 || strcmp(flag, "--dtype") == 0 ||
                    strcmp(flag, "--attn") == 0 || strcmp(flag, "--device") == 0) {
             const int bad = parse_load_option(flag, value, &o->load);
@@ -203,8 +193,8 @@ static int load(serve_server *s) {
     const int32_t tokenizer_eos = cinfer_tokenizer_eos_id(s->tokenizer);
     if (tokenizer_eos >= 0) s->stop_tokens[s->n_stop_tokens++] = tokenizer_eos;
     if (cinfer_engine_create(s->model, &o->engine, &s->engine) != CINFER_OK) return fail();
-    s->max_model_len = o->engine.max_model_len ? o->engine.max_model_len
-                                               : info->max_position_embeddings;
+    s->max_model_len =
+        o->engine.max_model_len ? o->engine.max_model_len : info->max_position_embeddings;
     s->started = (long long)time(NULL);
     return 0;
 }
@@ -264,8 +254,8 @@ static int serve_main(int argc, char **argv) {
     const int usage = parse_options(argc, argv, &s.options);
     if (usage) return usage;
     char name[256];
-    s.model_name =
-        s.options.served_name ? s.options.served_name : folder_name(s.options.model_dir, name, sizeof name);
+    s.model_name = s.options.served_name ? s.options.served_name
+                                         : folder_name(s.options.model_dir, name, sizeof name);
     pthread_mutex_init(&s.registry_lock, NULL);
     pthread_cond_init(&s.registry_changed, NULL);
     atomic_store(&s.state, SERVE_LOADING);

@@ -135,8 +135,10 @@ static cJSON *json_string_n(json_build *b, const char *text, size_t n) {
     char *copy = malloc(3 * n + 1), *at = copy;
     if (!copy) return checked(b, NULL);
     for (size_t i = 0; i < n; i++) {
-        if (text[i] == '\0') at += utf8_encode(0xFFFD, at);
-        else *at++ = text[i];
+        if (text[i] == '\0')
+            at += utf8_encode(0xFFFD, at);
+        else
+            *at++ = text[i];
     }
     *at = '\0';
     cJSON *item = checked(b, cJSON_CreateString(copy));
@@ -287,8 +289,8 @@ static cJSON *choice(json_build *b, const serve_server *s, const serve_job *job,
     } else {
         add(b, c, "text", json_string_n(b, text ? text : "", n_text));
     }
-    add(b, c, "logprobs", from < to ? logprobs(b, s, job, from, to)
-                                    : checked(b, cJSON_CreateNull()));
+    add(b, c, "logprobs",
+        from < to ? logprobs(b, s, job, from, to) : checked(b, cJSON_CreateNull()));
     add(b, c, "finish_reason",
         finish_reason ? checked(b, cJSON_CreateString(finish_reason))
                       : checked(b, cJSON_CreateNull()));
@@ -300,8 +302,8 @@ static char *answer_json(const serve_server *s, const serve_job *job) {
     json_build b = {0};
     cJSON *o = head(&b, s, job, job->kind == SERVE_CHAT ? "chat.completion" : "text_completion");
     cJSON *choices = checked(&b, cJSON_CreateArray());
-    cJSON *c = choice(&b, s, job, job->text, job->n_text, 0, job->n_tokens, job->finish_reason,
-                      0, 1);
+    cJSON *c =
+        choice(&b, s, job, job->text, job->n_text, 0, job->n_tokens, job->finish_reason, 0, 1);
     if (job->logprobs && job->n_tokens == 0) add(&b, c, "logprobs", logprobs(&b, s, job, 0, 0));
     append(&b, choices, c);
     add(&b, o, "choices", choices);
@@ -347,7 +349,8 @@ static int format_events(const serve_server *s, serve_job *job) {
         if (!add_event_json(job, o, &b)) return 0;
         job->role_sent = 1;
     }
-    const int new_text = job->n_text > job->text_sent, new_tokens = job->n_tokens > job->tokens_sent;
+    const int new_text = job->n_text > job->text_sent,
+              new_tokens = job->n_tokens > job->tokens_sent;
     if (new_text || new_tokens) {
         json_build b = {0};
         cJSON *o = head(&b, s, job, object);
@@ -373,8 +376,9 @@ static int format_events(const serve_server *s, serve_job *job) {
         json_build b = {0};
         cJSON *o = head(&b, s, job, object);
         cJSON *choices = checked(&b, cJSON_CreateArray());
-        append(&b, choices, choice(&b, s, job, job->kind == SERVE_CHAT ? NULL : "", 0, 0, 0,
-                                   job->finish_reason, 1, 0));
+        append(&b, choices,
+               choice(&b, s, job, job->kind == SERVE_CHAT ? NULL : "", 0, 0, 0, job->finish_reason,
+                      1, 0));
         add(&b, o, "choices", choices);
         if (!add_event_json(job, o, &b)) return 0;
         if (job->include_usage) { /* OpenAI's last chunk: no choices, the usage */
@@ -467,9 +471,9 @@ static int prompt_ids(const serve_server *s, const serve_request *req, int32_t *
             cinfer_chat_apply(s->tokenizer, turns, req->n_messages, generation_prompt, &chat);
         free(turns);
         if (status != CINFER_OK) {
-            serve_error_set(err, 400, "messages", status == CINFER_ERR_UNSUPPORTED ? "unsupported_value" : NULL,
-                            "the chat template cannot format these messages: %s",
-                            cinfer_last_error());
+            serve_error_set(
+                err, 400, "messages", status == CINFER_ERR_UNSUPPORTED ? "unsupported_value" : NULL,
+                "the chat template cannot format these messages: %s", cinfer_last_error());
             return -1;
         }
         if (req->kind != SERVE_TOKENIZE) add_special = 0; /* the template writes its own BOS */
@@ -485,8 +489,7 @@ static int prompt_ids(const serve_server *s, const serve_request *req, int32_t *
     return 0;
 }
 
-static enum MHD_Result finish_buffered(serve_server *s, struct MHD_Connection *c,
-                                       serve_job *job);
+static enum MHD_Result finish_buffered(serve_server *s, struct MHD_Connection *c, serve_job *job);
 
 static enum MHD_Result generate(serve_server *s, struct MHD_Connection *c, request_context *ctx,
                                 serve_kind kind) {
@@ -535,9 +538,8 @@ static enum MHD_Result generate(serve_server *s, struct MHD_Connection *c, reque
     if (job->stream) {
         job->refs++; /* the response's: its reader may run after this request's context */
         pthread_mutex_unlock(&job->lock);
-        struct MHD_Response *r =
-            MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 16 * 1024, read_stream, job,
-                                              free_stream);
+        struct MHD_Response *r = MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 16 * 1024,
+                                                                   read_stream, job, free_stream);
         if (!r) {
             serve_job_release(job);
             return MHD_NO; /* the connection closes; its completion aborts the request */
@@ -558,8 +560,7 @@ static enum MHD_Result generate(serve_server *s, struct MHD_Connection *c, reque
 }
 
 /* A buffered answer once its job has finished. */
-static enum MHD_Result finish_buffered(serve_server *s, struct MHD_Connection *c,
-                                       serve_job *job) {
+static enum MHD_Result finish_buffered(serve_server *s, struct MHD_Connection *c, serve_job *job) {
     pthread_mutex_lock(&job->lock);
     if (!job->finished) { /* resumed early (cannot happen: the engine wakes it at the end) */
         serve_job_wait_locked(job);
@@ -622,9 +623,8 @@ static enum MHD_Result tokenizer_route(serve_server *s, struct MHD_Connection *c
                 serve_error_set(&err, 400, "tokens", NULL,
                                 "token %d (at %d) is outside the vocabulary of %d tokens",
                                 req.prompt_tokens[i], i, s->vocab_size);
-        if (!err.status &&
-            cinfer_decode(s->tokenizer, req.prompt_tokens, req.n_prompt_tokens, 0, &text) !=
-                CINFER_OK)
+        if (!err.status && cinfer_decode(s->tokenizer, req.prompt_tokens, req.n_prompt_tokens, 0,
+                                         &text) != CINFER_OK)
             serve_error_set(&err, 400, "tokens", NULL, "%s", cinfer_last_error());
         if (!err.status) {
             o = checked(&b, cJSON_CreateObject());
@@ -750,8 +750,8 @@ static enum MHD_Result handle(void *cls, struct MHD_Connection *c, const char *u
         *con_cls = ctx;
         serve_error err = {0};
         ctx->route = check_headers(s, c, url, method, &err);
-            if (!ctx->route) return err.status == 405 ? send_not_allowed(s, c, url, &err)
-                                                  : send_error(s, c, &err);
+        if (!ctx->route)
+            return err.status == 405 ? send_not_allowed(s, c, url, &err) : send_error(s, c, &err);
         return MHD_YES; /* the body comes in the next calls */
     }
     if (*upload_size > 0) { /* a piece of the body */
@@ -829,7 +829,8 @@ static void completed(void *cls, struct MHD_Connection *c, void **con_cls,
 
 int serve_http_start(serve_server *s, int *port) {
     const serve_options *o = &s->options;
-    struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM,
+    struct addrinfo hints = {.ai_family = AF_UNSPEC,
+                             .ai_socktype = SOCK_STREAM,
                              .ai_flags = AI_PASSIVE | AI_NUMERICSERV};
     char port_text[16];
     snprintf(port_text, sizeof port_text, "%d", o->port);
@@ -845,9 +846,9 @@ int serve_http_start(serve_server *s, int *port) {
     s->daemon = MHD_start_daemon(
         flags, (uint16_t)o->port, NULL, NULL, handle, s, MHD_OPTION_SOCK_ADDR, address->ai_addr,
         MHD_OPTION_THREAD_POOL_SIZE, (unsigned)o->http_threads, MHD_OPTION_CONNECTION_TIMEOUT,
-        (unsigned)o->connection_timeout, MHD_OPTION_CONNECTION_LIMIT,
-        (unsigned)o->max_connections, MHD_OPTION_NOTIFY_COMPLETED, completed, s,
-        MHD_OPTION_LISTENING_ADDRESS_REUSE, 1u, MHD_OPTION_END);
+        (unsigned)o->connection_timeout, MHD_OPTION_CONNECTION_LIMIT, (unsigned)o->max_connections,
+        MHD_OPTION_NOTIFY_COMPLETED, completed, s, MHD_OPTION_LISTENING_ADDRESS_REUSE, 1u,
+        MHD_OPTION_END);
     freeaddrinfo(address);
     if (!s->daemon) {
         fprintf(stderr, "cinfer: error: cannot listen on %s port %d (in use, or not allowed)\n",

@@ -23,8 +23,10 @@ static int registry_find(const serve_server *s, uint64_t id) {
     while (lo <= hi) {
         const int mid = lo + (hi - lo) / 2;
         if (s->jobs[mid]->engine_id == id) return mid;
-        if (s->jobs[mid]->engine_id < id) lo = mid + 1;
-        else hi = mid - 1;
+        if (s->jobs[mid]->engine_id < id)
+            lo = mid + 1;
+        else
+            hi = mid - 1;
     }
     return -1;
 }
@@ -73,8 +75,8 @@ static uint64_t fresh_seed(serve_server *s) {
     return z ^ (z >> 31);
 }
 
-int serve_job_submit(serve_server *s, const serve_request *req, const int32_t *prompt,
-                     int n_prompt, serve_job **out, serve_error *err) {
+int serve_job_submit(serve_server *s, const serve_request *req, const int32_t *prompt, int n_prompt,
+                     serve_job **out, serve_error *err) {
     *out = NULL;
     serve_job *job = calloc(1, sizeof *job);
     if (!job) {
@@ -93,8 +95,7 @@ int serve_job_submit(serve_server *s, const serve_request *req, const int32_t *p
     job->created = (long long)time(NULL);
     job->submitted_at = ci_now_seconds();
     snprintf(job->id, sizeof job->id, "%s-%016llx%08llx",
-             req->kind == SERVE_CHAT ? "chatcmpl" : "cmpl",
-             (unsigned long long)fresh_seed(s),
+             req->kind == SERVE_CHAT ? "chatcmpl" : "cmpl", (unsigned long long)fresh_seed(s),
              (unsigned long long)atomic_fetch_add(&s->next_id, 1));
     char reason[256];
     if (cinfer_detokenizer_create(s->tokenizer, 1, &job->detokenizer) != CINFER_OK ||
@@ -265,8 +266,8 @@ static int take_output(serve_server *s, serve_job *job, const cinfer_request_out
             t->text_offset = job->n_text;
         }
         /* the token that ends a turn is not text (run.c leaves it out the same way) */
-        const int ends_turn = out->finish_reason == CINFER_FINISH_STOP &&
-                              is_stop_token(s, out->token);
+        const int ends_turn =
+            out->finish_reason == CINFER_FINISH_STOP && is_stop_token(s, out->token);
         if (!ends_turn) {
             const char *piece, *sendable;
             size_t n_piece, n_sendable;
@@ -294,11 +295,10 @@ static int take_output(serve_server *s, serve_job *job, const cinfer_request_out
 
 static void record_finished(serve_server *s, serve_job *job) {
     const double now = ci_now_seconds();
-    serve_metrics_request_finished(s->metrics, job->finish_reason, job->n_prompt,
-                                   job->n_generated, job->queued_seconds >= 0 ? job->queued_seconds : 0.0,
-                                   job->n_generated ? job->first_token_at - job->submitted_at
-                                                    : -1.0,
-                                   now - job->submitted_at);
+    serve_metrics_request_finished(
+        s->metrics, job->finish_reason, job->n_prompt, job->n_generated,
+        job->queued_seconds >= 0 ? job->queued_seconds : 0.0,
+        job->n_generated ? job->first_token_at - job->submitted_at : -1.0, now - job->submitted_at);
 }
 
 /* The engine failed: every job ends with its message, and the server answers 503 from now on. */
