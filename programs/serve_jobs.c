@@ -176,12 +176,19 @@ int serve_job_wait_locked(serve_job *job) {
     return 1;
 }
 
-/* Under job->lock: the connection goes on with what came (from the engine thread). */
-static void wake(serve_job *job) {
-    if (job->suspended && job->connection) {
-        job->suspended = 0;
-        MHD_resume_connection(job->connection);
-    }
+/* Under job->lock: the connection to resume so that it goes on with what came, or NULL when it
+ * is not waiting. The caller resumes it after unlocking: libmicrohttpd takes locks of its own in
+ * MHD_resume_connection, and the engine thread never holds a job's lock while in it. The
+ * connection cannot go away in between: a suspended connection is not processed, so its request
+ * cannot end before it is resumed. */
+static struct MHD_Connection *take_waiting(serve_job *job) {
+    if (!job->suspended || !job->connection) return NULL;
+    job->suspended = 0;
+    return job->connection;
+}
+
+static void resume(struct MHD_Connection *connection) {
+    if (connection) MHD_resume_connection(connection);
 }
 
 void serve_abort_all(serve_server *s) {
@@ -305,18 +312,25 @@ static void record_finished(serve_server *s, serve_job *job) {
 static void fail_all(serve_server *s, const char *message) {
     pthread_mutex_lock(&s->registry_lock);
     atomic_store(&s->state, SERVE_DEAD);
-    for (int i = 0; i < s->n_jobs; i++) {
-        serve_job *job = s->jobs[i];
-        pthread_mutex_lock(&job->lock);
-        fail_job(job, message);
-        wake(job);
-        pthread_mutex_unlock(&job->lock);
-        record_finished(s, job);
-        serve_job_release(job);
-    }
-    s->n_jobs = 0;
+    serve_job **jobs = s->jobs;
+    const int n_jobs = s->n_jobs;
+    s->jobs = NULL;
+    s->n_jobs = s->cap_jobs = 0;
     pthread_cond_broadcast(&s->registry_changed);
     pthread_mutex_unlock(&s->registry_lock);
+    /* outside the registry's lock: the last release of a job takes it */
+    for (int i = 0; i < n_jobs; i++) {
+        serve_job *job = jobs[i];
+        pthread_mutex_lock(&job->lock);
+        const int was_finished = job->finished;
+        fail_job(job, message);
+        struct MHD_Connection *waiting = take_waiting(job);
+        pthread_mutex_unlock(&job->lock);
+        resume(waiting);
+        if (!was_finished) record_finished(s, job);
+        serve_job_release(job); /* the registry's reference */
+    }
+    free(jobs);
 }
 
 void *serve_engine_loop(void *arg) {
@@ -352,8 +366,10 @@ void *serve_engine_loop(void *arg) {
             const int stop_now = take_output(s, job, out);
             const int now_finished = job->finished && !was_finished;
             /* a buffered answer waits for the end; a stream takes every piece */
-            if (job->stream || job->finished) wake(job);
+            struct MHD_Connection *waiting =
+                job->stream || job->finished ? take_waiting(job) : NULL;
             pthread_mutex_unlock(&job->lock);
+            resume(waiting);
             if (stop_now) cinfer_engine_abort(s->engine, job->engine_id);
             if (now_finished) record_finished(s, job);
             if (last) serve_job_release(job); /* the registry's reference */
