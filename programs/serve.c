@@ -195,6 +195,11 @@ static int load(serve_server *s) {
     if (cinfer_engine_create(s->model, &o->engine, &s->engine) != CINFER_OK) return fail();
     s->max_model_len =
         o->engine.max_model_len ? o->engine.max_model_len : info->max_position_embeddings;
+    s->metrics = serve_metrics_create(s->model_name, s->max_model_len);
+    if (!s->metrics) {
+        fprintf(stderr, "cinfer: error: out of memory for the metrics\n");
+        return EXIT_ERROR;
+    }
     s->started = (long long)time(NULL);
     return 0;
 }
@@ -260,11 +265,6 @@ static int serve_main(int argc, char **argv) {
     pthread_cond_init(&s.registry_changed, NULL);
     atomic_store(&s.state, SERVE_LOADING);
     atomic_store(&s.next_seed, (uint64_t)time(NULL) ^ ((uint64_t)clock() << 32));
-    s.metrics = serve_metrics_create(s.model_name);
-    if (!s.metrics) {
-        fprintf(stderr, "cinfer: error: out of memory\n");
-        return EXIT_ERROR;
-    }
 
     struct sigaction action = {0};
     action.sa_handler = on_signal;

@@ -114,7 +114,9 @@ struct serve_server {
     int32_t stop_tokens[1 + CINFER_MAX_EOS_TOKENS]; /* generation_config.json's and the
                                                       tokenizer's eos: they end a turn */
     int n_stop_tokens;
-    serve_metrics *metrics;
+    /* NULL until the model is loaded (its context sizes the token-count buckets): /metrics says
+     * 503 until then, and refusals while loading are not counted */
+    serve_metrics *_Atomic metrics;
     struct MHD_Daemon *daemon;
     long long started; /* time(NULL) when loaded: /v1/models' created */
 

@@ -102,7 +102,8 @@ static enum MHD_Result send_json(struct MHD_Connection *c, int status, cJSON *js
 
 static enum MHD_Result send_error(serve_server *s, struct MHD_Connection *c,
                                   const serve_error *err) {
-    serve_metrics_request_refused(s->metrics, err->status);
+    serve_metrics *metrics = s->metrics;
+    if (metrics) serve_metrics_request_refused(metrics, err->status);
     /* 503 says when to come back: the queue moves within seconds */
     return send_text(c, err->status, serve_error_json(err), "application/json",
                      err->status == 503 ? "1" : NULL);
@@ -661,13 +662,14 @@ static enum MHD_Result metrics(serve_server *s, struct MHD_Connection *c) {
     cinfer_engine_stats stats = {0};
     if (s->engine) cinfer_engine_get_stats(s->engine, &stats);
     return send_text(c, 200, serve_metrics_render(s->metrics, &stats),
-                     "text/plain; version=0.0.4; charset=utf-8", NULL);
+                     SERVE_METRICS_CONTENT_TYPE, NULL);
 }
 
 /* 405 names the method the route takes (RFC 9110: Allow). */
 static enum MHD_Result send_not_allowed(serve_server *s, struct MHD_Connection *c, const char *url,
                                         const serve_error *err) {
-    serve_metrics_request_refused(s->metrics, err->status);
+    serve_metrics *metrics = s->metrics;
+    if (metrics) serve_metrics_request_refused(metrics, err->status);
     const char *allowed = "GET";
     for (size_t i = 0; i < sizeof routes / sizeof routes[0]; i++)
         if (strcmp(url, routes[i].path) == 0) allowed = routes[i].method;
@@ -784,7 +786,7 @@ static enum MHD_Result handle(void *cls, struct MHD_Connection *c, const char *u
     }
     const serve_state state = (serve_state)atomic_load(&s->state);
     const route_kind kind = ctx->route->kind;
-    if (kind == ROUTE_METRICS) return metrics(s, c);
+    if (kind == ROUTE_METRICS && s->metrics) return metrics(s, c);
     if (kind == ROUTE_VERSION) {
         char *text = strdup("{\"version\": \"" CINFER_VERSION "\"}");
         return send_text(c, 200, text, "application/json", NULL);
