@@ -506,6 +506,11 @@ static enum MHD_Result generate(serve_server *s, struct MHD_Connection *c, reque
                         "the model '%s' does not exist: this server serves '%s'", req.model,
                         s->model_name);
         refused = 1;
+    } else if (req.prompt && req.prompt[0] == '\0') {
+        /* "" is refused whatever the tokenizer adds: answered from a lone BOS on one model and
+         * refused (no tokens) on another, the same request would mean two things */
+        serve_error_set(&err, 400, "prompt", NULL, "the prompt is empty (no text)");
+        refused = 1;
     } else if (prompt_ids(s, &req, &ids, &n_ids, &err) != 0) {
         refused = 1;
     } else if (n_ids == 0) {
