@@ -5,10 +5,15 @@
  * at the step that completed it (the engine is told at once, and no token past it is ever
  * computed for nothing), and that needs the text. Detokenizing and matching one token costs
  * microseconds against a step's milliseconds; formatting JSON is left to the HTTP threads. */
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE /* POLLRDHUP: a peer's close seen without reading its data */
+#endif
 #include <microhttpd.h>
+#include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <time.h>
 
 #include "../common/clock.h"
@@ -333,10 +338,47 @@ static void fail_all(serve_server *s, const char *message) {
     free(jobs);
 }
 
+/* Whether the peer of a suspended connection has closed it. libmicrohttpd neither reads nor
+ * times out a suspended connection, so a client that leaves while its buffered answer is computed
+ * would go unnoticed until the answer is ready; its socket is looked at here instead, without
+ * reading anything (a request pipelined behind it stays where it is). */
+static int client_gone(struct MHD_Connection *connection) {
+    const union MHD_ConnectionInfo *info =
+        MHD_get_connection_info(connection, MHD_CONNECTION_INFO_CONNECTION_FD);
+    if (!info) return 0;
+    struct pollfd peer = {.fd = info->connect_fd, .events = POLLIN | POLLRDHUP};
+    if (poll(&peer, 1, 0) <= 0) return 0;
+    if (peer.revents & (POLLRDHUP | POLLHUP | POLLERR)) return 1;
+    char byte;
+    return (peer.revents & POLLIN) && recv(peer.fd, &byte, 1, MSG_PEEK | MSG_DONTWAIT) == 0;
+}
+
+/* Aborts the buffered requests whose clients have gone (streams find out at their next write).
+ * The connection of a suspended job stays valid: only this thread resumes it. */
+static void abort_abandoned(serve_server *s) {
+    pthread_mutex_lock(&s->registry_lock);
+    for (int i = 0; i < s->n_jobs; i++) {
+        serve_job *job = s->jobs[i];
+        if (job->stream) continue;
+        pthread_mutex_lock(&job->lock);
+        const int gone =
+            !job->finished && job->suspended && job->connection && client_gone(job->connection);
+        pthread_mutex_unlock(&job->lock);
+        if (gone) cinfer_engine_abort(s->engine, job->engine_id);
+    }
+    pthread_mutex_unlock(&s->registry_lock);
+}
+
 void *serve_engine_loop(void *arg) {
     serve_server *s = arg;
+    double watched_at = 0.0;
     while (!atomic_load(&s->engine_stop)) {
         if (!cinfer_engine_wait(s->engine, 0.1)) continue;
+        const double now = ci_now_seconds();
+        if (now - watched_at >= 0.05) { /* a few syscalls per buffered request, 20 times a second */
+            abort_abandoned(s);
+            watched_at = now;
+        }
         const cinfer_request_output *outputs;
         int n_outputs;
         if (cinfer_engine_step(s->engine, &outputs, &n_outputs) != CINFER_OK) {
