@@ -71,7 +71,7 @@ static enum MHD_Result send_text(struct MHD_Connection *c, int status, char *tex
                                  const char *content_type, const char *retry_after) {
     if (!text) {
         static char oom[] = "{\"error\": {\"message\": \"out of memory\", \"type\": "
-                            "\"internal_server_error\", \"param\": null, \"code\": null}}";
+                            "\"server_error\", \"param\": null, \"code\": null}}";
         text = NULL;
         struct MHD_Response *r =
             MHD_create_response_from_buffer(strlen(oom), oom, MHD_RESPMEM_PERSISTENT);
@@ -101,7 +101,12 @@ static enum MHD_Result send_json(struct MHD_Connection *c, int status, cJSON *js
 }
 
 static enum MHD_Result send_error(serve_server *s, struct MHD_Connection *c,
-                                  const serve_error *err) {
+                                  const serve_error *given) {
+    serve_error copy = *given, *err = &copy;
+    /* the server's own trouble (busy, loading, failed) is not the request's fault: OpenAI's
+     * type for it */
+    if (err->status >= 500 && strcmp(err->type, "invalid_request_error") == 0)
+        err->type = "server_error";
     serve_metrics *metrics = s->metrics;
     if (metrics) serve_metrics_request_refused(metrics, err->status);
     /* 503 says when to come back: the queue moves within seconds */
@@ -368,7 +373,7 @@ static int format_events(const serve_server *s, serve_job *job) {
     if (strcmp(job->finish_reason, "error") == 0) {
         serve_error err;
         serve_error_set(&err, 500, NULL, NULL, "%s", job->error_message);
-        err.type = "internal_server_error";
+        err.type = "server_error";
         char *text = serve_error_json(&err);
         const int ok = text && add_event(job, text);
         free(text);
@@ -576,7 +581,7 @@ static enum MHD_Result finish_buffered(serve_server *s, struct MHD_Connection *c
     if (strcmp(job->finish_reason, "error") == 0) {
         serve_error err;
         serve_error_set(&err, 500, NULL, NULL, "%s", job->error_message);
-        err.type = "internal_server_error";
+        err.type = "server_error";
         pthread_mutex_unlock(&job->lock);
         return send_error(s, c, &err);
     }
