@@ -31,6 +31,31 @@ printf '%s' "$PROMPT"
 build/cinfer run --model "$MODEL" --prompt "$PROMPT" --max-new-tokens 96 \
   --temperature 0.8 --top-k 40 --seed 7
 
+if build/cinfer --help | grep -q "^  serve"; then # built where libmicrohttpd is
+  echo
+  echo "== cinfer serve: the OpenAI API over HTTP; one streamed completion through curl"
+  log=$(mktemp)
+  build/cinfer serve --model "$MODEL" --port 0 >"$log" 2>&1 &
+  server=$!
+  port=""
+  for _ in $(seq 100); do
+    port=$(sed -n "s/.*serving '.*' on http:\/\/[^:]*:\([0-9]*\).*/\1/p" "$log")
+    [ -n "$port" ] && break
+    sleep 0.1
+  done
+  if [ -n "$port" ] && command -v curl >/dev/null; then
+    echo "\$ curl localhost:$port/v1/completions -d '{\"prompt\": \"$PROMPT\", \"max_tokens\": 24, \"temperature\": 0, \"stream\": true}'"
+    curl -sN "localhost:$port/v1/completions" -H 'Content-Type: application/json' \
+      -d "{\"prompt\": \"$PROMPT\", \"max_tokens\": 24, \"temperature\": 0, \"stream\": true}" |
+      head -n 6 || true # head leaves early: curl's broken pipe is expected
+    echo "..."
+  else
+    cat "$log"
+  fi
+  kill -TERM "$server" && wait "$server" || true
+  rm -f "$log"
+fi
+
 if command -v nvidia-smi >/dev/null && nvidia-smi -L >/dev/null 2>&1; then
   echo
   echo "== the same on the GPU: --backend cuda --dtype bf16"
