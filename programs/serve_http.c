@@ -18,7 +18,6 @@
 
 #include <cjson/cJSON.h>
 
-#include "../loaders/utf8.h"
 #include "serve.h"
 
 /* ---- routes ----------------------------------------------------------------------------------
@@ -127,29 +126,12 @@ static cJSON *checked(json_build *b, cJSON *item) {
     return item;
 }
 
-/* Text with its NUL bytes as U+FFFD: cJSON strings end at a NUL. */
+/* Text as a JSON string: valid UTF-8, its NUL bytes as U+FFFD (cJSON strings end at a NUL). */
 static cJSON *json_string_n(json_build *b, const char *text, size_t n) {
-    if (!memchr(text, '\0', n)) {
-        char *copy = malloc(n + 1);
-        if (!copy) return checked(b, NULL);
-        memcpy(copy, text, n);
-        copy[n] = '\0';
-        cJSON *item = checked(b, cJSON_CreateString(copy));
-        free(copy);
-        return item;
-    }
-    char *copy = malloc(3 * n + 1), *at = copy;
-    if (!copy) return checked(b, NULL);
-    for (size_t i = 0; i < n; i++) {
-        if (text[i] == '\0')
-            at += utf8_encode(0xFFFD, at);
-        else
-            *at++ = text[i];
-    }
-    *at = '\0';
-    cJSON *item = checked(b, cJSON_CreateString(copy));
+    char *copy = serve_utf8_lossy(text, n);
+    cJSON *item = copy ? cJSON_CreateString(copy) : NULL;
     free(copy);
-    return item;
+    return checked(b, item);
 }
 
 static void add(json_build *b, cJSON *object, const char *name, cJSON *item) {
@@ -176,19 +158,7 @@ static char *token_text(const serve_server *s, int32_t id, char **raw, size_t *n
         n = 0;
     }
     if (!bytes) return NULL;
-    char *text = malloc(3 * n + 1), *at = text;
-    for (size_t i = 0; text && i < n;) {
-        const int len = utf8_char((const unsigned char *)bytes + i, n - i, NULL);
-        if (len > 0 && memchr(bytes + i, '\0', (size_t)len) == NULL) {
-            memcpy(at, bytes + i, (size_t)len);
-            at += len;
-            i += (size_t)len;
-        } else {
-            at += utf8_encode(0xFFFD, at);
-            i += len < 0 ? (size_t)-len : len == 0 ? n - i : (size_t)len;
-        }
-    }
-    if (text) *at = '\0';
+    char *text = serve_utf8_lossy(bytes, n);
     if (raw) {
         *raw = bytes;
         *n_raw = n;
@@ -671,8 +641,8 @@ static enum MHD_Result tokenizer_route(serve_server *s, struct MHD_Connection *c
 static enum MHD_Result metrics(serve_server *s, struct MHD_Connection *c) {
     cinfer_engine_stats stats = {0};
     if (s->engine) cinfer_engine_get_stats(s->engine, &stats);
-    return send_text(c, 200, serve_metrics_render(s->metrics, &stats),
-                     SERVE_METRICS_CONTENT_TYPE, NULL);
+    return send_text(c, 200, serve_metrics_render(s->metrics, &stats), SERVE_METRICS_CONTENT_TYPE,
+                     NULL);
 }
 
 /* 405 names the method the route takes (RFC 9110: Allow). */

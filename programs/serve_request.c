@@ -73,6 +73,26 @@ static void utf8_sanitize(char *text) {
     }
 }
 
+char *serve_utf8_lossy(const char *bytes, size_t n) {
+    char *text = malloc(3 * n + 1), *at = text;
+    if (!text) return NULL;
+    const unsigned char *s = (const unsigned char *)bytes;
+    while (n > 0) {
+        const size_t len = utf8_sequence(s, n);
+        if (len && s[0] != 0) {
+            memcpy(at, s, len);
+            at += len;
+        } else {
+            memcpy(at, "\xEF\xBF\xBD", 3); /* U+FFFD */
+            at += 3;
+        }
+        const size_t step = len ? len : 1;
+        s += step, n -= step;
+    }
+    *at = '\0';
+    return text;
+}
+
 /* ---- errors --------------------------------------------------------------------------------- */
 
 static void error_vset(serve_error *err, int status, const char *param, const char *code,

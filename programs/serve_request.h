@@ -99,6 +99,11 @@ void serve_error_set(serve_error *err, int status, const char *param, const char
 #endif
     ;
 
+/* Any bytes as valid UTF-8 for a JSON string: malloc'd and NUL-terminated, each byte that starts
+ * no well-formed sequence and each NUL byte replaced by U+FFFD (a token alone may be part of a
+ * character; cJSON's strings end at a NUL). NULL when out of memory. */
+char *serve_utf8_lossy(const char *bytes, size_t n);
+
 /* {"error": {"message": ..., "type": ..., "param": ..., "code": ...}} as malloc'd text (release
  * with free()), NULL when out of memory. */
 char *serve_error_json(const serve_error *err);

@@ -613,6 +613,26 @@ TEST(ServeRequest, Detokenize) {
     BODY_REFUSED(SERVE_DETOKENIZE, R"({"tokens": [1.5]})", "tokens", nullptr, "element 0");
 }
 
+// Bytes to JSON-safe text: valid UTF-8 kept, each bad byte and each NUL one U+FFFD.
+TEST(ServeRequest, Utf8Lossy) {
+    auto lossy = [](const std::string &bytes) {
+        char *text = serve_utf8_lossy(bytes.data(), bytes.size());
+        std::string out = text ? text : "(null)";
+        free(text);
+        return out;
+    };
+    const std::string fffd = "\xEF\xBF\xBD";
+    EXPECT_EQ(lossy(""), "");
+    EXPECT_EQ(lossy("caf\xC3\xA9 \xE2\x82\xAC \xF0\x9F\x98\x80"),
+              "caf\xC3\xA9 \xE2\x82\xAC \xF0\x9F\x98\x80");
+    EXPECT_EQ(lossy("\xE2"), fffd);            // a token that is part of a character
+    EXPECT_EQ(lossy("\xE2\x82"), fffd + fffd); // byte by byte
+    EXPECT_EQ(lossy(std::string("a\0b", 3)), "a" + fffd + "b"); // NUL would end cJSON's string
+    EXPECT_EQ(lossy("\xC0\xAF"), fffd + fffd);                  // overlong
+    EXPECT_EQ(lossy("\xED\xA0\x80"), fffd + fffd + fffd);       // a surrogate
+    EXPECT_EQ(lossy("\xFFok"), fffd + "ok");
+}
+
 TEST(ServeRequest, FreeTwice) {
     std::unique_ptr<Parsed> p(chat("\"stop\": [\"a\"], \"model\": \"m\""));
     ASSERT_EQ(p->rc, 0);
