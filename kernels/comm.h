@@ -87,7 +87,7 @@ void ci_comm_group_free(ci_comm_group *group);
 /* Rank `rank`'s communicator; each rank of the group exactly once. */
 cinfer_status ci_comm_cpu_create(ci_comm_group *group, int rank, ci_comm **out);
 
-/* ---- the NCCL communicator (kernels/cuda/comm_nccl.cu; kernels/comm_nccl_none.c without it) ---- */
+/* ---- the NCCL communicator (kernels/cuda/comm_nccl.cu; without NCCL, comm_nccl_none.c) ---- */
 enum { CI_COMM_ID_BYTES = 128 }; /* NCCL_UNIQUE_ID_BYTES */
 typedef struct ci_comm_id {
     char bytes[CI_COMM_ID_BYTES];

@@ -82,10 +82,11 @@ TEST(CpuComm, AllReduceSumsInRankOrderWithTheSameBitsOnEveryRank) {
         std::vector<size_t> sizes = {0, 1, (size_t)tp - 1, (size_t)tp + 1, 7, 4099};
         std::uniform_int_distribution<size_t> any_size(0, 5000);
         while ((int)sizes.size() < reps) sizes.push_back(any_size(rng));
-        std::vector<std::vector<std::vector<float>>> inputs(reps);  // [rep][rank]
+        std::vector<std::vector<std::vector<float>>> inputs(reps); // [rep][rank]
         for (int rep = 0; rep < reps; rep++)
             for (int r = 0; r < tp; r++) inputs[rep].push_back(spread_floats(rng, sizes[rep]));
-        std::vector<std::vector<std::vector<float>>> results(tp, std::vector<std::vector<float>>(reps));
+        std::vector<std::vector<std::vector<float>>> results(tp,
+                                                             std::vector<std::vector<float>>(reps));
         std::vector<cinfer_status> status(tp, CINFER_OK);
 
         Ranks ranks(tp);
@@ -113,12 +114,12 @@ TEST(CpuComm, AllReduceSumsInRankOrderWithTheSameBitsOnEveryRank) {
 
 // x0 + x1 + x2 in another order gives another float: only ((x0 + x1) + x2) gives these.
 TEST(CpuComm, AllReduceAddsRank0ThenRank1ThenRank2) {
-    const std::vector<std::vector<float>> by_rank = {{1.0f, 1e8f, -1e8f}, {1e8f, -1e8f, 1.0f},
-                                                     {-1e8f, 1.0f, 1e8f}};
+    const std::vector<std::vector<float>> by_rank = {
+        {1.0f, 1e8f, -1e8f}, {1e8f, -1e8f, 1.0f}, {-1e8f, 1.0f, 1e8f}};
     // element i: ranks hold by_rank[0][i], by_rank[1][i], by_rank[2][i]
     const std::vector<float> want = {(1.0f + 1e8f) + -1e8f, (1e8f + -1e8f) + 1.0f,
                                      (-1e8f + 1.0f) + 1e8f};
-    ASSERT_EQ(want[0], 0.0f);  // the 1 is lost when it meets 1e8 first
+    ASSERT_EQ(want[0], 0.0f); // the 1 is lost when it meets 1e8 first
     ASSERT_EQ(want[1], 1.0f);
     std::vector<std::vector<float>> got(3);
     Ranks ranks(3);
@@ -137,13 +138,14 @@ TEST(CpuComm, AllGatherColumnsPutsEachRanksColumnsSideBySide) {
     for (int tp = 1; tp <= kMaxRanks; tp++) {
         const int reps = 25;
         std::vector<int64_t> rows(reps), cols(reps);
-        std::vector<std::vector<std::vector<float>>> parts(reps);  // [rep][rank]: [rows, cols]
+        std::vector<std::vector<std::vector<float>>> parts(reps); // [rep][rank]: [rows, cols]
         for (int rep = 0; rep < reps; rep++) {
             rows[rep] = any_rows(rng), cols[rep] = any_cols(rng);
             for (int r = 0; r < tp; r++)
                 parts[rep].push_back(random_floats(rng, (size_t)(rows[rep] * cols[rep])));
         }
-        std::vector<std::vector<std::vector<float>>> results(tp, std::vector<std::vector<float>>(reps));
+        std::vector<std::vector<std::vector<float>>> results(tp,
+                                                             std::vector<std::vector<float>>(reps));
         Ranks ranks(tp);
         ranks.run([&](int rank, ci_comm *comm, ci_backend *be) {
             for (int rep = 0; rep < reps; rep++) {
@@ -182,7 +184,7 @@ TEST(CpuComm, BroadcastGivesEveryRankTheRootsBytes) {
     std::uniform_int_distribution<int> byte(0, 255);
     for (int tp = 1; tp <= kMaxRanks; tp++) {
         const int reps = 3 * tp;
-        std::vector<std::vector<std::vector<unsigned char>>> start(reps);  // [rep][rank]
+        std::vector<std::vector<std::vector<unsigned char>>> start(reps); // [rep][rank]
         std::vector<int> roots(reps);
         for (int rep = 0; rep < reps; rep++) {
             roots[rep] = rep % tp;
@@ -193,7 +195,8 @@ TEST(CpuComm, BroadcastGivesEveryRankTheRootsBytes) {
                 start[rep].push_back(bytes);
             }
         }
-        std::vector<std::vector<std::vector<unsigned char>>> got(tp, std::vector<std::vector<unsigned char>>(reps));
+        std::vector<std::vector<std::vector<unsigned char>>> got(
+            tp, std::vector<std::vector<unsigned char>>(reps));
         Ranks ranks(tp);
         ranks.run([&](int rank, ci_comm *comm, ci_backend *be) {
             for (int rep = 0; rep < reps; rep++) {
@@ -220,7 +223,7 @@ TEST(CpuComm, AMixedSequenceOfCollectivesStaysCorrect) {
         int kind;
         size_t n;
         int root;
-        std::vector<std::vector<float>> inputs;  // [rank]
+        std::vector<std::vector<float>> inputs; // [rank]
     };
     std::vector<Step> script(steps);
     for (auto &s : script) {
@@ -233,7 +236,7 @@ TEST(CpuComm, AMixedSequenceOfCollectivesStaysCorrect) {
         std::mt19937 jitter(rank);
         for (int i = 0; i < steps; i++) {
             const Step &s = script[i];
-            if (jitter() % 16 == 0) std::this_thread::yield();  // let ranks drift apart
+            if (jitter() % 16 == 0) std::this_thread::yield(); // let ranks drift apart
             std::vector<float> x = s.inputs[rank];
             cinfer_status status = CINFER_OK;
             if (s.kind == 0) {
@@ -266,12 +269,14 @@ TEST(CpuComm, AMixedSequenceOfCollectivesStaysCorrect) {
                 for (size_t j = 0; j < s.n; j++) want[j] += s.inputs[r][j];
         if (s.kind == 1) {
             want.clear();
-            for (int r = 0; r < tp; r++) want.insert(want.end(), s.inputs[r].begin(), s.inputs[r].end());
+            for (int r = 0; r < tp; r++)
+                want.insert(want.end(), s.inputs[r].begin(), s.inputs[r].end());
         }
         if (s.kind == 2) want = s.inputs[s.root];
         for (int r = 0; r < tp; r++) {
-            if (s.kind == 3) want = s.inputs[r];  // a barrier moves no data
-            EXPECT_TRUE(same_bits(got[r][i], want)) << "step " << i << " (kind " << s.kind << "), rank " << r;
+            if (s.kind == 3) want = s.inputs[r]; // a barrier moves no data
+            EXPECT_TRUE(same_bits(got[r][i], want))
+                << "step " << i << " (kind " << s.kind << "), rank " << r;
         }
     }
 }
@@ -287,7 +292,8 @@ TEST(CpuComm, ABarrierReturnsOnlyOnceEveryRankHasCalledIt) {
         EXPECT_EQ(ci_comm_barrier(comm, be), CINFER_OK);
         seen[rank] = before.load();
     });
-    for (int r = 0; r < tp; r++) EXPECT_EQ(seen[r], tp) << "rank " << r << " left the barrier early";
+    for (int r = 0; r < tp; r++)
+        EXPECT_EQ(seen[r], tp) << "rank " << r << " left the barrier early";
 }
 
 TEST(CpuComm, TheGatherBufferIsKeptAndGrows) {
@@ -299,7 +305,7 @@ TEST(CpuComm, TheGatherBufferIsKeptAndGrows) {
     EXPECT_EQ(ci_comm_gather_buffer(comm, 1000), first);
     void *grown = ci_comm_gather_buffer(comm, 100000);
     ASSERT_NE(grown, nullptr);
-    std::memset(grown, 0x5a, 100000);  // ASan: all of it is ours
+    std::memset(grown, 0x5a, 100000); // ASan: all of it is ours
 }
 
 // ---- misuse: every rank fails, none hangs ----------------------------------------------------
@@ -329,11 +335,11 @@ TEST(CpuComm, RanksThatPassDifferentSizesAllFailAndSaySo) {
     });
     for (int r = 0; r < tp; r++) {
         EXPECT_EQ(out[r].status, CINFER_ERR_COMM) << "rank " << r;
-        EXPECT_TRUE(contains_all(out[r].message, {"different collectives", "rank 0 all_reduce_sum #0",
-                                                  "of 10 floats", "rank 2 all_reduce_sum #0",
-                                                  "of 11 floats"}));
+        EXPECT_TRUE(contains_all(out[r].message,
+                                 {"different collectives", "rank 0 all_reduce_sum #0",
+                                  "of 10 floats", "rank 2 all_reduce_sum #0", "of 11 floats"}));
         EXPECT_EQ(later[r].status, CINFER_ERR_COMM);
-        EXPECT_TRUE(contains_all(later[r].message, {"of 11 floats"}));  // the first reason stays
+        EXPECT_TRUE(contains_all(later[r].message, {"of 11 floats"})); // the first reason stays
     }
 }
 
@@ -344,8 +350,8 @@ TEST(CpuComm, RanksThatCallDifferentCollectivesAllFail) {
     ranks.run([&](int rank, ci_comm *comm, ci_backend *be) {
         std::vector<float> x(16, 2.0f);
         ci_tensor t = f32_tensor(x.data(), 1, 16);
-        out[rank].status = rank == 1 ? ci_broadcast(comm, be, x.data(), 64, 0)
-                                     : ci_all_reduce_sum(comm, be, &t);
+        out[rank].status =
+            rank == 1 ? ci_broadcast(comm, be, x.data(), 64, 0) : ci_all_reduce_sum(comm, be, &t);
         out[rank].message = cinfer_last_error();
     });
     for (int r = 0; r < tp; r++) {
@@ -362,7 +368,7 @@ TEST(CpuComm, ARankThatNeverComesTimesTheOthersOut) {
     Ranks ranks(tp, timeout);
     const auto start = std::chrono::steady_clock::now();
     ranks.run([&](int rank, ci_comm *comm, ci_backend *be) {
-        if (rank == 2) return;  // stuck elsewhere, as far as the others can tell
+        if (rank == 2) return; // stuck elsewhere, as far as the others can tell
         std::vector<float> x(8, 1.0f);
         ci_tensor t = f32_tensor(x.data(), 1, 8);
         out[rank].status = ci_all_reduce_sum(comm, be, &t);
@@ -373,7 +379,7 @@ TEST(CpuComm, ARankThatNeverComesTimesTheOthersOut) {
         EXPECT_EQ(out[r].status, CINFER_ERR_COMM);
         EXPECT_TRUE(contains_all(out[r].message, {"rank(s) 2, which never arrived", "0.3 s"}));
         EXPECT_GE(out[r].seconds, 0.9 * timeout);
-        EXPECT_LT(out[r].seconds, 10.0);  // the timeout, not a hang (generous for ASan and load)
+        EXPECT_LT(out[r].seconds, 10.0); // the timeout, not a hang (generous for ASan and load)
     }
 }
 
@@ -416,7 +422,7 @@ TEST(CpuComm, ARankThatLeavesWhileOthersWaitMakesThemFail) {
         waiting.seconds = seconds_since(start);
     });
     std::this_thread::sleep_for(std::chrono::milliseconds(50));
-    ci_comm_destroy(comms[1]);  // rank 1 is done, without the barrier rank 0 waits in
+    ci_comm_destroy(comms[1]); // rank 1 is done, without the barrier rank 0 waits in
     rank0.join();
     EXPECT_EQ(waiting.status, CINFER_ERR_COMM);
     EXPECT_TRUE(contains_all(waiting.message, {"rank 0 waits in barrier #0", "rank(s) 1 left"}));
@@ -451,4 +457,4 @@ TEST(NcclComm, ABuildWithoutNcclSaysSo) {
     EXPECT_EQ(comm, nullptr);
 }
 
-}  // namespace
+} // namespace

@@ -39,7 +39,7 @@ typedef enum collective {
     COLLECTIVE_BARRIER
 } collective;
 
-/* Where a rank stands when it arrives at a rendezvous: every rank of the group must say the same. */
+/* Where a rank stands when it arrives at a rendezvous: every rank of the group says the same. */
 typedef struct arrival {
     collective op;
     unsigned long long seq; /* collectives the rank called before this one */
@@ -60,7 +60,7 @@ struct ci_comm_group {
     int size;
     double timeout_seconds;
     pthread_mutex_t mutex;
-    pthread_cond_t changed; /* a rendezvous completed, or the group was aborted or left */
+    pthread_cond_t changed;        /* a rendezvous completed, or the group was aborted or left */
     unsigned long long generation; /* rendezvous completed so far */
     int n_arrived;
     arrival *arrivals;      /* [size]: this rendezvous's */
@@ -69,7 +69,7 @@ struct ci_comm_group {
     unsigned char *left;    /* [size]: its communicator was destroyed */
     int aborted;
     char reason[REASON_CAPACITY];
-    staging *in;   /* [2][size]: each rank's contribution, by set (the collective's seq parity) */
+    staging *in;    /* [2][size]: each rank's contribution, by set (the collective's seq parity) */
     staging out[2]; /* the all-reduce's result, by set */
 };
 
@@ -154,12 +154,11 @@ static void complete_locked(ci_comm_group *g, size_t result_bytes, int set) {
     for (int r = 1; r < g->size; r++) {
         if (same_point(&g->arrivals[r], &g->arrivals[0])) continue;
         char message[REASON_CAPACITY], what[160];
-        size_t used = (size_t)snprintf(message, sizeof message,
-                                       "the ranks called different collectives:");
+        size_t used =
+            (size_t)snprintf(message, sizeof message, "the ranks called different collectives:");
         for (int q = 0; q < g->size && used < sizeof message; q++)
             used += (size_t)snprintf(message + used, sizeof message - used, "%s rank %d %s",
-                                     q ? ";" : "", q,
-                                     describe(&g->arrivals[q], what, sizeof what));
+                                     q ? ";" : "", q, describe(&g->arrivals[q], what, sizeof what));
         abort_locked(g, "%s", message);
         return;
     }

@@ -26,7 +26,8 @@ struct nccl_comm {
     int aborted;
     void *part; // gather_buffer, part_bytes
     size_t part_bytes;
-    void *gathered; // all_gather_columns of several rows: [size, R, n] before the columns are placed
+    void
+        *gathered; // all_gather_columns of several rows: [size, R, n] before the columns are placed
     size_t gathered_bytes;
     float *token; // the one float a barrier all-reduces
 };
@@ -53,14 +54,15 @@ static cinfer_status refuse_if_aborted(const nccl_comm *c) {
 }
 
 // Device memory of at least bytes in *buffer (grown: the old one freed); between collectives only.
-static cinfer_status grow(nccl_comm *c, void **buffer, size_t *have, size_t bytes, const char *what) {
+static cinfer_status grow(nccl_comm *c, void **buffer, size_t *have, size_t bytes,
+                          const char *what) {
     if (bytes <= *have) return CINFER_OK;
     CUDA_CHECK(cudaSetDevice(c->device));
     void *grown = nullptr;
     if (cudaMalloc(&grown, bytes) != cudaSuccess) {
         (void)cudaGetLastError(); // clear the error cudaMalloc left, so later checks see their own
-        return CI_FAIL(CINFER_ERR_MEMORY, "out of memory: %zu bytes of %s on CUDA device %d",
-                       bytes, what, c->device);
+        return CI_FAIL(CINFER_ERR_MEMORY, "out of memory: %zu bytes of %s on CUDA device %d", bytes,
+                       what, c->device);
     }
     if (*buffer) CUDA_CHECK(cudaFree(*buffer));
     *buffer = grown;
@@ -167,8 +169,7 @@ static cinfer_status nccl_barrier(ci_comm *comm, ci_backend *be) {
 
 static void *nccl_gather_buffer(ci_comm *comm, size_t bytes) {
     nccl_comm *c = nccl_of(comm);
-    if (grow(c, &c->part, &c->part_bytes, bytes ? bytes : 1, "the all-gather's part") !=
-        CINFER_OK)
+    if (grow(c, &c->part, &c->part_bytes, bytes ? bytes : 1, "the all-gather's part") != CINFER_OK)
         return nullptr;
     return c->part;
 }
@@ -190,14 +191,8 @@ static void nccl_destroy(ci_comm *comm) {
 }
 
 static const ci_comm_ops nccl_comm_ops = {
-    "nccl",
-    nccl_all_reduce_sum,
-    nccl_all_gather_columns,
-    nccl_broadcast,
-    nccl_barrier,
-    nccl_synchronize,
-    nccl_gather_buffer,
-    nccl_abort,
+    "nccl",       nccl_all_reduce_sum, nccl_all_gather_columns, nccl_broadcast,
+    nccl_barrier, nccl_synchronize,    nccl_gather_buffer,      nccl_abort,
     nccl_destroy,
 };
 
