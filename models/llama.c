@@ -64,7 +64,9 @@ cinfer_status ci_model_forward(ci_backend *be, const cinfer_model *m, const ci_f
     ci_tensor q_seqs = seq_view(step, &q), k_seqs = seq_view(step, &k);
     ci_tensor v_seqs = seq_view(step, &v), attn_seqs = seq_view(step, &attn);
 
-    /* x = embed_tokens[tokens] */
+    /* x = embed_tokens[tokens]. Every tensor-parallel rank holds the whole table (replicated: the
+     * lookup reads T rows, so a full table costs memory, not time, and x is then the same on every
+     * rank without a collective; docs/TENSOR_PARALLEL.md, "The embedding") */
     ci_embedding(be, &x, step->tokens, &m->embed_tokens);
     observe(step, 0, &x);
 
