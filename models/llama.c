@@ -120,8 +120,8 @@ cinfer_status ci_model_logits(ci_backend *be, const cinfer_model *m, ci_tensor *
     ci_tensor part = {NULL, CI_F32, 2, {rows, columns}};
     part.data = ci_comm_gather_buffer(m->comm, ci_tensor_nbytes(&part));
     if (!part.data) {
-        ci_comm_abort(m->comm,
-                      "out of memory for its part of the logits"); /* nobody waits for it */
+        /* the other ranks must not wait in the all-gather for a rank that will not come */
+        ci_comm_abort(m->comm, "out of memory for its part of the logits");
         return CI_FAIL(CINFER_ERR_MEMORY, "out of memory: %zu bytes for rank %d's logits",
                        ci_tensor_nbytes(&part), m->comm->rank);
     }
