@@ -8,6 +8,7 @@
 #include "../kernels/backend.h"
 #include "../kernels/device.h"
 #include "../common/error.h"
+#include "model_shard.h"
 
 static void fill_info(cinfer_model *m) {
     const ci_config *c = m->config;
@@ -94,10 +95,32 @@ static cinfer_status resolve_attention(cinfer_model *m) {
     return CINFER_OK;
 }
 
-/* Binds the checkpoint's weights into a model and, for a GPU, uploads them. Takes ownership of
- * the checkpoint. */
+/* The part of the checkpoint a model holds (models/shard.h): all of it without a communicator;
+ * else its rank's, whose config becomes the model's. */
+static cinfer_status plan_shard(cinfer_model *m, ci_comm *comm) {
+    const ci_config *whole = &m->checkpoint->config;
+    const int rank = comm ? comm->rank : 0, tp = comm ? comm->size : 1;
+    if (comm && m->checkpoint->synthetic)
+        return CI_FAIL(CINFER_ERR_UNSUPPORTED,
+                       "%s: random weights are drawn whole; tensor parallelism (tp = %d) needs a "
+                       "checkpoint",
+                       m->checkpoint->config_path, tp);
+    cinfer_status status = ci_shard_plan_make(whole, m->arch->differential, rank, tp, &m->shard);
+    if (status != CINFER_OK) {
+        ci_error_prefix("%s: ", m->checkpoint->config_path);
+        return status;
+    }
+    if (comm) {
+        m->comm = comm;
+        m->config = &m->shard.local;
+    }
+    return CINFER_OK;
+}
+
+/* Binds the checkpoint's weights (a rank's part of them with a communicator) into a model and, for
+ * a GPU, uploads them. Takes ownership of the checkpoint. */
 static cinfer_status load_from(ci_checkpoint *checkpoint, const cinfer_load_options *options,
-                               cinfer_model **out) {
+                               ci_comm *comm, cinfer_model **out) {
     cinfer_model *m = calloc(1, sizeof *m);
     if (!m) checkpoint_close(checkpoint);
     CI_CHECK_ALLOC(m, sizeof *m);
@@ -106,6 +129,7 @@ static cinfer_status load_from(ci_checkpoint *checkpoint, const cinfer_load_opti
     m->config = &m->checkpoint->config;
     cinfer_status status =
         ci_architecture_configure(checkpoint->config_path, &checkpoint->config, &m->arch);
+    if (status == CINFER_OK) status = plan_shard(m, comm);
     if (status == CINFER_OK) status = ci_bind_model_weights(m);
     if (status == CINFER_OK) status = resolve_attention(m);
     /* every check on the files has passed: only now is device memory worth asking for */
@@ -128,7 +152,19 @@ cinfer_status cinfer_model_load(const char *dir, const cinfer_load_options *opti
     if (options) CI_TRY(check_options(options));
     ci_checkpoint *checkpoint;
     CI_TRY(checkpoint_open(dir, &checkpoint));
-    return load_from(checkpoint, options, out);
+    return load_from(checkpoint, options, NULL, out);
+}
+
+cinfer_status ci_model_load_shard(const char *dir, const cinfer_load_options *options,
+                                  ci_comm *comm, cinfer_model **out) {
+    *out = NULL;
+    ci_error_clear();
+    if (!dir) return CI_FAIL(CINFER_ERR_ARGUMENT, "no model folder given");
+    if (!comm) return CI_FAIL(CINFER_ERR_ARGUMENT, "a tensor-parallel rank needs its communicator");
+    if (options) CI_TRY(check_options(options));
+    ci_checkpoint *checkpoint;
+    CI_TRY(checkpoint_open(dir, &checkpoint));
+    return load_from(checkpoint, options, comm, out);
 }
 
 cinfer_status cinfer_model_load_random(const char *config_path, const cinfer_load_options *options,
@@ -139,7 +175,7 @@ cinfer_status cinfer_model_load_random(const char *config_path, const cinfer_loa
     if (options) CI_TRY(check_options(options));
     ci_checkpoint *checkpoint;
     CI_TRY(checkpoint_synthetic(config_path, seed, &checkpoint));
-    return load_from(checkpoint, options, out);
+    return load_from(checkpoint, options, NULL, out);
 }
 
 void cinfer_model_free(cinfer_model *m) {

@@ -37,7 +37,9 @@ typedef enum cinfer_status {
     CINFER_ERR_MEMORY,      /* an allocation failed */
     CINFER_ERR_UNSUPPORTED, /* valid input that this build cannot run (architecture, rope type...)
                              */
-    CINFER_ERR_CONTEXT_FULL /* the session's KV cache has no room for the tokens */
+    CINFER_ERR_CONTEXT_FULL, /* the session's KV cache has no room for the tokens */
+    CINFER_ERR_COMM /* tensor parallelism: a collective failed (a rank gave up or timed out, or the
+                       ranks called different collectives); the group is unusable after it */
 } cinfer_status;
 
 /* The message of the last error on this thread ("" if none). Valid until the next failing call. */

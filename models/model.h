@@ -9,8 +9,10 @@
 #include "../common/random_weights.h"
 #include "../include/cinfer.h"
 #include "../kernels/backend.h"
+#include "../kernels/comm.h"
 #include "../loaders/checkpoint.h"
 #include "architecture.h"
+#include "shard.h"
 
 typedef struct ci_layer {
     ci_tensor input_layernorm;        /* [E] */
@@ -42,7 +44,7 @@ extern const ci_architecture ci_diffllama_architecture;
 
 struct cinfer_model {
     ci_checkpoint *checkpoint;
-    const ci_config *config; /* the checkpoint's */
+    const ci_config *config; /* the checkpoint's; a tensor-parallel rank's own (shard.local) */
     const ci_architecture *arch;
     cinfer_load_options options;
     ci_tensor embed_tokens; /* [V, E] */
@@ -63,6 +65,15 @@ struct cinfer_model {
      * (see kernels/backend.h for the dtypes); NULL on the CPU, where they point into the files. */
     void *device_weights;
     size_t device_weight_bytes;
+    /* Tensor parallelism (models/shard.h, docs/TENSOR_PARALLEL.md): the part of the checkpoint this
+     * model holds (tp 1: all of it), and the communicator of its rank, through which the forward
+     * pass sums o_proj's and down_proj's partial products and gathers the logits; NULL for a
+     * whole model, which then runs exactly as without tensor parallelism. */
+    ci_shard_plan shard;
+    ci_comm *comm;
+    /* Bytes of the checkpoint's files the bound tensors were taken from: views span them, slices
+     * were copied from them (a rank's share, measured by tests/test_tensor_parallel.cpp). */
+    int64_t bytes_read;
 };
 
 /* Looks name up in the checkpoint and checks it against the shape the config implies:
@@ -141,11 +152,17 @@ static inline int ci_forward_rows(const ci_forward_step *step) {
 }
 
 /* The decoder over one step: x = embed_tokens[tokens], the layers, and the final norm, whose
- * result stays in act->x_norm (rows [0, B·T)) for ci_model_logits. */
-void ci_model_forward(ci_backend *be, const cinfer_model *model, const ci_forward_step *step,
-                      ci_activations *act);
-/* logits = lm_head(normed) for the rows of normed [R, E] -> logits [R, V], on the device. */
-void ci_model_logits(ci_backend *be, const cinfer_model *model, ci_tensor *logits,
-                     const ci_tensor *normed);
+ * result stays in act->x_norm (rows [0, B·T)) for ci_model_logits.
+ * A tensor-parallel rank's model (model->comm set) runs its part and the collectives between
+ * them; every rank of the group must run the same steps in lockstep, with activations and caches
+ * of its own local config. CINFER_ERR_COMM when a collective failed (the rest of the step is
+ * skipped; the group is unusable); a whole model always returns CINFER_OK. */
+cinfer_status ci_model_forward(ci_backend *be, const cinfer_model *model,
+                               const ci_forward_step *step, ci_activations *act);
+/* logits = lm_head(normed) for the rows of normed [R, E] -> logits [R, V], on the device.
+ * A rank computes the logits of its vocabulary rows and gathers everyone's: every rank gets all V
+ * columns. Fails as ci_model_forward does. */
+cinfer_status ci_model_logits(ci_backend *be, const cinfer_model *model, ci_tensor *logits,
+                              const ci_tensor *normed);
 
 #endif

@@ -101,13 +101,107 @@ static cinfer_status bind_random_weight(cinfer_model *m, const char *name, int n
     return CINFER_OK;
 }
 
-/* Binds one tensor. read_on_host: the model reads its values on the host while binding (the
- * DiffLlama lambdas), so a random one is drawn on the host whatever the backend. */
+/* ---- tensor parallelism: the part of a tensor a rank binds (models/shard.h) -------------------
+ *
+ * Up to two blocks of rows (a column-parallel layer: q/k/v, gate/up; DiffLlama's two halves of its
+ * heads) and a range of columns (a row-parallel layer: o_proj, down_proj), of a tensor stored
+ * [rows, cols] row-major. A block of whole rows is one contiguous byte range of the file, bound in
+ * place like a whole tensor; anything else (a range of columns: one strided piece per row; two
+ * blocks) is copied into memory the model owns. A rank reads its slices and nothing else. */
+typedef struct row_block {
+    int64_t first, count;
+} row_block;
+
+typedef struct slice {
+    int n_blocks;
+    row_block rows[2];
+    int64_t col_first, col_count; /* col_count < 0: every column */
+} slice;
+
+static const slice whole_tensor = {1, {{0, -1}, {0, 0}}, 0, -1};
+
+/* The rows of `ranges` of heads, D rows each; neighbouring blocks join into one. */
+static slice head_rows(const ci_head_range *ranges, int n_ranges, int64_t D) {
+    slice s = {0, {{0, 0}, {0, 0}}, 0, -1};
+    for (int i = 0; i < n_ranges; i++) {
+        const row_block block = {ranges[i].first * D, ranges[i].count * D};
+        row_block *last = s.n_blocks ? &s.rows[s.n_blocks - 1] : NULL;
+        if (last && last->first + last->count == block.first)
+            last->count += block.count;
+        else
+            s.rows[s.n_blocks++] = block;
+    }
+    return s;
+}
+
+static slice row_range(int64_t first, int64_t count) {
+    return (slice){1, {{first, count}, {0, 0}}, 0, -1};
+}
+
+static slice column_range(int64_t first, int64_t count) {
+    return (slice){1, {{0, -1}, {0, 0}}, first, count};
+}
+
+/* Binds part of file tensor t, whose shape (the config's, already checked) is shape. */
+static cinfer_status bind_slice(cinfer_model *m, const st_tensor *t, int n_dims,
+                                const int64_t *shape, const slice *part, const char *name,
+                                ci_tensor *out) {
+    const size_t item = ci_dtype_size(t->dtype);
+    const int64_t cols = n_dims == 2 ? shape[1] : 1;
+    const int64_t col_first = part->col_first,
+                  col_count = part->col_count < 0 ? cols : part->col_count;
+    row_block blocks[2];
+    int64_t rows = 0;
+    for (int i = 0; i < part->n_blocks; i++) {
+        blocks[i] = part->rows[i];
+        if (blocks[i].count < 0) blocks[i].count = shape[0];
+        CI_ASSERT(blocks[i].first >= 0 && blocks[i].first + blocks[i].count <= shape[0]);
+        rows += blocks[i].count;
+    }
+    CI_ASSERT(col_first >= 0 && col_first + col_count <= cols);
+    *out = (ci_tensor){NULL, t->dtype, n_dims, {rows, n_dims == 2 ? col_count : 0}};
+    const size_t bytes = ci_tensor_nbytes(out);
+    m->bytes_read += (int64_t)bytes;
+
+    const char *file_data = t->data;
+    if (part->n_blocks == 1 && col_count == cols) {
+        /* whole rows: one contiguous range of the file, bound in place */
+        out->data = (void *)(file_data + (size_t)blocks[0].first * (size_t)cols * item);
+        /* Writers pad the header so that data is aligned; a file that does not gets its
+         * misaligned tensors copied once, so that kernels can load whole elements. */
+        if ((uintptr_t)out->data % item != 0) {
+            void *copy = malloc(bytes ? bytes : 1);
+            CI_TRY(keep_allocation(m, copy, bytes, "a copy of misaligned tensor", name));
+            memcpy(copy, out->data, bytes);
+            out->data = copy;
+        }
+        return CINFER_OK;
+    }
+    /* columns of each row, or two blocks of rows: copied, row by row, into the rank's memory */
+    char *copy = malloc(bytes ? bytes : 1);
+    CI_TRY(keep_allocation(m, copy, bytes, "this rank's slice of tensor", name));
+    char *to = copy;
+    const size_t piece = (size_t)col_count * item;
+    for (int i = 0; i < part->n_blocks; i++)
+        for (int64_t r = blocks[i].first; r < blocks[i].first + blocks[i].count; r++) {
+            memcpy(to, file_data + ((size_t)r * (size_t)cols + (size_t)col_first) * item, piece);
+            to += piece;
+        }
+    out->data = copy;
+    return CINFER_OK;
+}
+
+/* Binds one tensor, or the part of it that `part` says (NULL: whole). read_on_host: the model
+ * reads its values on the host while binding (the DiffLlama lambdas), so a random one is drawn on
+ * the host whatever the backend. shape is the whole tensor's, as config.json implies it. */
 static cinfer_status bind_weight(cinfer_model *m, const char *name, int n_dims,
                                  const int64_t *shape, const char *meaning, const char *required_by,
-                                 bool read_on_host, ci_tensor *out) {
+                                 bool read_on_host, const slice *part, ci_tensor *out) {
     const ci_checkpoint *ck = m->checkpoint;
-    if (ck->synthetic) return bind_random_weight(m, name, n_dims, shape, read_on_host, out);
+    if (ck->synthetic) {
+        CI_ASSERT(m->shard.tp == 1); /* random weights are drawn whole (refused at load) */
+        return bind_random_weight(m, name, n_dims, shape, read_on_host, out);
+    }
     const st_tensor *t = checkpoint_find(ck, name);
     if (!t && required_by)
         return CI_FAIL(CINFER_ERR_WEIGHTS, "%s: tensor '%s' is missing from %s, but %s has %s",
@@ -132,24 +226,12 @@ static cinfer_status bind_weight(cinfer_model *m, const char *name, int n_dims,
                        ci_shape_string(shape, n_dims, want, sizeof want));
     }
     m->bound[checkpoint_index_of(ck, t)] = true;
-    *out = (ci_tensor){(void *)t->data, t->dtype, n_dims, {0}};
-    for (int i = 0; i < n_dims; i++) out->shape[i] = shape[i];
-
-    /* Writers pad the header so that data is aligned; a file that does not gets its misaligned
-     * tensors copied once, so that kernels can load whole elements. */
-    if ((uintptr_t)t->data % ci_dtype_size(t->dtype) != 0) {
-        size_t bytes = ci_tensor_nbytes(out);
-        void *copy = malloc(bytes ? bytes : 1);
-        CI_TRY(keep_allocation(m, copy, bytes, "a copy of misaligned tensor", name));
-        memcpy(copy, t->data, bytes);
-        out->data = copy;
-    }
-    return CINFER_OK;
+    return bind_slice(m, t, n_dims, shape, part ? part : &whole_tensor, name, out);
 }
 
 cinfer_status ci_bind_weight(cinfer_model *m, const char *name, int n_dims, const int64_t *shape,
                              const char *meaning, const char *required_by, ci_tensor *out) {
-    return bind_weight(m, name, n_dims, shape, meaning, required_by, true, out);
+    return bind_weight(m, name, n_dims, shape, meaning, required_by, true, NULL, out);
 }
 
 /* The Llama layout below: every tensor the backend computes with, and only those, so on CUDA
@@ -157,69 +239,88 @@ cinfer_status ci_bind_weight(cinfer_model *m, const char *name, int n_dims, cons
 
 static cinfer_status bind_vector(cinfer_model *m, const char *name, int64_t size,
                                  const char *meaning, ci_tensor *out) {
-    return bind_weight(m, name, 1, &size, meaning, NULL, false, out);
+    return bind_weight(m, name, 1, &size, meaning, NULL, false, NULL, out);
 }
 
+/* part: what this rank holds of it (NULL: whole) */
 static cinfer_status bind_matrix(cinfer_model *m, const char *name, int64_t rows, int64_t cols,
-                                 const char *meaning, ci_tensor *out) {
+                                 const char *meaning, const slice *part, ci_tensor *out) {
     const int64_t shape[2] = {rows, cols};
-    return bind_weight(m, name, 2, shape, meaning, NULL, false, out);
+    return bind_weight(m, name, 2, shape, meaning, NULL, false, part, out);
 }
 
 /* The bias of a linear layer exists exactly when the config flag (e.g. "attention_bias = true")
- * says so. */
+ * says so; part: this rank's rows of it. The size of the absent bias is the rank's. */
 static cinfer_status bind_bias(cinfer_model *m, bool present, const char *flag, const char *name,
-                               int64_t size, const char *meaning, ci_tensor *out) {
+                               int64_t size, const char *meaning, const slice *part,
+                               ci_tensor *out) {
     *out = (ci_tensor){NULL, CI_F32, 1, {size}};
-    return present ? bind_weight(m, name, 1, &size, meaning, flag, false, out) : CINFER_OK;
+    return present ? bind_weight(m, name, 1, &size, meaning, flag, false, part, out) : CINFER_OK;
 }
 
+/* Shapes are checked against the checkpoint's config (the whole tensors); what is bound is this
+ * rank's part (models/shard.h): the rows of its heads in q/k/v and of its MLP width in gate/up, the
+ * matching columns of o_proj and down_proj. Their biases are added once, by rank 0: the other
+ * ranks bind none. With tp = 1 every part is the whole tensor, bound in place. */
 static cinfer_status bind_layer(cinfer_model *m, int l) {
-    const ci_config *c = m->config;
+    const ci_config *c = &m->checkpoint->config;
+    const ci_shard_plan *plan = &m->shard;
     ci_layer *w = &m->layers[l];
-    const int64_t E = c->hidden_size, I = c->intermediate_size;
-    const int64_t HD = (int64_t)c->n_heads * c->head_dim, GD = (int64_t)c->n_kv_heads * c->head_dim;
-    const bool ab = c->attention_bias, mb = c->mlp_bias;
+    const int64_t E = c->hidden_size, I = c->intermediate_size, D = c->head_dim;
+    const int64_t HD = (int64_t)c->n_heads * D, GD = (int64_t)c->n_kv_heads * D;
+    const bool ab = c->attention_bias, mb = c->mlp_bias, sums_bias = plan->rank == 0;
+    const slice q_rows = head_rows(plan->q, plan->n_q_ranges, D);
+    const slice kv_rows = head_rows(plan->kv, plan->n_kv_ranges, D);
+    const slice o_columns = column_range(plan->o_first, plan->o_count);
+    const slice mlp_rows = row_range(plan->mlp_first, plan->mlp_count);
+    const slice down_columns = column_range(plan->mlp_first, plan->mlp_count);
     char name[160];
 #define NAME(suffix) (snprintf(name, sizeof name, "model.layers.%d.%s", l, suffix), name)
     CI_TRY(bind_vector(m, NAME("input_layernorm.weight"), E, "[hidden_size]", &w->input_layernorm));
     CI_TRY(bind_matrix(m, NAME("self_attn.q_proj.weight"), HD, E,
-                       "[num_attention_heads*head_dim, hidden_size]", &w->q_proj));
+                       "[num_attention_heads*head_dim, hidden_size]", &q_rows, &w->q_proj));
     CI_TRY(bind_matrix(m, NAME("self_attn.k_proj.weight"), GD, E,
-                       "[num_key_value_heads*head_dim, hidden_size]", &w->k_proj));
+                       "[num_key_value_heads*head_dim, hidden_size]", &kv_rows, &w->k_proj));
     CI_TRY(bind_matrix(m, NAME("self_attn.v_proj.weight"), GD, E,
-                       "[num_key_value_heads*head_dim, hidden_size]", &w->v_proj));
+                       "[num_key_value_heads*head_dim, hidden_size]", &kv_rows, &w->v_proj));
     CI_TRY(bind_matrix(m, NAME("self_attn.o_proj.weight"), E, HD,
-                       "[hidden_size, num_attention_heads*head_dim]", &w->o_proj));
+                       "[hidden_size, num_attention_heads*head_dim]", &o_columns, &w->o_proj));
     CI_TRY(bind_bias(m, ab, "attention_bias = true", NAME("self_attn.q_proj.bias"), HD,
-                     "[num_attention_heads*head_dim]", &w->q_bias));
+                     "[num_attention_heads*head_dim]", &q_rows, &w->q_bias));
     CI_TRY(bind_bias(m, ab, "attention_bias = true", NAME("self_attn.k_proj.bias"), GD,
-                     "[num_key_value_heads*head_dim]", &w->k_bias));
+                     "[num_key_value_heads*head_dim]", &kv_rows, &w->k_bias));
     CI_TRY(bind_bias(m, ab, "attention_bias = true", NAME("self_attn.v_proj.bias"), GD,
-                     "[num_key_value_heads*head_dim]", &w->v_bias));
-    CI_TRY(bind_bias(m, ab, "attention_bias = true", NAME("self_attn.o_proj.bias"), E,
-                     "[hidden_size]", &w->o_bias));
+                     "[num_key_value_heads*head_dim]", &kv_rows, &w->v_bias));
+    CI_TRY(bind_bias(m, ab && sums_bias, "attention_bias = true", NAME("self_attn.o_proj.bias"), E,
+                     "[hidden_size]", NULL, &w->o_bias));
     CI_TRY(bind_vector(m, NAME("post_attention_layernorm.weight"), E, "[hidden_size]",
                        &w->post_attention_layernorm));
     CI_TRY(bind_matrix(m, NAME("mlp.gate_proj.weight"), I, E, "[intermediate_size, hidden_size]",
-                       &w->gate_proj));
+                       &mlp_rows, &w->gate_proj));
     CI_TRY(bind_matrix(m, NAME("mlp.up_proj.weight"), I, E, "[intermediate_size, hidden_size]",
-                       &w->up_proj));
+                       &mlp_rows, &w->up_proj));
     CI_TRY(bind_matrix(m, NAME("mlp.down_proj.weight"), E, I, "[hidden_size, intermediate_size]",
-                       &w->down_proj));
+                       &down_columns, &w->down_proj));
     CI_TRY(bind_bias(m, mb, "mlp_bias = true", NAME("mlp.gate_proj.bias"), I, "[intermediate_size]",
-                     &w->gate_bias));
+                     &mlp_rows, &w->gate_bias));
     CI_TRY(bind_bias(m, mb, "mlp_bias = true", NAME("mlp.up_proj.bias"), I, "[intermediate_size]",
-                     &w->up_bias));
-    CI_TRY(bind_bias(m, mb, "mlp_bias = true", NAME("mlp.down_proj.bias"), E, "[hidden_size]",
-                     &w->down_bias));
+                     &mlp_rows, &w->up_bias));
+    CI_TRY(bind_bias(m, mb && sums_bias, "mlp_bias = true", NAME("mlp.down_proj.bias"), E,
+                     "[hidden_size]", NULL, &w->down_bias));
 #undef NAME
     if (m->arch->bind_layer_extras) CI_TRY(m->arch->bind_layer_extras(m, l));
     return CINFER_OK;
 }
 
+/* lm_head tied to the embedding: this rank's vocabulary rows of it (all of them when whole). */
+static ci_tensor tied_lm_head(const cinfer_model *m) {
+    return ci_tensor_rows(&m->embed_tokens, m->shard.vocab_first, m->shard.vocab_count);
+}
+
+/* The embedding is replicated: every rank holds all of it (docs/TENSOR_PARALLEL.md says why);
+ * lm_head is split by vocabulary rows. */
 cinfer_status ci_bind_model_weights(cinfer_model *m) {
-    const ci_config *c = m->config;
+    const ci_config *c = &m->checkpoint->config;
     const int64_t V = c->vocab_size, E = c->hidden_size;
     m->bound = calloc((size_t)m->checkpoint->n_index + 1, sizeof *m->bound);
     CI_CHECK_ALLOC(m->bound, (size_t)m->checkpoint->n_index);
@@ -230,17 +331,18 @@ cinfer_status ci_bind_model_weights(cinfer_model *m) {
         m->device_draws = malloc(bytes);
         CI_TRY(keep_allocation(m, m->device_draws, bytes, "pending draws", "the model"));
     }
-    CI_TRY(bind_matrix(m, "model.embed_tokens.weight", V, E, "[vocab_size, hidden_size]",
+    CI_TRY(bind_matrix(m, "model.embed_tokens.weight", V, E, "[vocab_size, hidden_size]", NULL,
                        &m->embed_tokens));
     CI_TRY(bind_vector(m, "model.norm.weight", E, "[hidden_size]", &m->norm));
     const int64_t lm_head_shape[2] = {V, E};
+    const slice vocab_rows = row_range(m->shard.vocab_first, m->shard.vocab_count);
     if (c->tie_word_embeddings)
-        m->lm_head = m->embed_tokens;
+        m->lm_head = tied_lm_head(m);
     else
         CI_TRY(bind_weight(m, "lm_head.weight", 2, lm_head_shape, "[vocab_size, hidden_size]",
                            "tie_word_embeddings = false (true would reuse "
                            "model.embed_tokens.weight)",
-                           false, &m->lm_head));
+                           false, &vocab_rows, &m->lm_head));
     m->layers = calloc((size_t)c->n_layers, sizeof *m->layers);
     CI_CHECK_ALLOC(m->layers, (size_t)c->n_layers * sizeof *m->layers);
     for (int l = 0; l < c->n_layers; l++) CI_TRY(bind_layer(m, l));
@@ -300,7 +402,7 @@ cinfer_status ci_upload_weights(cinfer_model *m) {
         ci_cuda_upload_weights(m->options.device, ci_dtype_of_run(m->options.dtype), what, list, n,
                                &m->device_weights, &m->device_weight_bytes);
     free(list);
-    if (c->tie_word_embeddings) m->lm_head = m->embed_tokens;
+    if (c->tie_word_embeddings) m->lm_head = tied_lm_head(m);
     return status;
 }
 
