@@ -39,6 +39,9 @@
 #   bench       decode speed on a fixture (CPU and CUDA) and a Llama-3-8B shape, random weights
 #   serve       the serving bench (continuous batching) on a Llama-3-8B shape, bf16, random
 #               weights: output tokens/s one request at a time and 64 in flight
+#   serve-http  `cinfer serve --backend cuda` under GuideLLM (scripts/bench_serving.sh --server
+#               cinfer, concurrency 1, 8, 32): where the build has `serve` (libmicrohttpd found)
+#               and .venv-bench has GuideLLM; else "cannot run here", saying which is missing
 #   figures     (GPU_CHECK_BIG=1 or --only) the real shapes of bench/shapes beside transformers
 #   attention   bench_attention beside torch SDPA (scripts/bench_attention.py), --check-memory
 #   matmul      bench_matmul: the decode GEMV beside cuBLAS and a device copy
@@ -80,7 +83,7 @@ repo=$(pwd)
 argv=("$@")
 
 usage() { echo "gpu_check: $*" >&2; exit 2; }
-checks=(gpu-tests compare bench serve figures attention matmul sanitizer ncu big cpu-tests)
+checks=(gpu-tests compare bench serve serve-http figures attention matmul sanitizer ncu big cpu-tests)
 build_only=0 no_build=0 hide_system=0 only=""
 deadline=${GPU_CHECK_DEADLINE:-0}
 while [ $# -gt 0 ]; do
@@ -624,6 +627,25 @@ if go serve; then
   done
   if [ -n "$serve_fail" ]; then step_end FAIL "$serve_fail"
   else step_end ok "csv rows in details and logs/serve_*.log (header: first line of each)"; fi
+fi
+
+# ---- the HTTP server under an existing client -----------------------------------------------------
+# The image has no libmicrohttpd (docs/SERVING.md, "Known limits"): the build then leaves `serve`
+# out, and this step says so rather than fail.
+if go serve-http; then
+  step_start serve-http
+  if ! "$cli" --help 2>/dev/null | grep -q '^  serve'; then
+    step_end "cannot run here" "this build has no 'serve' (libmicrohttpd not found by CMake)"
+  elif [ ! -x .venv-bench/bin/guidellm ]; then
+    step_end "cannot run here" "no GuideLLM in .venv-bench (scripts/bench_serving.sh makes it where PyPI is)"
+  else
+    log="$logs/serve_http.log"
+    run "$log" 400 scripts/bench_serving.sh --server cinfer --cinfer "$cli" \
+      --cinfer-args "--backend cuda --dtype bf16" --concurrency 1,8,32 --requests 64 \
+      --out "$logs/serve_http"
+    if [ $rc -eq 0 ]; then step_end ok "table in logs/serve_http/table.md"
+    else step_end FAIL "$(cut_note 300)$(tail -n 1 "$log")"; fi
+  fi
 fi
 
 # ---- the issue's figures: real shapes with random weights, beside transformers --------------------
