@@ -74,6 +74,15 @@ struct cinfer_model {
     /* Bytes of the checkpoint's files the bound tensors were taken from: views span them, slices
      * were copied from them (a rank's share, measured by tests/test_tensor_parallel.cpp). */
     int64_t bytes_read;
+    /* A model loaded with tensor_parallel = tp > 1 through cinfer_model_load (CPU): this is rank
+     * 0's model and holds every rank's, ranks[r] bound to comms[r] of one CPU group (ranks[0] is
+     * this model). Sessions and engines over it run each rank's part of every step in a thread of
+     * their own (engine/rank_pool.h); info describes the whole model. tp 0, the rest NULL
+     * otherwise (a rank's own model included). */
+    int tp;
+    cinfer_model **ranks;
+    ci_comm **comms;
+    ci_comm_group *group;
 };
 
 /* Looks name up in the checkpoint and checks it against the shape the config implies:
