@@ -314,6 +314,32 @@ TEST(TensorParallelCli, RunPrintsTheSameIds) {
     }
 }
 
+TEST(TensorParallelCli, CompareHoldsTheShardedCpuModelToTheReference) {
+    const CliResult r = run_cli({"compare", "--model", kBundledModel, "--tokens", "1 5 9 20 33 7",
+                                 "--backend", "cpu", "--tp", "2", "--threads", "2"});
+    EXPECT_EQ(r.exit_code, 0) << r.out << r.err;
+    EXPECT_TRUE(contains_all(r.out, {"2 tensor-parallel ranks", "layer 5", "final norm", "logits",
+                                     "6 of 6 positions"}));
+    EXPECT_EQ(r.out.find("NO"), std::string::npos) << r.out;
+    const CliResult alone =
+        run_cli({"compare", "--model", kBundledModel, "--tokens", "1 5", "--backend", "cpu"});
+    EXPECT_EQ(alone.exit_code, 2);
+    EXPECT_TRUE(contains_all(alone.err, {"--tp N"}));
+}
+
+TEST(TensorParallelCli, BenchRowsSayTheRanks) {
+    const CliResult r =
+        run_cli({"bench", "--model", fixture_dir("llama_gqa_llama3"), "-p", "8", "-n", "4", "-r",
+                 "1", "-t", "2", "--tp", "2", "--no-ceilings", "--output", "json"});
+    EXPECT_EQ(r.exit_code, 0) << r.err;
+    EXPECT_TRUE(contains_all(r.out, {"\"cpu tp 2\"", "\"tensor_parallel\":\t2"}));
+    const CliResult serving = run_cli({"bench", "--model", fixture_dir("llama_gqa_llama3"),
+                                       "--num-prompts", "4", "--input-len", "8", "--output-len",
+                                       "4", "--max-seqs", "2", "-t", "2", "--tp", "4"});
+    EXPECT_EQ(serving.exit_code, 0) << serving.err;
+    EXPECT_TRUE(contains_all(serving.out, {"| cpu tp 4 |"}));
+}
+
 TEST(TensorParallelCli, RefusalsExitWithTheNumbers) {
     const CliResult r = run_cli({"run", "--model", fixture_dir("llama_gqa_llama3"), "--tokens",
                                  "1 2 3", "--tp", "3"});
