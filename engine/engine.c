@@ -709,10 +709,12 @@ static cinfer_status run_step_on_ranks(cinfer_engine *e, const batch_shape *shap
         return CI_FAIL(CINFER_ERR_MEMORY, "out of memory");
     }
     rank_step step = {e, *shape, status, message};
+    pthread_mutex_lock(&e->model->step_lock);
     ci_rank_pool_start(e->rank_pool, follow_step, &step);
     cinfer_status result = run_step(e, shape);
     if (result != CINFER_OK) ci_comm_abort(e->model->comm, cinfer_last_error());
     ci_rank_pool_wait(e->rank_pool);
+    pthread_mutex_unlock(&e->model->step_lock);
     for (int r = 1; result == CINFER_OK && r < tp; r++)
         if (status[r] != CINFER_OK)
             result = CI_FAIL(status[r], "tensor-parallel rank %d: %s", r, message[r]);

@@ -194,6 +194,7 @@ static cinfer_status load_tensor_parallel(const char *dir, const cinfer_load_opt
         return status;
     }
     cinfer_model *m = ranks[0];
+    pthread_mutex_init(&m->step_lock, NULL);
     m->tp = tp;
     m->ranks = ranks;
     m->comms = comms;
@@ -265,6 +266,7 @@ void cinfer_model_free(cinfer_model *m) {
     free(m->bound);
     free(m->layers);
     checkpoint_close(m->checkpoint);
+    if (ranks) pthread_mutex_destroy(&m->step_lock);
     free(m);
     if (ranks) {
         for (int r = 1; r < tp; r++) ranks[r] = NULL; /* freed above */

@@ -400,6 +400,7 @@ static void follow(void *arg, int rank) {
 /* Runs call on every rank; rank 0's part is leader_status, already run by the caller between
  * start and finish. */
 static void start_ranks(cinfer_session *s, rank_call *call, rank_result *result) {
+    pthread_mutex_lock(&s->model->step_lock);
     call->leader = s;
     call->result = result;
     for (int r = 0; r < s->model->tp; r++) result[r].status = CINFER_OK;
@@ -410,6 +411,7 @@ static cinfer_status finish_ranks(cinfer_session *s, cinfer_status leader_status
                                   const rank_result *result) {
     if (leader_status != CINFER_OK) ci_comm_abort(s->model->comm, cinfer_last_error());
     ci_rank_pool_wait(s->pool);
+    pthread_mutex_unlock(&s->model->step_lock);
     if (leader_status != CINFER_OK) return leader_status;
     for (int r = 1; r < s->model->tp; r++)
         if (result[r].status != CINFER_OK)

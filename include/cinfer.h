@@ -95,7 +95,7 @@ typedef struct cinfer_load_options {
      * holding its heads and slice of the MLP and lm_head; 0 or 1: unsharded. On the CPU the ranks
      * are threads of this process (n_threads are shared among them); CUDA refuses tp > 1 for now
      * (it needs one process per GPU). The ranks of a model share one communicator group: its
-     * sessions and engines may be many, but only one of them may run a call at a time. */
+     * sessions and engines may be many, and their calls take turns (a lock per model). */
     int tensor_parallel;
 } cinfer_load_options;
 

@@ -4,6 +4,7 @@
 #ifndef CINFER_MODEL_H
 #define CINFER_MODEL_H
 
+#include <pthread.h>
 #include <stdbool.h>
 
 #include "../common/random_weights.h"
@@ -83,6 +84,9 @@ struct cinfer_model {
     cinfer_model **ranks;
     ci_comm **comms;
     ci_comm_group *group;
+    /* held by the session or engine whose step the ranks run: the group's collectives must come
+     * in one order, so one step at a time per model (tp > 1 only) */
+    pthread_mutex_t step_lock;
 };
 
 /* Looks name up in the checkpoint and checks it against the shape the config implies:

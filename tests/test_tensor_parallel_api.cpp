@@ -10,6 +10,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "test_util.h"
@@ -129,6 +130,21 @@ TEST_P(PublicApi, GenerateGivesTheWholeModelsIdsAndLogits) {
     // a second generation on a fresh session of the same model: the ranks' threads and groups
     // serve more than one session
     EXPECT_EQ(generate(sharded.model, prompt, 10).ids, a.ids);
+}
+
+// Sessions of one sharded model on two threads at once: their steps take turns (the ranks share
+// one communicator group), and each gives the whole model's ids.
+TEST_P(PublicApi, SessionsOnTwoThreadsTakeTurns) {
+    Model whole(GetParam().model, 1), sharded(GetParam().model, GetParam().tp);
+    ASSERT_TRUE(whole.model && sharded.model);
+    const int V = cinfer_model_get_info(whole.model)->vocab_size;
+    const std::vector<int32_t> first = prompt_of(V, 7, 4), second = prompt_of(V, 9, 6);
+    Generated a, b;
+    std::thread other([&] { b = generate(sharded.model, second, 6); });
+    a = generate(sharded.model, first, 6);
+    other.join();
+    EXPECT_EQ(a.ids, generate(whole.model, first, 6).ids);
+    EXPECT_EQ(b.ids, generate(whole.model, second, 6).ids);
 }
 
 // Two sequences in lockstep, in chunks (the session splits what does not fit one pass), every
