@@ -284,6 +284,11 @@ TEST(TensorParallelLoad, RefusalsNameTheNumbers) {
     EXPECT_EQ(cinfer_model_load_random(config.c_str(), &options, 1, &model),
               CINFER_ERR_UNSUPPORTED);
     EXPECT_TRUE(contains_all(cinfer_last_error(), {"tensor_parallel = 2", "random"}));
+    // refused before any device is asked for, so the same with or without a GPU
+    options.backend = CINFER_BACKEND_CUDA;
+    EXPECT_EQ(cinfer_model_load(fixture_dir("llama_gqa_llama3").c_str(), &options, &model),
+              CINFER_ERR_UNSUPPORTED);
+    EXPECT_TRUE(contains_all(cinfer_last_error(), {"tensor_parallel = 2", "one process per GPU"}));
 }
 
 // ---- the command line -------------------------------------------------------------------------
