@@ -30,6 +30,7 @@
 #include "../kernels/device.h"
 #include "engine.h"
 #include "kv_blocks.h"
+#include "rank_pool.h"
 #include "session.h"
 
 enum {
@@ -62,6 +63,7 @@ typedef struct request {
 typedef struct scheduled {
     request *req;
     int n_rows;
+    int n_prompt_logit_rows; /* of its rows, those whose logits go to params.prompt_logits */
 } scheduled;
 
 struct cinfer_engine {
@@ -122,6 +124,14 @@ struct cinfer_engine {
 
     /* counters the engine thread keeps, published into stats at the end of each step */
     cinfer_engine_stats counts;
+
+    /* Tensor parallelism in this process (model->tp > 1): ranks[r] is rank r's engine (ranks[0]
+     * this one). A follower only executes: it holds its rank's device buffers and KV block pools
+     * (the same block ids as this engine's, blocks of its local KV heads) and runs each step from
+     * this engine's host arrays and batch, in a thread of pool; the scheduler, block tables,
+     * sampling and the prefix cache are this engine's alone. NULL for an unsharded model. */
+    cinfer_engine **ranks;
+    ci_rank_pool *rank_pool;
 };
 
 /* ---- small containers -------------------------------------------------------------------------
@@ -353,7 +363,7 @@ static void schedule(cinfer_engine *e) {
             if (i >= e->n_running) break; /* r itself was the most recent */
         }
         if (i >= e->n_running) break;
-        e->batch[e->n_batch++] = (scheduled){r, n};
+        e->batch[e->n_batch++] = (scheduled){r, n, 0};
         budget -= n;
     }
     while (!preempted && budget > 0 && e->n_waiting > 0 && e->n_running < e->max_seqs) {
@@ -373,7 +383,7 @@ static void schedule(cinfer_engine *e) {
         }
         remove_waiting(e, 0);
         e->running[e->n_running++] = r;
-        e->batch[e->n_batch++] = (scheduled){r, n};
+        e->batch[e->n_batch++] = (scheduled){r, n, 0};
         budget -= n;
     }
 }
@@ -403,18 +413,27 @@ static int log2_of(int n) {
 typedef struct forward_call {
     cinfer_engine *engine;
     const ci_forward_step *step;
+    cinfer_status status;
 } forward_call;
 
 static void run_forward(void *user, int unused_pos0) {
     (void)unused_pos0;
-    const forward_call *call = user;
-    ci_model_forward(call->engine->be, call->engine->model, call->step, &call->engine->act);
+    forward_call *call = user;
+    call->status =
+        ci_model_forward(call->engine->be, call->engine->model, call->step, &call->engine->act);
 }
 
-/* Lays the scheduled rows out as a ci_paged_step, uploads it, and runs the model. Returns the
- * number of rows whose logits are wanted (their requests in e->sampled_req). */
-static int run_batch(cinfer_engine *e) {
-    ci_backend *be = e->be;
+/* The shape of one step's host arrays (build_batch), which every rank executes. */
+typedef struct batch_shape {
+    int R, S;      /* rows and sequences, padding included */
+    int padded;    /* a recorded decode step's padded size; 0: eager */
+    int n_sampled; /* rows whose logits are wanted */
+    int max_seq_len, max_seq_rows;
+} batch_shape;
+
+/* Lays the scheduled rows out on the host as a ci_paged_step's arrays (the step's one source,
+ * for every rank), with the rows whose logits are wanted (their requests in e->sampled_req). */
+static void build_batch(cinfer_engine *e, batch_shape *shape) {
     const int bs = e->block_size, M = e->max_blocks_per_seq;
     int row = 0, n_sampled = 0, max_seq_len = 0, max_seq_rows = 0;
     for (int s = 0; s < e->n_batch; s++) {
@@ -432,6 +451,12 @@ static int run_batch(cinfer_engine *e) {
                (size_t)r->n_blocks * sizeof *r->blocks);
         if (e->h_seq_lens[s] > max_seq_len) max_seq_len = e->h_seq_lens[s];
         if (n > max_seq_rows) max_seq_rows = n;
+        /* rows past the prompt (a preempted sequence recomputed) have no prompt logits */
+        const int prompt_rows_left = r->n_prompt - r->n_computed;
+        e->batch[s].n_prompt_logit_rows =
+            !r->params.prompt_logits || prompt_rows_left <= 0 ? 0
+            : n < prompt_rows_left                           ? n
+                                                             : prompt_rows_left;
         if (r->n_computed + n == r->n_tokens) {
             e->h_sample_rows[n_sampled] = row - 1;
             e->sampled_req[n_sampled++] = r;
@@ -451,16 +476,26 @@ static int run_batch(cinfer_engine *e) {
         e->h_block_tables[(size_t)S * (size_t)M] = e->padding_block;
     }
     if (padded) max_seq_len = e->max_model_len;
-    const int R = row;
-    e->h_seq_starts[S] = R;
-    be->ops->to_device(be, e->tokens.data, e->h_tokens, (size_t)R * sizeof(int32_t));
-    be->ops->to_device(be, e->positions.data, e->h_positions, (size_t)R * sizeof(int32_t));
-    be->ops->to_device(be, e->slots.data, e->h_slots, (size_t)R * sizeof(int32_t));
-    be->ops->to_device(be, e->seq_starts.data, e->h_seq_starts, (size_t)(S + 1) * sizeof(int32_t));
-    be->ops->to_device(be, e->seq_lens.data, e->h_seq_lens, (size_t)S * sizeof(int32_t));
-    be->ops->to_device(be, e->block_tables.data, e->h_block_tables,
+    e->h_seq_starts[S] = row;
+    *shape = (batch_shape){row, S, padded, n_sampled, max_seq_len, max_seq_rows};
+}
+
+/* Uploads the step the leader laid out (the leader is e itself but on a follower rank), runs the
+ * model, and gathers the sampled rows of the final norm. */
+static cinfer_status execute_batch(cinfer_engine *e, const cinfer_engine *leader,
+                                   const batch_shape *shape) {
+    ci_backend *be = e->be;
+    const int bs = e->block_size, M = e->max_blocks_per_seq;
+    const int R = shape->R, S = shape->S, padded = shape->padded, n_sampled = shape->n_sampled;
+    be->ops->to_device(be, e->tokens.data, leader->h_tokens, (size_t)R * sizeof(int32_t));
+    be->ops->to_device(be, e->positions.data, leader->h_positions, (size_t)R * sizeof(int32_t));
+    be->ops->to_device(be, e->slots.data, leader->h_slots, (size_t)R * sizeof(int32_t));
+    be->ops->to_device(be, e->seq_starts.data, leader->h_seq_starts,
+                       (size_t)(S + 1) * sizeof(int32_t));
+    be->ops->to_device(be, e->seq_lens.data, leader->h_seq_lens, (size_t)S * sizeof(int32_t));
+    be->ops->to_device(be, e->block_tables.data, leader->h_block_tables,
                        (size_t)S * (size_t)M * sizeof(int32_t));
-    be->ops->to_device(be, e->sample_rows.data, e->h_sample_rows,
+    be->ops->to_device(be, e->sample_rows.data, leader->h_sample_rows,
                        (size_t)n_sampled * sizeof(int32_t));
 
     const ci_paged_step paged = {
@@ -468,15 +503,15 @@ static int run_batch(cinfer_engine *e) {
         .n_seqs = S,
         .block_size = bs,
         .max_blocks_per_seq = M,
-        .max_seq_len = max_seq_len,
-        .max_seq_rows = max_seq_rows,
+        .max_seq_len = shape->max_seq_len,
+        .max_seq_rows = shape->max_seq_rows,
         .positions = ci_tensor_rows(&e->positions, 0, R),
         .slots = ci_tensor_rows(&e->slots, 0, R),
         .seq_starts = ci_tensor_rows(&e->seq_starts, 0, S + 1),
         .seq_lens = ci_tensor_rows(&e->seq_lens, 0, S),
         .block_tables = ci_tensor_rows(&e->block_tables, 0, S),
-        .host_seq_starts = e->h_seq_starts,
-        .host_seq_lens = e->h_seq_lens,
+        .host_seq_starts = leader->h_seq_starts,
+        .host_seq_lens = leader->h_seq_lens,
     };
     const ci_tensor tokens = ci_tensor_rows(&e->tokens, 0, R);
     const ci_forward_step step = {
@@ -486,11 +521,12 @@ static int run_batch(cinfer_engine *e) {
         .k_cache = e->k_pool,
         .v_cache = e->v_pool,
     };
-    forward_call call = {e, &step};
+    forward_call call = {e, &step, CINFER_OK};
     if (padded)
         ci_backend_run_step(be, &e->decode_steps[log2_of(padded)], 1, 0, run_forward, &call);
     else
         run_forward(&call, 0);
+    CI_TRY(call.status);
     if (n_sampled > 0) {
         /* the sampled rows of the final norm, gathered: an embedding lookup in [R, E] */
         const ci_tensor normed = ci_tensor_rows(&e->act.x_norm, 0, R);
@@ -498,30 +534,31 @@ static int run_batch(cinfer_engine *e) {
         ci_tensor gathered = ci_tensor_rows(&e->sampled_normed, 0, n_sampled);
         ci_embedding(be, &gathered, &rows, &normed);
     }
-    return n_sampled;
+    return CINFER_OK;
 }
 
 /* lm_head over the rows of requests that asked for their prompt's logits, LOGIT_ROWS at a time,
- * to their buffers (a sequence's rows of one step are consecutive rows of the final norm). */
-static void prompt_logits_to_host(cinfer_engine *e) {
+ * to their buffers (a sequence's rows of one step are consecutive rows of the final norm). A
+ * follower rank computes the same blocks (the all-gather needs every rank) and keeps none. */
+static cinfer_status prompt_logits_to_host(cinfer_engine *e, const cinfer_engine *leader) {
     ci_backend *be = e->be;
     const size_t V = (size_t)e->model->config->vocab_size;
-    for (int s = 0; s < e->n_batch; s++) {
-        const request *r = e->batch[s].req;
-        if (!r->params.prompt_logits) continue;
-        const int first_pos = r->n_computed; /* before this step's rows are counted in */
-        const int n = first_pos + e->batch[s].n_rows < r->n_prompt
-                          ? e->batch[s].n_rows
-                          : r->n_prompt - first_pos; /* rows past the prompt (recomputed) */
+    for (int s = 0; s < leader->n_batch; s++) {
+        const int n = leader->batch[s].n_prompt_logit_rows;
         for (int i = 0; i < n; i += LOGIT_ROWS) {
             const int rows = n - i < LOGIT_ROWS ? n - i : LOGIT_ROWS;
-            const ci_tensor normed = ci_tensor_rows(&e->act.x_norm, e->h_seq_starts[s] + i, rows);
+            const ci_tensor normed =
+                ci_tensor_rows(&e->act.x_norm, leader->h_seq_starts[s] + i, rows);
             ci_tensor logits = ci_tensor_rows(&e->logits, 0, rows);
-            ci_model_logits(be, e->model, &logits, &normed);
+            CI_TRY(ci_model_logits(be, e->model, &logits, &normed));
+            if (e != leader) continue;
+            const request *r = e->batch[s].req;
+            const int first_pos = r->n_computed; /* before this step's rows are counted in */
             be->ops->to_host(be, r->params.prompt_logits + (size_t)(first_pos + i) * V, logits.data,
                              (size_t)rows * V * sizeof(float));
         }
     }
+    return CINFER_OK;
 }
 
 /* ---- sampling and finishing -------------------------------------------------------------------
@@ -578,7 +615,7 @@ static cinfer_status sample_tokens(cinfer_engine *e, int n_sampled) {
         for (int i = 0; i < rows; i++) host |= wants_host_logits(e->sampled_req[r0 + i]);
         const ci_tensor normed = ci_tensor_rows(&e->sampled_normed, r0, rows);
         ci_tensor logits = ci_tensor_rows(&e->logits, 0, rows);
-        ci_model_logits(be, e->model, &logits, &normed);
+        CI_TRY(ci_model_logits(be, e->model, &logits, &normed));
         if (host) {
             be->ops->to_host(be, e->h_logits, logits.data,
                              (size_t)rows * (size_t)V * sizeof(float));
@@ -605,6 +642,85 @@ static cinfer_status sample_tokens(cinfer_engine *e, int n_sampled) {
         }
     }
     return CINFER_OK;
+}
+
+/* ---- follower ranks ----------------------------------------------------------------------------
+ * Rank 0 (this engine) schedules and lays out the step; each follower executes it from rank 0's
+ * host arrays in its thread while rank 0 does here, with the same calls in the same order: the
+ * forward pass, the prompt logits' blocks, the sampled rows' blocks (their logits, which only
+ * rank 0 samples from). The followers read rank 0's host arrays and batch, which rank 0 does not
+ * change until it has waited for them. A rank that fails aborts the group so that nobody waits
+ * for it (the group, and so the engine, is unusable after). */
+enum { RANK_MESSAGE_BYTES = 512 };
+typedef struct rank_step {
+    cinfer_engine *leader;
+    batch_shape shape;
+    cinfer_status *status;                /* [tp] */
+    char (*message)[RANK_MESSAGE_BYTES];  /* [tp] */
+} rank_step;
+
+/* A follower's lm_head over the sampled rows, in sample_tokens' blocks. */
+static cinfer_status follower_sampled_logits(cinfer_engine *e, int n_sampled) {
+    for (int r0 = 0; r0 < n_sampled; r0 += LOGIT_ROWS) {
+        const int rows = n_sampled - r0 < LOGIT_ROWS ? n_sampled - r0 : LOGIT_ROWS;
+        const ci_tensor normed = ci_tensor_rows(&e->sampled_normed, r0, rows);
+        ci_tensor logits = ci_tensor_rows(&e->logits, 0, rows);
+        CI_TRY(ci_model_logits(e->be, e->model, &logits, &normed));
+    }
+    return CINFER_OK;
+}
+
+static void follow_step(void *arg, int rank) {
+    rank_step *step = arg;
+    cinfer_engine *e = step->leader->ranks[rank];
+    cinfer_status status = execute_batch(e, step->leader, &step->shape);
+    if (status == CINFER_OK) status = prompt_logits_to_host(e, step->leader);
+    if (status == CINFER_OK) status = follower_sampled_logits(e, step->shape.n_sampled);
+    step->status[rank] = status;
+    if (status == CINFER_OK) return;
+    snprintf(step->message[rank], RANK_MESSAGE_BYTES, "%s", cinfer_last_error());
+    ci_comm_abort(e->model->comm, step->message[rank]);
+}
+
+/* Rank 0's part of a step (every rank's without tensor parallelism): the forward pass and the
+ * logits, then the requests' bookkeeping and sampling. */
+static cinfer_status run_step(cinfer_engine *e, const batch_shape *shape) {
+    CI_TRY(execute_batch(e, e, shape));
+    CI_TRY(prompt_logits_to_host(e, e));
+    for (int s = 0; s < e->n_batch; s++) {
+        request *r = e->batch[s].req;
+        /* a decode row extends what was generated; every other row computes a prompt (or
+         * recomputes a preempted sequence) */
+        const int decode = e->batch[s].n_rows == 1 && r->n_computed >= r->n_prompt;
+        if (!decode) e->counts.prompt_tokens_computed += (uint64_t)e->batch[s].n_rows;
+        r->n_computed += e->batch[s].n_rows; /* the rows are in the cache now */
+    }
+    return sample_tokens(e, shape->n_sampled);
+}
+
+static cinfer_status run_step_on_ranks(cinfer_engine *e, const batch_shape *shape) {
+    if (!e->rank_pool) return run_step(e, shape);
+    const int tp = e->model->tp;
+    cinfer_status *status = calloc((size_t)tp, sizeof *status);
+    char(*message)[RANK_MESSAGE_BYTES] = calloc((size_t)tp, sizeof *message);
+    if (!status || !message) {
+        free(status);
+        free(message);
+        return CI_FAIL(CINFER_ERR_MEMORY, "out of memory");
+    }
+    rank_step step = {e, *shape, status, message};
+    pthread_mutex_lock(&e->model->step_lock);
+    ci_rank_pool_start(e->rank_pool, follow_step, &step);
+    cinfer_status result = run_step(e, shape);
+    if (result != CINFER_OK) ci_comm_abort(e->model->comm, cinfer_last_error());
+    ci_rank_pool_wait(e->rank_pool);
+    pthread_mutex_unlock(&e->model->step_lock);
+    for (int r = 1; result == CINFER_OK && r < tp; r++)
+        if (status[r] != CINFER_OK)
+            result = CI_FAIL(status[r], "tensor-parallel rank %d: %s", r, message[r]);
+    free(status);
+    free(message);
+    return result;
 }
 
 /* Requests whose last output finished them leave the running set. */
@@ -644,17 +760,9 @@ cinfer_status cinfer_engine_step(cinfer_engine *e, const cinfer_request_output *
     cinfer_status status = CINFER_OK;
     if (e->n_batch > 0) {
         const int first_token_output = e->n_outputs;
-        const int n_sampled = run_batch(e);
-        prompt_logits_to_host(e);
-        for (int s = 0; s < e->n_batch; s++) {
-            request *r = e->batch[s].req;
-            /* a decode row extends what was generated; every other row computes a prompt (or
-             * recomputes a preempted sequence) */
-            const int decode = e->batch[s].n_rows == 1 && r->n_computed >= r->n_prompt;
-            if (!decode) e->counts.prompt_tokens_computed += (uint64_t)e->batch[s].n_rows;
-            r->n_computed += e->batch[s].n_rows; /* the rows are in the cache now */
-        }
-        status = sample_tokens(e, n_sampled);
+        batch_shape shape;
+        build_batch(e, &shape);
+        status = run_step_on_ranks(e, &shape);
         for (int s = 0; s < e->n_batch; s++) commit_full_blocks(e, e->batch[s].req);
         retire_finished(e, first_token_output);
         e->counts.n_steps++;
@@ -886,6 +994,9 @@ static cinfer_status allocate(cinfer_engine *e, int64_t n_blocks) {
 
 void cinfer_engine_free(cinfer_engine *e) {
     if (!e) return;
+    ci_rank_pool_free(e->rank_pool); /* no step runs between calls: the threads are idle */
+    for (int r = 1; e->ranks && r < e->model->tp; r++) cinfer_engine_free(e->ranks[r]);
+    free(e->ranks);
     for (int i = 0; i < e->n_running; i++) request_free(e->running[i]);
     for (int i = 0; i < e->n_waiting; i++) request_free(e->waiting[i]);
     for (int i = 0; i < e->n_inbox; i++) request_free(e->inbox[i]);
@@ -928,6 +1039,28 @@ void cinfer_engine_free(cinfer_engine *e) {
     free(e);
 }
 
+/* The engines of ranks 1 .. tp-1: the options this one resolved, with its number of blocks (the
+ * block ids are this engine's), each block sized for the rank's own KV heads. */
+static cinfer_status create_followers(cinfer_engine *e, const cinfer_engine_options *o,
+                                      int64_t n_blocks) {
+    const int tp = e->model->tp;
+    e->ranks = calloc((size_t)tp, sizeof *e->ranks);
+    CI_CHECK_ALLOC(e->ranks, (size_t)tp * sizeof *e->ranks);
+    e->ranks[0] = e;
+    cinfer_engine_options follower = *o;
+    follower.n_kv_blocks = n_blocks;
+    follower.kv_cache_bytes = 0;
+    for (int r = 1; r < tp; r++) {
+        CI_TRY(cinfer_engine_create(e->model->ranks[r], &follower, &e->ranks[r]));
+        e->kv_bytes += e->ranks[r]->kv_bytes;
+    }
+    e->rank_pool = ci_rank_pool_create(tp);
+    if (!e->rank_pool)
+        return CI_FAIL(CINFER_ERR_MEMORY, "could not start the threads of %d tensor-parallel ranks",
+                       tp - 1);
+    return CINFER_OK;
+}
+
 cinfer_status cinfer_engine_create(cinfer_model *model, const cinfer_engine_options *options,
                                    cinfer_engine **out) {
     *out = NULL;
@@ -963,6 +1096,7 @@ cinfer_status cinfer_engine_create(cinfer_model *model, const cinfer_engine_opti
                                                        o.max_model_len, o.max_seqs),
             &n_blocks);
     if (status == CINFER_OK) status = allocate(e, n_blocks);
+    if (status == CINFER_OK && model->tp > 1) status = create_followers(e, &o, n_blocks);
     if (status != CINFER_OK) {
         cinfer_engine_free(e);
         return status;

@@ -2,6 +2,7 @@
  * bind and check every weight. On the CPU nothing is copied: weights stay in the mapped files
  * (a tensor a file stores misaligned is the rare exception, copied once); on CUDA they are
  * uploaded through a bounded staging buffer. */
+#include <omp.h>
 #include <stdlib.h>
 
 #include "../models/model.h"
@@ -38,7 +39,11 @@ static void fill_info(cinfer_model *m) {
     info->attention = m->options.backend == CINFER_BACKEND_CUDA
                           ? cinfer_attention_name(m->options.attention)
                           : "reference";
+    info->tensor_parallel = m->comm ? m->comm->size : 1;
 }
+
+/* More ranks than this are surely a mistake (a rank is a thread here, a GPU later). */
+enum { CI_MAX_TENSOR_PARALLEL = 256 };
 
 static cinfer_status check_options(const cinfer_load_options *o) {
     if (o->dtype != CINFER_DTYPE_F32 && o->dtype != CINFER_DTYPE_BF16 &&
@@ -61,6 +66,16 @@ static cinfer_status check_options(const cinfer_load_options *o) {
                        cinfer_dtype_name(o->dtype));
     if (o->device < 0)
         return CI_FAIL(CINFER_ERR_ARGUMENT, "load options: device index %d is negative", o->device);
+    if (o->tensor_parallel < 0 || o->tensor_parallel > CI_MAX_TENSOR_PARALLEL)
+        return CI_FAIL(CINFER_ERR_ARGUMENT,
+                       "load options: tensor_parallel = %d: expected 1 (or 0: unsharded) to %d ranks",
+                       o->tensor_parallel, CI_MAX_TENSOR_PARALLEL);
+    if (o->tensor_parallel > 1 && o->backend == CINFER_BACKEND_CUDA)
+        return CI_FAIL(CINFER_ERR_UNSUPPORTED,
+                       "load options: tensor_parallel = %d on CUDA needs one process per GPU with "
+                       "NCCL between them, which is not built yet (docs/TENSOR_PARALLEL.md); the "
+                       "CPU backend runs the ranks as threads",
+                       o->tensor_parallel);
     if (o->backend == CINFER_BACKEND_CUDA) return ci_cuda_available(o->device);
     return ci_backend_available(o->backend);
 }
@@ -144,12 +159,65 @@ static cinfer_status load_from(ci_checkpoint *checkpoint, const cinfer_load_opti
     return CINFER_OK;
 }
 
+/* Frees what load_tensor_parallel built around rank 0's model: the other ranks' models, then the
+ * communicators they were bound to, then their group. */
+static void free_ranks(int tp, cinfer_model **ranks, ci_comm **comms, ci_comm_group *group) {
+    for (int r = 1; ranks && r < tp; r++) cinfer_model_free(ranks[r]);
+    for (int r = 0; comms && r < tp; r++) ci_comm_destroy(comms[r]);
+    ci_comm_group_free(group);
+    free(ranks);
+    free(comms);
+}
+
+/* tp ranks of the checkpoint in dir as threads of this process: one CPU communicator group, each
+ * rank's model loaded with its share of the CPU threads; rank 0's model holds them all. No
+ * collective runs during a load, so the ranks load one after the other; the first refusal (tp
+ * does not divide the heads...) is rank 0's, with its numbers. */
+static cinfer_status load_tensor_parallel(const char *dir, const cinfer_load_options *options,
+                                          cinfer_model **out) {
+    const int tp = options->tensor_parallel;
+    cinfer_load_options rank_options = *options;
+    const int threads = options->n_threads > 0 ? options->n_threads : omp_get_max_threads();
+    rank_options.n_threads = threads / tp > 0 ? threads / tp : 1;
+    ci_comm_group *group = NULL;
+    CI_TRY(ci_comm_group_create(tp, 0.0, &group));
+    cinfer_model **ranks = calloc((size_t)tp, sizeof *ranks);
+    ci_comm **comms = calloc((size_t)tp, sizeof *comms);
+    cinfer_status status = ranks && comms ? CINFER_OK : CI_FAIL(CINFER_ERR_MEMORY, "out of memory");
+    for (int r = 0; status == CINFER_OK && r < tp; r++) {
+        status = ci_comm_cpu_create(group, r, &comms[r]);
+        if (status == CINFER_OK) status = ci_model_load_shard(dir, &rank_options, comms[r], &ranks[r]);
+    }
+    if (status != CINFER_OK) {
+        if (ranks) cinfer_model_free(ranks[0]);
+        free_ranks(tp, ranks, comms, group);
+        return status;
+    }
+    cinfer_model *m = ranks[0];
+    pthread_mutex_init(&m->step_lock, NULL);
+    m->tp = tp;
+    m->ranks = ranks;
+    m->comms = comms;
+    m->group = group;
+    /* the whole model's shape; the KV cache of every rank */
+    const ci_config *whole = &m->checkpoint->config;
+    int64_t kv_bytes_per_token = 0;
+    for (int r = 0; r < tp; r++) kv_bytes_per_token += ranks[r]->info.kv_bytes_per_token;
+    m->info.n_heads = whole->n_heads;
+    m->info.n_kv_heads = whole->n_kv_heads;
+    m->info.intermediate_size = whole->intermediate_size;
+    m->info.kv_bytes_per_token = kv_bytes_per_token;
+    *out = m;
+    return CINFER_OK;
+}
+
 cinfer_status cinfer_model_load(const char *dir, const cinfer_load_options *options,
                                 cinfer_model **out) {
     *out = NULL;
     ci_error_clear();
     if (!dir) return CI_FAIL(CINFER_ERR_ARGUMENT, "no model folder given");
     if (options) CI_TRY(check_options(options));
+    if (options && options->tensor_parallel > 1) return load_tensor_parallel(dir, options, out);
     ci_checkpoint *checkpoint;
     CI_TRY(checkpoint_open(dir, &checkpoint));
     return load_from(checkpoint, options, NULL, out);
@@ -173,6 +241,11 @@ cinfer_status cinfer_model_load_random(const char *config_path, const cinfer_loa
     ci_error_clear();
     if (!config_path) return CI_FAIL(CINFER_ERR_ARGUMENT, "no config.json given");
     if (options) CI_TRY(check_options(options));
+    if (options && options->tensor_parallel > 1)
+        return CI_FAIL(CINFER_ERR_UNSUPPORTED,
+                       "%s: random weights are drawn whole; tensor_parallel = %d needs a "
+                       "checkpoint (sharded random models are not built yet)",
+                       config_path, options->tensor_parallel);
     ci_checkpoint *checkpoint;
     CI_TRY(checkpoint_synthetic(config_path, seed, &checkpoint));
     return load_from(checkpoint, options, NULL, out);
@@ -180,13 +253,25 @@ cinfer_status cinfer_model_load_random(const char *config_path, const cinfer_loa
 
 void cinfer_model_free(cinfer_model *m) {
     if (!m) return;
+    /* rank 0 of an in-process group: the other ranks first, the communicators after every model */
+    cinfer_model **ranks = m->ranks;
+    ci_comm **comms = m->comms;
+    ci_comm_group *group = m->group;
+    const int tp = m->tp;
+    for (int r = 1; ranks && r < tp; r++) cinfer_model_free(ranks[r]);
+    if (ranks) ranks[0] = NULL;
     ci_free_device_weights(m);
     for (int i = 0; i < m->n_aligned_copies; i++) free(m->aligned_copies[i]);
     free(m->aligned_copies);
     free(m->bound);
     free(m->layers);
     checkpoint_close(m->checkpoint);
+    if (ranks) pthread_mutex_destroy(&m->step_lock);
     free(m);
+    if (ranks) {
+        for (int r = 1; r < tp; r++) ranks[r] = NULL; /* freed above */
+        free_ranks(tp, ranks, comms, group);
+    }
 }
 
 const cinfer_model_info *cinfer_model_get_info(const cinfer_model *m) { return &m->info; }

@@ -140,6 +140,25 @@ static cinfer_status check_device_memory(const cinfer_session *s) {
                           session_bytes(s->model, s->n_ctx, s->n_seqs, s->be), (int64_t)free_bytes);
 }
 
+/* The sessions of ranks 1 .. tp-1, sized as this one (rank 0's), and the threads they run on. */
+static cinfer_status create_followers(cinfer_session *s) {
+    const int tp = s->model->tp;
+    s->ranks = calloc((size_t)tp, sizeof *s->ranks);
+    CI_CHECK_ALLOC(s->ranks, (size_t)tp * sizeof *s->ranks);
+    s->ranks[0] = s;
+    for (int r = 1; r < tp; r++) {
+        CI_TRY(cinfer_session_create_batch(s->model->ranks[r], s->n_ctx, s->n_seqs, &s->ranks[r]));
+        s->ranks[r]->follower = 1;
+        s->ranks[r]->follower_next = malloc((size_t)s->n_seqs * sizeof(int32_t));
+        CI_CHECK_ALLOC(s->ranks[r]->follower_next, (size_t)s->n_seqs * sizeof(int32_t));
+    }
+    s->pool = ci_rank_pool_create(tp);
+    if (!s->pool)
+        return CI_FAIL(CINFER_ERR_MEMORY, "could not start the threads of %d tensor-parallel ranks",
+                       tp - 1);
+    return CINFER_OK;
+}
+
 cinfer_status cinfer_session_create_batch(cinfer_model *model, int n_ctx, int n_seqs,
                                           cinfer_session **out) {
     *out = NULL;
@@ -158,6 +177,7 @@ cinfer_status cinfer_session_create_batch(cinfer_model *model, int n_ctx, int n_
     cinfer_status status = ci_backend_create_for(&model->options, &s->be);
     if (status == CINFER_OK) status = check_device_memory(s);
     if (status == CINFER_OK) status = allocate(s);
+    if (status == CINFER_OK && model->tp > 1) status = create_followers(s);
     if (status != CINFER_OK) {
         cinfer_session_free(s);
         return status;
@@ -172,6 +192,10 @@ cinfer_status cinfer_session_create(cinfer_model *model, int n_ctx, cinfer_sessi
 
 void cinfer_session_free(cinfer_session *s) {
     if (!s) return;
+    ci_rank_pool_free(s->pool); /* no job runs between calls: the threads are idle */
+    for (int r = 1; s->ranks && r < s->model->tp; r++) cinfer_session_free(s->ranks[r]);
+    free(s->ranks);
+    free(s->follower_next);
     if (s->be) {
         const ci_config *c = s->model->config;
         for (int l = 0; s->k_cache && l < c->n_layers; l++) free_tensor(s, &s->k_cache[l]);
@@ -189,7 +213,10 @@ void cinfer_session_free(cinfer_session *s) {
     free(s);
 }
 
-void cinfer_session_reset(cinfer_session *s) { s->n_past = 0; }
+void cinfer_session_reset(cinfer_session *s) {
+    s->n_past = 0;
+    for (int r = 1; s->ranks && r < s->model->tp; r++) s->ranks[r]->n_past = 0;
+}
 int cinfer_session_n_past(const cinfer_session *s) { return s->n_past; }
 int cinfer_session_n_ctx(const cinfer_session *s) { return s->n_ctx; }
 int cinfer_session_n_seqs(const cinfer_session *s) { return s->n_seqs; }
@@ -234,8 +261,9 @@ static void upload_tokens(cinfer_session *s, const int32_t *tokens, int n_tokens
                               (size_t)chunk * sizeof *tokens);
 }
 
-/* The model's forward pass over the n_tokens tokens of each sequence in session->tokens. */
-static void run_forward(cinfer_session *s, int n_tokens, int pos0) {
+/* The model's forward pass over the n_tokens tokens of each sequence in session->tokens: a
+ * tensor-parallel rank's fails (CINFER_ERR_COMM) when a collective did. */
+static cinfer_status run_forward(cinfer_session *s, int n_tokens, int pos0) {
     const ci_tensor tokens = ci_tensor_rows(&s->tokens, 0, (int64_t)s->n_seqs * n_tokens);
     const ci_forward_step step = {
         .tokens = &tokens,
@@ -247,15 +275,15 @@ static void run_forward(cinfer_session *s, int n_tokens, int pos0) {
         .v_cache = s->v_cache,
         .hook = {s->observer ? observe_hidden : NULL, s},
     };
-    ci_model_forward(s->be, s->model, &step, &s->act);
+    return ci_model_forward(s->be, s->model, &step, &s->act);
 }
 
 /* lm_head over rows [row0, row0 + n_rows) of each sequence's n_tokens normalized rows, logit_rows
  * at a time, each block to the host as it is done: sequence b's rows go to
  * host + b · host_seq_floats, row-major [n_rows, V]. Rows of one sequence, and of consecutive
  * sequences when a sequence's rows are all of its rows, are contiguous on both sides. */
-static void logits_to_host(cinfer_session *s, int n_tokens, int row0, int n_rows, float *host,
-                           size_t host_seq_floats) {
+static cinfer_status logits_to_host(cinfer_session *s, int n_tokens, int row0, int n_rows,
+                                    float *host, size_t host_seq_floats) {
     ci_backend *be = s->be;
     const size_t V = (size_t)s->model->config->vocab_size;
     const int whole = row0 == 0 && n_rows == n_tokens; /* all sequences' rows are one run */
@@ -266,7 +294,8 @@ static void logits_to_host(cinfer_session *s, int n_tokens, int row0, int n_rows
             const int rows = run_rows - r < s->logit_rows ? run_rows - r : s->logit_rows;
             const ci_tensor normed = ci_tensor_rows(&s->act.x_norm, first + r, rows);
             ci_tensor logits = ci_tensor_rows(&s->logits, 0, rows);
-            ci_model_logits(be, s->model, &logits, &normed);
+            CI_TRY(ci_model_logits(be, s->model, &logits, &normed));
+            if (s->follower) continue; /* rank 0 holds the same logits and hands them over */
             /* row g of the run is row g mod n_rows of sequence b + g / n_rows */
             for (int i = 0; i < rows;) {
                 const int g = r + i, seq = b + g / n_rows, within = g % n_rows;
@@ -278,16 +307,16 @@ static void logits_to_host(cinfer_session *s, int n_tokens, int row0, int n_rows
             }
         }
     }
+    return CINFER_OK;
 }
 
-cinfer_status cinfer_session_forward_batch(cinfer_session *s, const int32_t *tokens, int n_tokens,
-                                           cinfer_logits which, float *logits) {
-    ci_error_clear();
+/* What every input of a forward call must pass, before any rank starts it. */
+static cinfer_status check_forward(const cinfer_session *s, const int32_t *tokens, int n_tokens,
+                                   cinfer_logits which, const float *logits) {
     const ci_config *c = s->model->config;
-    const size_t V = (size_t)c->vocab_size;
     if (n_tokens <= 0)
         return CI_FAIL(CINFER_ERR_ARGUMENT, "no tokens to run (n_tokens = %d)", n_tokens);
-    if (which != CINFER_LOGITS_NONE && !logits)
+    if (which != CINFER_LOGITS_NONE && !logits && !s->follower)
         return CI_FAIL(CINFER_ERR_ARGUMENT, "logits were asked for but no buffer was given");
     for (int b = 0; b < s->n_seqs; b++)
         for (int i = 0; i < n_tokens; i++) {
@@ -307,21 +336,107 @@ cinfer_status cinfer_session_forward_batch(cinfer_session *s, const int32_t *tok
         return CI_FAIL(CINFER_ERR_CONTEXT_FULL,
                        "%d tokens do not fit: the context holds %d and %d are used", n_tokens,
                        s->n_ctx, s->n_past);
+    return CINFER_OK;
+}
 
+/* One rank's forward call (every rank of an unsharded model: the only one). A follower computes
+ * the same logits as rank 0 and keeps none (logits NULL). */
+static cinfer_status forward_batch(cinfer_session *s, const int32_t *tokens, int n_tokens,
+                                   cinfer_logits which, float *logits) {
+    const size_t V = (size_t)s->model->config->vocab_size;
+    CI_TRY(check_forward(s, tokens, n_tokens, which, logits));
     update_rope(s, s->n_past + n_tokens);
     for (int done = 0; done < n_tokens;) {
         const int chunk = n_tokens - done < s->max_batch ? n_tokens - done : s->max_batch;
         upload_tokens(s, tokens, n_tokens, done, chunk);
-        run_forward(s, chunk, s->n_past);
+        CI_TRY(run_forward(s, chunk, s->n_past));
         /* each sequence's rows [row0, row0 + n_rows) of this chunk, to logits + b · seq_floats */
         if (which == CINFER_LOGITS_ALL)
-            logits_to_host(s, chunk, 0, chunk, logits + (size_t)done * V, (size_t)n_tokens * V);
+            CI_TRY(logits_to_host(s, chunk, 0, chunk, logits ? logits + (size_t)done * V : NULL,
+                                  (size_t)n_tokens * V));
         else if (which == CINFER_LOGITS_LAST && done + chunk == n_tokens)
-            logits_to_host(s, chunk, chunk - 1, 1, logits, V);
+            CI_TRY(logits_to_host(s, chunk, chunk - 1, 1, logits, V));
         s->n_past += chunk;
         done += chunk;
     }
     return CINFER_OK;
+}
+
+/* ---- tensor-parallel ranks in this process ----------------------------------------------------
+ * Rank 0 checks the call's inputs first, so that the ranks start only calls they will all run
+ * (a refused input leaves the group usable); then every follower runs the same call in its thread
+ * while rank 0 runs it here, the ranks meeting in their collectives. A rank that fails after that
+ * aborts the group (ci_comm_abort) so that nobody waits for it; the call reports rank 0's error,
+ * else the first follower's. */
+enum { RANK_MESSAGE_BYTES = 512 };
+typedef struct rank_result {
+    cinfer_status status;
+    char message[RANK_MESSAGE_BYTES];
+} rank_result;
+
+typedef struct rank_call {
+    cinfer_session *leader;
+    const int32_t *tokens;
+    int n_tokens;
+    cinfer_logits which;
+    int greedy;          /* ci_session_greedy_step rather than a forward call */
+    rank_result *result; /* [tp] */
+} rank_call;
+
+static cinfer_status greedy_step(cinfer_session *s, const int32_t *tokens, int32_t *next);
+
+static void follow(void *arg, int rank) {
+    rank_call *call = arg;
+    cinfer_session *s = call->leader->ranks[rank];
+    rank_result *result = &call->result[rank];
+    result->status = call->greedy
+                         ? greedy_step(s, call->tokens, s->follower_next)
+                         : forward_batch(s, call->tokens, call->n_tokens, call->which, NULL);
+    if (result->status == CINFER_OK) return;
+    snprintf(result->message, sizeof result->message, "%s", cinfer_last_error());
+    ci_comm_abort(s->model->comm, result->message);
+}
+
+/* Runs call on every rank; rank 0's part is leader_status, already run by the caller between
+ * start and finish. */
+static void start_ranks(cinfer_session *s, rank_call *call, rank_result *result) {
+    pthread_mutex_lock(&s->model->step_lock);
+    call->leader = s;
+    call->result = result;
+    for (int r = 0; r < s->model->tp; r++) result[r].status = CINFER_OK;
+    ci_rank_pool_start(s->pool, follow, call);
+}
+
+static cinfer_status finish_ranks(cinfer_session *s, cinfer_status leader_status,
+                                  const rank_result *result) {
+    if (leader_status != CINFER_OK) ci_comm_abort(s->model->comm, cinfer_last_error());
+    ci_rank_pool_wait(s->pool);
+    pthread_mutex_unlock(&s->model->step_lock);
+    if (leader_status != CINFER_OK) return leader_status;
+    for (int r = 1; r < s->model->tp; r++)
+        if (result[r].status != CINFER_OK)
+            return CI_FAIL(result[r].status, "tensor-parallel rank %d: %s", r, result[r].message);
+    return CINFER_OK;
+}
+
+static cinfer_status sharded_forward(cinfer_session *s, const int32_t *tokens, int n_tokens,
+                                     cinfer_logits which, float *logits) {
+    CI_TRY(check_forward(s, tokens, n_tokens, which, logits));
+    rank_result *result = calloc((size_t)s->model->tp, sizeof *result);
+    CI_CHECK_ALLOC(result, (size_t)s->model->tp * sizeof *result);
+    rank_call call = {.tokens = tokens, .n_tokens = n_tokens, .which = which};
+    start_ranks(s, &call, result);
+    const cinfer_status status =
+        finish_ranks(s, forward_batch(s, tokens, n_tokens, which, logits), result);
+    free(result);
+    return status;
+}
+
+cinfer_status cinfer_session_forward_batch(cinfer_session *s, const int32_t *tokens, int n_tokens,
+                                           cinfer_logits which, float *logits) {
+    ci_error_clear();
+    if (s->ranks) return sharded_forward(s, tokens, n_tokens, which, logits);
+    return forward_batch(s, tokens, n_tokens, which, logits);
 }
 
 cinfer_status cinfer_session_forward(cinfer_session *s, const int32_t *tokens, int n_tokens,
@@ -340,15 +455,15 @@ cinfer_status cinfer_session_forward(cinfer_session *s, const int32_t *tokens, i
  * the device (one block: logit_rows >= n_seqs), and their argmax into session->sampled. */
 static void forward_and_argmax(void *user, int pos0) {
     cinfer_session *s = user;
-    run_forward(s, 1, pos0);
+    cinfer_status status = run_forward(s, 1, pos0);
     const ci_tensor normed = ci_tensor_rows(&s->act.x_norm, 0, s->n_seqs);
     ci_tensor logits = ci_tensor_rows(&s->logits, 0, s->n_seqs);
-    ci_model_logits(s->be, s->model, &logits, &normed);
-    ci_argmax(s->be, &s->sampled, &logits);
+    if (status == CINFER_OK) status = ci_model_logits(s->be, s->model, &logits, &normed);
+    if (status == CINFER_OK) ci_argmax(s->be, &s->sampled, &logits);
+    s->step_status = status;
 }
 
-cinfer_status ci_session_greedy_step(cinfer_session *s, const int32_t *tokens, int32_t *next) {
-    ci_error_clear();
+static cinfer_status check_greedy(const cinfer_session *s, const int32_t *tokens) {
     const ci_config *c = s->model->config;
     for (int b = 0; b < s->n_seqs; b++)
         if (tokens[b] < 0 || tokens[b] >= c->vocab_size)
@@ -360,6 +475,12 @@ cinfer_status ci_session_greedy_step(cinfer_session *s, const int32_t *tokens, i
         return CI_FAIL(CINFER_ERR_CONTEXT_FULL,
                        "1 token does not fit: the context holds %d and %d are used", s->n_ctx,
                        s->n_past);
+    return CINFER_OK;
+}
+
+/* One rank's greedy step (every rank of an unsharded model: the only one). */
+static cinfer_status greedy_step(cinfer_session *s, const int32_t *tokens, int32_t *next) {
+    CI_TRY(check_greedy(s, tokens));
     ci_backend *be = s->be;
     update_rope(s, s->n_past + 1);
     be->ops->to_device(be, s->tokens.data, tokens, (size_t)s->n_seqs * sizeof *tokens);
@@ -367,8 +488,23 @@ cinfer_status ci_session_greedy_step(cinfer_session *s, const int32_t *tokens, i
      * constants) or read on the device when it runs: the position, the tokens just copied, the
      * RoPE frequencies (update_rope). An observer needs the hidden states on the host mid-step,
      * so a step it watches is never recorded. */
+    s->step_status = CINFER_OK;
     ci_backend_run_step(be, &s->decode_step, !s->observer, s->n_past, forward_and_argmax, s);
+    CI_TRY(s->step_status);
     be->ops->to_host(be, next, s->sampled.data, (size_t)s->n_seqs * sizeof *next);
     s->n_past++;
     return CINFER_OK;
+}
+
+cinfer_status ci_session_greedy_step(cinfer_session *s, const int32_t *tokens, int32_t *next) {
+    ci_error_clear();
+    if (!s->ranks) return greedy_step(s, tokens, next);
+    CI_TRY(check_greedy(s, tokens));
+    rank_result *result = calloc((size_t)s->model->tp, sizeof *result);
+    CI_CHECK_ALLOC(result, (size_t)s->model->tp * sizeof *result);
+    rank_call call = {.tokens = tokens, .greedy = 1};
+    start_ranks(s, &call, result);
+    const cinfer_status status = finish_ranks(s, greedy_step(s, tokens, next), result);
+    free(result);
+    return status;
 }

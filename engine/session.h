@@ -10,6 +10,7 @@
 
 #include "../models/model.h"
 #include "../kernels/backend.h"
+#include "rank_pool.h"
 
 struct cinfer_session {
     cinfer_model *model;
@@ -29,6 +30,7 @@ struct cinfer_session {
     int logit_rows;     /* at least n_seqs: a decode step's logits are one block */
     ci_tensor sampled;  /* I32 [n_seqs]: the tokens greedy decoding picked on the device */
     ci_recorded_step decode_step; /* a greedy decode step, recorded where the backend can */
+    cinfer_status step_status;    /* of the last greedy step's forward pass and logits */
 
     float *inv_freq; /* [D/2] on the device, for the current forward call */
     float *host_inv_freq;
@@ -38,6 +40,16 @@ struct cinfer_session {
     cinfer_hidden_observer observer;
     void *observer_user;
     float *host_hidden; /* [B, E] staging for the observer */
+
+    /* Tensor parallelism in this process (model->tp > 1): this session is rank 0's, ranks[r] rank
+     * r's (ranks[0] is this one), each with its own backend, buffers and KV caches of its local
+     * config; every call runs each follower's part in a thread of pool while rank 0's runs on the
+     * caller's. NULL for an unsharded model. */
+    cinfer_session **ranks;
+    ci_rank_pool *pool;
+    int follower;         /* a rank > 0: it computes logits (the all-gather needs every rank) but
+                             never copies them to the host */
+    int32_t *follower_next; /* [n_seqs]: a follower's greedy ids, which nobody reads */
 };
 
 /* One greedy decoding step of every sequence: runs tokens[b] ([n_seqs]) at position n_past and

@@ -91,6 +91,12 @@ typedef struct cinfer_load_options {
     cinfer_dtype dtype;         /* CUDA: run dtype of the GEMMs; the CPU takes F32 only */
     cinfer_attention attention; /* CUDA: attention kind; AUTO picks the fastest that runs */
     int device;                 /* CUDA device index */
+    /* Tensor parallelism (docs/TENSOR_PARALLEL.md): the model split across this many ranks, each
+     * holding its heads and slice of the MLP and lm_head; 0 or 1: unsharded. On the CPU the ranks
+     * are threads of this process (n_threads are shared among them); CUDA refuses tp > 1 for now
+     * (it needs one process per GPU). The ranks of a model share one communicator group: its
+     * sessions and engines may be many, and their calls take turns (a lock per model). */
+    int tensor_parallel;
 } cinfer_load_options;
 
 /* What a loaded model is; filled from config.json and the checkpoint. */
@@ -112,6 +118,8 @@ typedef struct cinfer_model_info {
     int64_t kv_bytes_per_token; /* KV cache bytes per token of context, all layers */
     const char *attention;      /* the kind that runs: "reference" on the CPU, else eager, sdpa or
                                    flash (auto resolved at load) */
+    int tensor_parallel;        /* ranks the model runs on (1: unsharded); the fields above describe
+                                   the whole model, kv_bytes_per_token summed over the ranks */
 } cinfer_model_info;
 
 /* Loads a Hugging Face checkpoint folder: config.json plus model.safetensors or

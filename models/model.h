@@ -4,6 +4,7 @@
 #ifndef CINFER_MODEL_H
 #define CINFER_MODEL_H
 
+#include <pthread.h>
 #include <stdbool.h>
 
 #include "../common/random_weights.h"
@@ -74,6 +75,18 @@ struct cinfer_model {
     /* Bytes of the checkpoint's files the bound tensors were taken from: views span them, slices
      * were copied from them (a rank's share, measured by tests/test_tensor_parallel.cpp). */
     int64_t bytes_read;
+    /* A model loaded with tensor_parallel = tp > 1 through cinfer_model_load (CPU): this is rank
+     * 0's model and holds every rank's, ranks[r] bound to comms[r] of one CPU group (ranks[0] is
+     * this model). Sessions and engines over it run each rank's part of every step in a thread of
+     * their own (engine/rank_pool.h); info describes the whole model. tp 0, the rest NULL
+     * otherwise (a rank's own model included). */
+    int tp;
+    cinfer_model **ranks;
+    ci_comm **comms;
+    ci_comm_group *group;
+    /* held by the session or engine whose step the ranks run: the group's collectives must come
+     * in one order, so one step at a time per model (tp > 1 only) */
+    pthread_mutex_t step_lock;
 };
 
 /* Looks name up in the checkpoint and checks it against the shape the config implies:

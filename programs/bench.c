@@ -63,6 +63,8 @@ static const char *bench_usage_text =
     "  --attn auto,eager,sdpa,flash  cuda: attention kind(s) (default auto: the fastest that\n"
     "                           runs the model; the row names the kind that ran)\n"
     "  --device N               cuda: the GPU (default 0)\n"
+    "  --tp N                   tensor parallelism: the model split across N ranks (default 1;\n"
+    "                           the CPU runs them as threads sharing -t); rows say \"cpu tp N\"\n"
     "  --output md|csv|json     table format on stdout (default md)\n"
     "  --seed S                 seed of the random prompt tokens (default 1)\n"
     "  --no-ceilings            skip measuring the read bandwidth and GEMM ceilings that\n"
@@ -84,6 +86,7 @@ typedef struct bench_options {
     int use_dtype[CINFER_DTYPE_COUNT];         /* CUDA rows */
     int use_attention[CINFER_ATTENTION_COUNT]; /* CUDA rows */
     int device;
+    int tp; /* --tp: tensor-parallel ranks of every row */
     output_format output;
     uint64_t seed;
 } bench_options;
@@ -121,6 +124,7 @@ static int parse_bench_options(int argc, char **argv, bench_options *o) {
                          .use_backend = {1, 0},
                          .use_dtype = {0, 1, 0},
                          .use_attention = {1, 0, 0, 0},
+                         .tp = 1,
                          .output = OUTPUT_MD,
                          .seed = 1};
     for (int i = 0; i < argc; i++) {
@@ -189,6 +193,11 @@ static int parse_bench_options(int argc, char **argv, bench_options *o) {
         } else if (strcmp(flag, "--device") == 0) {
             if (parse_int(value, 0, 1023, &o->device))
                 return bench_usage("--device needs one GPU index >= 0, got '%s'", value);
+        } else if (strcmp(flag, "--tp") == 0) {
+            if (parse_int(value, 1, 256, &o->tp))
+                return bench_usage("--tp needs one number of tensor-parallel ranks in [1, 256], "
+                                   "got '%s'",
+                                   value);
         } else {
             return bench_usage("unknown option '%s'", flag);
         }
@@ -428,6 +437,7 @@ static void print_rows(const bench_options *o, const cinfer_model_info *info, co
             cJSON_AddStringToObject(item, "dtype", r->dtype);
             cJSON_AddStringToObject(item, "attn", r->attention);
             cJSON_AddNumberToObject(item, "n_threads", r->n_threads);
+            cJSON_AddNumberToObject(item, "tensor_parallel", info->tensor_parallel);
             cJSON_AddNumberToObject(item, "batch", r->batch);
             cJSON_AddStringToObject(item, "test", test);
             cJSON_AddNumberToObject(item, "n_prompt", r->n_prompt);
@@ -473,6 +483,7 @@ static int plan_tests(const bench_options *o, int tests[][2]) {
 typedef struct run_config {
     cinfer_load_options load;
     const char *backend, *dtype, *attention;
+    char backend_label[32]; /* "cpu tp 2": what backend points at with --tp */
 } run_config;
 
 /* a CPU row per -t value, a CUDA row per dtype and attention kind */
@@ -486,7 +497,8 @@ static int plan_configs(const bench_options *o, run_config *configs) {
                 (run_config){{.backend = CINFER_BACKEND_CPU, .n_threads = o->threads.values[t]},
                              cinfer_backend_name(CINFER_BACKEND_CPU),
                              cinfer_dtype_name(CINFER_DTYPE_F32),
-                             "reference"};
+                             "reference",
+                             ""};
     if (o->use_backend[CINFER_BACKEND_CUDA])
         for (int d = 0; d < CINFER_DTYPE_COUNT; d++)
             for (int a = 0; a < CINFER_ATTENTION_COUNT; a++)
@@ -497,7 +509,14 @@ static int plan_configs(const bench_options *o, run_config *configs) {
                                                  .device = o->device},
                                                 cinfer_backend_name(CINFER_BACKEND_CUDA),
                                                 cinfer_dtype_name((cinfer_dtype)d),
-                                                cinfer_attention_name((cinfer_attention)a)};
+                                                cinfer_attention_name((cinfer_attention)a),
+                                                ""};
+    for (int c = 0; o->tp > 1 && c < n; c++) {
+        configs[c].load.tensor_parallel = o->tp;
+        snprintf(configs[c].backend_label, sizeof configs[c].backend_label, "%s tp %d",
+                 configs[c].backend, o->tp);
+        configs[c].backend = configs[c].backend_label;
+    }
     return n;
 }
 

@@ -83,7 +83,7 @@ const char *const bench_serve_usage_text =
     "  --no-prefix-caching      prompts share no KV blocks\n"
     "  --seed S                 seed of the prompt ids, lengths and arrivals (default 1)\n"
     "  -t, --threads N          CPU threads (default: OpenMP's)\n"
-    "  --backend cpu|cuda, --dtype D, --attn A, --device N, --random-weights, --config FILE,\n"
+    "  --backend cpu|cuda, --dtype D, --attn A, --device N, --tp N, --random-weights, --config FILE,\n"
     "  --output md|csv|json     as for the lockstep tests\n"
     "  Rows: requests/s, output and total tokens/s, TTFT and TPOT p50/p90/p99 (ms), the peak\n"
     "  KV blocks in use (while a step ran) of the pool's, the prefix cache's hit rate over prompt\n"
@@ -262,6 +262,11 @@ static int parse_serve_options(int argc, char **argv, serve_options *o) {
         } else if (strcmp(flag, "--device") == 0) {
             if (parse_int(value, 0, 1023, &o->load.device))
                 return serve_usage("--device needs one GPU index >= 0, got '%s'", value);
+        } else if (strcmp(flag, "--tp") == 0) {
+            if (parse_int(value, 1, 256, &o->load.tensor_parallel))
+                return serve_usage("--tp needs one number of tensor-parallel ranks in [1, 256], "
+                                   "got '%s'",
+                                   value);
         } else {
             return serve_usage("unknown option '%s' for the serving test", flag);
         }
@@ -653,7 +658,12 @@ static void print_serve_rows(const serve_options *o, const cinfer_model_info *in
     char model[512];
     bench_model_label(o->config_path ? o->config_path : o->model_dir, o->random_weights, model,
                       sizeof model);
-    const char *backend = cinfer_backend_name(o->load.backend);
+    char backend[32]; /* "cpu tp 2" with --tp */
+    if (o->load.tensor_parallel > 1)
+        snprintf(backend, sizeof backend, "%s tp %d", cinfer_backend_name(o->load.backend),
+                 o->load.tensor_parallel);
+    else
+        snprintf(backend, sizeof backend, "%s", cinfer_backend_name(o->load.backend));
     const char *dtype = o->load.backend == CINFER_BACKEND_CPU ? cinfer_dtype_name(CINFER_DTYPE_F32)
                                                               : cinfer_dtype_name(o->load.dtype);
     static const char *const ms_keys[2][4] = {
@@ -722,6 +732,7 @@ static void print_serve_rows(const serve_options *o, const cinfer_model_info *in
             cJSON_AddStringToObject(item, "dtype", dtype);
             cJSON_AddStringToObject(item, "attn", info->attention);
             cJSON_AddNumberToObject(item, "n_threads", o->load.n_threads);
+            cJSON_AddNumberToObject(item, "tensor_parallel", info->tensor_parallel);
             if (o->dataset)
                 cJSON_AddStringToObject(item, "dataset", o->dataset);
             else

@@ -1,9 +1,12 @@
-/* cinfer compare: one input through the CPU reference and through the GPU, compared stage by
- * stage (embedding, each decoder layer, final norm, logits) with the tolerance of the GPU's run
- * dtype (programs/compare.h). Exits 1 when any row is outside it.
+/* cinfer compare: one input through the CPU reference and through a candidate, compared stage by
+ * stage (embedding, each decoder layer, final norm, logits) with the candidate's tolerance, and
+ * exits 1 when any row is outside it. The candidate is the GPU (the default; the tolerance of its
+ * run dtype, programs/compare.h), or, with --backend cpu --tp N, the model split across N
+ * tensor-parallel ranks on the CPU, held to the bar of tests/test_tensor_parallel.cpp (1e-5): the
+ * reference is always the unsharded CPU model.
  *
- *   cinfer compare --model DIR --tokens "1 15 7 42 9" [--dtype f32|bf16|fp16]
- *                  [--attn auto|eager|sdpa|flash]
+ *   cinfer compare --model DIR --tokens "1 15 7 42 9" [--backend cuda|cpu] [--tp N]
+ *                  [--dtype f32|bf16|fp16] [--attn auto|eager|sdpa|flash]
  *                  [--device N] [--threads N] */
 #include <math.h>
 #include <stdio.h>
@@ -21,7 +24,13 @@ const program_command compare_command = {
     "compare", compare_main,
     "  compare --model DIR --tokens \"1 15 7\"   "
     "the GPU against the CPU reference, layer by layer\n",
-    "compare options: --dtype, --attn, --device, --threads as above\n"};
+    "compare options: --dtype, --attn, --device, --threads as above;\n"
+    "  --backend cpu --tp N  the CPU model split across N ranks against the unsharded one\n"};
+
+/* A sharded CPU model sums o_proj's and down_proj's partial products in F32 across ranks where the
+ * whole model rounds once: a few F32 roundings apart (docs/TENSOR_PARALLEL.md, "Numerics";
+ * measured at most 6.2e-7 of the largest value), held to the 1e-5 of its tests. */
+static const ci_tolerance SHARDED_CPU_TOLERANCE = {1e-5, 0.0, 1.0};
 
 /* ---- the residual stream of one run, stage by stage ---------------------------------------- */
 
@@ -121,16 +130,22 @@ static int compare_main(int argc, char **argv) {
                 return usage_error("--threads needs an integer in [1, 4096], got '%s'", value);
             gpu.n_threads = (int)number;
         } else if (strcmp(flag, "--dtype") == 0 || strcmp(flag, "--attn") == 0 ||
-                   strcmp(flag, "--device") == 0) {
+                   strcmp(flag, "--device") == 0 || strcmp(flag, "--backend") == 0 ||
+                   strcmp(flag, "--tp") == 0) {
             int bad = parse_load_option(flag, value, &gpu);
             if (bad) return bad;
         } else {
             return usage_error(
-                "compare: unknown option '%s' (it always runs the CPU reference against cuda)",
+                "compare: unknown option '%s' (it runs the CPU reference against cuda, or "
+                "against --backend cpu --tp N)",
                 flag);
         }
     }
     if (!model_dir) return usage_error("%s", "--model DIR is required");
+    const int sharded_cpu = gpu.backend == CINFER_BACKEND_CPU;
+    if (sharded_cpu && gpu.tensor_parallel < 2)
+        return usage_error("%s", "compare --backend cpu compares a model split across ranks "
+                                 "with the unsharded CPU reference: it needs --tp N (N >= 2)");
     if (!tokens_text) return usage_error("%s", "compare needs --tokens \"ID ID ...\"");
     int32_t *tokens;
     int n_tokens;
@@ -171,13 +186,20 @@ static int compare_main(int argc, char **argv) {
         }
     }
 
-    const ci_tolerance tol = ci_tolerance_for(gpu.dtype);
-    printf("compare %s: %d tokens, cuda %s (%s attention) on device %d against the CPU "
-           "reference (f32)\n",
-           model_dir, n_tokens, cinfer_dtype_name(gpu.dtype),
-           cinfer_model_get_info(gpu_model)->attention, gpu.device);
+    const ci_tolerance tol = sharded_cpu ? SHARDED_CPU_TOLERANCE : ci_tolerance_for(gpu.dtype);
+    if (sharded_cpu)
+        printf("compare %s: %d tokens, the CPU model split across %d tensor-parallel ranks "
+               "against the unsharded CPU reference (f32)\n",
+               model_dir, n_tokens, gpu.tensor_parallel);
+    else
+        printf("compare %s: %d tokens, cuda %s (%s attention) on device %d%s against the CPU "
+               "reference (f32)\n",
+               model_dir, n_tokens, cinfer_dtype_name(gpu.dtype),
+               cinfer_model_get_info(gpu_model)->attention, gpu.device,
+               gpu.tensor_parallel > 1 ? " (tensor parallel)" : "");
     if (tol.max_abs > 0.0)
-        printf("tolerance: max |gpu - cpu| <= %g x max(1, max |cpu|) per row\n", tol.max_abs);
+        printf("tolerance: max |%s - cpu| <= %g x max(1, max |cpu|) per row\n",
+               sharded_cpu ? "sharded" : "gpu", tol.max_abs);
     if (tol.rel_l2 > 0.0)
         printf("tolerance: relative L2 difference <= %g per row (provisional bound, see "
                "programs/compare.h)\n",
@@ -193,8 +215,9 @@ static int compare_main(int argc, char **argv) {
         else
             snprintf(name, sizeof name, "layer %d", stage - 1);
         if (captures[0].n_rows[stage] != captures[1].n_rows[stage]) {
-            printf("%-16s %12s %12s   NO (cpu %zu values, gpu %zu)\n", name, "-", "-",
-                   captures[0].n_rows[stage], captures[1].n_rows[stage]);
+            printf("%-16s %12s %12s   NO (cpu %zu values, %s %zu)\n", name, "-", "-",
+                   captures[0].n_rows[stage], sharded_cpu ? "sharded" : "gpu",
+                   captures[1].n_rows[stage]);
             n_bad++;
             continue;
         }
@@ -217,7 +240,8 @@ static int compare_main(int argc, char **argv) {
     n_bad += !top1_ok;
     if (n_bad) {
         fprintf(stderr, "cinfer: compare: %d row%s outside the %s tolerance\n", n_bad,
-                n_bad == 1 ? "" : "s", cinfer_dtype_name(gpu.dtype));
+                n_bad == 1 ? "" : "s",
+                sharded_cpu ? "tensor-parallel" : cinfer_dtype_name(gpu.dtype));
         status = EXIT_ERROR;
     } else {
         status = 0;

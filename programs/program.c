@@ -130,6 +130,12 @@ int parse_load_option(const char *flag, const char *value, cinfer_load_options *
         if (parse_long(value, 0, 1023, &device) != 0)
             return usage_error("--device needs a GPU index >= 0, got '%s'", value);
         o->device = (int)device;
+    } else if (strcmp(flag, "--tp") == 0) {
+        long tp;
+        if (parse_long(value, 1, 256, &tp) != 0)
+            return usage_error("--tp needs a number of tensor-parallel ranks in [1, 256], got '%s'",
+                               value);
+        o->tensor_parallel = (int)tp;
     }
     return 0;
 }

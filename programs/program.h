@@ -42,7 +42,7 @@ struct cJSON;
 void print_json_rows(struct cJSON *array);
 
 /* --backend cpu|cuda, --dtype f32|bf16|fp16, --attn auto|eager|sdpa|flash (the names cinfer.h's
- * tables take, aliases included), --device N into options; 0, or EXIT_USAGE once the reason is
+ * tables take, aliases included), --device N, --tp N (tensor-parallel ranks) into options; 0, or EXIT_USAGE once the reason is
  * printed. Whether the kind runs the model is cinfer_model_load's to say. */
 int parse_load_option(const char *flag, const char *value, cinfer_load_options *options);
 

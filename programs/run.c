@@ -6,7 +6,7 @@
  *              [--top-k K] [--top-p P] [--seed S] [--ctx-size N] [--threads N]
  *              [--ignore-eos] [--dump-logits out.npy]
  *              [--backend cpu|cuda] [--dtype f32|bf16|fp16] [--attn auto|eager|sdpa|flash]
- *              [--device N] */
+ *              [--device N] [--tp N] */
 #include <errno.h>
 #include <float.h>
 #include <limits.h>
@@ -46,7 +46,9 @@ const program_command run_command = {
     "  --dtype D            cuda: f32 (default), bf16 or fp16 for weights and GEMM inputs\n"
     "  --attn A             cuda: auto (default: the fastest that runs the model), eager, sdpa\n"
     "                       or flash\n"
-    "  --device N           cuda: the GPU to run on (default 0)\n"};
+    "  --device N           cuda: the GPU to run on (default 0)\n"
+    "  --tp N               tensor parallelism: the model split across N ranks (default 1; the\n"
+    "                       CPU runs them as threads, --threads shared among them)\n"};
 
 /* A float option: parsed as a double in range, then narrowed. */
 static int parse_float(const char *text, double minimum, double maximum, float *out) {
@@ -124,7 +126,8 @@ static int parse_options(int argc, char **argv, options *o) {
                 !(o->sampling.top_p > 0.0f))
                 return usage_error("--top-p needs a number in (0, 1], got '%s'", value);
         } else if (strcmp(flag, "--backend") == 0 || strcmp(flag, "--dtype") == 0 ||
-                   strcmp(flag, "--attn") == 0 || strcmp(flag, "--device") == 0) {
+                   strcmp(flag, "--attn") == 0 || strcmp(flag, "--device") == 0 ||
+                   strcmp(flag, "--tp") == 0) {
             int bad = parse_load_option(flag, value, &o->load);
             if (bad) return bad;
         } else if (is_switch) {

@@ -2,7 +2,7 @@
  * (programs/serve.h lists its parts; docs/SERVING.md, "The HTTP server", what it answers).
  *
  *   cinfer serve --model DIR [--port 8000] [--host 127.0.0.1] [--api-key KEY]
- *                [--backend cpu|cuda] [--dtype D] [--attn A] [--device N] [--threads N]
+ *                [--backend cpu|cuda] [--dtype D] [--attn A] [--device N] [--threads N] [--tp N]
  *                [--max-seqs N] [--max-batched-tokens N] [--max-model-len N] [--max-queued N] ...
  *
  * The daemon answers before the model is loaded (/health says 503 until then), so that a
@@ -46,7 +46,7 @@ const program_command serve_command = {
     "  --timeout S          seconds a connection may sit idle (default 60)\n"
     "  --max-connections N  open connections at once (default 1024)\n"
     "  --shutdown-grace S   seconds requests in flight get after SIGINT/SIGTERM (default 30)\n"
-    "  --threads N, --backend, --dtype, --attn, --device   as for run\n"};
+    "  --threads N, --backend, --dtype, --attn, --device, --tp   as for run\n"};
 
 /* The folder's last component: "models/diffllama-tiny/" serves "diffllama-tiny". */
 static const char *folder_name(const char *dir, char *buf, size_t size) {
@@ -142,7 +142,8 @@ static int parse_options(int argc, char **argv, serve_options *o) {
             if (parse_double(value, 0, 86400, &o->shutdown_grace) != 0)
                 return usage_error("--shutdown-grace needs seconds in [0, 86400], got '%s'", value);
         } else if (strcmp(flag, "--backend") == 0 || strcmp(flag, "--dtype") == 0 ||
-                   strcmp(flag, "--attn") == 0 || strcmp(flag, "--device") == 0) {
+                   strcmp(flag, "--attn") == 0 || strcmp(flag, "--device") == 0 ||
+                   strcmp(flag, "--tp") == 0) {
             const int bad = parse_load_option(flag, value, &o->load);
             if (bad) return bad;
         } else {

@@ -127,6 +127,8 @@ TEST_P(EmuRandomModel, TheDeviceDrawsEqualTheUploadOfTheHostDraw) {
     m->config = &checkpoint->config;
     ASSERT_EQ(ci_architecture_configure(checkpoint->config_path, &checkpoint->config, &m->arch),
               CINFER_OK);
+    // a whole model's plan (tp 1), as load_from makes one for every model
+    ASSERT_EQ(ci_shard_plan_make(m->config, m->arch->differential, 0, 1, &m->shard), CINFER_OK);
     ASSERT_EQ(ci_bind_model_weights(m), CINFER_OK) << cinfer_last_error();
     ASSERT_NE(m->device_draws, nullptr);
 

@@ -1,0 +1,376 @@
+// Tensor parallelism through the public API (docs/TENSOR_PARALLEL.md): a model loaded with
+// tensor_parallel = tp runs its ranks as threads behind one cinfer_model, session and engine. The
+// bar is the foundations' (tests/test_tensor_parallel.cpp): greedy ids identical to the unsharded
+// model's, logits within 1e-5 of them (scaled by the largest value where values exceed 1), on a
+// Llama fixture, a DiffLlama fixture and the bundled model; through cinfer_generate, a batched
+// session and the engine's paged path with several requests at once; and `cinfer run --tp`.
+#include <sys/wait.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "test_util.h"
+
+extern "C" {
+#include "cinfer.h"
+}
+
+using namespace cinfer_test;
+
+namespace {
+
+constexpr double kTolerance = 1e-5;
+const std::string kBundledModel = std::string(CINFER_FIXTURE_DIR) + "/../../models/diffllama-tiny";
+
+std::string model_dir(const std::string &name) {
+    return name == "diffllama_tiny" ? kBundledModel : fixture_dir(name);
+}
+
+// max |a - b| / max(1, max |b|)
+double scaled_difference(const std::vector<float> &a, const std::vector<float> &b) {
+    double diff = 0.0, scale = 1.0;
+    for (size_t i = 0; i < a.size(); i++) {
+        diff = std::max(diff, (double)std::fabs(a[i] - b[i]));
+        scale = std::max(scale, (double)std::fabs(b[i]));
+    }
+    return diff / scale;
+}
+
+struct Model {
+    cinfer_model *model = nullptr;
+    Model(const std::string &name, int tp) {
+        cinfer_load_options options{};
+        options.backend = CINFER_BACKEND_CPU;
+        options.n_threads = tp > 1 ? tp : 1; // one OpenMP thread per rank
+        options.tensor_parallel = tp;
+        EXPECT_EQ(cinfer_model_load(model_dir(name).c_str(), &options, &model), CINFER_OK)
+            << cinfer_last_error();
+    }
+    ~Model() { cinfer_model_free(model); }
+};
+
+std::vector<int32_t> prompt_of(int vocab, int n, int salt) {
+    std::vector<int32_t> ids;
+    for (int i = 0; i < n; i++) ids.push_back((int32_t)((i * 37 + salt * 11 + 3) % vocab));
+    return ids;
+}
+
+struct Generated {
+    std::vector<int32_t> ids;
+    std::vector<float> prompt_logits;
+};
+
+int collect(void *user, int32_t token) {
+    static_cast<std::vector<int32_t> *>(user)->push_back(token);
+    return 0;
+}
+
+Generated generate(cinfer_model *model, const std::vector<int32_t> &prompt, int n_new) {
+    Generated out;
+    const int V = cinfer_model_get_info(model)->vocab_size;
+    out.prompt_logits.resize(prompt.size() * (size_t)V);
+    cinfer_session *session = nullptr;
+    EXPECT_EQ(cinfer_session_create(model, 64, &session), CINFER_OK) << cinfer_last_error();
+    if (!session) return out;
+    cinfer_generate_params params{};
+    params.max_new_tokens = n_new;
+    params.ignore_eos = 1;
+    cinfer_generate_stats stats{};
+    EXPECT_EQ(cinfer_generate(session, prompt.data(), (int)prompt.size(), &params, collect,
+                              &out.ids, out.prompt_logits.data(), &stats),
+              CINFER_OK)
+        << cinfer_last_error();
+    cinfer_session_free(session);
+    return out;
+}
+
+struct TpCase {
+    std::string model;
+    int tp;
+};
+
+std::string case_name(const ::testing::TestParamInfo<TpCase> &info) {
+    return info.param.model + "_tp" + std::to_string(info.param.tp);
+}
+
+class PublicApi : public ::testing::TestWithParam<TpCase> {};
+
+TEST_P(PublicApi, ModelInfoDescribesTheWholeModel) {
+    Model whole(GetParam().model, 1), sharded(GetParam().model, GetParam().tp);
+    ASSERT_TRUE(whole.model && sharded.model);
+    const cinfer_model_info *w = cinfer_model_get_info(whole.model);
+    const cinfer_model_info *s = cinfer_model_get_info(sharded.model);
+    EXPECT_EQ(w->tensor_parallel, 1);
+    EXPECT_EQ(s->tensor_parallel, GetParam().tp);
+    EXPECT_EQ(s->n_heads, w->n_heads);
+    EXPECT_EQ(s->n_kv_heads, w->n_kv_heads);
+    EXPECT_EQ(s->intermediate_size, w->intermediate_size);
+    EXPECT_EQ(s->vocab_size, w->vocab_size);
+    EXPECT_EQ(s->n_params, w->n_params);
+    // every rank caches its own KV heads: replicated ones count once per rank that holds them
+    EXPECT_GE(s->kv_bytes_per_token, w->kv_bytes_per_token);
+}
+
+TEST_P(PublicApi, GenerateGivesTheWholeModelsIdsAndLogits) {
+    Model whole(GetParam().model, 1), sharded(GetParam().model, GetParam().tp);
+    ASSERT_TRUE(whole.model && sharded.model);
+    const int V = cinfer_model_get_info(whole.model)->vocab_size;
+    const std::vector<int32_t> prompt = prompt_of(V, 11, 1);
+    const Generated a = generate(whole.model, prompt, 10);
+    const Generated b = generate(sharded.model, prompt, 10);
+    EXPECT_EQ(a.ids, b.ids);
+    const double diff = scaled_difference(b.prompt_logits, a.prompt_logits);
+    EXPECT_LE(diff, kTolerance);
+    std::printf("%s tp %d: prompt logits within %.2g of the whole model's\n",
+                GetParam().model.c_str(), GetParam().tp, diff);
+    // a second generation on a fresh session of the same model: the ranks' threads and groups
+    // serve more than one session
+    EXPECT_EQ(generate(sharded.model, prompt, 10).ids, a.ids);
+}
+
+// Sessions of one sharded model on two threads at once: their steps take turns (the ranks share
+// one communicator group), and each gives the whole model's ids.
+TEST_P(PublicApi, SessionsOnTwoThreadsTakeTurns) {
+    Model whole(GetParam().model, 1), sharded(GetParam().model, GetParam().tp);
+    ASSERT_TRUE(whole.model && sharded.model);
+    const int V = cinfer_model_get_info(whole.model)->vocab_size;
+    const std::vector<int32_t> first = prompt_of(V, 7, 4), second = prompt_of(V, 9, 6);
+    Generated a, b;
+    std::thread other([&] { b = generate(sharded.model, second, 6); });
+    a = generate(sharded.model, first, 6);
+    other.join();
+    EXPECT_EQ(a.ids, generate(whole.model, first, 6).ids);
+    EXPECT_EQ(b.ids, generate(whole.model, second, 6).ids);
+}
+
+// Two sequences in lockstep, in chunks (the session splits what does not fit one pass), every
+// position's logits.
+TEST_P(PublicApi, BatchedSessionGivesTheWholeModelsLogits) {
+    Model whole(GetParam().model, 1), sharded(GetParam().model, GetParam().tp);
+    ASSERT_TRUE(whole.model && sharded.model);
+    const int V = cinfer_model_get_info(whole.model)->vocab_size, n_seqs = 2, n = 9;
+    std::vector<int32_t> tokens = prompt_of(V, n, 2), second = prompt_of(V, n, 5);
+    tokens.insert(tokens.end(), second.begin(), second.end());
+    std::vector<float> logits[2];
+    for (int which = 0; which < 2; which++) {
+        cinfer_session *session = nullptr;
+        ASSERT_EQ(cinfer_session_create_batch(which ? sharded.model : whole.model, 32, n_seqs,
+                                              &session),
+                  CINFER_OK)
+            << cinfer_last_error();
+        logits[which].resize((size_t)n_seqs * n * V);
+        EXPECT_EQ(cinfer_session_forward_batch(session, tokens.data(), n, CINFER_LOGITS_ALL,
+                                               logits[which].data()),
+                  CINFER_OK)
+            << cinfer_last_error();
+        // a refused input leaves the ranks usable: the next call runs
+        const int32_t bad[2] = {V, 0};
+        EXPECT_EQ(cinfer_session_forward_batch(session, bad, 1, CINFER_LOGITS_NONE, nullptr),
+                  CINFER_ERR_ARGUMENT);
+        int32_t next[2] = {-1, -1};
+        const int32_t step[2] = {tokens[n - 1], tokens[2 * n - 1]};
+        EXPECT_EQ(cinfer_session_decode_greedy(session, step, next), CINFER_OK)
+            << cinfer_last_error();
+        logits[which].push_back((float)next[0]);
+        logits[which].push_back((float)next[1]);
+        cinfer_session_free(session);
+    }
+    EXPECT_LE(scaled_difference(logits[1], logits[0]), kTolerance);
+    EXPECT_EQ(logits[1].back(), logits[0].back());
+}
+
+struct Served {
+    std::vector<std::vector<int32_t>> ids;
+    std::vector<std::vector<float>> logprobs;
+    std::vector<float> prompt_logits;
+};
+
+// Three requests at once through the engine's paged path, in small blocks and chunks: one asks
+// for its prompt's logits, one for logprobs; they share a prefix (the prefix cache).
+Served serve(cinfer_model *model) {
+    Served out;
+    const int V = cinfer_model_get_info(model)->vocab_size;
+    cinfer_engine_options options{};
+    options.block_size = 4;
+    options.max_batched_tokens = 8;
+    options.max_seqs = 4;
+    options.max_model_len = 48;
+    cinfer_engine *engine = nullptr;
+    EXPECT_EQ(cinfer_engine_create(model, &options, &engine), CINFER_OK) << cinfer_last_error();
+    if (!engine) return out;
+    std::vector<std::vector<int32_t>> prompts = {prompt_of(V, 13, 1), prompt_of(V, 13, 1),
+                                                 prompt_of(V, 6, 3)};
+    prompts[1].push_back(5);
+    out.prompt_logits.resize(prompts[0].size() * (size_t)V);
+    std::vector<uint64_t> ids;
+    for (size_t i = 0; i < prompts.size(); i++) {
+        cinfer_request_params params{};
+        params.max_new_tokens = 9;
+        params.ignore_eos = 1;
+        if (i == 0) params.prompt_logits = out.prompt_logits.data();
+        if (i == 2) params.logprobs = 1, params.top_logprobs = 2;
+        uint64_t id = 0;
+        EXPECT_EQ(cinfer_engine_add_request(engine, prompts[i].data(), (int)prompts[i].size(),
+                                            &params, &id),
+                  CINFER_OK)
+            << cinfer_last_error();
+        ids.push_back(id);
+    }
+    out.ids.resize(prompts.size());
+    out.logprobs.resize(prompts.size());
+    while (cinfer_engine_has_work(engine)) {
+        const cinfer_request_output *outputs = nullptr;
+        int n = 0;
+        if (cinfer_engine_step(engine, &outputs, &n) != CINFER_OK) {
+            ADD_FAILURE() << cinfer_last_error();
+            break;
+        }
+        for (int o = 0; o < n; o++) {
+            const size_t i = std::find(ids.begin(), ids.end(), outputs[o].request_id) - ids.begin();
+            if (outputs[o].token < 0) continue;
+            out.ids[i].push_back(outputs[o].token);
+            if (i == 2) {
+                out.logprobs[i].push_back(outputs[o].logprob);
+                for (int t = 0; t < outputs[o].n_top; t++)
+                    out.logprobs[i].push_back(outputs[o].top_logprobs[t]);
+            }
+        }
+    }
+    cinfer_engine_free(engine);
+    return out;
+}
+
+TEST_P(PublicApi, EngineServesTheWholeModelsTokens) {
+    Model whole(GetParam().model, 1), sharded(GetParam().model, GetParam().tp);
+    ASSERT_TRUE(whole.model && sharded.model);
+    const Served a = serve(whole.model), b = serve(sharded.model);
+    ASSERT_EQ(a.ids.size(), 3u);
+    EXPECT_EQ(a.ids, b.ids);
+    for (const auto &ids : a.ids) EXPECT_EQ(ids.size(), 9u);
+    EXPECT_LE(scaled_difference(b.prompt_logits, a.prompt_logits), kTolerance);
+    ASSERT_EQ(a.logprobs[2].size(), b.logprobs[2].size());
+    // log-softmax of logits within 1e-5: within a few times that
+    EXPECT_LE(scaled_difference(b.logprobs[2], a.logprobs[2]), 1e-4);
+}
+
+INSTANTIATE_TEST_SUITE_P(TensorParallel, PublicApi,
+                         ::testing::Values(TpCase{"llama_gqa_llama3", 2},
+                                           TpCase{"llama_gqa_llama3", 4},
+                                           TpCase{"diffllama_gqa8", 2},
+                                           TpCase{"diffllama_gqa8", 4},
+                                           TpCase{"diffllama_tiny", 2},
+                                           TpCase{"diffllama_tiny", 4}),
+                         case_name);
+
+TEST(TensorParallelLoad, RefusalsNameTheNumbers) {
+    cinfer_load_options options{};
+    options.backend = CINFER_BACKEND_CPU;
+    options.tensor_parallel = 3;
+    cinfer_model *model = nullptr;
+    EXPECT_EQ(cinfer_model_load(fixture_dir("llama_gqa_llama3").c_str(), &options, &model),
+              CINFER_ERR_ARGUMENT);
+    EXPECT_TRUE(contains_all(cinfer_last_error(), {"tp = 3", "num_attention_heads = 8"}));
+    EXPECT_EQ(model, nullptr);
+    options.tensor_parallel = -1;
+    EXPECT_EQ(cinfer_model_load(fixture_dir("llama_gqa_llama3").c_str(), &options, &model),
+              CINFER_ERR_ARGUMENT);
+    EXPECT_TRUE(contains_all(cinfer_last_error(), {"tensor_parallel = -1"}));
+    options.tensor_parallel = 2;
+    const std::string config = fixture_dir("llama_gqa_llama3") + "/config.json";
+    EXPECT_EQ(cinfer_model_load_random(config.c_str(), &options, 1, &model),
+              CINFER_ERR_UNSUPPORTED);
+    EXPECT_TRUE(contains_all(cinfer_last_error(), {"tensor_parallel = 2", "random"}));
+    // refused before any device is asked for, so the same with or without a GPU
+    options.backend = CINFER_BACKEND_CUDA;
+    EXPECT_EQ(cinfer_model_load(fixture_dir("llama_gqa_llama3").c_str(), &options, &model),
+              CINFER_ERR_UNSUPPORTED);
+    EXPECT_TRUE(contains_all(cinfer_last_error(), {"tensor_parallel = 2", "one process per GPU"}));
+}
+
+// ---- the command line -------------------------------------------------------------------------
+
+struct CliResult {
+    int exit_code;
+    std::string out, err;
+};
+
+std::string shell_quote(const std::string &arg) {
+    std::string quoted = "'";
+    for (char c : arg) quoted += c == '\'' ? std::string("'\\''") : std::string(1, c);
+    return quoted + "'";
+}
+
+CliResult run_cli(const std::vector<std::string> &args) {
+    TempDir capture;
+    std::string command = "timeout 60 " + shell_quote(CINFER_CLI);
+    for (const auto &arg : args) command += " " + shell_quote(arg);
+    command += " >" + shell_quote(capture.file("out")) + " 2>" + shell_quote(capture.file("err"));
+    const int status = std::system(command.c_str());
+    CliResult result;
+    result.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+    result.out = read_file(capture.file("out"));
+    result.err = read_file(capture.file("err"));
+    return result;
+}
+
+TEST(TensorParallelCli, RunPrintsTheSameIds) {
+    for (const std::string name : {"llama_gqa_llama3", "diffllama_tiny"}) {
+        const std::vector<std::string> args = {"run",          "--model", model_dir(name),
+                                               "--tokens",     "1 5 9 20 33 7",
+                                               "--max-new-tokens", "12", "--ignore-eos",
+                                               "--threads",    "2"};
+        const CliResult whole = run_cli(args);
+        ASSERT_EQ(whole.exit_code, 0) << whole.err;
+        for (const std::string tp : {"2", "4"}) {
+            std::vector<std::string> sharded = args;
+            sharded.insert(sharded.end(), {"--tp", tp});
+            const CliResult r = run_cli(sharded);
+            EXPECT_EQ(r.exit_code, 0) << r.err;
+            EXPECT_EQ(r.out, whole.out) << name << " --tp " << tp;
+        }
+    }
+}
+
+TEST(TensorParallelCli, CompareHoldsTheShardedCpuModelToTheReference) {
+    const CliResult r = run_cli({"compare", "--model", kBundledModel, "--tokens", "1 5 9 20 33 7",
+                                 "--backend", "cpu", "--tp", "2", "--threads", "2"});
+    EXPECT_EQ(r.exit_code, 0) << r.out << r.err;
+    EXPECT_TRUE(contains_all(r.out, {"2 tensor-parallel ranks", "layer 5", "final norm", "logits",
+                                     "6 of 6 positions"}));
+    EXPECT_EQ(r.out.find("NO"), std::string::npos) << r.out;
+    const CliResult alone =
+        run_cli({"compare", "--model", kBundledModel, "--tokens", "1 5", "--backend", "cpu"});
+    EXPECT_EQ(alone.exit_code, 2);
+    EXPECT_TRUE(contains_all(alone.err, {"--tp N"}));
+}
+
+TEST(TensorParallelCli, BenchRowsSayTheRanks) {
+    const CliResult r =
+        run_cli({"bench", "--model", fixture_dir("llama_gqa_llama3"), "-p", "8", "-n", "4", "-r",
+                 "1", "-t", "2", "--tp", "2", "--no-ceilings", "--output", "json"});
+    EXPECT_EQ(r.exit_code, 0) << r.err;
+    EXPECT_TRUE(contains_all(r.out, {"\"cpu tp 2\"", "\"tensor_parallel\":\t2"}));
+    const CliResult serving = run_cli({"bench", "--model", fixture_dir("llama_gqa_llama3"),
+                                       "--num-prompts", "4", "--input-len", "8", "--output-len",
+                                       "4", "--max-seqs", "2", "-t", "2", "--tp", "4"});
+    EXPECT_EQ(serving.exit_code, 0) << serving.err;
+    EXPECT_TRUE(contains_all(serving.out, {"| cpu tp 4 |"}));
+}
+
+TEST(TensorParallelCli, RefusalsExitWithTheNumbers) {
+    const CliResult r = run_cli({"run", "--model", fixture_dir("llama_gqa_llama3"), "--tokens",
+                                 "1 2 3", "--tp", "3"});
+    EXPECT_EQ(r.exit_code, 1) << r.err;
+    EXPECT_TRUE(contains_all(r.err, {"tp = 3", "num_attention_heads = 8"}));
+    EXPECT_EQ(r.out, "");
+    const CliResult usage =
+        run_cli({"run", "--model", fixture_dir("llama_gqa_llama3"), "--tokens", "1", "--tp", "0"});
+    EXPECT_EQ(usage.exit_code, 2) << usage.err;
+    EXPECT_TRUE(contains_all(usage.err, {"--tp", "'0'"}));
+}
+
+} // namespace
