@@ -331,8 +331,8 @@ static void fail_all(serve_server *s, const char *message) {
         fail_job(job, message);
         struct MHD_Connection *waiting = take_waiting(job);
         pthread_mutex_unlock(&job->lock);
-        resume(waiting);
         if (!was_finished) record_finished(s, job);
+        resume(waiting);
         serve_job_release(job); /* the registry's reference */
     }
     free(jobs);
@@ -411,9 +411,11 @@ void *serve_engine_loop(void *arg) {
             struct MHD_Connection *waiting =
                 job->stream || job->finished ? take_waiting(job) : NULL;
             pthread_mutex_unlock(&job->lock);
+            /* counted before the client is woken: a client that reads /metrics right after its
+             * answer finds its request there */
+            if (now_finished) record_finished(s, job);
             resume(waiting);
             if (stop_now) cinfer_engine_abort(s->engine, job->engine_id);
-            if (now_finished) record_finished(s, job);
             if (last) serve_job_release(job); /* the registry's reference */
         }
     }
