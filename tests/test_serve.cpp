@@ -912,10 +912,15 @@ TEST(ServeShutdown, GracePeriodAbortsLongRequests) {
             aborted++; // the connection closed: the client knows it got no whole answer
         }
     }
-    EXPECT_GE(aborted, kStreams - 1) << "at most one of them could finish within 0.5 s";
+    // one at a time: within 0.5 s at most one request (a stream or the buffered one, whichever
+    // the engine took first) can finish its 250 tokens; the rest are aborted
+    int finished = kStreams - aborted;
     if (buffered.code == CURLE_OK && buffered.status == 200) {
-        EXPECT_EQ(completion_of(buffered.json()).finish, "abort") << buffered.body;
+        const std::string finish = completion_of(buffered.json()).finish;
+        EXPECT_TRUE(finish == "abort" || finish == "length") << buffered.body;
+        finished += finish == "length";
     }
+    EXPECT_LE(finished, 1) << "at most one of them could finish within 0.5 s";
 }
 
 } // namespace
