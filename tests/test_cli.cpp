@@ -28,30 +28,9 @@ constexpr int kExitUsage = 2;
 // `timeout` exits with this when it had to stop the command: a hang.
 constexpr int kTimedOut = 124;
 
-struct CliResult {
-    int exit_code; // the binary's, or 128 + signal when it died of one
-    std::string out, err;
-};
-
-std::string shell_quote(const std::string &arg) {
-    std::string quoted = "'";
-    for (char c : arg) quoted += c == '\'' ? std::string("'\\''") : std::string(1, c);
-    return quoted + "'";
-}
-
-// Runs `cinfer args...` under a time limit, capturing stdout and stderr.
-CliResult run_cli(const std::vector<std::string> &args) {
-    TempDir capture;
-    std::string command = "timeout 60 " + shell_quote(CINFER_CLI);
-    for (const auto &arg : args) command += " " + shell_quote(arg);
-    command += " >" + shell_quote(capture.file("out")) + " 2>" + shell_quote(capture.file("err"));
-    const int status = std::system(command.c_str());
-    CliResult result;
-    result.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-    result.out = cinfer_test::read_file(capture.file("out"));
-    result.err = cinfer_test::read_file(capture.file("err"));
-    return result;
-}
+using cinfer_test::CliResult;
+using cinfer_test::run_cli;
+using cinfer_test::shell_quote;
 
 // A failure the way the CLI must fail: the expected status and no sign of a crash, a hang or a
 // sanitizer report (which would exit 1 too, and so pass for an ordinary error).

@@ -673,26 +673,8 @@ TEST(GreedyStep, PicksWhatGenerateDoesOnEveryFixture) {
 
 // ---- the command line: backend options, compare, --dump-logits on the GPU ----------------------
 
-struct CliResult {
-    int exit_code;
-    std::string out, err;
-};
-
-// Runs `cinfer args...` (under a time limit, so that a hang fails rather than blocks).
-CliResult run_cli(const std::vector<std::string> &args) {
-    TempDir capture;
-    auto quote = [](const std::string &arg) {
-        std::string q = "'";
-        for (char c : arg) q += c == '\'' ? std::string("'\\''") : std::string(1, c);
-        return q + "'";
-    };
-    std::string command = "timeout 300 " + quote(CINFER_CLI);
-    for (const auto &arg : args) command += " " + quote(arg);
-    command += " >" + quote(capture.file("out")) + " 2>" + quote(capture.file("err"));
-    const int status = std::system(command.c_str());
-    return {WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status),
-            read_file(capture.file("out")), read_file(capture.file("err"))};
-}
+// cinfer_test::run_cli with a longer limit: a GPU run loads and compiles more
+CliResult run_cli(const std::vector<std::string> &args) { return cinfer_test::run_cli(args, 300); }
 
 TEST(CliBackendOptions, UnknownValuesAreMisuse) {
     const std::string model = fixture_dir("llama_mha");

@@ -158,9 +158,9 @@ TEST_P(PublicApi, BatchedSessionGivesTheWholeModelsLogits) {
     std::vector<float> logits[2];
     for (int which = 0; which < 2; which++) {
         cinfer_session *session = nullptr;
-        ASSERT_EQ(cinfer_session_create_batch(which ? sharded.model : whole.model, 32, n_seqs,
-                                              &session),
-                  CINFER_OK)
+        ASSERT_EQ(
+            cinfer_session_create_batch(which ? sharded.model : whole.model, 32, n_seqs, &session),
+            CINFER_OK)
             << cinfer_last_error();
         logits[which].resize((size_t)n_seqs * n * V);
         EXPECT_EQ(cinfer_session_forward_batch(session, tokens.data(), n, CINFER_LOGITS_ALL,
@@ -260,8 +260,7 @@ TEST_P(PublicApi, EngineServesTheWholeModelsTokens) {
 INSTANTIATE_TEST_SUITE_P(TensorParallel, PublicApi,
                          ::testing::Values(TpCase{"llama_gqa_llama3", 2},
                                            TpCase{"llama_gqa_llama3", 4},
-                                           TpCase{"diffllama_gqa8", 2},
-                                           TpCase{"diffllama_gqa8", 4},
+                                           TpCase{"diffllama_gqa8", 2}, TpCase{"diffllama_gqa8", 4},
                                            TpCase{"diffllama_tiny", 2},
                                            TpCase{"diffllama_tiny", 4}),
                          case_name);
@@ -293,36 +292,11 @@ TEST(TensorParallelLoad, RefusalsNameTheNumbers) {
 
 // ---- the command line -------------------------------------------------------------------------
 
-struct CliResult {
-    int exit_code;
-    std::string out, err;
-};
-
-std::string shell_quote(const std::string &arg) {
-    std::string quoted = "'";
-    for (char c : arg) quoted += c == '\'' ? std::string("'\\''") : std::string(1, c);
-    return quoted + "'";
-}
-
-CliResult run_cli(const std::vector<std::string> &args) {
-    TempDir capture;
-    std::string command = "timeout 60 " + shell_quote(CINFER_CLI);
-    for (const auto &arg : args) command += " " + shell_quote(arg);
-    command += " >" + shell_quote(capture.file("out")) + " 2>" + shell_quote(capture.file("err"));
-    const int status = std::system(command.c_str());
-    CliResult result;
-    result.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-    result.out = read_file(capture.file("out"));
-    result.err = read_file(capture.file("err"));
-    return result;
-}
-
 TEST(TensorParallelCli, RunPrintsTheSameIds) {
     for (const std::string name : {"llama_gqa_llama3", "diffllama_tiny"}) {
-        const std::vector<std::string> args = {"run",          "--model", model_dir(name),
-                                               "--tokens",     "1 5 9 20 33 7",
-                                               "--max-new-tokens", "12", "--ignore-eos",
-                                               "--threads",    "2"};
+        const std::vector<std::string> args = {
+            "run", "--model",      model_dir(name), "--tokens", "1 5 9 20 33 7", "--max-new-tokens",
+            "12",  "--ignore-eos", "--threads",     "2"};
         const CliResult whole = run_cli(args);
         ASSERT_EQ(whole.exit_code, 0) << whole.err;
         for (const std::string tp : {"2", "4"}) {
@@ -339,8 +313,8 @@ TEST(TensorParallelCli, CompareHoldsTheShardedCpuModelToTheReference) {
     const CliResult r = run_cli({"compare", "--model", kBundledModel, "--tokens", "1 5 9 20 33 7",
                                  "--backend", "cpu", "--tp", "2", "--threads", "2"});
     EXPECT_EQ(r.exit_code, 0) << r.out << r.err;
-    EXPECT_TRUE(contains_all(r.out, {"2 tensor-parallel ranks", "layer 5", "final norm", "logits",
-                                     "6 of 6 positions"}));
+    EXPECT_TRUE(contains_all(
+        r.out, {"2 tensor-parallel ranks", "layer 5", "final norm", "logits", "6 of 6 positions"}));
     EXPECT_EQ(r.out.find("NO"), std::string::npos) << r.out;
     const CliResult alone =
         run_cli({"compare", "--model", kBundledModel, "--tokens", "1 5", "--backend", "cpu"});
@@ -362,8 +336,8 @@ TEST(TensorParallelCli, BenchRowsSayTheRanks) {
 }
 
 TEST(TensorParallelCli, RefusalsExitWithTheNumbers) {
-    const CliResult r = run_cli({"run", "--model", fixture_dir("llama_gqa_llama3"), "--tokens",
-                                 "1 2 3", "--tp", "3"});
+    const CliResult r = run_cli(
+        {"run", "--model", fixture_dir("llama_gqa_llama3"), "--tokens", "1 2 3", "--tp", "3"});
     EXPECT_EQ(r.exit_code, 1) << r.err;
     EXPECT_TRUE(contains_all(r.err, {"tp = 3", "num_attention_heads = 8"}));
     EXPECT_EQ(r.out, "");

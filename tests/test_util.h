@@ -1,6 +1,8 @@
 // Helpers shared by the test suites.
 #pragma once
 
+#include <sys/wait.h>
+
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
@@ -43,8 +45,7 @@ struct TempDir {
     std::filesystem::path path;
     TempDir() {
         static std::mt19937_64 names(std::random_device{}());
-        path = std::filesystem::temp_directory_path() /
-               ("cinfer-test-" + std::to_string(names()));
+        path = std::filesystem::temp_directory_path() / ("cinfer-test-" + std::to_string(names()));
         std::filesystem::create_directories(path);
     }
     ~TempDir() {
@@ -64,6 +65,32 @@ inline std::string read_file(const std::string &path) {
     return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
 }
 
+// What `cinfer args...` did: its exit status (128 + the signal when it died of one), stdout,
+// stderr.
+struct CliResult {
+    int exit_code;
+    std::string out, err;
+};
+
+inline std::string shell_quote(const std::string &arg) {
+    std::string quoted = "'";
+    for (char c : arg) quoted += c == '\'' ? std::string("'\\''") : std::string(1, c);
+    return quoted + "'";
+}
+
+// Runs the cinfer binary (CINFER_CLI) with args under a time limit, so that a hang fails rather
+// than blocks, capturing stdout and stderr.
+inline CliResult run_cli(const std::vector<std::string> &args, int timeout_seconds = 60) {
+    TempDir capture;
+    std::string command =
+        "timeout " + std::to_string(timeout_seconds) + " " + shell_quote(CINFER_CLI);
+    for (const auto &arg : args) command += " " + shell_quote(arg);
+    command += " >" + shell_quote(capture.file("out")) + " 2>" + shell_quote(capture.file("err"));
+    const int status = std::system(command.c_str());
+    return {WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status),
+            read_file(capture.file("out")), read_file(capture.file("err"))};
+}
+
 // The committed fixtures made by scripts/make_fixtures.py, sorted by name.
 inline std::vector<std::string> fixture_names() {
     std::vector<std::string> names;
@@ -79,7 +106,7 @@ inline std::string fixture_dir(const std::string &name) {
     return std::string(CINFER_FIXTURE_DIR) + "/" + name;
 }
 
-}  // namespace cinfer_test
+} // namespace cinfer_test
 
 // ---- helpers for the bad-input suites (safetensors, checkpoint, cli) ----------------------------
 
@@ -167,4 +194,4 @@ template <typename T> std::string bytes_of(const std::vector<T> &values) {
     return std::string(reinterpret_cast<const char *>(values.data()), values.size() * sizeof(T));
 }
 
-}  // namespace cinfer_test
+} // namespace cinfer_test
