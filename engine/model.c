@@ -115,10 +115,12 @@ static cinfer_status resolve_attention(cinfer_model *m) {
 static cinfer_status plan_shard(cinfer_model *m, ci_comm *comm) {
     const ci_config *whole = &m->checkpoint->config;
     const int rank = comm ? comm->rank : 0, tp = comm ? comm->size : 1;
-    if (comm && m->checkpoint->synthetic)
+    /* the host draws any part of a tensor; the device draw (kernels/cuda/random_fill.cuh) fills
+     * whole tensors only */
+    if (comm && m->checkpoint->synthetic && m->options.backend == CINFER_BACKEND_CUDA)
         return CI_FAIL(CINFER_ERR_UNSUPPORTED,
-                       "%s: random weights are drawn whole; tensor parallelism (tp = %d) needs a "
-                       "checkpoint",
+                       "%s: random weights are drawn on the GPU whole; a tensor-parallel rank's "
+                       "part of them (tp = %d) is drawn on the CPU backend only",
                        m->checkpoint->config_path, tp);
     cinfer_status status = ci_shard_plan_make(whole, m->arch->differential, rank, tp, &m->shard);
     if (status != CINFER_OK) {
@@ -172,9 +174,10 @@ static void free_ranks(int tp, cinfer_model **ranks, ci_comm **comms, ci_comm_gr
 /* tp ranks of the checkpoint in dir as threads of this process: one CPU communicator group, each
  * rank's model loaded with its share of the CPU threads; rank 0's model holds them all. No
  * collective runs during a load, so the ranks load one after the other; the first refusal (tp
- * does not divide the heads...) is rank 0's, with its numbers. */
+ * does not divide the heads...) is rank 0's, with its numbers. With a seed, dir is a config.json
+ * and each rank draws its part of the random weights of that seed. */
 static cinfer_status load_tensor_parallel(const char *dir, const cinfer_load_options *options,
-                                          cinfer_model **out) {
+                                          const uint64_t *seed, cinfer_model **out) {
     const int tp = options->tensor_parallel;
     cinfer_load_options rank_options = *options;
     const int threads = options->n_threads > 0 ? options->n_threads : omp_get_max_threads();
@@ -186,7 +189,10 @@ static cinfer_status load_tensor_parallel(const char *dir, const cinfer_load_opt
     cinfer_status status = ranks && comms ? CINFER_OK : CI_FAIL(CINFER_ERR_MEMORY, "out of memory");
     for (int r = 0; status == CINFER_OK && r < tp; r++) {
         status = ci_comm_cpu_create(group, r, &comms[r]);
-        if (status == CINFER_OK) status = ci_model_load_shard(dir, &rank_options, comms[r], &ranks[r]);
+        if (status == CINFER_OK)
+            status =
+                seed ? ci_model_load_random_shard(dir, &rank_options, *seed, comms[r], &ranks[r])
+                     : ci_model_load_shard(dir, &rank_options, comms[r], &ranks[r]);
     }
     if (status != CINFER_OK) {
         if (ranks) cinfer_model_free(ranks[0]);
@@ -217,7 +223,8 @@ cinfer_status cinfer_model_load(const char *dir, const cinfer_load_options *opti
     ci_error_clear();
     if (!dir) return CI_FAIL(CINFER_ERR_ARGUMENT, "no model folder given");
     if (options) CI_TRY(check_options(options));
-    if (options && options->tensor_parallel > 1) return load_tensor_parallel(dir, options, out);
+    if (options && options->tensor_parallel > 1)
+        return load_tensor_parallel(dir, options, NULL, out);
     ci_checkpoint *checkpoint;
     CI_TRY(checkpoint_open(dir, &checkpoint));
     return load_from(checkpoint, options, NULL, out);
@@ -242,13 +249,23 @@ cinfer_status cinfer_model_load_random(const char *config_path, const cinfer_loa
     if (!config_path) return CI_FAIL(CINFER_ERR_ARGUMENT, "no config.json given");
     if (options) CI_TRY(check_options(options));
     if (options && options->tensor_parallel > 1)
-        return CI_FAIL(CINFER_ERR_UNSUPPORTED,
-                       "%s: random weights are drawn whole; tensor_parallel = %d needs a "
-                       "checkpoint (sharded random models are not built yet)",
-                       config_path, options->tensor_parallel);
+        return load_tensor_parallel(config_path, options, &seed, out);
     ci_checkpoint *checkpoint;
     CI_TRY(checkpoint_synthetic(config_path, seed, &checkpoint));
     return load_from(checkpoint, options, NULL, out);
+}
+
+cinfer_status ci_model_load_random_shard(const char *config_path,
+                                         const cinfer_load_options *options, uint64_t seed,
+                                         ci_comm *comm, cinfer_model **out) {
+    *out = NULL;
+    ci_error_clear();
+    if (!config_path) return CI_FAIL(CINFER_ERR_ARGUMENT, "no config.json given");
+    if (!comm) return CI_FAIL(CINFER_ERR_ARGUMENT, "a tensor-parallel rank needs its communicator");
+    if (options) CI_TRY(check_options(options));
+    ci_checkpoint *checkpoint;
+    CI_TRY(checkpoint_synthetic(config_path, seed, &checkpoint));
+    return load_from(checkpoint, options, comm, out);
 }
 
 void cinfer_model_free(cinfer_model *m) {

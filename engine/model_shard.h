@@ -16,4 +16,11 @@
 cinfer_status ci_model_load_shard(const char *dir, const cinfer_load_options *options,
                                   ci_comm *comm, cinfer_model **out);
 
+/* The same rank of the random-weight model cinfer_model_load_random draws from config_path and
+ * seed: the rank draws only its part, each element the value the whole model holds there, so the
+ * ranks together are that model split. CPU backend only (the GPU draws whole tensors). */
+cinfer_status ci_model_load_random_shard(const char *config_path,
+                                         const cinfer_load_options *options, uint64_t seed,
+                                         ci_comm *comm, cinfer_model **out);
+
 #endif

@@ -73,7 +73,8 @@ struct cinfer_model {
     ci_shard_plan shard;
     ci_comm *comm;
     /* Bytes of the checkpoint's files the bound tensors were taken from: views span them, slices
-     * were copied from them (a rank's share, measured by tests/test_tensor_parallel.cpp). */
+     * were copied from them (a rank's share, measured by tests/test_tensor_parallel.cpp); for
+     * random weights, the bytes of the tensors (or the rank's parts of them) drawn. */
     int64_t bytes_read;
     /* A model loaded with tensor_parallel = tp > 1 through cinfer_model_load (CPU): this is rank
      * 0's model and holds every rank's, ranks[r] bound to comms[r] of one CPU group (ranks[0] is

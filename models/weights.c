@@ -65,42 +65,6 @@ static cinfer_status keep_allocation(cinfer_model *m, void *memory, size_t bytes
     return CINFER_OK;
 }
 
-static cinfer_status bind_random_weight(cinfer_model *m, const char *name, int n_dims,
-                                        const int64_t *shape, bool read_on_host, ci_tensor *out) {
-    const ci_config *c = m->config;
-    /* in the dtype the config says the files hold, vectors too, as published checkpoints do */
-    *out = (ci_tensor){NULL, config_dtype(c), n_dims, {0}};
-    for (int i = 0; i < n_dims; i++) out->shape[i] = shape[i];
-    const int64_t n = ci_tensor_numel(out);
-    const size_t bytes = ci_tensor_nbytes(out);
-    const ci_random_draw draw = ci_random_draw_of(m->checkpoint->seed, name);
-    /* what the files would have held: counted here, as no checkpoint index lists these */
-    m->info.n_params += n;
-    m->info.weight_bytes += (int64_t)bytes;
-
-    if (m->device_draws && !read_on_host) {
-        CI_ASSERT(m->n_device_draws < m->max_device_draws); /* counted in ci_bind_model_weights */
-        ci_device_draw *pending = &m->device_draws[m->n_device_draws++];
-        *pending = (ci_device_draw){out, draw};
-        out->data = pending; /* present, drawn on the device by the upload */
-        return CINFER_OK;
-    }
-
-    void *data = malloc(bytes ? bytes : 1);
-    CI_TRY(keep_allocation(m, data, bytes, "random weights", name));
-    out->data = data;
-#pragma omp parallel for schedule(static) if (n > 65536)
-    for (int64_t i = 0; i < n; i++) {
-        const float value = ci_random_value(&draw, (uint64_t)i);
-        switch (out->dtype) {
-        case CI_BF16: ((uint16_t *)data)[i] = ci_f32_to_bf16(value); break;
-        case CI_F16: ((uint16_t *)data)[i] = ci_f32_to_f16(value); break;
-        default: ((float *)data)[i] = value; break;
-        }
-    }
-    return CINFER_OK;
-}
-
 /* ---- tensor parallelism: the part of a tensor a rank binds (models/shard.h) -------------------
  *
  * Up to two blocks of rows (a column-parallel layer: q/k/v, gate/up; DiffLlama's two halves of its
@@ -142,24 +106,91 @@ static slice column_range(int64_t first, int64_t count) {
     return (slice){1, {{0, -1}, {0, 0}}, first, count};
 }
 
+/* The rows and columns of a tensor of shape `shape` that `part` selects, resolved: every block's
+ * count (count < 0: every row), the first column and the number of columns (cols: the tensor's). */
+typedef struct slice_extent {
+    int n_blocks;
+    row_block rows[2];
+    int64_t n_rows, cols, col_first, col_count;
+} slice_extent;
+
+static slice_extent slice_extent_of(const slice *part, int n_dims, const int64_t *shape) {
+    slice_extent e = {
+        part->n_blocks, {{0, 0}, {0, 0}}, 0, n_dims == 2 ? shape[1] : 1, part->col_first, 0};
+    e.col_count = part->col_count < 0 ? e.cols : part->col_count;
+    for (int i = 0; i < part->n_blocks; i++) {
+        e.rows[i] = part->rows[i];
+        if (e.rows[i].count < 0) e.rows[i].count = shape[0];
+        CI_ASSERT(e.rows[i].first >= 0 && e.rows[i].first + e.rows[i].count <= shape[0]);
+        e.n_rows += e.rows[i].count;
+    }
+    CI_ASSERT(e.col_first >= 0 && e.col_first + e.col_count <= e.cols);
+    return e;
+}
+
+/* A random tensor, or a rank's part of one: the part holds, at each of its elements, the value the
+ * whole tensor holds there (element (r, c) of the whole is draw index r·cols + c), so a sharded
+ * random model is the unsharded one split, as a sharded checkpoint is. */
+static cinfer_status bind_random_weight(cinfer_model *m, const char *name, int n_dims,
+                                        const int64_t *shape, bool read_on_host, const slice *part,
+                                        ci_tensor *out) {
+    const slice_extent e = slice_extent_of(part, n_dims, shape);
+    /* in the dtype the config says the files hold, vectors too, as published checkpoints do */
+    *out = (ci_tensor){
+        NULL, config_dtype(m->config), n_dims, {e.n_rows, n_dims == 2 ? e.col_count : 0}};
+    const int64_t n = ci_tensor_numel(out);
+    const size_t bytes = ci_tensor_nbytes(out);
+    const ci_random_draw draw = ci_random_draw_of(m->checkpoint->seed, name);
+    /* what the files would have held, the whole tensor (a rank's info describes the whole model):
+     * counted here, as no checkpoint index lists these; bytes_read is the part, as for a file */
+    m->info.n_params += shape[0] * e.cols;
+    m->info.weight_bytes += shape[0] * e.cols * (int64_t)ci_dtype_size(out->dtype);
+    m->bytes_read += (int64_t)bytes;
+
+    if (m->device_draws && !read_on_host) {
+        /* the upload draws element i at index i: whole tensors only (refused at load) */
+        CI_ASSERT(e.n_blocks == 1 && e.n_rows == shape[0] && e.col_count == e.cols);
+        CI_ASSERT(m->n_device_draws < m->max_device_draws); /* counted in ci_bind_model_weights */
+        ci_device_draw *pending = &m->device_draws[m->n_device_draws++];
+        *pending = (ci_device_draw){out, draw};
+        out->data = pending; /* present, drawn on the device by the upload */
+        return CINFER_OK;
+    }
+
+    void *data = malloc(bytes ? bytes : 1);
+    CI_TRY(keep_allocation(m, data, bytes, "random weights", name));
+    out->data = data;
+#pragma omp parallel for schedule(static) if (n > 65536)
+    for (int64_t i = 0; i < n; i++) {
+        /* the part's row i / col_count is row r of the whole: block by block, in order */
+        int64_t row = i / e.col_count, r = row;
+        for (int b = 0; b < e.n_blocks; b++) {
+            if (row < e.rows[b].count) {
+                r = e.rows[b].first + row;
+                break;
+            }
+            row -= e.rows[b].count;
+        }
+        const int64_t index = r * e.cols + e.col_first + i % e.col_count;
+        const float value = ci_random_value(&draw, (uint64_t)index);
+        switch (out->dtype) {
+        case CI_BF16: ((uint16_t *)data)[i] = ci_f32_to_bf16(value); break;
+        case CI_F16: ((uint16_t *)data)[i] = ci_f32_to_f16(value); break;
+        default: ((float *)data)[i] = value; break;
+        }
+    }
+    return CINFER_OK;
+}
+
 /* Binds part of file tensor t, whose shape (the config's, already checked) is shape. */
 static cinfer_status bind_slice(cinfer_model *m, const st_tensor *t, int n_dims,
                                 const int64_t *shape, const slice *part, const char *name,
                                 ci_tensor *out) {
     const size_t item = ci_dtype_size(t->dtype);
-    const int64_t cols = n_dims == 2 ? shape[1] : 1;
-    const int64_t col_first = part->col_first,
-                  col_count = part->col_count < 0 ? cols : part->col_count;
-    row_block blocks[2];
-    int64_t rows = 0;
-    for (int i = 0; i < part->n_blocks; i++) {
-        blocks[i] = part->rows[i];
-        if (blocks[i].count < 0) blocks[i].count = shape[0];
-        CI_ASSERT(blocks[i].first >= 0 && blocks[i].first + blocks[i].count <= shape[0]);
-        rows += blocks[i].count;
-    }
-    CI_ASSERT(col_first >= 0 && col_first + col_count <= cols);
-    *out = (ci_tensor){NULL, t->dtype, n_dims, {rows, n_dims == 2 ? col_count : 0}};
+    const slice_extent e = slice_extent_of(part, n_dims, shape);
+    const int64_t cols = e.cols, col_first = e.col_first, col_count = e.col_count;
+    const row_block *blocks = e.rows;
+    *out = (ci_tensor){NULL, t->dtype, n_dims, {e.n_rows, n_dims == 2 ? col_count : 0}};
     const size_t bytes = ci_tensor_nbytes(out);
     m->bytes_read += (int64_t)bytes;
 
@@ -198,10 +229,9 @@ static cinfer_status bind_weight(cinfer_model *m, const char *name, int n_dims,
                                  const int64_t *shape, const char *meaning, const char *required_by,
                                  bool read_on_host, const slice *part, ci_tensor *out) {
     const ci_checkpoint *ck = m->checkpoint;
-    if (ck->synthetic) {
-        CI_ASSERT(m->shard.tp == 1); /* random weights are drawn whole (refused at load) */
-        return bind_random_weight(m, name, n_dims, shape, read_on_host, out);
-    }
+    if (ck->synthetic)
+        return bind_random_weight(m, name, n_dims, shape, read_on_host, part ? part : &whole_tensor,
+                                  out);
     const st_tensor *t = checkpoint_find(ck, name);
     if (!t && required_by)
         return CI_FAIL(CINFER_ERR_WEIGHTS, "%s: tensor '%s' is missing from %s, but %s has %s",

@@ -347,15 +347,39 @@ cinfer_load_options one_thread() {
     return options;
 }
 
-// The slices of every rank of a checkpoint, loaded side by side (no collective runs while loading).
+// Where a model's weights come from: the checkpoint in dir, or the random weights of its
+// config.json (cinfer_model_load_random, kRandomSeed), which a rank draws only its part of.
+constexpr uint64_t kRandomSeed = 20261206;
+
+struct Source {
+    std::string dir;
+    bool random = false;
+    Source(const std::string &dir_, bool random_ = false) : dir(dir_), random(random_) {}
+    std::string config() const { return dir + "/config.json"; }
+};
+
+// The whole model, unsharded.
+cinfer_status load_whole(const Source &source, cinfer_model **m) {
+    return source.random
+               ? cinfer_model_load_random(source.config().c_str(), nullptr, kRandomSeed, m)
+               : cinfer_model_load(source.dir.c_str(), nullptr, m);
+}
+
+// One rank's part of it.
+cinfer_status load_rank(const Source &source, ci_comm *comm, cinfer_model **m) {
+    const cinfer_load_options options = one_thread();
+    return source.random
+               ? ci_model_load_random_shard(source.config().c_str(), &options, kRandomSeed, comm, m)
+               : ci_model_load_shard(source.dir.c_str(), &options, comm, m);
+}
+
+// The slices of every rank of a model, loaded side by side (no collective runs while loading).
 struct Shards {
     std::unique_ptr<Group> group;
     std::vector<cinfer_model *> models;
-    Shards(const std::string &dir, int tp) : group(new Group(tp)), models(tp, nullptr) {
-        const cinfer_load_options options = one_thread();
+    Shards(const Source &source, int tp) : group(new Group(tp)), models(tp, nullptr) {
         for (int r = 0; r < tp; r++)
-            EXPECT_EQ(ci_model_load_shard(dir.c_str(), &options, group->comms[r], &models[r]),
-                      CINFER_OK)
+            EXPECT_EQ(load_rank(source, group->comms[r], &models[r]), CINFER_OK)
                 << cinfer_last_error();
     }
     ~Shards() {
@@ -363,10 +387,13 @@ struct Shards {
     }
 };
 
-// The tp values each model is run at: 2 and 4, and 8, wherever the plan accepts them.
+// The tp values each model is run at: 2 and 4, and 8, wherever the plan accepts them; random:
+// its config's random weights rather than its checkpoint.
 struct Case {
     std::string model;
     int tp;
+    bool random = false;
+    Source source() const { return Source(model_dir(model), random); }
 };
 
 std::vector<Case> sharded_cases() {
@@ -493,61 +520,112 @@ bool in_place(const cinfer_model *m, const std::string &name, const ci_tensor &p
     return part.data == (const char *)t->data + (size_t)first_row * row_bytes;
 }
 
-TEST_P(RankSlices, EachRankHoldsTheRowsAndColumnsOfItsHeads) {
-    const Case &k = GetParam();
-    const std::string dir = model_dir(k.model);
-    cinfer_model *whole = nullptr;
-    ASSERT_EQ(cinfer_model_load(dir.c_str(), nullptr, &whole), CINFER_OK) << cinfer_last_error();
-    Shards shards(dir, k.tp);
+// Every tensor of rank r's model is its part of the whole model's, value for value; bound in place
+// where it is a block of whole rows of a checkpoint (not for random weights: drawn, not mapped).
+void expect_rank_slices(const cinfer_model *whole, const cinfer_model *m, int r, bool in_files) {
     const int D = whole->config->head_dim, E = whole->config->hidden_size;
-    for (int r = 0; r < k.tp; r++) {
-        const cinfer_model *m = shards.models[r];
-        ASSERT_NE(m, nullptr);
-        const ci_shard_plan &p = m->shard;
-        SCOPED_TRACE("rank " + std::to_string(r));
-        const std::vector<int64_t> q = head_rows(p.q, p.n_q_ranges, D);
-        const std::vector<int64_t> kv = head_rows(p.kv, p.n_kv_ranges, D);
-        const std::vector<int64_t> all_rows = row_range(0, E);
-        const std::vector<int64_t> mlp = row_range(p.mlp_first, p.mlp_count);
-        for (int l = 0; l < whole->config->n_layers; l++) {
-            const ci_layer &w = whole->layers[l], &s = m->layers[l];
-            expect_slice(s.q_proj, w.q_proj, q, 0, "q_proj");
-            expect_slice(s.q_bias, w.q_bias, q, 0, "q_proj.bias");
-            expect_slice(s.k_proj, w.k_proj, kv, 0, "k_proj");
-            expect_slice(s.v_proj, w.v_proj, kv, 0, "v_proj");
-            expect_slice(s.v_bias, w.v_bias, kv, 0, "v_proj.bias");
-            expect_slice(s.o_proj, w.o_proj, all_rows, p.o_first, "o_proj");
-            expect_slice(s.gate_proj, w.gate_proj, mlp, 0, "gate_proj");
-            expect_slice(s.up_proj, w.up_proj, mlp, 0, "up_proj");
-            expect_slice(s.down_proj, w.down_proj, all_rows, p.mlp_first, "down_proj");
-            if (r == 0) expect_slice(s.o_bias, w.o_bias, all_rows, 0, "o_proj.bias");
-            if (r > 0) {
-                EXPECT_EQ(s.o_bias.data, nullptr) << "only rank 0 adds the bias";
-                EXPECT_EQ(s.down_bias.data, nullptr);
-            }
-            // column-parallel slices of whole rows stay in the mapped file; the rest are copies
-            const std::string layer = "model.layers." + std::to_string(l) + ".";
-            EXPECT_TRUE(in_place(m, layer + "mlp.gate_proj.weight", s.gate_proj, p.mlp_first));
-            EXPECT_EQ(
-                in_place(m, layer + "self_attn.q_proj.weight", s.q_proj, (int64_t)p.q[0].first * D),
-                p.n_q_ranges == 1);
-            EXPECT_FALSE(in_place(m, layer + "self_attn.o_proj.weight", s.o_proj, 0));
-            EXPECT_EQ(s.lambda, w.lambda) << "DiffLlama's lambda is replicated";
+    const ci_shard_plan &p = m->shard;
+    SCOPED_TRACE("rank " + std::to_string(r));
+    const std::vector<int64_t> q = head_rows(p.q, p.n_q_ranges, D);
+    const std::vector<int64_t> kv = head_rows(p.kv, p.n_kv_ranges, D);
+    const std::vector<int64_t> all_rows = row_range(0, E);
+    const std::vector<int64_t> mlp = row_range(p.mlp_first, p.mlp_count);
+    for (int l = 0; l < whole->config->n_layers; l++) {
+        const ci_layer &w = whole->layers[l], &s = m->layers[l];
+        expect_slice(s.q_proj, w.q_proj, q, 0, "q_proj");
+        expect_slice(s.q_bias, w.q_bias, q, 0, "q_proj.bias");
+        expect_slice(s.k_proj, w.k_proj, kv, 0, "k_proj");
+        expect_slice(s.v_proj, w.v_proj, kv, 0, "v_proj");
+        expect_slice(s.k_bias, w.k_bias, kv, 0, "k_proj.bias");
+        expect_slice(s.v_bias, w.v_bias, kv, 0, "v_proj.bias");
+        expect_slice(s.o_proj, w.o_proj, all_rows, p.o_first, "o_proj");
+        expect_slice(s.gate_proj, w.gate_proj, mlp, 0, "gate_proj");
+        expect_slice(s.up_proj, w.up_proj, mlp, 0, "up_proj");
+        expect_slice(s.gate_bias, w.gate_bias, mlp, 0, "gate_proj.bias");
+        expect_slice(s.up_bias, w.up_bias, mlp, 0, "up_proj.bias");
+        expect_slice(s.down_proj, w.down_proj, all_rows, p.mlp_first, "down_proj");
+        if (r == 0) expect_slice(s.o_bias, w.o_bias, all_rows, 0, "o_proj.bias");
+        if (r == 0) expect_slice(s.down_bias, w.down_bias, all_rows, 0, "down_proj.bias");
+        if (r > 0) {
+            EXPECT_EQ(s.o_bias.data, nullptr) << "only rank 0 adds the bias";
+            EXPECT_EQ(s.down_bias.data, nullptr);
         }
-        expect_slice(m->lm_head, whole->lm_head, row_range(p.vocab_first, p.vocab_count), 0,
-                     "lm_head");
+        EXPECT_EQ(s.lambda, w.lambda) << "DiffLlama's lambda is replicated";
+        if (!in_files) continue;
+        // column-parallel slices of whole rows stay in the mapped file; the rest are copies
+        const std::string layer = "model.layers." + std::to_string(l) + ".";
+        EXPECT_TRUE(in_place(m, layer + "mlp.gate_proj.weight", s.gate_proj, p.mlp_first));
+        EXPECT_EQ(
+            in_place(m, layer + "self_attn.q_proj.weight", s.q_proj, (int64_t)p.q[0].first * D),
+            p.n_q_ranges == 1);
+        EXPECT_FALSE(in_place(m, layer + "self_attn.o_proj.weight", s.o_proj, 0));
+    }
+    expect_slice(m->lm_head, whole->lm_head, row_range(p.vocab_first, p.vocab_count), 0, "lm_head");
+    expect_slice(m->embed_tokens, whole->embed_tokens, row_range(0, whole->config->vocab_size), 0,
+                 "embed_tokens (replicated)");
+    expect_slice(m->norm, whole->norm, row_range(0, E), 0, "norm (replicated)");
+    if (in_files) {
         EXPECT_TRUE(in_place(m, "model.embed_tokens.weight", m->embed_tokens, 0))
             << "the embedding is replicated, in place";
-        EXPECT_EQ(m->embed_tokens.shape[0], whole->config->vocab_size);
+    }
+}
+
+TEST_P(RankSlices, EachRankHoldsTheRowsAndColumnsOfItsHeads) {
+    const Case &k = GetParam();
+    cinfer_model *whole = nullptr;
+    ASSERT_EQ(load_whole(k.source(), &whole), CINFER_OK) << cinfer_last_error();
+    Shards shards(k.source(), k.tp);
+    for (int r = 0; r < k.tp; r++) {
+        ASSERT_NE(shards.models[r], nullptr);
+        expect_rank_slices(whole, shards.models[r], r, !k.random);
     }
     cinfer_model_free(whole);
 }
 
 std::string case_name(const ::testing::TestParamInfo<Case> &info) {
-    return info.param.model + "_tp" + std::to_string(info.param.tp);
+    return info.param.model + "_tp" + std::to_string(info.param.tp) +
+           (info.param.random ? "_random" : "");
+}
+
+// Random weights of a Llama with GQA (tied, with biases; tp 4 and 8 above its 2 KV heads) and of a
+// DiffLlama (two blocks of q rows per rank), at every tp their plans accept.
+std::vector<Case> random_cases() {
+    std::vector<Case> cases;
+    for (const Case &k : sharded_cases())
+        if (k.model == "llama_gqa_llama3" || k.model == "diffllama_gqa8")
+            cases.push_back({k.model, k.tp, true});
+    return cases;
 }
 
 INSTANTIATE_TEST_SUITE_P(Models, RankSlices, ::testing::ValuesIn(sharded_cases()), case_name);
+
+// A rank of a random-weight model draws only its part, each element the value the whole random
+// model holds there: its slices are the whole model's, bit for bit, as a checkpoint's are.
+class RandomSlices : public ::testing::TestWithParam<Case> {};
+
+TEST_P(RandomSlices, EachRankDrawsTheWholeModelsValuesOfItsPart) {
+    const Case &k = GetParam();
+    cinfer_model *whole = nullptr;
+    ASSERT_EQ(load_whole(k.source(), &whole), CINFER_OK) << cinfer_last_error();
+    Shards shards(k.source(), k.tp);
+    int64_t sum = 0;
+    for (int r = 0; r < k.tp; r++) {
+        ASSERT_NE(shards.models[r], nullptr);
+        expect_rank_slices(whole, shards.models[r], r, false);
+        // rank 0, which binds a part of every tensor, counts the whole model's parameters, as
+        // fill_info counts a checkpoint's (the others bind no o_proj or down_proj bias)
+        if (r == 0) {
+            EXPECT_EQ(shards.models[r]->info.n_params, whole->info.n_params);
+            EXPECT_EQ(shards.models[r]->info.weight_bytes, whole->info.weight_bytes);
+        }
+        EXPECT_LT(shards.models[r]->bytes_read, whole->bytes_read) << "rank " << r;
+        sum += shards.models[r]->bytes_read;
+    }
+    EXPECT_GT(sum, whole->bytes_read) << "the replicated embedding and norms, once per rank";
+    cinfer_model_free(whole);
+}
+
+INSTANTIATE_TEST_SUITE_P(Models, RandomSlices, ::testing::ValuesIn(random_cases()), case_name);
 
 // ---- the forward pass -------------------------------------------------------------------------
 
@@ -702,14 +780,13 @@ std::vector<int32_t> random_prompt(int vocab, int n, uint64_t seed) {
 }
 
 // Every rank of a tp group runs the prompt and the steps in lockstep, each on its own thread.
-std::vector<Trace> run_ranks(const std::string &dir, int tp, const std::vector<int32_t> &prompt,
+std::vector<Trace> run_ranks(const Source &source, int tp, const std::vector<int32_t> &prompt,
                              int n_steps) {
     Group group(tp);
     std::vector<Trace> traces(tp);
     group.run([&](int rank, ci_comm *comm) {
-        const cinfer_load_options options = one_thread();
         cinfer_model *m = nullptr;
-        if (ci_model_load_shard(dir.c_str(), &options, comm, &m) != CINFER_OK) {
+        if (load_rank(source, comm, &m) != CINFER_OK) {
             traces[rank].status = CINFER_ERR_WEIGHTS;
             traces[rank].error = cinfer_last_error();
             ci_comm_abort(comm, "its model did not load"); // the others must not wait for it
@@ -727,14 +804,13 @@ class ShardedForward : public ::testing::TestWithParam<Case> {};
 
 TEST_P(ShardedForward, LogitsAndEveryLayerMatchTheWholeModelAndGreedyIdsAreTheSame) {
     const Case &k = GetParam();
-    const std::string dir = model_dir(k.model);
     cinfer_model *whole = nullptr;
-    ASSERT_EQ(cinfer_model_load(dir.c_str(), nullptr, &whole), CINFER_OK) << cinfer_last_error();
+    ASSERT_EQ(load_whole(k.source(), &whole), CINFER_OK) << cinfer_last_error();
     const std::vector<int32_t> prompt =
         random_prompt(whole->config->vocab_size, kPromptTokens, fresh_seed() + (uint64_t)k.tp);
     const Trace want = run_greedy(whole, 2, prompt, kDecodeSteps);
     ASSERT_EQ(want.status, CINFER_OK) << want.error;
-    const std::vector<Trace> got = run_ranks(dir, k.tp, prompt, kDecodeSteps);
+    const std::vector<Trace> got = run_ranks(k.source(), k.tp, prompt, kDecodeSteps);
 
     double worst_logits = 0, worst_hidden = 0;
     for (int r = 0; r < k.tp; r++) {
@@ -757,13 +833,15 @@ TEST_P(ShardedForward, LogitsAndEveryLayerMatchTheWholeModelAndGreedyIdsAreTheSa
         }
     }
     std::printf(
-        "[cinfer] %-22s tp %d: max |sharded - whole| / max(1, |whole|): logits %.2e, hidden "
+        "[cinfer] %-22s tp %d%s: max |sharded - whole| / max(1, |whole|): logits %.2e, hidden "
         "%.2e\n",
-        k.model.c_str(), k.tp, worst_logits, worst_hidden);
+        k.model.c_str(), k.tp, k.random ? " (random)" : "", worst_logits, worst_hidden);
     cinfer_model_free(whole);
 }
 
 INSTANTIATE_TEST_SUITE_P(Models, ShardedForward, ::testing::ValuesIn(sharded_cases()), case_name);
+INSTANTIATE_TEST_SUITE_P(RandomWeights, ShardedForward, ::testing::ValuesIn(random_cases()),
+                         case_name);
 
 // One rank holding everything runs the same operations as the whole model, plus collectives that
 // copy: the same bits.

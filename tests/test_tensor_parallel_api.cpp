@@ -40,14 +40,22 @@ double scaled_difference(const std::vector<float> &a, const std::vector<float> &
     return diff / scale;
 }
 
+// The seed of random-weight cases: any, as long as the sharded and the whole model share it.
+constexpr uint64_t kRandomSeed = 20261206;
+
 struct Model {
     cinfer_model *model = nullptr;
-    Model(const std::string &name, int tp) {
+    // random: the random weights of the model's config.json (cinfer_model_load_random), which each
+    // rank draws only its part of
+    Model(const std::string &name, int tp, bool random = false) {
         cinfer_load_options options{};
         options.backend = CINFER_BACKEND_CPU;
         options.n_threads = tp > 1 ? tp : 1; // one OpenMP thread per rank
         options.tensor_parallel = tp;
-        EXPECT_EQ(cinfer_model_load(model_dir(name).c_str(), &options, &model), CINFER_OK)
+        const std::string dir = model_dir(name), config = dir + "/config.json";
+        EXPECT_EQ(random ? cinfer_model_load_random(config.c_str(), &options, kRandomSeed, &model)
+                         : cinfer_model_load(dir.c_str(), &options, &model),
+                  CINFER_OK)
             << cinfer_last_error();
     }
     ~Model() { cinfer_model_free(model); }
@@ -91,21 +99,24 @@ Generated generate(cinfer_model *model, const std::vector<int32_t> &prompt, int 
 struct TpCase {
     std::string model;
     int tp;
+    bool random = false; // the config's random weights rather than the checkpoint
 };
 
 std::string case_name(const ::testing::TestParamInfo<TpCase> &info) {
-    return info.param.model + "_tp" + std::to_string(info.param.tp);
+    return info.param.model + "_tp" + std::to_string(info.param.tp) +
+           (info.param.random ? "_random" : "");
 }
 
 class PublicApi : public ::testing::TestWithParam<TpCase> {};
 
 TEST_P(PublicApi, ModelInfoDescribesTheWholeModel) {
-    Model whole(GetParam().model, 1), sharded(GetParam().model, GetParam().tp);
+    const TpCase &k = GetParam();
+    Model whole(k.model, 1, k.random), sharded(k.model, k.tp, k.random);
     ASSERT_TRUE(whole.model && sharded.model);
     const cinfer_model_info *w = cinfer_model_get_info(whole.model);
     const cinfer_model_info *s = cinfer_model_get_info(sharded.model);
     EXPECT_EQ(w->tensor_parallel, 1);
-    EXPECT_EQ(s->tensor_parallel, GetParam().tp);
+    EXPECT_EQ(s->tensor_parallel, k.tp);
     EXPECT_EQ(s->n_heads, w->n_heads);
     EXPECT_EQ(s->n_kv_heads, w->n_kv_heads);
     EXPECT_EQ(s->intermediate_size, w->intermediate_size);
@@ -116,7 +127,8 @@ TEST_P(PublicApi, ModelInfoDescribesTheWholeModel) {
 }
 
 TEST_P(PublicApi, GenerateGivesTheWholeModelsIdsAndLogits) {
-    Model whole(GetParam().model, 1), sharded(GetParam().model, GetParam().tp);
+    const TpCase &k = GetParam();
+    Model whole(k.model, 1, k.random), sharded(k.model, k.tp, k.random);
     ASSERT_TRUE(whole.model && sharded.model);
     const int V = cinfer_model_get_info(whole.model)->vocab_size;
     const std::vector<int32_t> prompt = prompt_of(V, 11, 1);
@@ -125,8 +137,8 @@ TEST_P(PublicApi, GenerateGivesTheWholeModelsIdsAndLogits) {
     EXPECT_EQ(a.ids, b.ids);
     const double diff = scaled_difference(b.prompt_logits, a.prompt_logits);
     EXPECT_LE(diff, kTolerance);
-    std::printf("%s tp %d: prompt logits within %.2g of the whole model's\n",
-                GetParam().model.c_str(), GetParam().tp, diff);
+    std::printf("%s tp %d%s: prompt logits within %.2g of the whole model's\n", k.model.c_str(),
+                k.tp, k.random ? " (random)" : "", diff);
     // a second generation on a fresh session of the same model: the ranks' threads and groups
     // serve more than one session
     EXPECT_EQ(generate(sharded.model, prompt, 10).ids, a.ids);
@@ -135,7 +147,8 @@ TEST_P(PublicApi, GenerateGivesTheWholeModelsIdsAndLogits) {
 // Sessions of one sharded model on two threads at once: their steps take turns (the ranks share
 // one communicator group), and each gives the whole model's ids.
 TEST_P(PublicApi, SessionsOnTwoThreadsTakeTurns) {
-    Model whole(GetParam().model, 1), sharded(GetParam().model, GetParam().tp);
+    const TpCase &k = GetParam();
+    Model whole(k.model, 1, k.random), sharded(k.model, k.tp, k.random);
     ASSERT_TRUE(whole.model && sharded.model);
     const int V = cinfer_model_get_info(whole.model)->vocab_size;
     const std::vector<int32_t> first = prompt_of(V, 7, 4), second = prompt_of(V, 9, 6);
@@ -150,7 +163,8 @@ TEST_P(PublicApi, SessionsOnTwoThreadsTakeTurns) {
 // Two sequences in lockstep, in chunks (the session splits what does not fit one pass), every
 // position's logits.
 TEST_P(PublicApi, BatchedSessionGivesTheWholeModelsLogits) {
-    Model whole(GetParam().model, 1), sharded(GetParam().model, GetParam().tp);
+    const TpCase &k = GetParam();
+    Model whole(k.model, 1, k.random), sharded(k.model, k.tp, k.random);
     ASSERT_TRUE(whole.model && sharded.model);
     const int V = cinfer_model_get_info(whole.model)->vocab_size, n_seqs = 2, n = 9;
     std::vector<int32_t> tokens = prompt_of(V, n, 2), second = prompt_of(V, n, 5);
@@ -245,7 +259,8 @@ Served serve(cinfer_model *model) {
 }
 
 TEST_P(PublicApi, EngineServesTheWholeModelsTokens) {
-    Model whole(GetParam().model, 1), sharded(GetParam().model, GetParam().tp);
+    const TpCase &k = GetParam();
+    Model whole(k.model, 1, k.random), sharded(k.model, k.tp, k.random);
     ASSERT_TRUE(whole.model && sharded.model);
     const Served a = serve(whole.model), b = serve(sharded.model);
     ASSERT_EQ(a.ids.size(), 3u);
@@ -264,6 +279,14 @@ INSTANTIATE_TEST_SUITE_P(TensorParallel, PublicApi,
                                            TpCase{"diffllama_tiny", 2},
                                            TpCase{"diffllama_tiny", 4}),
                          case_name);
+// Random weights, sharded as a checkpoint is: a Llama with GQA (tp 4 above its 2 KV heads) and a
+// DiffLlama.
+INSTANTIATE_TEST_SUITE_P(RandomWeights, PublicApi,
+                         ::testing::Values(TpCase{"llama_gqa_llama3", 2, true},
+                                           TpCase{"llama_gqa_llama3", 4, true},
+                                           TpCase{"diffllama_gqa8", 2, true},
+                                           TpCase{"diffllama_gqa8", 4, true}),
+                         case_name);
 
 TEST(TensorParallelLoad, RefusalsNameTheNumbers) {
     cinfer_load_options options{};
@@ -278,14 +301,20 @@ TEST(TensorParallelLoad, RefusalsNameTheNumbers) {
     EXPECT_EQ(cinfer_model_load(fixture_dir("llama_gqa_llama3").c_str(), &options, &model),
               CINFER_ERR_ARGUMENT);
     EXPECT_TRUE(contains_all(cinfer_last_error(), {"tensor_parallel = -1"}));
-    options.tensor_parallel = 2;
+    // random weights are split as a checkpoint is, and refused with the same numbers
     const std::string config = fixture_dir("llama_gqa_llama3") + "/config.json";
-    EXPECT_EQ(cinfer_model_load_random(config.c_str(), &options, 1, &model),
-              CINFER_ERR_UNSUPPORTED);
-    EXPECT_TRUE(contains_all(cinfer_last_error(), {"tensor_parallel = 2", "random"}));
+    options.tensor_parallel = 3;
+    EXPECT_EQ(cinfer_model_load_random(config.c_str(), &options, 1, &model), CINFER_ERR_ARGUMENT);
+    EXPECT_TRUE(
+        contains_all(cinfer_last_error(), {"config.json", "tp = 3", "num_attention_heads = 8"}));
+    EXPECT_EQ(model, nullptr);
     // refused before any device is asked for, so the same with or without a GPU
+    options.tensor_parallel = 2;
     options.backend = CINFER_BACKEND_CUDA;
     EXPECT_EQ(cinfer_model_load(fixture_dir("llama_gqa_llama3").c_str(), &options, &model),
+              CINFER_ERR_UNSUPPORTED);
+    EXPECT_TRUE(contains_all(cinfer_last_error(), {"tensor_parallel = 2", "one process per GPU"}));
+    EXPECT_EQ(cinfer_model_load_random(config.c_str(), &options, 1, &model),
               CINFER_ERR_UNSUPPORTED);
     EXPECT_TRUE(contains_all(cinfer_last_error(), {"tensor_parallel = 2", "one process per GPU"}));
 }
@@ -333,6 +362,26 @@ TEST(TensorParallelCli, BenchRowsSayTheRanks) {
                                        "4", "--max-seqs", "2", "-t", "2", "--tp", "4"});
     EXPECT_EQ(serving.exit_code, 0) << serving.err;
     EXPECT_TRUE(contains_all(serving.out, {"| cpu tp 4 |"}));
+}
+
+// A shape without a checkpoint (what benchmarks a 70B at tp 8): random weights, each rank drawing
+// its part, in the lockstep rows and the serving benchmark.
+TEST(TensorParallelCli, BenchRunsRandomWeightsOfAConfig) {
+    const std::string config = fixture_dir("diffllama_gqa8") + "/config.json";
+    const CliResult r =
+        run_cli({"bench", "--config", config, "--random-weights", "-p", "8", "-n", "4", "-r", "1",
+                 "-t", "2", "--tp", "2", "--no-ceilings", "--output", "json"});
+    EXPECT_EQ(r.exit_code, 0) << r.err;
+    EXPECT_TRUE(contains_all(r.out, {"\"cpu tp 2\"", "\"tensor_parallel\":\t2", "(random)"}));
+    const CliResult serving = run_cli({"bench", "--config", config, "--random-weights",
+                                       "--num-prompts", "4", "--input-len", "8", "--output-len",
+                                       "4", "--max-seqs", "2", "-t", "2", "--tp", "4"});
+    EXPECT_EQ(serving.exit_code, 0) << serving.err;
+    EXPECT_TRUE(contains_all(serving.out, {"| cpu tp 4 |"}));
+    const CliResult refused = run_cli({"bench", "--config", config, "--random-weights", "-p", "8",
+                                       "-n", "2", "-r", "1", "--tp", "3", "--no-ceilings"});
+    EXPECT_EQ(refused.exit_code, 1) << refused.err;
+    EXPECT_TRUE(contains_all(refused.err, {"tp = 3", "8 head pairs"}));
 }
 
 TEST(TensorParallelCli, RefusalsExitWithTheNumbers) {
