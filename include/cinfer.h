@@ -179,6 +179,24 @@ int cinfer_model_n_tensors(const cinfer_model *model);
  * [0, cinfer_model_n_tensors). */
 cinfer_status cinfer_model_tensor(const cinfer_model *model, int i, cinfer_tensor_info *out);
 
+/* What rank `rank` of the model split across tp tensor-parallel ranks holds
+ * (docs/TENSOR_PARALLEL.md), worked out from the sharding plan and the checkpoint's tensor index,
+ * without loading anything: for `cinfer inspect --tp N`, before asking for N GPUs. */
+typedef struct cinfer_shard_memory {
+    int n_heads, n_kv_heads, intermediate_size; /* the rank's share of the whole model's */
+    int kv_replicated;  /* 1 when other ranks hold copies of some of its KV heads */
+    int64_t weight_bytes; /* its tensors' bytes as stored: its rows or columns of the split tensors,
+                             all of the replicated ones (embedding, norms, DiffLlama's lambdas),
+                             the o_proj and down_proj biases on rank 0 only */
+    int64_t kv_bytes_per_token; /* its KV heads' cache bytes per token of context, all layers */
+} cinfer_shard_memory;
+
+/* CINFER_ERR_ARGUMENT naming the numbers when tp cannot split the model (it does not divide the
+ * heads, the KV heads, intermediate_size or vocab_size) or rank is outside [0, tp);
+ * CINFER_ERR_UNSUPPORTED for random weights (no tensor index to count). */
+cinfer_status cinfer_model_shard_memory(const cinfer_model *model, int tp, int rank,
+                                        cinfer_shard_memory *out);
+
 /* ---- devices --------------------------------------------------------------------------------- */
 
 /* 1 when this build has the CUDA backend compiled in, else 0. */

@@ -13,7 +13,9 @@ static int inspect_main(int argc, char **argv);
 /* what main.c dispatches to and prints in the usage */
 const program_command inspect_command = {
     "inspect", inspect_main,
-    "  inspect --model DIR      architecture, parameters, dtypes, tensors, memory needed\n", NULL};
+    "  inspect --model DIR      architecture, parameters, dtypes, tensors, memory needed\n"
+    "          [--tp N]         and each of N tensor-parallel ranks' share of it\n",
+    NULL};
 
 static void print_bytes(const char *label, double bytes, const char *note) {
     char amount[32];
@@ -75,16 +77,57 @@ static void print_gpus(void) {
                devices[i].free_bytes / 1073741824.0, devices[i].total_bytes / 1073741824.0);
 }
 
+/* What each of tp ranks would hold (cinfer_model_shard_memory): worked out from the plan, nothing
+ * loaded; rank 0 was checked before anything was printed. */
+static void print_ranks(const cinfer_model *model, int tp) {
+    const cinfer_model_info *info = cinfer_model_get_info(model);
+    printf("tensor parallelism (--tp %d: each rank's share, as stored)\n", tp);
+    int64_t weights = 0, kv = 0;
+    for (int r = 0; r < tp; r++) {
+        cinfer_shard_memory m;
+        if (cinfer_model_shard_memory(model, tp, r, &m) != CINFER_OK) {
+            printf("  rank %d: %s\n", r, cinfer_last_error());
+            continue;
+        }
+        char w[32], k[32];
+        format_bytes((double)m.weight_bytes, w, sizeof w);
+        format_bytes((double)m.kv_bytes_per_token, k, sizeof k);
+        printf("  rank %-3d %d of %d heads, %d of %d KV heads%s, intermediate %d of %d; weights %s "
+               "(%.1f%%), KV cache per token %s\n",
+               r, m.n_heads, info->n_heads, m.n_kv_heads, info->n_kv_heads,
+               m.kv_replicated ? " (replicated)" : "", m.intermediate_size, info->intermediate_size,
+               w, 100.0 * (double)m.weight_bytes / (double)info->weight_bytes, k);
+        weights += m.weight_bytes;
+        kv += m.kv_bytes_per_token;
+    }
+    print_bytes("all ranks: weights", (double)weights, " (the embedding and norms once per rank)");
+    print_bytes("all ranks: KV/token", (double)kv, " (replicated KV heads once per rank)");
+}
+
 static int inspect_main(int argc, char **argv) {
     const char *model_dir = NULL;
+    cinfer_load_options tp_option = {0};
     for (int i = 0; i < argc; i += 2) {
-        if (strcmp(argv[i], "--model") != 0) return usage_error("unknown option '%s'", argv[i]);
+        if (strcmp(argv[i], "--model") != 0 && strcmp(argv[i], "--tp") != 0)
+            return usage_error("unknown option '%s'", argv[i]);
         if (i + 1 >= argc) return usage_error("option '%s' needs a value", argv[i]);
-        model_dir = argv[i + 1];
+        if (strcmp(argv[i], "--tp") == 0) {
+            const int bad = parse_load_option(argv[i], argv[i + 1], &tp_option);
+            if (bad) return bad;
+        } else {
+            model_dir = argv[i + 1];
+        }
     }
     if (!model_dir) return usage_error("%s", "--model DIR is required");
+    const int tp = tp_option.tensor_parallel;
     cinfer_model *model;
     if (cinfer_model_load(model_dir, NULL, &model) != CINFER_OK) return fail();
+    cinfer_shard_memory rank0;
+    /* a tp that cannot split the model is refused, with its numbers, before anything is printed */
+    if (tp > 1 && cinfer_model_shard_memory(model, tp, 0, &rank0) != CINFER_OK) {
+        cinfer_model_free(model);
+        return fail();
+    }
     const cinfer_model_info *info = cinfer_model_get_info(model);
     cinfer_model_config config;
     cinfer_model_get_config(model, &config);
@@ -123,6 +166,7 @@ static int inspect_main(int argc, char **argv) {
     } else {
         printf("  %-22s not sized: %s\n", "KV pool", cinfer_last_error());
     }
+    if (tp > 1) print_ranks(model, tp);
     print_gpus();
 
     printf("tensors\n");

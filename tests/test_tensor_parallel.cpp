@@ -470,6 +470,46 @@ TEST_P(RankSlices, EachRankReadsItsShareOfTheSplitTensorsAndTheReplicatedOnes) {
     cinfer_model_free(whole);
 }
 
+// What cinfer_model_shard_memory works out from the plan and the tensor index, without loading a
+// rank (`cinfer inspect --tp N`), is what each rank's load then holds.
+TEST_P(RankSlices, ShardMemoryIsWhatEachRankLoads) {
+    const Case &k = GetParam();
+    cinfer_model *whole = nullptr;
+    ASSERT_EQ(load_whole(k.source(), &whole), CINFER_OK) << cinfer_last_error();
+    Shards shards(k.source(), k.tp);
+    for (int r = 0; r < k.tp; r++) {
+        const cinfer_model *m = shards.models[r];
+        ASSERT_NE(m, nullptr);
+        cinfer_shard_memory memory{};
+        ASSERT_EQ(cinfer_model_shard_memory(whole, k.tp, r, &memory), CINFER_OK)
+            << cinfer_last_error();
+        EXPECT_EQ(memory.weight_bytes, m->bytes_read) << "rank " << r;
+        EXPECT_EQ(memory.kv_bytes_per_token, m->info.kv_bytes_per_token) << "rank " << r;
+        EXPECT_EQ(memory.n_heads, m->config->n_heads);
+        EXPECT_EQ(memory.n_kv_heads, m->config->n_kv_heads);
+        EXPECT_EQ(memory.intermediate_size, m->config->intermediate_size);
+        EXPECT_EQ(memory.kv_replicated, m->shard.kv_replicated);
+    }
+    cinfer_model_free(whole);
+}
+
+TEST(ShardMemory, RefusesWhatCannotBeSplitWithTheNumbers) {
+    cinfer_model *m = nullptr;
+    ASSERT_EQ(cinfer_model_load(fixture_dir("llama_gqa_llama3").c_str(), nullptr, &m), CINFER_OK);
+    cinfer_shard_memory memory{};
+    EXPECT_EQ(cinfer_model_shard_memory(m, 3, 0, &memory), CINFER_ERR_ARGUMENT);
+    EXPECT_TRUE(
+        contains_all(cinfer_last_error(), {"config.json", "tp = 3", "num_attention_heads = 8"}));
+    EXPECT_EQ(cinfer_model_shard_memory(m, 2, 2, &memory), CINFER_ERR_ARGUMENT);
+    EXPECT_TRUE(contains_all(cinfer_last_error(), {"rank 2", "tp = 2"}));
+    cinfer_model_free(m);
+    const Source random(fixture_dir("llama_gqa_llama3"), true);
+    ASSERT_EQ(load_whole(random, &m), CINFER_OK);
+    EXPECT_EQ(cinfer_model_shard_memory(m, 2, 0, &memory), CINFER_ERR_UNSUPPORTED);
+    EXPECT_TRUE(contains_all(cinfer_last_error(), {"random weights"}));
+    cinfer_model_free(m);
+}
+
 // Element (row, col) of a weight, widened.
 float at(const ci_tensor &t, int64_t row, int64_t col) {
     const int64_t cols = t.n_dims == 2 ? t.shape[1] : 1;

@@ -384,6 +384,38 @@ TEST(TensorParallelCli, BenchRunsRandomWeightsOfAConfig) {
     EXPECT_TRUE(contains_all(refused.err, {"tp = 3", "8 head pairs"}));
 }
 
+// inspect --tp N: each rank's heads, weights and KV bytes per token, worked out without loading the
+// ranks; a tp that cannot split the model is refused with the numbers before anything is printed.
+TEST(TensorParallelCli, InspectShowsEachRanksShare) {
+    const std::string dir = fixture_dir("llama_gqa_llama3");
+    const CliResult r = run_cli({"inspect", "--model", dir, "--tp", "4"});
+    ASSERT_EQ(r.exit_code, 0) << r.err;
+    cinfer_model *model = nullptr;
+    ASSERT_EQ(cinfer_model_load(dir.c_str(), nullptr, &model), CINFER_OK);
+    for (int rank = 0; rank < 4; rank++) {
+        cinfer_shard_memory memory{};
+        ASSERT_EQ(cinfer_model_shard_memory(model, 4, rank, &memory), CINFER_OK);
+        const size_t at = r.out.find("\n  rank " + std::to_string(rank) + " ");
+        ASSERT_NE(at, std::string::npos) << r.out;
+        const std::string line = r.out.substr(at + 1, r.out.find('\n', at + 1) - at - 1);
+        // 192 B per token: 2 layers, K and V, 1 KV head of 16 in F32
+        EXPECT_TRUE(contains_all(line, {"2 of 8 heads", "1 of 2 KV heads (replicated)",
+                                        "intermediate 24 of 96", "KV cache per token 192.00 B"}));
+        EXPECT_EQ(memory.kv_bytes_per_token, 192);
+    }
+    cinfer_model_free(model);
+    const CliResult refused = run_cli({"inspect", "--model", dir, "--tp", "3"});
+    EXPECT_EQ(refused.exit_code, 1);
+    EXPECT_TRUE(contains_all(refused.err, {"config.json", "tp = 3", "num_attention_heads = 8"}));
+    EXPECT_EQ(refused.out, "");
+    const CliResult usage = run_cli({"inspect", "--model", dir, "--tp", "0"});
+    EXPECT_EQ(usage.exit_code, 2);
+    EXPECT_TRUE(contains_all(usage.err, {"--tp", "'0'"}));
+    // without --tp, no rank lines
+    const CliResult plain = run_cli({"inspect", "--model", dir});
+    EXPECT_EQ(plain.out.find("tensor parallelism"), std::string::npos);
+}
+
 TEST(TensorParallelCli, RefusalsExitWithTheNumbers) {
     const CliResult r = run_cli(
         {"run", "--model", fixture_dir("llama_gqa_llama3"), "--tokens", "1 2 3", "--tp", "3"});
