@@ -99,6 +99,8 @@ static cinfer_status allocate(cinfer_session *s) {
     return ci_backend_reserve(s->be, s->be->ops->workspace_bytes(s->be, c, s->n_ctx, s->n_seqs));
 }
 
+/* The session of one model, or of one tensor-parallel rank: its own config's KV heads (as allocate
+ * sizes them; a sharded model's info sums every rank's), activations and scratch. */
 static int64_t session_bytes(const cinfer_model *model, int n_ctx, int n_seqs,
                              const ci_backend *be) {
     const ci_config *c = model->config;
@@ -106,7 +108,9 @@ static int64_t session_bytes(const cinfer_model *model, int n_ctx, int n_seqs,
     buffer_spec specs[N_ACTIVATION_BUFFERS];
     activation_buffers(&shape_only, c, ci_rows_per_pass(n_ctx, n_seqs), n_seqs,
                        logit_rows_for(n_seqs), specs);
-    int64_t total = model->info.kv_bytes_per_token * n_ctx * n_seqs;
+    const buffer_spec kv = {NULL, ci_kv_cache_dtype(&model->options), 4, n_seqs, n_ctx,
+                            c->n_kv_heads, c->head_dim};
+    int64_t total = 2 * (int64_t)c->n_layers * (int64_t)spec_bytes(&kv); /* K and V */
     for (int i = 0; i < N_ACTIVATION_BUFFERS; i++) total += (int64_t)spec_bytes(&specs[i]);
     if (be) total += (int64_t)be->ops->workspace_bytes(be, c, n_ctx, n_seqs);
     return total;
@@ -117,7 +121,10 @@ int64_t cinfer_session_memory_bytes_batch(const cinfer_model *model, int n_ctx, 
     if (n_seqs < 1 || n_seqs > CI_MAX_BATCH) return -1;
     ci_backend *be = NULL;
     if (ci_backend_create_for(&model->options, &be) != CINFER_OK) ci_error_clear();
-    const int64_t total = session_bytes(model, n_ctx, n_seqs, be);
+    /* a sharded model's session is one per rank (create_followers), each sized by its own config */
+    int64_t total = 0;
+    for (int r = 0; r < (model->ranks ? model->tp : 1); r++)
+        total += session_bytes(model->ranks ? model->ranks[r] : model, n_ctx, n_seqs, be);
     ci_backend_free(be);
     return total;
 }

@@ -493,6 +493,32 @@ TEST_P(RankSlices, ShardMemoryIsWhatEachRankLoads) {
     cinfer_model_free(whole);
 }
 
+// A sharded model's session is one session per rank, each sized by its rank's config: its
+// estimate counts every rank's KV cache, activations (the replicated residual stream, the gathered
+// logits) and scratch, as each rank's own model counts them.
+TEST_P(RankSlices, SessionMemoryCountsEveryRank) {
+    const Case &k = GetParam();
+    cinfer_load_options options = one_thread();
+    options.tensor_parallel = k.tp;
+    cinfer_model *sharded = nullptr, *whole = nullptr;
+    ASSERT_EQ(cinfer_model_load(model_dir(k.model).c_str(), &options, &sharded), CINFER_OK)
+        << cinfer_last_error();
+    ASSERT_EQ(load_whole(k.source(), &whole), CINFER_OK);
+    Shards shards(k.source(), k.tp);
+    for (int n_seqs : {1, 3}) {
+        const int n_ctx = 40;
+        int64_t ranks = 0;
+        for (cinfer_model *m : shards.models)
+            ranks += cinfer_session_memory_bytes_batch(m, n_ctx, n_seqs);
+        EXPECT_EQ(cinfer_session_memory_bytes_batch(sharded, n_ctx, n_seqs), ranks)
+            << n_seqs << " sequences";
+        EXPECT_GT(ranks, cinfer_session_memory_bytes_batch(whole, n_ctx, n_seqs))
+            << "every rank holds the whole residual stream and the gathered logits";
+    }
+    cinfer_model_free(whole);
+    cinfer_model_free(sharded);
+}
+
 TEST(ShardMemory, RefusesWhatCannotBeSplitWithTheNumbers) {
     cinfer_model *m = nullptr;
     ASSERT_EQ(cinfer_model_load(fixture_dir("llama_gqa_llama3").c_str(), nullptr, &m), CINFER_OK);
