@@ -21,7 +21,8 @@ static int is_weight_dtype(ci_dtype dtype) {
  * uniform with the standard deviation transformers uses (initializer_range 0.02; DiffLlama's
  * lambdas lambda_std_dev 0.1). Each value depends only on the seed, the tensor's name and its
  * index (common/random_weights.h), so a model drawn twice, or by another backend, is the same
- * model.
+ * model, and a tensor-parallel rank can draw its part of a tensor alone (on the CPU; the device
+ * draws whole tensors).
  *
  * On the CPU the values are drawn here, into host memory. On CUDA the tensors the device holds
  * are not drawn here at all: each gets an entry in m->device_draws, and the upload
