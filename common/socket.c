@@ -29,28 +29,25 @@
 
 enum { HOST_CAPACITY = 256, PORT_CAPACITY = 8 };
 
-/* "host:port" into its parts; the port must be a number in [0, 65535]. "[::1]:80" is accepted for
- * IPv6 literals, whose colons would otherwise be ambiguous. */
+/* "host:port" into its parts; the port must be a number in [0, 65535]. */
 static cinfer_status parse_address(const char *address, char *host, char *port) {
     const char *colon = address ? strrchr(address, ':') : NULL;
     if (!colon || colon == address)
         return CI_FAIL(CINFER_ERR_ARGUMENT,
                        "address '%s': expected host:port, e.g. 127.0.0.1:29500 or node1:29500",
                        address ? address : "(null)");
-    const char *h = address;
-    size_t host_len = (size_t)(colon - address);
-    if (h[0] == '[' && host_len >= 2 && h[host_len - 1] == ']') h++, host_len -= 2;
+    const size_t host_len = (size_t)(colon - address);
     const char *p = colon + 1;
-    size_t port_len = strlen(p);
+    const size_t port_len = strlen(p);
     char *end = NULL;
     const long number = port_len ? strtol(p, &end, 10) : -1;
-    if (host_len == 0 || host_len >= HOST_CAPACITY || port_len == 0 || port_len >= PORT_CAPACITY ||
-        *end != '\0' || number < 0 || number > 65535 || p[0] == '+' || p[0] == '-')
+    if (host_len >= HOST_CAPACITY || port_len == 0 || port_len >= PORT_CAPACITY || *end != '\0' ||
+        number < 0 || number > 65535 || p[0] == '+' || p[0] == '-')
         return CI_FAIL(CINFER_ERR_ARGUMENT,
                        "address '%s': expected host:port with a port from 0 to 65535, e.g. "
                        "127.0.0.1:29500",
                        address);
-    memcpy(host, h, host_len);
+    memcpy(host, address, host_len);
     host[host_len] = '\0';
     memcpy(port, p, port_len + 1);
     return CINFER_OK;
@@ -61,7 +58,7 @@ static cinfer_status resolve(const char *address, int passive, struct addrinfo *
     CI_TRY(parse_address(address, host, port));
     struct addrinfo hints;
     memset(&hints, 0, sizeof hints);
-    hints.ai_family = AF_UNSPEC;
+    hints.ai_family = AF_INET; /* "localhost" is 127.0.0.1, whatever order the resolver likes */
     hints.ai_socktype = SOCK_STREAM;
     hints.ai_flags = passive ? AI_PASSIVE : 0;
     const int rc = getaddrinfo(host, port, &hints, out);
@@ -78,7 +75,7 @@ static void name_of(const struct sockaddr *sa, socklen_t len, char *out, size_t 
         snprintf(out, out_bytes, "(unknown address)");
         return;
     }
-    snprintf(out, out_bytes, strchr(host, ':') ? "[%s]:%s" : "%s:%s", host, port);
+    snprintf(out, out_bytes, "%s:%s", host, port);
 }
 
 void ci_socket_peer_name(int fd, char *out, size_t out_bytes) {

@@ -2,7 +2,7 @@
  * listen, accept, connect, and sends and receives of whole buffers, every one of them bounded by a
  * deadline on the monotonic clock, so that a silent or dead peer is an error, never a hang.
  *
- * Addresses are "host:port": an IPv4 address or a host name (resolved with getaddrinfo), port 0
+ * Addresses are "host:port": an IPv4 address or a host name (resolved to IPv4 with getaddrinfo), port 0
  * when listening means any free port. Connected sockets have TCP_NODELAY (the collectives are
  * small, latency-bound messages) and close on exec. Writes use MSG_NOSIGNAL: a closed peer is an
  * error (CINFER_ERR_COMM), not a SIGPIPE that kills the process. */

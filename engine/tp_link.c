@@ -21,6 +21,9 @@
 #define JOIN_MAGIC 0x4e4a4943u    /* "CIJN" */
 #define WELCOME_MAGIC 0x4c574943u /* "CIWL" */
 #define MESSAGE_MAGIC 0x534d4943u /* "CIMS" */
+/* A follower waits this many times the timeout for rank 0's welcome: rank 0's accept times out
+ * first and names the ranks that never joined, which says more than "rank 0 never answered". */
+#define JOIN_PATIENCE 2.0
 enum { LINK_VERSION = 1, CHANNEL_CONTROL = 0, CHANNEL_COLLECTIVES = 1, ADDRESS_CAPACITY = 300 };
 
 typedef struct join_message {
@@ -246,13 +249,14 @@ static cinfer_status join(ci_tp_link *link, void **hello, size_t *hello_bytes) {
     const double deadline = ci_now_seconds() + link->timeout_seconds;
     CI_TRY(connect_as(link, CHANNEL_CONTROL, deadline, &link->control[0]));
     CI_TRY(connect_as(link, CHANNEL_COLLECTIVES, deadline, &link->collective[0]));
+    const double patience = ci_now_seconds() + JOIN_PATIENCE * link->timeout_seconds;
     welcome_message w;
     const ci_socket_result got =
-        ci_socket_recv_until(link->control[0], &w, sizeof w, deadline, -1);
+        ci_socket_recv_until(link->control[0], &w, sizeof w, patience, -1);
     if (got == CI_SOCKET_TIMED_OUT)
         return CI_FAIL(CINFER_ERR_COMM,
                        "rank 0 did not welcome rank %d within %.1f s (are all %d ranks started?)",
-                       link->rank, link->timeout_seconds, link->tp);
+                       link->rank, JOIN_PATIENCE * link->timeout_seconds, link->tp);
     if (got != CI_SOCKET_DONE)
         return CI_FAIL(CINFER_ERR_COMM, "rank 0 closed the connection during the rendezvous");
     if (w.magic != WELCOME_MAGIC || (!w.refused && w.bytes > CI_TP_LINK_MAX_HELLO_BYTES) ||
@@ -260,7 +264,7 @@ static cinfer_status join(ci_tp_link *link, void **hello, size_t *hello_bytes) {
         return CI_FAIL(CINFER_ERR_COMM, "what answered is not a cinfer rank 0");
     char *payload = malloc(w.bytes + 1);
     CI_CHECK_ALLOC(payload, w.bytes + 1);
-    if (ci_socket_recv_until(link->control[0], payload, w.bytes, deadline, -1) != CI_SOCKET_DONE) {
+    if (ci_socket_recv_until(link->control[0], payload, w.bytes, patience, -1) != CI_SOCKET_DONE) {
         free(payload);
         return CI_FAIL(CINFER_ERR_COMM, "rank 0 closed the connection during the rendezvous");
     }
