@@ -63,8 +63,8 @@ static cinfer_status resolve(const char *address, int passive, struct addrinfo *
     hints.ai_flags = passive ? AI_PASSIVE : 0;
     const int rc = getaddrinfo(host, port, &hints, out);
     if (rc != 0)
-        return CI_FAIL(CINFER_ERR_COMM, "address '%s': cannot resolve host '%s': %s", address,
-                       host, gai_strerror(rc));
+        return CI_FAIL(CINFER_ERR_COMM, "address '%s': cannot resolve host '%s': %s", address, host,
+                       gai_strerror(rc));
     return CINFER_OK;
 }
 
@@ -255,8 +255,8 @@ cinfer_status ci_socket_accept(int listen_fd, double timeout_seconds, int *fd_ou
 
 /* One non-blocking connect to a, until the deadline: 0 and *fd_out, or the errno. */
 static int connect_once(const struct addrinfo *a, double deadline, int *fd_out) {
-    const int fd = socket(a->ai_family, a->ai_socktype | SOCK_CLOEXEC | SOCK_NONBLOCK,
-                          a->ai_protocol);
+    const int fd =
+        socket(a->ai_family, a->ai_socktype | SOCK_CLOEXEC | SOCK_NONBLOCK, a->ai_protocol);
     if (fd < 0) return errno;
     int error = 0;
     if (connect(fd, a->ai_addr, a->ai_addrlen) != 0) {

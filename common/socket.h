@@ -1,11 +1,12 @@
-/* TCP between the processes of a tensor-parallel group (engine/tp_link.h, kernels/cpu/comm_socket.c):
- * listen, accept, connect, and sends and receives of whole buffers, every one of them bounded by a
- * deadline on the monotonic clock, so that a silent or dead peer is an error, never a hang.
+/* TCP between the processes of a tensor-parallel group (engine/tp_link.h,
+ * kernels/cpu/comm_socket.c): listen, accept, connect, and sends and receives of whole buffers,
+ * every one of them bounded by a deadline on the monotonic clock, so that a silent or dead peer is
+ * an error, never a hang.
  *
- * Addresses are "host:port": an IPv4 address or a host name (resolved to IPv4 with getaddrinfo), port 0
- * when listening means any free port. Connected sockets have TCP_NODELAY (the collectives are
- * small, latency-bound messages) and close on exec. Writes use MSG_NOSIGNAL: a closed peer is an
- * error (CINFER_ERR_COMM), not a SIGPIPE that kills the process. */
+ * Addresses are "host:port": an IPv4 address or a host name (resolved to IPv4 with getaddrinfo),
+ * port 0 when listening means any free port. Connected sockets have TCP_NODELAY (the collectives
+ * are small, latency-bound messages) and close on exec. Writes use MSG_NOSIGNAL: a closed peer is
+ * an error (CINFER_ERR_COMM), not a SIGPIPE that kills the process. */
 #ifndef CINFER_SOCKET_H
 #define CINFER_SOCKET_H
 
@@ -46,7 +47,8 @@ typedef enum ci_socket_result {
     CI_SOCKET_FAILED     /* another error: errno says which */
 } ci_socket_result;
 
-/* Exactly bytes, until the deadline (ci_socket_deadline) or until wake_fd (-1: none) is readable. */
+/* Exactly bytes, until the deadline (ci_socket_deadline) or until wake_fd (-1: none) is readable.
+ */
 ci_socket_result ci_socket_recv_until(int fd, void *data, size_t bytes, double deadline,
                                       int wake_fd);
 /* The same for a send; with watch_in, it stops (CI_SOCKET_READABLE) as soon as fd has something

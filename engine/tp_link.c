@@ -50,10 +50,10 @@ typedef struct inbox {
 struct ci_tp_link {
     int rank, tp;
     double timeout_seconds;
-    int listen_fd;  /* rank 0, until accept */
-    int *control;   /* [tp]: rank 0: [r] to follower r; a follower: [0] to rank 0; -1: none */
+    int listen_fd;   /* rank 0, until accept */
+    int *control;    /* [tp]: rank 0: [r] to follower r; a follower: [0] to rank 0; -1: none */
     int *collective; /* [tp]: the same, for the communicator, until ci_tp_link_comm takes them */
-    inbox *inboxes; /* [tp]: the last message from each peer */
+    inbox *inboxes;  /* [tp]: the last message from each peer */
     int accepted;
     char address[ADDRESS_CAPACITY];
 };
@@ -103,13 +103,12 @@ void ci_tp_link_free(ci_tp_link *link) {
 cinfer_status ci_tp_link_listen(const char *address, int tp, double timeout_seconds,
                                 ci_tp_link **out) {
     *out = NULL;
-    if (tp < 1)
-        return CI_FAIL(CINFER_ERR_ARGUMENT, "tensor parallelism needs tp >= 1, got %d", tp);
+    if (tp < 1) return CI_FAIL(CINFER_ERR_ARGUMENT, "tensor parallelism needs tp >= 1, got %d", tp);
     ci_tp_link *link = NULL;
     CI_TRY(link_new(0, tp, timeout_seconds, address, &link));
     /* a backlog for every connection of every follower: none is refused while we read a join */
-    const cinfer_status status = ci_socket_listen(address, 2 * tp, &link->listen_fd, link->address,
-                                                  sizeof link->address);
+    const cinfer_status status =
+        ci_socket_listen(address, 2 * tp, &link->listen_fd, link->address, sizeof link->address);
     if (status != CINFER_OK) {
         ci_tp_link_free(link);
         ci_error_prefix("tensor-parallel rank 0: ");
@@ -168,8 +167,8 @@ static cinfer_status take_join(ci_tp_link *link, int fd, double deadline) {
                          "something connected from %s but said nothing a cinfer rank says", from);
     else if (got != CI_SOCKET_DONE || j.magic != JOIN_MAGIC || j.version != LINK_VERSION ||
              (j.channel != CHANNEL_CONTROL && j.channel != CHANNEL_COLLECTIVES))
-        status = CI_FAIL(CINFER_ERR_COMM, "something that is not a cinfer rank connected from %s",
-                         from);
+        status =
+            CI_FAIL(CINFER_ERR_COMM, "something that is not a cinfer rank connected from %s", from);
     else if (j.tp != link->tp)
         status = CI_FAIL(CINFER_ERR_COMM,
                          "rank %d (from %s) joined with tp = %d, but this group has tp = %d",
@@ -180,8 +179,8 @@ static cinfer_status take_join(ci_tp_link *link, int fd, double deadline) {
                          "1 to %d",
                          from, j.rank, link->tp, link->tp - 1);
     else {
-        int *slot = j.channel == CHANNEL_CONTROL ? &link->control[j.rank]
-                                                 : &link->collective[j.rank];
+        int *slot =
+            j.channel == CHANNEL_CONTROL ? &link->control[j.rank] : &link->collective[j.rank];
         if (*slot >= 0) {
             char first[64];
             ci_socket_peer_name(*slot, first, sizeof first);
@@ -222,8 +221,8 @@ cinfer_status ci_tp_link_accept(ci_tp_link *link, const void *hello, size_t hell
         if (left <= 0 || ci_socket_accept(link->listen_fd, left, &fd) != CINFER_OK) {
             if (left > 0 && ci_now_seconds() < deadline) return refuse(link, CINFER_ERR_COMM);
             return refuse(link, CI_FAIL(CINFER_ERR_COMM,
-                                        "rank(s) %s of tp = %d never joined within %.1f s",
-                                        missing, link->tp, link->timeout_seconds));
+                                        "rank(s) %s of tp = %d never joined within %.1f s", missing,
+                                        link->tp, link->timeout_seconds));
         }
         const cinfer_status status = take_join(link, fd, deadline);
         if (status != CINFER_OK) return refuse(link, status);
@@ -251,8 +250,7 @@ static cinfer_status join(ci_tp_link *link, void **hello, size_t *hello_bytes) {
     CI_TRY(connect_as(link, CHANNEL_COLLECTIVES, deadline, &link->collective[0]));
     const double patience = ci_now_seconds() + JOIN_PATIENCE * link->timeout_seconds;
     welcome_message w;
-    const ci_socket_result got =
-        ci_socket_recv_until(link->control[0], &w, sizeof w, patience, -1);
+    const ci_socket_result got = ci_socket_recv_until(link->control[0], &w, sizeof w, patience, -1);
     if (got == CI_SOCKET_TIMED_OUT)
         return CI_FAIL(CINFER_ERR_COMM,
                        "rank 0 did not welcome rank %d within %.1f s (are all %d ranks started?)",
@@ -348,7 +346,8 @@ cinfer_status ci_tp_link_recv(ci_tp_link *link, int from, const void **msg, size
                               double timeout_seconds) {
     *msg = NULL;
     *bytes = 0;
-    if (link->rank != 0) from = 0;
+    if (link->rank != 0)
+        from = 0;
     else if (from < 1 || from >= link->tp)
         return CI_FAIL(CINFER_ERR_ARGUMENT,
                        "rank 0 receives from ranks 1 to %d of tp = %d, not from rank %d",

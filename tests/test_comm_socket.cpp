@@ -234,7 +234,8 @@ std::vector<Step> random_script(std::mt19937_64 &rng, int tp, int steps) {
         s.rows = rows(rng), s.cols = cols(rng), s.root = root(rng);
         if (i % 20 == 7) s.kind = kAllReduce, s.rows = 2, s.cols = 300000; // 2.4 MB
         if (i % 20 == 13) s.kind = kAllGather, s.rows = 8, s.cols = 40000; // 1.3 MB
-        for (int r = 0; r < tp; r++) s.inputs.push_back(spread_floats(rng, (size_t)(s.rows * s.cols)));
+        for (int r = 0; r < tp; r++)
+            s.inputs.push_back(spread_floats(rng, (size_t)(s.rows * s.cols)));
     }
     return script;
 }
@@ -317,7 +318,8 @@ TEST(SocketComm, AllReduceAddsRank0ThenRank1ThenRank2) {
         group.spawn_rank(r, [&](ci_comm *comm, ci_backend *, Outcome &out) {
             std::vector<float> x(3);
             out.record(sum_of_mine(comm, x), std::chrono::steady_clock::now());
-            if (x != want) std::snprintf(out.mismatch, sizeof out.mismatch, "not the rank-order sum");
+            if (x != want)
+                std::snprintf(out.mismatch, sizeof out.mismatch, "not the rank-order sum");
         });
     ASSERT_EQ(group.accept(), CINFER_OK) << cinfer_last_error();
     std::vector<float> x(3);
@@ -339,8 +341,8 @@ TEST(TpLink, RanksThatJoinBeforeRank0ListensGetTheHello) {
     std::vector<unsigned char> hello(CI_TP_LINK_MAX_HELLO_BYTES);
     for (auto &b : hello) b = (unsigned char)rng();
     const int tp = 3;
-    Outcome *got = static_cast<Outcome *>(mmap(nullptr, sizeof(Outcome) * tp, PROT_READ | PROT_WRITE,
-                                                MAP_SHARED | MAP_ANONYMOUS, -1, 0));
+    Outcome *got = static_cast<Outcome *>(mmap(
+        nullptr, sizeof(Outcome) * tp, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0));
     std::vector<pid_t> pids;
     for (int r = 1; r < tp; r++) {
         const pid_t pid = fork();
@@ -382,7 +384,8 @@ TEST(TpLink, ARankThatNeverJoinsIsNamed) {
     Group group(3, kTimeout);
     const int rank1 = group.spawn_rank(1);
     EXPECT_EQ(group.accept(), CINFER_ERR_COMM);
-    EXPECT_TRUE(contains_all(cinfer_last_error(), {"rank(s) 2 of tp = 3 never joined within 1.0 s"}))
+    EXPECT_TRUE(
+        contains_all(cinfer_last_error(), {"rank(s) 2 of tp = 3 never joined within 1.0 s"}))
         << cinfer_last_error();
     group.wait_all();
     EXPECT_EQ(group.child(rank1).status, CINFER_ERR_COMM);
@@ -460,8 +463,8 @@ TEST(TpLink, ControlMessagesOfEverySizeGoBothWays) {
             ci_tp_link *link = nullptr;
             void *hello = nullptr;
             size_t n = 0;
-            cinfer_status s = ci_tp_link_join(address.c_str(), r, tp, kPatientTimeout, &link,
-                                              &hello, &n);
+            cinfer_status s =
+                ci_tp_link_join(address.c_str(), r, tp, kPatientTimeout, &link, &hello, &n);
             out.record(s, std::chrono::steady_clock::now());
             if (s == CINFER_OK) echo_plus_rank(link, out);
             std::free(hello);
@@ -488,7 +491,8 @@ TEST(TpLink, ControlMessagesOfEverySizeGoBothWays) {
     }
     ASSERT_EQ(ci_tp_link_send_all(group.link(), "", 0), CINFER_OK); // the followers end
     group.wait_all();
-    for (int i = 0; i < tp - 1; i++) EXPECT_EQ(group.child(i).status, CINFER_OK) << group.child(i).message;
+    for (int i = 0; i < tp - 1; i++)
+        EXPECT_EQ(group.child(i).status, CINFER_OK) << group.child(i).message;
     // with every follower gone, a wait without a timeout ends at once
     const auto start = std::chrono::steady_clock::now();
     const void *msg = nullptr;
@@ -556,31 +560,38 @@ TEST(SocketComm, AKilledRankIsNamedAtOnce) {
     EXPECT_EQ(f.exits[1], 128 + SIGKILL);
     for (int r : {1, 3}) {
         EXPECT_EQ(f.followers[r - 1].status, CINFER_ERR_COMM) << "rank " << r;
-        EXPECT_TRUE(contains_all(f.followers[r - 1].message,
-                                 {"(rank " + std::to_string(r) + ")", "rank 2 closed its connection"}))
+        EXPECT_TRUE(contains_all(f.followers[r - 1].message, {"(rank " + std::to_string(r) + ")",
+                                                              "rank 2 closed its connection"}))
             << f.followers[r - 1].message;
         EXPECT_LT(f.followers[r - 1].seconds, 2.0);
     }
 }
 
-TEST(SocketComm, AnAbortFromAFollowerReachesEveryRankAndStays) {
+// A follower's abort goes to rank 0, which relays it; rank 0's goes to every follower.
+TEST(SocketComm, AnAbortReachesEveryRankAndStays) {
     const int tp = 3;
-    const Failure f = run_failing(tp, kPatientTimeout, [](int rank, ci_comm *comm, ci_backend *be) {
-        if (rank == 2) ci_comm_abort(comm, "its load failed");
-        else ci_comm_barrier(comm, be); // fails: the abort
-        // aborted for good: the next collective fails at once, with the first reason
-        const auto start = std::chrono::steady_clock::now();
-        std::vector<float> x = ten(rank);
-        ci_tensor t = f32_tensor(x.data(), 1, 10);
-        const cinfer_status s = ci_all_reduce_sum(comm, be, &t);
-        return seconds_since(start) < 0.5 ? s : CINFER_ERR_ARGUMENT;
-    });
-    std::vector<const Outcome *> ranks = {&f.rank0, &f.followers[0], &f.followers[1]};
-    for (int r = 0; r < tp; r++) {
-        EXPECT_EQ(ranks[r]->status, CINFER_ERR_COMM) << "rank " << r;
-        EXPECT_TRUE(contains_all(ranks[r]->message, {"rank 2 aborted the group: its load failed"}))
-            << "rank " << r << ": " << ranks[r]->message;
-        EXPECT_LT(ranks[r]->seconds, 2.0);
+    for (int aborter : {2, 0}) {
+        const Failure f =
+            run_failing(tp, kPatientTimeout, [&](int rank, ci_comm *comm, ci_backend *be) {
+                if (rank == aborter)
+                    ci_comm_abort(comm, "its load failed");
+                else
+                    ci_comm_barrier(comm, be); // fails: the abort
+                // aborted for good: the next collective fails at once, with the first reason
+                const auto start = std::chrono::steady_clock::now();
+                std::vector<float> x = ten(rank);
+                ci_tensor t = f32_tensor(x.data(), 1, 10);
+                const cinfer_status s = ci_all_reduce_sum(comm, be, &t);
+                return seconds_since(start) < 0.5 ? s : CINFER_ERR_ARGUMENT;
+            });
+        const std::string reason =
+            "rank " + std::to_string(aborter) + " aborted the group: its load failed";
+        std::vector<const Outcome *> ranks = {&f.rank0, &f.followers[0], &f.followers[1]};
+        for (int r = 0; r < tp; r++) {
+            EXPECT_EQ(ranks[r]->status, CINFER_ERR_COMM) << "rank " << r;
+            EXPECT_TRUE(contains_all(ranks[r]->message, {reason})) << "rank " << r;
+            EXPECT_LT(ranks[r]->seconds, 2.0);
+        }
     }
 }
 
@@ -592,9 +603,9 @@ TEST(SocketComm, RanksThatCallDifferentCollectivesAllFailWithBothDescriptions) {
     });
     for (const Outcome *o : {&f.rank0, &f.followers[0], &f.followers[1]}) {
         EXPECT_EQ(o->status, CINFER_ERR_COMM);
-        EXPECT_TRUE(contains_all(o->message, {"different collectives",
-                                              "rank 0 all_reduce_sum #0 of 10 floats",
-                                              "rank 2 all_reduce_sum #0 of 11 floats"}))
+        EXPECT_TRUE(contains_all(o->message,
+                                 {"different collectives", "rank 0 all_reduce_sum #0 of 10 floats",
+                                  "rank 2 all_reduce_sum #0 of 11 floats"}))
             << o->message;
     }
 }
@@ -610,8 +621,8 @@ TEST(SocketComm, ARankThatNeverArrivesIsNamedAtTheTimeout) {
     });
     for (const Outcome *o : {&f.rank0, &f.followers[0]}) {
         EXPECT_EQ(o->status, CINFER_ERR_COMM);
-        EXPECT_TRUE(contains_all(o->message, {"rank 0 waited 1.0 s", "barrier #0",
-                                              "rank(s) 2, which never arrived"}))
+        EXPECT_TRUE(contains_all(
+            o->message, {"rank 0 waited 1.0 s", "barrier #0", "rank(s) 2, which never arrived"}))
             << o->message;
         EXPECT_GT(o->seconds, 0.9 * kTimeout);
         EXPECT_LT(o->seconds, kTimeout + 0.9);
@@ -634,7 +645,8 @@ TEST(SocketComm, MemoryOfAnotherBackendIsRefused) {
 
     EXPECT_EQ(ci_comm_socket_create(2, 2, nullptr, 0, &comm), CINFER_ERR_ARGUMENT);
     EXPECT_EQ(ci_comm_socket_create(1, 2, nullptr, 0, &comm), CINFER_ERR_ARGUMENT);
-    EXPECT_TRUE(contains_all(cinfer_last_error(), {"no connection to rank 0"})) << cinfer_last_error();
+    EXPECT_TRUE(contains_all(cinfer_last_error(), {"no connection to rank 0"}))
+        << cinfer_last_error();
     EXPECT_EQ(comm, nullptr);
 }
 
@@ -643,8 +655,8 @@ TEST(SocketComm, MemoryOfAnotherBackendIsRefused) {
 TEST(Socket, AddressesThatAreNotHostAndPortAreRefused) {
     int fd = -1;
     char bound[64];
-    for (const char *bad : {"localhost", ":80", "127.0.0.1:", "127.0.0.1:65536", "127.0.0.1:-1",
-                            "127.0.0.1:80x"}) {
+    for (const char *bad :
+         {"localhost", ":80", "127.0.0.1:", "127.0.0.1:65536", "127.0.0.1:-1", "127.0.0.1:80x"}) {
         EXPECT_EQ(ci_socket_listen(bad, 1, &fd, bound, sizeof bound), CINFER_ERR_ARGUMENT) << bad;
         EXPECT_TRUE(contains_all(cinfer_last_error(), {bad, "expected host:port"}))
             << cinfer_last_error();
@@ -673,7 +685,8 @@ TEST(Socket, WaitsEndAtTheirDeadlineAndAClosedPeerIsNamed) {
     EXPECT_STREQ(got, hello);
     start = std::chrono::steady_clock::now();
     EXPECT_EQ(ci_socket_recv(server, got, 1, 0.2, "the client"), CINFER_ERR_COMM);
-    EXPECT_TRUE(contains_all(cinfer_last_error(), {"timed out", "the client"})) << cinfer_last_error();
+    EXPECT_TRUE(contains_all(cinfer_last_error(), {"timed out", "the client"}))
+        << cinfer_last_error();
     EXPECT_GT(seconds_since(start), 0.15);
     close(client);
     EXPECT_EQ(ci_socket_recv(server, got, 1, 0, "the client"), CINFER_ERR_COMM);

@@ -6,8 +6,8 @@
  * and one answer from rank 0 to each follower:
  *
  *   all_reduce_sum      followers send x; rank 0 sums in rank order, ((x0 + x1) + x2) + ..., in
- *                       F32 (the thread communicator's order, so the same bits) and answers the sum.
- *   all_gather_columns  followers send their part; rank 0 lays out every part in out and answers
+ *                       F32 (the thread communicator's order, so the same bits) and answers the
+ * sum. all_gather_columns  followers send their part; rank 0 lays out every part in out and answers
  *                       out.
  *   broadcast           the root sends its bytes (a follower root sends them to rank 0 first); rank
  *                       0 answers them to every other rank, and an empty answer to the root.
@@ -18,8 +18,8 @@
  * grows with the ranks, which the CPU reference path can afford (NCCL does the GPU collectives).
  *
  * Every frame starts with a header (collective, sequence number, sizes, root, sender). Rank 0
- * compares each follower's header with its own call, as comm_cpu.c's rendezvous does, and aborts the
- * group with both descriptions when they differ. Failure, never a hang:
+ * compares each follower's header with its own call, as comm_cpu.c's rendezvous does, and aborts
+ * the group with both descriptions when they differ. Failure, never a hang:
  *   - rank 0 waits on every follower at once (poll), so a follower that dies (EOF) or aborts is
  *     seen at once, whichever follower rank 0 was reading;
  *   - every wait has the group's deadline; rank 0 names the ranks that never arrived;
@@ -86,15 +86,15 @@ typedef struct staging {
 typedef struct socket_comm {
     ci_comm base; /* first: the table's functions take it */
     double timeout_seconds;
-    int *fds;               /* [size]: rank 0: fds[r], its connection to follower r; a follower: fds[0] */
+    int *fds; /* [size]: rank 0: fds[r], its connection to follower r; a follower: fds[0] */
     unsigned char *broken;  /* [size]: a frame was cut short there: nothing more goes on it */
     unsigned char *pending; /* [size]: rank 0, in a collective: followers not heard from yet */
-    struct pollfd *polls;   /* [size]: rank 0's poll set: the pending followers, then the wake pipe */
-    int *polled;            /* [size]: the follower of each entry */
-    staging *in;            /* [size]: rank 0: each follower's contribution */
-    staging part;           /* gather_buffer */
+    struct pollfd *polls; /* [size]: rank 0's poll set: the pending followers, then the wake pipe */
+    int *polled;          /* [size]: the follower of each entry */
+    staging *in;          /* [size]: rank 0: each follower's contribution */
+    staging part;         /* gather_buffer */
     unsigned long long seq;
-    int wake[2]; /* a pipe: abort writes to it, every wait polls it */
+    int wake[2];             /* a pipe: abort writes to it, every wait polls it */
     pthread_mutex_t state;   /* aborted, reason */
     pthread_mutex_t writing; /* one whole frame at a time on the connections */
     int aborted;
@@ -137,8 +137,8 @@ static const char *describe(const frame *f, char *buf, size_t size) {
 }
 
 static int same_call(const frame *a, const frame *b) {
-    return a->kind == b->kind && a->seq == b->seq && a->rows == b->rows &&
-           a->count == b->count && a->root == b->root;
+    return a->kind == b->kind && a->seq == b->seq && a->rows == b->rows && a->count == b->count &&
+           a->root == b->root;
 }
 
 /* The bytes follower r sends with its frame of collective f. */
@@ -171,7 +171,9 @@ static ci_socket_result send_frame(socket_comm *c, int peer, const frame *f, con
 
 /* Best effort: the peers fail at once instead of at their timeout. */
 static void send_abort(socket_comm *c, const char *reason) {
-    const frame f = {.magic = FRAME_MAGIC, .kind = FRAME_ABORT, .rank = c->base.rank,
+    const frame f = {.magic = FRAME_MAGIC,
+                     .kind = FRAME_ABORT,
+                     .rank = c->base.rank,
                      .payload_bytes = strlen(reason)};
     const double deadline = ci_socket_deadline(ABORT_FRAME_SECONDS);
     for (int r = c->base.rank == 0 ? 1 : 0; r < (c->base.rank == 0 ? c->base.size : 1); r++)
@@ -193,7 +195,8 @@ static void abort_group(socket_comm *c, int tell, const char *fmt, ...) {
         c->aborted = 1;
         memcpy(reason, c->reason, sizeof reason);
         const char byte = 1;
-        while (write(c->wake[1], &byte, 1) < 0 && errno == EINTR) {}
+        while (write(c->wake[1], &byte, 1) < 0 && errno == EINTR) {
+        }
     }
     pthread_mutex_unlock(&c->state);
     if (first && tell) send_abort(c, reason);
@@ -202,8 +205,9 @@ static void abort_group(socket_comm *c, int tell, const char *fmt, ...) {
 /* This rank's error from the group's reason. */
 static cinfer_status failed(socket_comm *c) {
     pthread_mutex_lock(&c->state);
-    cinfer_status status = CI_FAIL(CINFER_ERR_COMM, "tensor-parallel group of %d ranks (rank %d): %s",
-                                   c->base.size, c->base.rank, c->reason);
+    cinfer_status status =
+        CI_FAIL(CINFER_ERR_COMM, "tensor-parallel group of %d ranks (rank %d): %s", c->base.size,
+                c->base.rank, c->reason);
     pthread_mutex_unlock(&c->state);
     return status;
 }
@@ -224,13 +228,14 @@ static cinfer_status lost(socket_comm *c, int peer, ci_socket_result r, const fr
     switch (r) {
     case CI_SOCKET_CLOSED:
         /* nobody to tell when rank 0 is the one gone; rank 0 tells the others */
-        abort_group(c, me == 0, "tensor-parallel rank %d closed its connection while rank %d waits in %s",
-                    peer, me, what);
+        abort_group(c, me == 0,
+                    "tensor-parallel rank %d closed its connection while rank %d waits in %s", peer,
+                    me, what);
         break;
     case CI_SOCKET_TIMED_OUT:
         if (me == 0)
-            abort_group(c, 1, "rank 0 waited %.1f s (the group's timeout) in %s for rank %d", c->timeout_seconds, what,
-                        peer);
+            abort_group(c, 1, "rank 0 waited %.1f s (the group's timeout) in %s for rank %d",
+                        c->timeout_seconds, what, peer);
         else
             abort_group(c, 1, "rank %d waited %.1f s in %s for rank 0, which never answered", me,
                         FOLLOWER_PATIENCE * c->timeout_seconds, what);
@@ -244,7 +249,8 @@ static cinfer_status lost(socket_comm *c, int peer, ci_socket_result r, const fr
     return failed(c);
 }
 
-/* After a header of kind FRAME_ABORT from peer: its reason becomes the group's; rank 0 relays it. */
+/* After a header of kind FRAME_ABORT from peer: its reason becomes the group's; rank 0 relays it.
+ */
 static cinfer_status take_abort(socket_comm *c, int peer, const frame *h, double deadline) {
     char reason[REASON_CAPACITY];
     if (h->payload_bytes >= sizeof reason) {
@@ -255,8 +261,8 @@ static cinfer_status take_abort(socket_comm *c, int peer, const frame *h, double
     /* not woken by our own abort: this is the reason we want to hear */
     if (ci_socket_recv_until(c->fds[peer], reason, h->payload_bytes, deadline, -1) !=
         CI_SOCKET_DONE)
-        snprintf(reason, sizeof reason, "tensor-parallel rank %d aborted the group (its reason was cut off)",
-                 peer);
+        snprintf(reason, sizeof reason,
+                 "tensor-parallel rank %d aborted the group (its reason was cut off)", peer);
     else
         reason[h->payload_bytes] = '\0';
     abort_group(c, c->base.rank == 0, "%s", reason);
@@ -265,8 +271,9 @@ static cinfer_status take_abort(socket_comm *c, int peer, const frame *h, double
 
 static cinfer_status not_a_frame(socket_comm *c, int peer, const frame *want) {
     char what[160];
-    abort_group(c, 1, "tensor-parallel rank %d sent something that is not a frame of this "
-                      "communicator while rank %d waits in %s",
+    abort_group(c, 1,
+                "tensor-parallel rank %d sent something that is not a frame of this "
+                "communicator while rank %d waits in %s",
                 peer, c->base.rank, describe(want, what, sizeof what));
     return failed(c);
 }
@@ -432,8 +439,8 @@ static cinfer_status socket_all_gather_columns(ci_comm *comm, ci_backend *be, ci
     CI_ASSERT(out->dtype == CI_F32 && part->dtype == CI_F32);
     const int64_t rows = ci_tensor_n_rows(part), n = ci_tensor_row_size(part);
     CI_ASSERT(ci_tensor_n_rows(out) == rows && ci_tensor_row_size(out) == n * comm->size);
-    const size_t row_bytes = (size_t)n * sizeof(float), out_bytes = row_bytes * (size_t)rows *
-                                                                     (size_t)comm->size;
+    const size_t row_bytes = (size_t)n * sizeof(float),
+                 out_bytes = row_bytes * (size_t)rows * (size_t)comm->size;
     frame f = {.kind = FRAME_ALL_GATHER_COLUMNS, .rows = rows, .count = rows * n};
     CI_TRY(begin(c, be, &f));
     if (comm->rank != 0) return ask(c, &f, part->data, out->data, out_bytes);
@@ -563,7 +570,8 @@ cinfer_status ci_comm_socket_create(int rank, int size, const int *fds, double t
         }
     socket_comm *c = calloc(1, sizeof *c);
     const int ok = c && (c->fds = malloc((size_t)size * sizeof *c->fds)) &&
-                   (c->broken = calloc((size_t)size, 1)) && (c->pending = calloc((size_t)size, 1)) &&
+                   (c->broken = calloc((size_t)size, 1)) &&
+                   (c->pending = calloc((size_t)size, 1)) &&
                    (c->in = calloc((size_t)size, sizeof *c->in)) &&
                    (c->polls = calloc((size_t)size, sizeof *c->polls)) &&
                    (c->polled = calloc((size_t)size, sizeof *c->polled)) &&
