@@ -147,23 +147,28 @@ ci_socket_result ci_socket_recv_until(int fd, void *data, size_t bytes, double d
 }
 
 ci_socket_result ci_socket_send_until(int fd, const void *data, size_t bytes, double deadline,
-                                      int wake_fd, int watch_in) {
-    size_t sent = 0;
-    while (sent < bytes) {
+                                      int wake_fd, int watch_in, size_t *sent) {
+    size_t done = 0;
+    ci_socket_result r = CI_SOCKET_DONE;
+    while (done < bytes) {
         short revents = 0;
-        const ci_socket_result waited =
-            wait_for(fd, (short)(POLLOUT | (watch_in ? POLLIN : 0)), wake_fd, deadline, &revents);
-        if (waited != CI_SOCKET_DONE) return waited;
-        if (watch_in && (revents & POLLIN)) return CI_SOCKET_READABLE;
+        r = wait_for(fd, (short)(POLLOUT | (watch_in ? POLLIN : 0)), wake_fd, deadline, &revents);
+        if (r != CI_SOCKET_DONE) break;
+        if (watch_in && (revents & POLLIN)) {
+            r = CI_SOCKET_READABLE;
+            break;
+        }
         const ssize_t n =
-            send(fd, (const char *)data + sent, bytes - sent, MSG_NOSIGNAL | MSG_DONTWAIT);
+            send(fd, (const char *)data + done, bytes - done, MSG_NOSIGNAL | MSG_DONTWAIT);
         if (n >= 0) {
-            sent += (size_t)n;
+            done += (size_t)n;
         } else if (errno != EINTR && errno != EAGAIN && errno != EWOULDBLOCK) {
-            return errno == EPIPE || errno == ECONNRESET ? CI_SOCKET_CLOSED : CI_SOCKET_FAILED;
+            r = errno == EPIPE || errno == ECONNRESET ? CI_SOCKET_CLOSED : CI_SOCKET_FAILED;
+            break;
         }
     }
-    return CI_SOCKET_DONE;
+    if (sent) *sent = done;
+    return r;
 }
 
 /* The message for a send or receive that did not finish. */
@@ -183,7 +188,7 @@ static cinfer_status io_failed(ci_socket_result r, const char *what, size_t byte
 cinfer_status ci_socket_send(int fd, const void *data, size_t bytes, double timeout_seconds,
                              const char *peer) {
     const ci_socket_result r =
-        ci_socket_send_until(fd, data, bytes, ci_socket_deadline(timeout_seconds), -1, 0);
+        ci_socket_send_until(fd, data, bytes, ci_socket_deadline(timeout_seconds), -1, 0, NULL);
     return r == CI_SOCKET_DONE ? CINFER_OK : io_failed(r, "sending", bytes, timeout_seconds, peer);
 }
 

@@ -52,9 +52,10 @@ typedef enum ci_socket_result {
 ci_socket_result ci_socket_recv_until(int fd, void *data, size_t bytes, double deadline,
                                       int wake_fd);
 /* The same for a send; with watch_in, it stops (CI_SOCKET_READABLE) as soon as fd has something
- * to read: a peer that stopped reading us to tell us why. */
+ * to read: a peer that stopped reading us to tell us why. *sent (NULL: not wanted) gets the bytes
+ * that left, so that a caller knows whether a message was cut short. */
 ci_socket_result ci_socket_send_until(int fd, const void *data, size_t bytes, double deadline,
-                                      int wake_fd, int watch_in);
+                                      int wake_fd, int watch_in, size_t *sent);
 /* Milliseconds for poll() until the deadline: -1 for none, 0 once passed. */
 int ci_socket_poll_ms(double deadline);
 

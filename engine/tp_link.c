@@ -132,18 +132,23 @@ static const char *missing_list(const ci_tp_link *link, char *buf, size_t size) 
     return buf;
 }
 
-/* Tells every follower that joined (best effort, briefly: they may be gone) how the rendezvous
- * ended: the hello, or why it failed. */
-static void welcome_all(ci_tp_link *link, int refused, const void *payload, size_t bytes) {
+/* Tells every follower that joined how the rendezvous ended: the hello, or why it failed. Every
+ * one is tried; the first that could not be told is the status (a follower gone since it joined).
+ */
+static cinfer_status welcome_all(ci_tp_link *link, int refused, const void *payload, size_t bytes) {
     const welcome_message w = {WELCOME_MAGIC, refused, bytes};
+    cinfer_status first = CINFER_OK;
     char peer[64];
     for (int r = 1; r < link->tp; r++) {
         if (link->control[r] < 0) continue;
         peer_name(r, peer, sizeof peer);
-        if (ci_socket_send(link->control[r], &w, sizeof w, link->timeout_seconds, peer) ==
-            CINFER_OK)
-            ci_socket_send(link->control[r], payload, bytes, link->timeout_seconds, peer);
+        cinfer_status s =
+            ci_socket_send(link->control[r], &w, sizeof w, link->timeout_seconds, peer);
+        if (s == CINFER_OK)
+            s = ci_socket_send(link->control[r], payload, bytes, link->timeout_seconds, peer);
+        if (first == CINFER_OK) first = s;
     }
+    return first;
 }
 
 /* The rendezvous failed with the message already set: the followers that joined hear it too. */
@@ -151,7 +156,7 @@ static cinfer_status refuse(ci_tp_link *link, cinfer_status status) {
     ci_error_prefix("tensor-parallel rank 0 at %s: ", link->address);
     char reason[1024]; /* a copy: a failed send to a follower sets a message of its own */
     snprintf(reason, sizeof reason, "%s", cinfer_last_error());
-    welcome_all(link, 1, reason, strlen(reason));
+    welcome_all(link, 1, reason, strlen(reason)); /* best effort: the reason is ours either way */
     return CI_FAIL(status, "%s", reason);
 }
 
@@ -229,8 +234,9 @@ cinfer_status ci_tp_link_accept(ci_tp_link *link, const void *hello, size_t hell
     }
     close(link->listen_fd);
     link->listen_fd = -1;
-    welcome_all(link, 0, hello, hello_bytes);
-    return CINFER_OK;
+    const cinfer_status status = welcome_all(link, 0, hello, hello_bytes);
+    if (status != CINFER_OK) ci_error_prefix("tensor-parallel rank 0 sending the hello: ");
+    return status;
 }
 
 static cinfer_status connect_as(ci_tp_link *link, int channel, double deadline, int *fd) {

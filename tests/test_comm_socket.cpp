@@ -610,6 +610,24 @@ TEST(SocketComm, RanksThatCallDifferentCollectivesAllFailWithBothDescriptions) {
     }
 }
 
+// Rank 0 refuses a follower's header and stops reading it mid-frame: the follower, blocked sending
+// megabytes no one reads, must hear the abort at once, not at the timeout.
+TEST(SocketComm, AFollowerBlockedSendingHearsTheAbort) {
+    const Failure f = run_failing(2, kPatientTimeout, [](int rank, ci_comm *comm, ci_backend *be) {
+        if (rank == 0) return ci_comm_barrier(comm, be);
+        std::vector<float> x((size_t)8 << 20, 0.5f); // 32 MB: far more than the socket buffers
+        ci_tensor t = f32_tensor(x.data(), 1, (int64_t)x.size());
+        return ci_all_reduce_sum(comm, be, &t);
+    });
+    for (const Outcome *o : {&f.rank0, &f.followers[0]}) {
+        EXPECT_EQ(o->status, CINFER_ERR_COMM);
+        EXPECT_TRUE(contains_all(o->message, {"different collectives", "rank 0 barrier #0",
+                                              "rank 1 all_reduce_sum #0 of 8388608 floats"}))
+            << o->message;
+        EXPECT_LT(o->seconds, 2.0) << "heard only at a timeout";
+    }
+}
+
 TEST(SocketComm, ARankThatNeverArrivesIsNamedAtTheTimeout) {
     const Failure f = run_failing(3, kTimeout, [](int rank, ci_comm *comm, ci_backend *be) {
         if (rank == 2) {

@@ -41,6 +41,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include "../../common/clock.h"
@@ -131,6 +132,9 @@ static const char *describe(const frame *f, char *buf, size_t size) {
                  (unsigned long long)f->seq, (long long)f->count, f->root);
         break;
     case FRAME_BARRIER: snprintf(buf, size, "barrier #%llu", (unsigned long long)f->seq); break;
+    case 0:
+        snprintf(buf, size, "synchronize (after %llu collectives)", (unsigned long long)f->seq);
+        break;
     default: snprintf(buf, size, "a frame of unknown kind %u", f->kind); break;
     }
     return buf;
@@ -152,18 +156,24 @@ static size_t payload_from(const frame *f, int r) {
 }
 
 /* Sends f and its payload whole, to rank `peer`'s connection. The writing lock keeps an abort
- * frame from another thread out of the middle of it; a frame cut short leaves the stream out of
- * step, so nothing more goes there. */
+ * frame from another thread out of the middle of it. A frame cut short leaves the stream out of
+ * step: nothing more goes there, and the peer, which would wait for the rest, reads EOF at once
+ * instead (shutdown). */
 static ci_socket_result send_frame(socket_comm *c, int peer, const frame *f, const void *payload,
                                    double deadline, int wake_fd, int watch_in) {
     pthread_mutex_lock(&c->writing);
     ci_socket_result r = CI_SOCKET_CLOSED;
     if (!c->broken[peer]) {
-        r = ci_socket_send_until(c->fds[peer], f, sizeof *f, deadline, wake_fd, watch_in);
+        size_t header = 0, body = 0;
+        r = ci_socket_send_until(c->fds[peer], f, sizeof *f, deadline, wake_fd, watch_in, &header);
         if (r == CI_SOCKET_DONE && f->payload_bytes)
             r = ci_socket_send_until(c->fds[peer], payload, f->payload_bytes, deadline, wake_fd,
-                                     watch_in);
-        if (r != CI_SOCKET_DONE) c->broken[peer] = 1;
+                                     watch_in, &body);
+        if (r == CI_SOCKET_CLOSED || r == CI_SOCKET_FAILED) c->broken[peer] = 1;
+        if (r != CI_SOCKET_DONE && header + body > 0 && !c->broken[peer]) {
+            shutdown(c->fds[peer], SHUT_WR);
+            c->broken[peer] = 1;
+        }
     }
     pthread_mutex_unlock(&c->writing);
     return r;
@@ -493,7 +503,7 @@ static cinfer_status socket_synchronize(ci_comm *comm, ci_backend *be, double ti
     if (comm->rank != 0 && !is_aborted(c) && !c->broken[0]) {
         struct pollfd p = {c->fds[0], POLLIN, 0};
         if (poll(&p, 1, 0) > 0) {
-            const frame f = {.magic = FRAME_MAGIC, .kind = FRAME_BARRIER, .seq = c->seq};
+            const frame f = {.magic = FRAME_MAGIC, .kind = 0, .seq = c->seq}; /* for messages */
             frame h;
             const double deadline = ci_socket_deadline(ABORT_FRAME_SECONDS);
             const ci_socket_result got =
