@@ -595,6 +595,33 @@ TEST(SocketComm, AnAbortReachesEveryRankAndStays) {
     }
 }
 
+// A rank between collectives (a follower idle, rank 0 between steps) sees an abort in synchronize.
+TEST(SocketComm, SynchronizeReportsAnAbortSentBetweenCollectives) {
+    for (int aborter : {1, 0}) {
+        const Failure f =
+            run_failing(2, kPatientTimeout, [&](int rank, ci_comm *comm, ci_backend *be) {
+                if (rank == aborter) {
+                    ci_comm_abort(comm, "its load failed");
+                    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+                    return ci_comm_synchronize(comm, be, 0);
+                }
+                const auto start = std::chrono::steady_clock::now();
+                cinfer_status s = CINFER_OK;
+                while ((s = ci_comm_synchronize(comm, be, 0)) == CINFER_OK &&
+                       seconds_since(start) < 3)
+                    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+                return s;
+            });
+        const std::string reason =
+            "rank " + std::to_string(aborter) + " aborted the group: its load failed";
+        for (const Outcome *o : {&f.rank0, &f.followers[0]}) {
+            EXPECT_EQ(o->status, CINFER_ERR_COMM);
+            EXPECT_TRUE(contains_all(o->message, {reason}));
+            EXPECT_LT(o->seconds, 2.0);
+        }
+    }
+}
+
 TEST(SocketComm, RanksThatCallDifferentCollectivesAllFailWithBothDescriptions) {
     const Failure f = run_failing(3, kPatientTimeout, [](int rank, ci_comm *comm, ci_backend *be) {
         std::vector<float> x(rank == 2 ? 11 : 10, 1.5f);

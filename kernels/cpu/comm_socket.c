@@ -132,9 +132,6 @@ static const char *describe(const frame *f, char *buf, size_t size) {
                  (unsigned long long)f->seq, (long long)f->count, f->root);
         break;
     case FRAME_BARRIER: snprintf(buf, size, "barrier #%llu", (unsigned long long)f->seq); break;
-    case 0:
-        snprintf(buf, size, "synchronize (after %llu collectives)", (unsigned long long)f->seq);
-        break;
     default: snprintf(buf, size, "a frame of unknown kind %u", f->kind); break;
     }
     return buf;
@@ -247,8 +244,9 @@ static cinfer_status lost(socket_comm *c, int peer, ci_socket_result r, const fr
             abort_group(c, 1, "rank 0 waited %.1f s (the group's timeout) in %s for rank %d",
                         c->timeout_seconds, what, peer);
         else
-            abort_group(c, 1, "rank %d waited %.1f s in %s for rank 0, which never answered", me,
-                        FOLLOWER_PATIENCE * c->timeout_seconds, what);
+            abort_group(c, 1,
+                        "rank %d waited %.1f s or more in %s for rank 0, which never answered", me,
+                        c->timeout_seconds, what);
         break;
     case CI_SOCKET_FAILED:
         abort_group(c, 1, "rank %d in %s: the connection to rank %d failed: %s", me, what, peer,
@@ -493,25 +491,22 @@ static cinfer_status socket_barrier(ci_comm *comm, ci_backend *be) {
     return answer_all(c, &f, NULL, 0, -1);
 }
 
-/* The collectives finish before they return: this only reports an abort. A follower also looks
- * for one that rank 0 sent while this rank was between collectives (rank 0 sends nothing else
- * unasked); rank 0 cannot look ahead, as a follower's next frame may already be there. */
+/* The collectives finish before they return: this only reports an abort, including one a peer
+ * sent while this rank was between collectives: an abort frame already waiting on a connection is
+ * taken (peeked at first, so that a follower's next collective frame, or an EOF, stays for the
+ * next collective to read). */
 static cinfer_status socket_synchronize(ci_comm *comm, ci_backend *be, double timeout_seconds) {
     (void)be;
     (void)timeout_seconds;
     socket_comm *c = socket_of(comm);
-    if (comm->rank != 0 && !is_aborted(c) && !c->broken[0]) {
-        struct pollfd p = {c->fds[0], POLLIN, 0};
-        if (poll(&p, 1, 0) > 0) {
-            const frame f = {.magic = FRAME_MAGIC, .kind = 0, .seq = c->seq}; /* for messages */
-            frame h;
-            const double deadline = ci_socket_deadline(ABORT_FRAME_SECONDS);
-            const ci_socket_result got =
-                ci_socket_recv_until(c->fds[0], &h, sizeof h, deadline, c->wake[0]);
-            if (got != CI_SOCKET_DONE) return lost(c, 0, got, &f);
-            if (h.magic != FRAME_MAGIC || h.kind != FRAME_ABORT) return not_a_frame(c, 0, &f);
-            return take_abort(c, 0, &h, deadline);
-        }
+    for (int r = 0; r < comm->size && !is_aborted(c); r++) {
+        frame h;
+        if (c->broken[r] || recv(c->fds[r], &h, sizeof h, MSG_PEEK | MSG_DONTWAIT) != sizeof h ||
+            h.magic != FRAME_MAGIC || h.kind != FRAME_ABORT)
+            continue;
+        const double deadline = ci_socket_deadline(ABORT_FRAME_SECONDS);
+        if (ci_socket_recv_until(c->fds[r], &h, sizeof h, deadline, -1) == CI_SOCKET_DONE)
+            return take_abort(c, r, &h, deadline);
     }
     return is_aborted(c) ? failed(c) : CINFER_OK;
 }
