@@ -55,21 +55,32 @@ struct Outcome {
     }
 };
 
+// A follower's part once it has joined: its link, communicator and CPU backend, its outcome.
+using FollowerBody = std::function<void(ci_tp_link *, ci_comm *, ci_backend *, Outcome &)>;
+
 // Rank 0 in this process with its link; children forked by spawn(), each with an Outcome in
 // memory shared across the fork. The destructor kills and reaps whatever child is left, so that
 // a failing test leaves no process behind.
 class Group {
   public:
-    Group(int tp, double timeout_seconds, const char *address = "127.0.0.1:0")
-        : tp_(tp), timeout_(timeout_seconds) {
+    // Listens at once, unless listen_now is false (then listen() does, at address).
+    Group(int tp, double timeout_seconds, const std::string &address = "127.0.0.1:0",
+          bool listen_now = true)
+        : tp_(tp), timeout_(timeout_seconds), address_(address) {
         void *shared = mmap(nullptr, sizeof(Outcome) * kMaxChildren, PROT_READ | PROT_WRITE,
                             MAP_SHARED | MAP_ANONYMOUS, -1, 0);
         EXPECT_NE(shared, MAP_FAILED);
         children_ = static_cast<Outcome *>(shared);
         for (int i = 0; i < kMaxChildren; i++) new (&children_[i]) Outcome();
-        EXPECT_EQ(ci_tp_link_listen(address, tp, timeout_seconds, &link_), CINFER_OK)
-            << cinfer_last_error();
+        if (listen_now) listen();
     }
+    void listen() {
+        EXPECT_EQ(ci_tp_link_listen(address_.c_str(), tp_, timeout_, &link_), CINFER_OK)
+            << cinfer_last_error();
+        if (link_) address_ = ci_tp_link_address(link_);
+    }
+    // What accept() sends and every spawn_rank() child checks it received.
+    void set_hello(const std::vector<unsigned char> &hello) { hello_ = hello; }
     ~Group() {
         ci_comm_destroy(comm_);
         ci_tp_link_free(link_);
@@ -80,8 +91,7 @@ class Group {
         }
         munmap(children_, sizeof(Outcome) * kMaxChildren);
     }
-    const char *address() const { return ci_tp_link_address(link_); }
-    int tp() const { return tp_; }
+    const char *address() const { return address_.c_str(); }
 
     // Child number i (in the order spawned) runs body(its outcome) and exits 0.
     int spawn(const std::function<void(Outcome &)> &body) {
@@ -98,12 +108,11 @@ class Group {
         waited_.push_back(0);
         return i;
     }
-    // A follower that joins as `rank` of `tp` (the group's by default), makes its communicator and
-    // runs body(comm, be, outcome); a failed join is its outcome.
-    int spawn_rank(int rank,
-                   const std::function<void(ci_comm *, ci_backend *, Outcome &)> &body = nullptr,
-                   int tp = 0) {
-        const std::string address = this->address();
+    // A follower that joins as `rank` of `tp` (the group's by default), checks the hello, makes its
+    // communicator and runs body; a failed join is its outcome.
+    int spawn_rank(int rank, const FollowerBody &body = nullptr, int tp = 0) {
+        const std::string address = address_;
+        const std::vector<unsigned char> want = hello_;
         const double timeout = timeout_;
         tp = tp ? tp : tp_;
         return spawn([=](Outcome &out) {
@@ -118,7 +127,10 @@ class Group {
             if (s == CINFER_OK) s = ci_tp_link_comm(link, &comm);
             if (s == CINFER_OK) s = ci_backend_create(CINFER_BACKEND_CPU, 1, &be);
             out.record(s, start);
-            if (s == CINFER_OK && body) body(comm, be, out);
+            if (s == CINFER_OK &&
+                (hello_bytes != want.size() || std::memcmp(hello, want.data(), hello_bytes) != 0))
+                std::snprintf(out.mismatch, sizeof out.mismatch, "not rank 0's hello");
+            if (s == CINFER_OK && body) body(link, comm, be, out);
             ci_comm_destroy(comm);
             ci_backend_free(be);
             ci_tp_link_free(link);
@@ -126,8 +138,8 @@ class Group {
         });
     }
     // Rank 0's side of the rendezvous, and its communicator.
-    cinfer_status accept(const void *hello = "hi", size_t bytes = 2) {
-        cinfer_status s = ci_tp_link_accept(link_, hello, bytes);
+    cinfer_status accept() {
+        cinfer_status s = ci_tp_link_accept(link_, hello_.data(), hello_.size());
         if (s == CINFER_OK) s = ci_tp_link_comm(link_, &comm_);
         return s;
     }
@@ -152,6 +164,8 @@ class Group {
   private:
     int tp_;
     double timeout_;
+    std::string address_;
+    std::vector<unsigned char> hello_ = {'h', 'i'};
     ci_tp_link *link_ = nullptr;
     ci_comm *comm_ = nullptr;
     Outcome *children_ = nullptr;
@@ -282,7 +296,7 @@ TEST(SocketComm, EveryCollectiveGivesTheThreadCommunicatorsBits) {
         const auto want = on_threads(tp, script); // before the forks: no thread is running then
         Group group(tp, kPatientTimeout);
         for (int r = 1; r < tp; r++)
-            group.spawn_rank(r, [&, r](ci_comm *comm, ci_backend *be, Outcome &out) {
+            group.spawn_rank(r, [&, r](ci_tp_link *, ci_comm *comm, ci_backend *be, Outcome &out) {
                 std::vector<std::vector<float>> got;
                 out.record(run_script(comm, be, script, got), std::chrono::steady_clock::now());
                 std::snprintf(out.mismatch, sizeof out.mismatch, "%s",
@@ -315,7 +329,7 @@ TEST(SocketComm, AllReduceAddsRank0ThenRank1ThenRank2) {
         return ci_all_reduce_sum(comm, nullptr, &t);
     };
     for (int r = 1; r < 3; r++)
-        group.spawn_rank(r, [&](ci_comm *comm, ci_backend *, Outcome &out) {
+        group.spawn_rank(r, [&](ci_tp_link *, ci_comm *comm, ci_backend *, Outcome &out) {
             std::vector<float> x(3);
             out.record(sum_of_mine(comm, x), std::chrono::steady_clock::now());
             if (x != want)
@@ -337,47 +351,24 @@ TEST(TpLink, RanksThatJoinBeforeRank0ListensGetTheHello) {
     char address[64];
     ASSERT_EQ(ci_socket_listen("127.0.0.1:0", 1, &fd, address, sizeof address), CINFER_OK);
     close(fd);
+    const int tp = 3;
+    Group group(tp, kPatientTimeout, address, /*listen_now=*/false);
     std::mt19937_64 rng(fresh_seed() + 1);
     std::vector<unsigned char> hello(CI_TP_LINK_MAX_HELLO_BYTES);
     for (auto &b : hello) b = (unsigned char)rng();
-    const int tp = 3;
-    Outcome *got = static_cast<Outcome *>(mmap(
-        nullptr, sizeof(Outcome) * tp, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0));
-    std::vector<pid_t> pids;
-    for (int r = 1; r < tp; r++) {
-        const pid_t pid = fork();
-        if (pid == 0) {
-            ci_tp_link *link = nullptr;
-            void *h = nullptr;
-            size_t n = 0;
-            const auto start = std::chrono::steady_clock::now();
-            got[r].record(ci_tp_link_join(address, r, tp, 10.0, &link, &h, &n), start);
-            if (n != hello.size() || std::memcmp(h, hello.data(), n) != 0)
-                std::snprintf(got[r].mismatch, sizeof got[r].mismatch, "not rank 0's hello");
-            std::free(h);
-            ci_tp_link_free(link);
-            _exit(0);
-        }
-        pids.push_back(pid);
-    }
+    group.set_hello(hello);
+    for (int r = 1; r < tp; r++) group.spawn_rank(r);
     std::this_thread::sleep_for(std::chrono::milliseconds(300));
-    ci_tp_link *link = nullptr;
-    ASSERT_EQ(ci_tp_link_listen(address, tp, 10.0, &link), CINFER_OK) << cinfer_last_error();
-    EXPECT_EQ(ci_tp_link_rank(link), 0);
-    EXPECT_EQ(ci_tp_link_size(link), tp);
-    EXPECT_EQ(ci_tp_link_accept(link, hello.data(), hello.size()), CINFER_OK)
-        << cinfer_last_error();
-    for (pid_t pid : pids) {
-        int status = 0;
-        waitpid(pid, &status, 0);
-        EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+    group.listen();
+    ASSERT_NE(group.link(), nullptr);
+    EXPECT_EQ(ci_tp_link_rank(group.link()), 0);
+    EXPECT_EQ(ci_tp_link_size(group.link()), tp);
+    EXPECT_EQ(group.accept(), CINFER_OK) << cinfer_last_error();
+    group.wait_all();
+    for (int i = 0; i < tp - 1; i++) {
+        EXPECT_EQ(group.child(i).status, CINFER_OK) << group.child(i).message;
+        EXPECT_STREQ(group.child(i).mismatch, "") << "rank " << i + 1;
     }
-    for (int r = 1; r < tp; r++) {
-        EXPECT_EQ(got[r].status, CINFER_OK) << got[r].message;
-        EXPECT_STREQ(got[r].mismatch, "") << "rank " << r;
-    }
-    ci_tp_link_free(link);
-    munmap(got, sizeof(Outcome) * tp);
 }
 
 TEST(TpLink, ARankThatNeverJoinsIsNamed) {
@@ -457,20 +448,11 @@ void echo_plus_rank(ci_tp_link *link, Outcome &out) {
 TEST(TpLink, ControlMessagesOfEverySizeGoBothWays) {
     const int tp = 3;
     Group group(tp, kPatientTimeout);
-    const std::string address = group.address();
     for (int r = 1; r < tp; r++)
-        group.spawn([&, r](Outcome &out) {
-            ci_tp_link *link = nullptr;
-            void *hello = nullptr;
-            size_t n = 0;
-            cinfer_status s =
-                ci_tp_link_join(address.c_str(), r, tp, kPatientTimeout, &link, &hello, &n);
-            out.record(s, std::chrono::steady_clock::now());
-            if (s == CINFER_OK) echo_plus_rank(link, out);
-            std::free(hello);
-            ci_tp_link_free(link);
+        group.spawn_rank(r, [](ci_tp_link *link, ci_comm *, ci_backend *, Outcome &out) {
+            echo_plus_rank(link, out);
         });
-    ASSERT_EQ(ci_tp_link_accept(group.link(), "hi", 2), CINFER_OK) << cinfer_last_error();
+    ASSERT_EQ(group.accept(), CINFER_OK) << cinfer_last_error();
     std::mt19937_64 rng(fresh_seed() + 2);
     for (size_t bytes : {(size_t)1, (size_t)4096, (size_t)3 << 20, (size_t)7 << 20, (size_t)100}) {
         std::vector<unsigned char> msg(bytes);
@@ -519,7 +501,7 @@ Failure run_failing(int tp, double timeout, const Body &body,
     Failure f;
     Group group(tp, timeout);
     for (int r = 1; r < tp; r++)
-        group.spawn_rank(r, [&, r](ci_comm *comm, ci_backend *be, Outcome &out) {
+        group.spawn_rank(r, [&, r](ci_tp_link *, ci_comm *comm, ci_backend *be, Outcome &out) {
             const auto start = std::chrono::steady_clock::now();
             out.record(body(r, comm, be), start);
         });
