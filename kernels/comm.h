@@ -2,11 +2,13 @@
  * (docs/TENSOR_PARALLEL.md), beside the backend (backend.h) whose memory and stream they use.
  * models/ calls them by name (ci_all_reduce_sum(comm, be, &x)) as it calls ops.
  *
- * Two implementations, one table:
+ * Three implementations, one table:
  *   - cpu/comm_cpu.c: the ranks are threads of one process sharing a ci_comm_group. Every sum is
  *     taken in rank order, ((x0 + x1) + x2) + ..., so a run is reproducible bit for bit and every
  *     rank holds the same bits: the CPU reference path of tensor parallelism, and what the tests
  *     drive.
+ *   - cpu/comm_socket.c: the ranks are processes joined over TCP (engine/tp_link.h), star-connected
+ *     through rank 0, which sums in rank order: the same bits as comm_cpu.c, host memory only.
  *   - cuda/comm_nccl.cu: one process (or thread) per GPU, NCCL collectives on the backend's stream
  *     (compiled when CMake finds CUDA and NCCL: CINFER_NCCL). NCCL picks its own summation order
  *     (ring or tree), so GPU results are not bitwise those of the CPU communicator.
@@ -86,6 +88,17 @@ cinfer_status ci_comm_group_create(int size, double timeout_seconds, ci_comm_gro
 void ci_comm_group_free(ci_comm_group *group);
 /* Rank `rank`'s communicator; each rank of the group exactly once. */
 cinfer_status ci_comm_cpu_create(ci_comm_group *group, int rank, ci_comm **out);
+
+/* ---- the socket communicator (kernels/cpu/comm_socket.c) ---------------------------------------
+ * Rank `rank` of `size` ranks in separate processes (engine/tp_link.h makes the connections),
+ * star-connected through rank 0, which sums in rank order as the CPU communicator does: the same
+ * bits. Host memory only: a collective given a backend other than the CPU's (NULL counts as the
+ * CPU's) fails with CINFER_ERR_UNSUPPORTED and aborts the group. Rank 0 passes fds[1..size-1] (its
+ * connection to each follower; fds[0] unused), a follower passes fds[0] (its connection to rank
+ * 0). Takes ownership of those fds, even when it fails (closed by destroy). timeout_seconds <= 0:
+ * CI_COMM_DEFAULT_TIMEOUT_SECONDS. */
+cinfer_status ci_comm_socket_create(int rank, int size, const int *fds, double timeout_seconds,
+                                    ci_comm **out);
 
 /* ---- the NCCL communicator (kernels/cuda/comm_nccl.cu; without NCCL, comm_nccl_none.c) ---- */
 enum { CI_COMM_ID_BYTES = 128 }; /* NCCL_UNIQUE_ID_BYTES */
