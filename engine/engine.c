@@ -30,8 +30,8 @@
 #include "../kernels/device.h"
 #include "engine.h"
 #include "kv_blocks.h"
-#include "rank_pool.h"
 #include "session.h"
+#include "tp_ranks.h"
 
 enum {
     DEFAULT_BLOCK_SIZE = 16,
@@ -63,7 +63,6 @@ typedef struct request {
 typedef struct scheduled {
     request *req;
     int n_rows;
-    int n_prompt_logit_rows; /* of its rows, those whose logits go to params.prompt_logits */
 } scheduled;
 
 struct cinfer_engine {
@@ -125,13 +124,15 @@ struct cinfer_engine {
     /* counters the engine thread keeps, published into stats at the end of each step */
     cinfer_engine_stats counts;
 
-    /* Tensor parallelism in this process (model->tp > 1): ranks[r] is rank r's engine (ranks[0]
-     * this one). A follower only executes: it holds its rank's device buffers and KV block pools
-     * (the same block ids as this engine's, blocks of its local KV heads) and runs each step from
-     * this engine's host arrays and batch, in a thread of pool; the scheduler, block tables,
-     * sampling and the prefix cache are this engine's alone. NULL for an unsharded model. */
-    cinfer_engine **ranks;
-    ci_rank_pool *rank_pool;
+    /* Tensor parallelism (model->followers set): this engine is mirrored on every follower rank
+     * under tp_id (engine/tp_ranks.h). A follower's engine only executes: it holds its rank's
+     * device buffers and KV block pools (the same block ids as this engine's, blocks of its local
+     * KV heads) and runs each step from the message this engine sends (step_message); the
+     * scheduler, block tables, sampling and the prefix cache are this engine's alone. */
+    uint32_t tp_id;
+    int mirrored;
+    ci_tp_message step_message; /* reused: it keeps its capacity */
+    int32_t *h_prompt_logit_rows; /* [max_seqs]: rows of each scheduled sequence wanting logits */
 };
 
 /* ---- small containers -------------------------------------------------------------------------
@@ -363,7 +364,7 @@ static void schedule(cinfer_engine *e) {
             if (i >= e->n_running) break; /* r itself was the most recent */
         }
         if (i >= e->n_running) break;
-        e->batch[e->n_batch++] = (scheduled){r, n, 0};
+        e->batch[e->n_batch++] = (scheduled){r, n};
         budget -= n;
     }
     while (!preempted && budget > 0 && e->n_waiting > 0 && e->n_running < e->max_seqs) {
@@ -383,7 +384,7 @@ static void schedule(cinfer_engine *e) {
         }
         remove_waiting(e, 0);
         e->running[e->n_running++] = r;
-        e->batch[e->n_batch++] = (scheduled){r, n, 0};
+        e->batch[e->n_batch++] = (scheduled){r, n};
         budget -= n;
     }
 }
@@ -425,11 +426,30 @@ static void run_forward(void *user, int unused_pos0) {
 
 /* The shape of one step's host arrays (build_batch), which every rank executes. */
 typedef struct batch_shape {
-    int R, S;      /* rows and sequences, padding included */
-    int padded;    /* a recorded decode step's padded size; 0: eager */
-    int n_sampled; /* rows whose logits are wanted */
-    int max_seq_len, max_seq_rows;
+    int32_t R, S;      /* rows and sequences, padding included */
+    int32_t padded;    /* a recorded decode step's padded size; 0: eager */
+    int32_t n_sampled; /* rows whose logits are wanted */
+    int32_t max_seq_len, max_seq_rows;
+    int32_t n_batch; /* scheduled sequences (S less the padding) */
+    int32_t unused;
 } batch_shape;
+
+/* One step as a rank executes it: rank 0's host arrays, or the same read from its message. */
+typedef struct step_inputs {
+    batch_shape shape;
+    const int32_t *tokens, *positions, *slots; /* [R] */
+    const int32_t *seq_starts;                 /* [S + 1] */
+    const int32_t *seq_lens;                   /* [S] */
+    const int32_t *block_tables;               /* [S, max_blocks_per_seq] */
+    const int32_t *sample_rows;                /* [n_sampled] */
+    const int32_t *prompt_logit_rows;          /* [n_batch] */
+} step_inputs;
+
+static step_inputs leader_inputs(const cinfer_engine *e, const batch_shape *shape) {
+    return (step_inputs){*shape,           e->h_tokens,     e->h_positions,
+                         e->h_slots,       e->h_seq_starts, e->h_seq_lens,
+                         e->h_block_tables, e->h_sample_rows, e->h_prompt_logit_rows};
+}
 
 /* Lays the scheduled rows out on the host as a ci_paged_step's arrays (the step's one source,
  * for every rank), with the rows whose logits are wanted (their requests in e->sampled_req). */
@@ -453,10 +473,9 @@ static void build_batch(cinfer_engine *e, batch_shape *shape) {
         if (n > max_seq_rows) max_seq_rows = n;
         /* rows past the prompt (a preempted sequence recomputed) have no prompt logits */
         const int prompt_rows_left = r->n_prompt - r->n_computed;
-        e->batch[s].n_prompt_logit_rows =
-            !r->params.prompt_logits || prompt_rows_left <= 0 ? 0
-            : n < prompt_rows_left                           ? n
-                                                             : prompt_rows_left;
+        e->h_prompt_logit_rows[s] = !r->params.prompt_logits || prompt_rows_left <= 0 ? 0
+                                    : n < prompt_rows_left                           ? n
+                                                                     : prompt_rows_left;
         if (r->n_computed + n == r->n_tokens) {
             e->h_sample_rows[n_sampled] = row - 1;
             e->sampled_req[n_sampled++] = r;
@@ -477,25 +496,24 @@ static void build_batch(cinfer_engine *e, batch_shape *shape) {
     }
     if (padded) max_seq_len = e->max_model_len;
     e->h_seq_starts[S] = row;
-    *shape = (batch_shape){row, S, padded, n_sampled, max_seq_len, max_seq_rows};
+    *shape = (batch_shape){row, S, padded, n_sampled, max_seq_len, max_seq_rows, e->n_batch, 0};
 }
 
-/* Uploads the step the leader laid out (the leader is e itself but on a follower rank), runs the
- * model, and gathers the sampled rows of the final norm. */
-static cinfer_status execute_batch(cinfer_engine *e, const cinfer_engine *leader,
-                                   const batch_shape *shape) {
+/* Uploads the step (laid out by rank 0), runs the model, and gathers the sampled rows of the
+ * final norm. */
+static cinfer_status execute_batch(cinfer_engine *e, const step_inputs *in) {
     ci_backend *be = e->be;
+    const batch_shape *shape = &in->shape;
     const int bs = e->block_size, M = e->max_blocks_per_seq;
     const int R = shape->R, S = shape->S, padded = shape->padded, n_sampled = shape->n_sampled;
-    be->ops->to_device(be, e->tokens.data, leader->h_tokens, (size_t)R * sizeof(int32_t));
-    be->ops->to_device(be, e->positions.data, leader->h_positions, (size_t)R * sizeof(int32_t));
-    be->ops->to_device(be, e->slots.data, leader->h_slots, (size_t)R * sizeof(int32_t));
-    be->ops->to_device(be, e->seq_starts.data, leader->h_seq_starts,
-                       (size_t)(S + 1) * sizeof(int32_t));
-    be->ops->to_device(be, e->seq_lens.data, leader->h_seq_lens, (size_t)S * sizeof(int32_t));
-    be->ops->to_device(be, e->block_tables.data, leader->h_block_tables,
+    be->ops->to_device(be, e->tokens.data, in->tokens, (size_t)R * sizeof(int32_t));
+    be->ops->to_device(be, e->positions.data, in->positions, (size_t)R * sizeof(int32_t));
+    be->ops->to_device(be, e->slots.data, in->slots, (size_t)R * sizeof(int32_t));
+    be->ops->to_device(be, e->seq_starts.data, in->seq_starts, (size_t)(S + 1) * sizeof(int32_t));
+    be->ops->to_device(be, e->seq_lens.data, in->seq_lens, (size_t)S * sizeof(int32_t));
+    be->ops->to_device(be, e->block_tables.data, in->block_tables,
                        (size_t)S * (size_t)M * sizeof(int32_t));
-    be->ops->to_device(be, e->sample_rows.data, leader->h_sample_rows,
+    be->ops->to_device(be, e->sample_rows.data, in->sample_rows,
                        (size_t)n_sampled * sizeof(int32_t));
 
     const ci_paged_step paged = {
@@ -510,8 +528,8 @@ static cinfer_status execute_batch(cinfer_engine *e, const cinfer_engine *leader
         .seq_starts = ci_tensor_rows(&e->seq_starts, 0, S + 1),
         .seq_lens = ci_tensor_rows(&e->seq_lens, 0, S),
         .block_tables = ci_tensor_rows(&e->block_tables, 0, S),
-        .host_seq_starts = leader->h_seq_starts,
-        .host_seq_lens = leader->h_seq_lens,
+        .host_seq_starts = in->seq_starts,
+        .host_seq_lens = in->seq_lens,
     };
     const ci_tensor tokens = ci_tensor_rows(&e->tokens, 0, R);
     const ci_forward_step step = {
@@ -539,19 +557,20 @@ static cinfer_status execute_batch(cinfer_engine *e, const cinfer_engine *leader
 
 /* lm_head over the rows of requests that asked for their prompt's logits, LOGIT_ROWS at a time,
  * to their buffers (a sequence's rows of one step are consecutive rows of the final norm). A
- * follower rank computes the same blocks (the all-gather needs every rank) and keeps none. */
-static cinfer_status prompt_logits_to_host(cinfer_engine *e, const cinfer_engine *leader) {
+ * follower rank (to_requests 0) computes the same blocks (the all-gather needs every rank) and
+ * keeps none. */
+static cinfer_status prompt_logits_to_host(cinfer_engine *e, const step_inputs *in,
+                                           int to_requests) {
     ci_backend *be = e->be;
     const size_t V = (size_t)e->model->config->vocab_size;
-    for (int s = 0; s < leader->n_batch; s++) {
-        const int n = leader->batch[s].n_prompt_logit_rows;
+    for (int s = 0; s < in->shape.n_batch; s++) {
+        const int n = in->prompt_logit_rows[s];
         for (int i = 0; i < n; i += LOGIT_ROWS) {
             const int rows = n - i < LOGIT_ROWS ? n - i : LOGIT_ROWS;
-            const ci_tensor normed =
-                ci_tensor_rows(&e->act.x_norm, leader->h_seq_starts[s] + i, rows);
+            const ci_tensor normed = ci_tensor_rows(&e->act.x_norm, in->seq_starts[s] + i, rows);
             ci_tensor logits = ci_tensor_rows(&e->logits, 0, rows);
             CI_TRY(ci_model_logits(be, e->model, &logits, &normed));
-            if (e != leader) continue;
+            if (!to_requests) continue;
             const request *r = e->batch[s].req;
             const int first_pos = r->n_computed; /* before this step's rows are counted in */
             be->ops->to_host(be, r->params.prompt_logits + (size_t)(first_pos + i) * V, logits.data,
@@ -645,21 +664,55 @@ static cinfer_status sample_tokens(cinfer_engine *e, int n_sampled) {
 }
 
 /* ---- follower ranks ----------------------------------------------------------------------------
- * Rank 0 (this engine) schedules and lays out the step; each follower executes it from rank 0's
- * host arrays in its thread while rank 0 does here, with the same calls in the same order: the
- * forward pass, the prompt logits' blocks, the sampled rows' blocks (their logits, which only
- * rank 0 samples from). The followers read rank 0's host arrays and batch, which rank 0 does not
- * change until it has waited for them. A rank that fails aborts the group so that nobody waits
- * for it (the group, and so the engine, is unusable after). */
-enum { RANK_MESSAGE_BYTES = 512 };
-typedef struct rank_step {
-    cinfer_engine *leader;
-    batch_shape shape;
-    cinfer_status *status;                /* [tp] */
-    char (*message)[RANK_MESSAGE_BYTES];  /* [tp] */
-} rank_step;
+ * Rank 0 (this engine) schedules and lays out the step; it sends the step's shape and host arrays
+ * to every follower (tp_ranks.h), whose engine executes it while rank 0 does here, with the same
+ * calls in the same order: the forward pass, the prompt logits' blocks, the sampled rows' blocks
+ * (their logits, which only rank 0 samples from). A rank that fails aborts the group so that
+ * nobody waits for it (the group, and so the engine, is unusable after). */
 
-/* A follower's lm_head over the sampled rows, in sample_tokens' blocks. */
+static void put_step(ci_tp_message *m, const cinfer_engine *e, const step_inputs *in) {
+    const batch_shape *shape = &in->shape;
+    const size_t i32 = sizeof(int32_t);
+    ci_tp_message_put(m, shape, sizeof *shape);
+    ci_tp_message_put(m, in->tokens, (size_t)shape->R * i32);
+    ci_tp_message_put(m, in->positions, (size_t)shape->R * i32);
+    ci_tp_message_put(m, in->slots, (size_t)shape->R * i32);
+    ci_tp_message_put(m, in->seq_starts, (size_t)(shape->S + 1) * i32);
+    ci_tp_message_put(m, in->seq_lens, (size_t)shape->S * i32);
+    ci_tp_message_put(m, in->block_tables, (size_t)shape->S * (size_t)e->max_blocks_per_seq * i32);
+    ci_tp_message_put(m, in->sample_rows, (size_t)shape->n_sampled * i32);
+    ci_tp_message_put(m, in->prompt_logit_rows, (size_t)shape->n_batch * i32);
+}
+
+/* A step message read back, its sizes checked against what this engine's buffers hold (the
+ * followers' engines have rank 0's options). */
+static cinfer_status take_step(const cinfer_engine *e, ci_tp_reader *r, step_inputs *in) {
+    const batch_shape *shape = ci_tp_take(r, sizeof *shape);
+    if (!shape) return CI_FAIL(CINFER_ERR_COMM, "an engine step's message is truncated");
+    if (shape->R < 0 || shape->R > e->max_batched_tokens || shape->S < 0 ||
+        shape->S > e->max_seqs || shape->n_batch < 0 || shape->n_batch > shape->S ||
+        shape->n_sampled < 0 || shape->n_sampled > e->max_seqs)
+        return CI_FAIL(CINFER_ERR_COMM,
+                       "an engine step of %d rows, %d sequences (%d scheduled), %d sampled: more "
+                       "than this rank's engine holds (%d rows, %d sequences)",
+                       shape->R, shape->S, shape->n_batch, shape->n_sampled, e->max_batched_tokens,
+                       e->max_seqs);
+    const size_t i32 = sizeof(int32_t);
+    in->shape = *shape;
+    in->tokens = ci_tp_take(r, (size_t)shape->R * i32);
+    in->positions = ci_tp_take(r, (size_t)shape->R * i32);
+    in->slots = ci_tp_take(r, (size_t)shape->R * i32);
+    in->seq_starts = ci_tp_take(r, (size_t)(shape->S + 1) * i32);
+    in->seq_lens = ci_tp_take(r, (size_t)shape->S * i32);
+    in->block_tables = ci_tp_take(r, (size_t)shape->S * (size_t)e->max_blocks_per_seq * i32);
+    in->sample_rows = ci_tp_take(r, (size_t)shape->n_sampled * i32);
+    in->prompt_logit_rows = ci_tp_take(r, (size_t)shape->n_batch * i32);
+    if (r->failed) return CI_FAIL(CINFER_ERR_COMM, "an engine step's message is truncated");
+    return CINFER_OK;
+}
+
+/* lm_head over the sampled rows, in sample_tokens' blocks, on a follower: its part of the
+ * all-gather, the logits kept by nobody. */
 static cinfer_status follower_sampled_logits(cinfer_engine *e, int n_sampled) {
     for (int r0 = 0; r0 < n_sampled; r0 += LOGIT_ROWS) {
         const int rows = n_sampled - r0 < LOGIT_ROWS ? n_sampled - r0 : LOGIT_ROWS;
@@ -670,23 +723,21 @@ static cinfer_status follower_sampled_logits(cinfer_engine *e, int n_sampled) {
     return CINFER_OK;
 }
 
-static void follow_step(void *arg, int rank) {
-    rank_step *step = arg;
-    cinfer_engine *e = step->leader->ranks[rank];
-    cinfer_status status = execute_batch(e, step->leader, &step->shape);
-    if (status == CINFER_OK) status = prompt_logits_to_host(e, step->leader);
-    if (status == CINFER_OK) status = follower_sampled_logits(e, step->shape.n_sampled);
-    step->status[rank] = status;
-    if (status == CINFER_OK) return;
-    snprintf(step->message[rank], RANK_MESSAGE_BYTES, "%s", cinfer_last_error());
-    ci_comm_abort(e->model->comm, step->message[rank]);
+cinfer_status ci_engine_follow_step(cinfer_engine *e, ci_tp_reader *r) {
+    step_inputs in;
+    CI_TRY(take_step(e, r, &in));
+    CI_TRY(execute_batch(e, &in));
+    CI_TRY(prompt_logits_to_host(e, &in, 0));
+    return follower_sampled_logits(e, in.shape.n_sampled);
 }
+
+int64_t ci_engine_kv_bytes(const cinfer_engine *e) { return e->kv_bytes; }
 
 /* Rank 0's part of a step (every rank's without tensor parallelism): the forward pass and the
  * logits, then the requests' bookkeeping and sampling. */
-static cinfer_status run_step(cinfer_engine *e, const batch_shape *shape) {
-    CI_TRY(execute_batch(e, e, shape));
-    CI_TRY(prompt_logits_to_host(e, e));
+static cinfer_status run_step(cinfer_engine *e, const step_inputs *in) {
+    CI_TRY(execute_batch(e, in));
+    CI_TRY(prompt_logits_to_host(e, in, 1));
     for (int s = 0; s < e->n_batch; s++) {
         request *r = e->batch[s].req;
         /* a decode row extends what was generated; every other row computes a prompt (or
@@ -695,32 +746,17 @@ static cinfer_status run_step(cinfer_engine *e, const batch_shape *shape) {
         if (!decode) e->counts.prompt_tokens_computed += (uint64_t)e->batch[s].n_rows;
         r->n_computed += e->batch[s].n_rows; /* the rows are in the cache now */
     }
-    return sample_tokens(e, shape->n_sampled);
+    return sample_tokens(e, in->shape.n_sampled);
 }
 
 static cinfer_status run_step_on_ranks(cinfer_engine *e, const batch_shape *shape) {
-    if (!e->rank_pool) return run_step(e, shape);
-    const int tp = e->model->tp;
-    cinfer_status *status = calloc((size_t)tp, sizeof *status);
-    char(*message)[RANK_MESSAGE_BYTES] = calloc((size_t)tp, sizeof *message);
-    if (!status || !message) {
-        free(status);
-        free(message);
-        return CI_FAIL(CINFER_ERR_MEMORY, "out of memory");
-    }
-    rank_step step = {e, *shape, status, message};
-    pthread_mutex_lock(&e->model->step_lock);
-    ci_rank_pool_start(e->rank_pool, follow_step, &step);
-    cinfer_status result = run_step(e, shape);
-    if (result != CINFER_OK) ci_comm_abort(e->model->comm, cinfer_last_error());
-    ci_rank_pool_wait(e->rank_pool);
-    pthread_mutex_unlock(&e->model->step_lock);
-    for (int r = 1; result == CINFER_OK && r < tp; r++)
-        if (status[r] != CINFER_OK)
-            result = CI_FAIL(status[r], "tensor-parallel rank %d: %s", r, message[r]);
-    free(status);
-    free(message);
-    return result;
+    const step_inputs in = leader_inputs(e, shape);
+    ci_tp_ranks *followers = e->model->followers;
+    if (!followers) return run_step(e, &in);
+    ci_tp_message_start(&e->step_message, CI_TP_ENGINE_STEP, e->tp_id);
+    put_step(&e->step_message, e, &in);
+    CI_TRY(ci_tp_ranks_begin(followers, &e->step_message));
+    return ci_tp_ranks_end(followers, run_step(e, &in), NULL);
 }
 
 /* Requests whose last output finished them leave the running set. */
@@ -966,6 +1002,7 @@ static cinfer_status allocate(cinfer_engine *e, int64_t n_blocks) {
     e->h_seq_lens = malloc((size_t)S * sizeof(int32_t));
     e->h_block_tables = calloc((size_t)S * (size_t)M, sizeof(int32_t));
     e->h_sample_rows = malloc((size_t)S * sizeof(int32_t));
+    e->h_prompt_logit_rows = calloc((size_t)S, sizeof(int32_t));
     e->h_argmax_ids = malloc(LOGIT_ROWS * sizeof(int32_t));
     e->h_logits = malloc((size_t)LOGIT_ROWS * (size_t)V * sizeof(float));
     e->running = calloc((size_t)S, sizeof *e->running);
@@ -973,6 +1010,7 @@ static cinfer_status allocate(cinfer_engine *e, int64_t n_blocks) {
     e->sampled_req = calloc((size_t)S, sizeof *e->sampled_req);
     if (!e->inv_freq || !host_inv_freq || !e->h_tokens || !e->h_positions || !e->h_slots ||
         !e->h_seq_starts || !e->h_seq_lens || !e->h_block_tables || !e->h_sample_rows ||
+        !e->h_prompt_logit_rows ||
         !e->h_argmax_ids || !e->h_logits || !e->running || !e->batch || !e->sampled_req) {
         free(host_inv_freq);
         return CI_FAIL(CINFER_ERR_MEMORY, "out of memory for the engine's buffers");
@@ -994,9 +1032,15 @@ static cinfer_status allocate(cinfer_engine *e, int64_t n_blocks) {
 
 void cinfer_engine_free(cinfer_engine *e) {
     if (!e) return;
-    ci_rank_pool_free(e->rank_pool); /* no step runs between calls: the threads are idle */
-    for (int r = 1; e->ranks && r < e->model->tp; r++) cinfer_engine_free(e->ranks[r]);
-    free(e->ranks);
+    if (e->mirrored) {
+        ci_tp_message m = {0};
+        ci_tp_message_start(&m, CI_TP_ENGINE_FREE, e->tp_id);
+        if (ci_tp_ranks_begin(e->model->followers, &m) == CINFER_OK)
+            ci_tp_ranks_end(e->model->followers, CINFER_OK, NULL);
+        ci_tp_message_free(&m);
+    }
+    ci_tp_message_free(&e->step_message);
+    free(e->h_prompt_logit_rows);
     for (int i = 0; i < e->n_running; i++) request_free(e->running[i]);
     for (int i = 0; i < e->n_waiting; i++) request_free(e->waiting[i]);
     for (int i = 0; i < e->n_inbox; i++) request_free(e->inbox[i]);
@@ -1041,24 +1085,23 @@ void cinfer_engine_free(cinfer_engine *e) {
 
 /* The engines of ranks 1 .. tp-1: the options this one resolved, with its number of blocks (the
  * block ids are this engine's), each block sized for the rank's own KV heads. */
-static cinfer_status create_followers(cinfer_engine *e, const cinfer_engine_options *o,
-                                      int64_t n_blocks) {
-    const int tp = e->model->tp;
-    e->ranks = calloc((size_t)tp, sizeof *e->ranks);
-    CI_CHECK_ALLOC(e->ranks, (size_t)tp * sizeof *e->ranks);
-    e->ranks[0] = e;
+static cinfer_status create_on_followers(cinfer_engine *e, const cinfer_engine_options *o,
+                                         int64_t n_blocks) {
+    ci_tp_ranks *followers = e->model->followers;
     cinfer_engine_options follower = *o;
-    follower.n_kv_blocks = n_blocks;
+    follower.n_kv_blocks = (int)n_blocks;
     follower.kv_cache_bytes = 0;
-    for (int r = 1; r < tp; r++) {
-        CI_TRY(cinfer_engine_create(e->model->ranks[r], &follower, &e->ranks[r]));
-        e->kv_bytes += e->ranks[r]->kv_bytes;
-    }
-    e->rank_pool = ci_rank_pool_create(tp);
-    if (!e->rank_pool)
-        return CI_FAIL(CINFER_ERR_MEMORY, "could not start the threads of %d tensor-parallel ranks",
-                       tp - 1);
-    return CINFER_OK;
+    e->tp_id = ci_tp_ranks_new_id(followers);
+    e->mirrored = 1; /* freed on the followers too, whichever of them made one */
+    ci_tp_message m = {0};
+    ci_tp_message_start(&m, CI_TP_ENGINE_CREATE, e->tp_id);
+    ci_tp_message_put(&m, &follower, sizeof follower);
+    int64_t follower_kv_bytes = 0;
+    cinfer_status status = ci_tp_ranks_begin(followers, &m);
+    if (status == CINFER_OK) status = ci_tp_ranks_end(followers, CINFER_OK, &follower_kv_bytes);
+    ci_tp_message_free(&m);
+    e->kv_bytes += follower_kv_bytes;
+    return status;
 }
 
 cinfer_status cinfer_engine_create(cinfer_model *model, const cinfer_engine_options *options,
@@ -1096,10 +1139,12 @@ cinfer_status cinfer_engine_create(cinfer_model *model, const cinfer_engine_opti
                                                        o.max_model_len, o.max_seqs),
             &n_blocks);
     if (status == CINFER_OK) status = allocate(e, n_blocks);
-    if (status == CINFER_OK && model->tp > 1) status = create_followers(e, &o, n_blocks);
+    if (status == CINFER_OK && model->followers) status = create_on_followers(e, &o, n_blocks);
     if (status != CINFER_OK) {
+        char message[1024];
+        snprintf(message, sizeof message, "%s", cinfer_last_error());
         cinfer_engine_free(e);
-        return status;
+        return CI_FAIL(status, "%s", message);
     }
     e->counts.block_size = e->block_size;
     e->counts.n_blocks = ci_block_pool_n_blocks(e->pool);

@@ -3,13 +3,17 @@
  * (a tensor a file stores misaligned is the rare exception, copied once); on CUDA they are
  * uploaded through a bounded staging buffer. */
 #include <omp.h>
+#include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "../models/model.h"
 #include "../kernels/backend.h"
 #include "../kernels/device.h"
 #include "../common/error.h"
 #include "model_shard.h"
+#include "tp_link.h"
+#include "tp_ranks.h"
 
 static void fill_info(cinfer_model *m) {
     const ci_config *c = m->config;
@@ -70,12 +74,20 @@ static cinfer_status check_options(const cinfer_load_options *o) {
         return CI_FAIL(CINFER_ERR_ARGUMENT,
                        "load options: tensor_parallel = %d: expected 1 (or 0: unsharded) to %d ranks",
                        o->tensor_parallel, CI_MAX_TENSOR_PARALLEL);
-    if (o->tensor_parallel > 1 && o->backend == CINFER_BACKEND_CUDA)
+    if (o->tensor_parallel > 1 && o->backend == CINFER_BACKEND_CUDA && !o->tp_address)
         return CI_FAIL(CINFER_ERR_UNSUPPORTED,
-                       "load options: tensor_parallel = %d on CUDA needs one process per GPU with "
-                       "NCCL between them, which is not built yet (docs/TENSOR_PARALLEL.md); the "
-                       "CPU backend runs the ranks as threads",
+                       "load options: tensor_parallel = %d on CUDA runs one process per GPU: "
+                       "tp_address must say where they join (the cinfer program's --tp starts "
+                       "them; docs/TENSOR_PARALLEL.md)",
                        o->tensor_parallel);
+    if (o->tensor_parallel > 1 && o->backend == CINFER_BACKEND_CUDA && !ci_comm_nccl_compiled())
+        return CI_FAIL(CINFER_ERR_UNSUPPORTED,
+                       "load options: tensor_parallel = %d on CUDA needs NCCL, which this build "
+                       "lacks (CMake found no nccl.h and libnccl: CINFER_NCCL, NCCL_HOME)",
+                       o->tensor_parallel);
+    if (o->tp_timeout_seconds < 0)
+        return CI_FAIL(CINFER_ERR_ARGUMENT, "load options: tp_timeout_seconds = %g is negative",
+                       o->tp_timeout_seconds);
     if (o->backend == CINFER_BACKEND_CUDA) return ci_cuda_available(o->device);
     return ci_backend_available(o->backend);
 }
@@ -161,21 +173,24 @@ static cinfer_status load_from(ci_checkpoint *checkpoint, const cinfer_load_opti
     return CINFER_OK;
 }
 
-/* Frees what load_tensor_parallel built around rank 0's model: the other ranks' models, then the
- * communicators they were bound to, then their group. */
-static void free_ranks(int tp, cinfer_model **ranks, ci_comm **comms, ci_comm_group *group) {
-    for (int r = 1; ranks && r < tp; r++) cinfer_model_free(ranks[r]);
-    for (int r = 0; comms && r < tp; r++) ci_comm_destroy(comms[r]);
-    ci_comm_group_free(group);
-    free(ranks);
-    free(comms);
+/* Rank 0's model of a sharded load becomes the whole model's face: info describes the whole
+ * checkpoint, with the KV cache of every rank (the followers' replied, or summed here). */
+static void become_whole(cinfer_model *m, int tp, ci_tp_ranks *followers,
+                         int64_t followers_kv_bytes_per_token) {
+    const ci_config *whole = &m->checkpoint->config;
+    m->tp = tp;
+    m->followers = followers;
+    m->info.n_heads = whole->n_heads;
+    m->info.n_kv_heads = whole->n_kv_heads;
+    m->info.intermediate_size = whole->intermediate_size;
+    m->info.kv_bytes_per_token += followers_kv_bytes_per_token;
 }
 
 /* tp ranks of the checkpoint in dir as threads of this process: one CPU communicator group, each
- * rank's model loaded with its share of the CPU threads; rank 0's model holds them all. No
- * collective runs during a load, so the ranks load one after the other; the first refusal (tp
- * does not divide the heads...) is rank 0's, with its numbers. With a seed, dir is a config.json
- * and each rank draws its part of the random weights of that seed. */
+ * rank's model loaded with its share of the CPU threads; rank 0's model holds the others through
+ * its followers. No collective runs during a load, so the ranks load one after the other; the
+ * first refusal (tp does not divide the heads...) is rank 0's, with its numbers. With a seed, dir
+ * is a config.json and each rank draws its part of the random weights of that seed. */
 static cinfer_status load_tensor_parallel(const char *dir, const cinfer_load_options *options,
                                           const uint64_t *seed, cinfer_model **out) {
     const int tp = options->tensor_parallel;
@@ -194,26 +209,170 @@ static cinfer_status load_tensor_parallel(const char *dir, const cinfer_load_opt
                 seed ? ci_model_load_random_shard(dir, &rank_options, *seed, comms[r], &ranks[r])
                      : ci_model_load_shard(dir, &rank_options, comms[r], &ranks[r]);
     }
+    int64_t followers_kv = 0;
+    for (int r = 1; status == CINFER_OK && r < tp; r++)
+        followers_kv += ranks[r]->info.kv_bytes_per_token;
+    cinfer_model *leader = ranks ? ranks[0] : NULL;
+    ci_tp_ranks *followers = NULL;
+    if (status == CINFER_OK) {
+        status = ci_tp_ranks_threads(tp, ranks, comms, group, &followers);
+    } else {
+        for (int r = 1; ranks && r < tp; r++) cinfer_model_free(ranks[r]);
+        for (int r = 0; comms && r < tp; r++) ci_comm_destroy(comms[r]);
+        ci_comm_group_free(group);
+        free(ranks);
+        free(comms);
+    }
+    /* from here the followers hold the ranks, the communicators and the group */
     if (status != CINFER_OK) {
-        if (ranks) cinfer_model_free(ranks[0]);
-        free_ranks(tp, ranks, comms, group);
+        cinfer_model_free(leader);
         return status;
     }
-    cinfer_model *m = ranks[0];
-    pthread_mutex_init(&m->step_lock, NULL);
-    m->tp = tp;
-    m->ranks = ranks;
-    m->comms = comms;
-    m->group = group;
-    /* the whole model's shape; the KV cache of every rank */
-    const ci_config *whole = &m->checkpoint->config;
-    int64_t kv_bytes_per_token = 0;
-    for (int r = 0; r < tp; r++) kv_bytes_per_token += ranks[r]->info.kv_bytes_per_token;
-    m->info.n_heads = whole->n_heads;
-    m->info.n_kv_heads = whole->n_kv_heads;
-    m->info.intermediate_size = whole->intermediate_size;
-    m->info.kv_bytes_per_token = kv_bytes_per_token;
+    become_whole(leader, tp, followers, followers_kv);
+    *out = leader;
+    return CINFER_OK;
+}
+
+/* ---- ranks as processes --------------------------------------------------------------------
+ * Rank 0 listens at tp_address; each worker joins (cinfer_tp_worker_run), takes rank 0's hello
+ * (the backend and kinds it runs, and on CUDA the NCCL group's id), makes its communicator, loads
+ * its shard and replies with its status and KV bytes per token; then it follows rank 0's calls
+ * (tp_ranks.h). Rank 0 loads its own shard meanwhile and collects the replies. */
+
+/* How long a load may take, per rank: a 70B shard from a cold disk takes minutes. A worker that
+ * dies is noticed at once (its connection closes); this bounds one that hangs. */
+#define TP_LOAD_TIMEOUT_SECONDS 3600.0
+
+typedef struct tp_hello {
+    uint32_t magic; /* TP_HELLO_MAGIC: the same build's idea of this struct */
+    int32_t backend, dtype, attention;
+    ci_comm_id nccl_id; /* CUDA: the group's */
+} tp_hello;
+#define TP_HELLO_MAGIC 0x63694870u
+
+/* How long a rank waits for the others, to join and in a collective: one knob, as PyTorch's
+ * process groups have. */
+static double join_timeout(const cinfer_load_options *o) {
+    return o->tp_timeout_seconds > 0 ? o->tp_timeout_seconds : CI_COMM_DEFAULT_TIMEOUT_SECONDS;
+}
+
+/* The communicator of a process rank: NCCL's on CUDA, else one over rank 0's sockets. */
+static cinfer_status process_comm(ci_tp_link *link, const tp_hello *hello, int device,
+                                  ci_comm **comm) {
+    if (hello->backend == CINFER_BACKEND_CUDA)
+        return ci_comm_nccl_create(&hello->nccl_id, ci_tp_link_rank(link), ci_tp_link_size(link),
+                                   device, comm);
+    return ci_tp_link_comm(link, comm);
+}
+
+static cinfer_status load_tensor_parallel_processes(const char *dir,
+                                                    const cinfer_load_options *options,
+                                                    cinfer_model **out) {
+    const int tp = options->tensor_parallel;
+    ci_tp_link *link = NULL;
+    CI_TRY(ci_tp_link_listen(options->tp_address, tp, join_timeout(options), &link));
+    if (options->tp_listening)
+        options->tp_listening(ci_tp_link_address(link), options->tp_listening_user);
+    tp_hello hello = {TP_HELLO_MAGIC, (int32_t)options->backend, (int32_t)options->dtype,
+                      (int32_t)options->attention, {{0}}};
+    cinfer_status status = CINFER_OK;
+    if (options->backend == CINFER_BACKEND_CUDA) status = ci_comm_nccl_unique_id(&hello.nccl_id);
+    if (status == CINFER_OK) status = ci_tp_link_accept(link, &hello, sizeof hello);
+    ci_comm *comm = NULL;
+    if (status == CINFER_OK) status = process_comm(link, &hello, options->device, &comm);
+    cinfer_model *m = NULL;
+    if (status == CINFER_OK) status = ci_model_load_shard(dir, options, comm, &m);
+    /* every worker's reply, even after a failure here: theirs may say more */
+    int64_t followers_kv = 0;
+    for (int r = 1; status == CINFER_OK && r < tp; r++) {
+        const void *data = NULL;
+        size_t bytes = 0;
+        ci_tp_reply reply;
+        status = ci_tp_link_recv(link, r, &data, &bytes, TP_LOAD_TIMEOUT_SECONDS);
+        if (status == CINFER_OK && bytes != sizeof reply)
+            status = CI_FAIL(CINFER_ERR_COMM, "tensor-parallel rank %d replied %zu bytes, expected "
+                             "%zu", r, bytes, sizeof reply);
+        if (status != CINFER_OK) break;
+        memcpy(&reply, data, sizeof reply);
+        reply.message[sizeof reply.message - 1] = '\0';
+        if (reply.status != CINFER_OK)
+            status = CI_FAIL((cinfer_status)reply.status, "tensor-parallel rank %d: %s", r,
+                             reply.message);
+        followers_kv += reply.value;
+    }
+    if (status != CINFER_OK) {
+        /* the workers see the connection close and end */
+        char message[1024];
+        snprintf(message, sizeof message, "%s", cinfer_last_error());
+        cinfer_model_free(m);
+        ci_tp_link_free(link);
+        ci_comm_destroy(comm);
+        return CI_FAIL(status, "%s", message);
+    }
+    ci_tp_ranks *followers = NULL;
+    status = ci_tp_ranks_processes(link, comm, 0.0, &followers);
+    if (status != CINFER_OK) {
+        cinfer_model_free(m);
+        return status;
+    }
+    become_whole(m, tp, followers, followers_kv);
     *out = m;
+    return CINFER_OK;
+}
+
+static cinfer_status check_worker(const char *dir, const cinfer_load_options *o, int rank) {
+    if (!dir) return CI_FAIL(CINFER_ERR_ARGUMENT, "no model folder given");
+    if (!o || !o->tp_address || o->tensor_parallel < 2)
+        return CI_FAIL(CINFER_ERR_ARGUMENT,
+                       "a tensor-parallel worker needs tensor_parallel >= 2 and the tp_address of "
+                       "its rank 0");
+    if (rank < 1 || rank >= o->tensor_parallel)
+        return CI_FAIL(CINFER_ERR_ARGUMENT,
+                       "a tensor-parallel worker's rank %d is outside 1 .. %d (tensor_parallel = "
+                       "%d; rank 0 is the process that listens)",
+                       rank, o->tensor_parallel - 1, o->tensor_parallel);
+    return CINFER_OK;
+}
+
+cinfer_status cinfer_tp_worker_run(const char *dir, const cinfer_load_options *options, int rank) {
+    ci_error_clear();
+    CI_TRY(check_worker(dir, options, rank));
+    ci_tp_link *link = NULL;
+    void *hello_data = NULL;
+    size_t hello_bytes = 0;
+    CI_TRY(ci_tp_link_join(options->tp_address, rank, options->tensor_parallel,
+                           join_timeout(options), &link, &hello_data, &hello_bytes));
+    tp_hello hello = {0};
+    cinfer_status status = CINFER_OK;
+    if (hello_bytes != sizeof hello ||
+        ((const tp_hello *)hello_data)->magic != TP_HELLO_MAGIC)
+        status = CI_FAIL(CINFER_ERR_COMM,
+                         "rank 0 at %s is not this build of cinfer (its hello is %zu bytes, "
+                         "expected %zu)",
+                         options->tp_address, hello_bytes, sizeof hello);
+    else
+        memcpy(&hello, hello_data, sizeof hello);
+    free(hello_data);
+    /* rank 0's kinds, this process's threads and device */
+    cinfer_load_options mine = *options;
+    mine.backend = (cinfer_backend)hello.backend;
+    mine.dtype = (cinfer_dtype)hello.dtype;
+    mine.attention = (cinfer_attention)hello.attention;
+    ci_comm *comm = NULL;
+    if (status == CINFER_OK) status = process_comm(link, &hello, mine.device, &comm);
+    cinfer_model *m = NULL;
+    if (status == CINFER_OK) status = ci_model_load_shard(dir, &mine, comm, &m);
+    ci_tp_reply reply = {.status = status, .value = m ? m->info.kv_bytes_per_token : 0};
+    if (status != CINFER_OK) snprintf(reply.message, sizeof reply.message, "%s", cinfer_last_error());
+    const cinfer_status sent = ci_tp_link_send(link, &reply, sizeof reply);
+    if (status == CINFER_OK) status = sent;
+    if (status == CINFER_OK) status = ci_tp_follow(link, m);
+    char message[1024];
+    snprintf(message, sizeof message, "%s", cinfer_last_error());
+    cinfer_model_free(m);
+    ci_tp_link_free(link);
+    ci_comm_destroy(comm);
+    if (status != CINFER_OK) return CI_FAIL(status, "%s", message);
     return CINFER_OK;
 }
 
@@ -224,7 +383,8 @@ cinfer_status cinfer_model_load(const char *dir, const cinfer_load_options *opti
     if (!dir) return CI_FAIL(CINFER_ERR_ARGUMENT, "no model folder given");
     if (options) CI_TRY(check_options(options));
     if (options && options->tensor_parallel > 1)
-        return load_tensor_parallel(dir, options, NULL, out);
+        return options->tp_address ? load_tensor_parallel_processes(dir, options, out)
+                                   : load_tensor_parallel(dir, options, NULL, out);
     ci_checkpoint *checkpoint;
     CI_TRY(checkpoint_open(dir, &checkpoint));
     return load_from(checkpoint, options, NULL, out);
@@ -248,6 +408,11 @@ cinfer_status cinfer_model_load_random(const char *config_path, const cinfer_loa
     ci_error_clear();
     if (!config_path) return CI_FAIL(CINFER_ERR_ARGUMENT, "no config.json given");
     if (options) CI_TRY(check_options(options));
+    if (options && options->tensor_parallel > 1 && options->tp_address)
+        return CI_FAIL(CINFER_ERR_UNSUPPORTED,
+                       "%s: random weights run their tensor-parallel ranks as threads of this "
+                       "process only (tp_address is for checkpoints)",
+                       config_path);
     if (options && options->tensor_parallel > 1)
         return load_tensor_parallel(config_path, options, &seed, out);
     ci_checkpoint *checkpoint;
@@ -270,25 +435,16 @@ cinfer_status ci_model_load_random_shard(const char *config_path,
 
 void cinfer_model_free(cinfer_model *m) {
     if (!m) return;
-    /* rank 0 of an in-process group: the other ranks first, the communicators after every model */
-    cinfer_model **ranks = m->ranks;
-    ci_comm **comms = m->comms;
-    ci_comm_group *group = m->group;
-    const int tp = m->tp;
-    for (int r = 1; ranks && r < tp; r++) cinfer_model_free(ranks[r]);
-    if (ranks) ranks[0] = NULL;
+    ci_tp_ranks *followers = m->followers;
     ci_free_device_weights(m);
     for (int i = 0; i < m->n_aligned_copies; i++) free(m->aligned_copies[i]);
     free(m->aligned_copies);
     free(m->bound);
     free(m->layers);
     checkpoint_close(m->checkpoint);
-    if (ranks) pthread_mutex_destroy(&m->step_lock);
     free(m);
-    if (ranks) {
-        for (int r = 1; r < tp; r++) ranks[r] = NULL; /* freed above */
-        free_ranks(tp, ranks, comms, group);
-    }
+    /* rank 0's: the followers own the communicators, which its forward pass used until now */
+    ci_tp_ranks_free(followers);
 }
 
 const cinfer_model_info *cinfer_model_get_info(const cinfer_model *m) { return &m->info; }

@@ -121,10 +121,9 @@ int64_t cinfer_session_memory_bytes_batch(const cinfer_model *model, int n_ctx, 
     if (n_seqs < 1 || n_seqs > CI_MAX_BATCH) return -1;
     ci_backend *be = NULL;
     if (ci_backend_create_for(&model->options, &be) != CINFER_OK) ci_error_clear();
-    /* a sharded model's session is one per rank (create_followers), each sized by its own config */
-    int64_t total = 0;
-    for (int r = 0; r < (model->ranks ? model->tp : 1); r++)
-        total += session_bytes(model->ranks ? model->ranks[r] : model, n_ctx, n_seqs, be);
+    /* a sharded model's session is one per rank, each sized by its own config, which the plan
+     * makes the same on every rank (models/shard.h: as many heads, KV heads and MLP rows) */
+    const int64_t total = (model->tp > 1 ? model->tp : 1) * session_bytes(model, n_ctx, n_seqs, be);
     ci_backend_free(be);
     return total;
 }
@@ -147,23 +146,27 @@ static cinfer_status check_device_memory(const cinfer_session *s) {
                           session_bytes(s->model, s->n_ctx, s->n_seqs, s->be), (int64_t)free_bytes);
 }
 
-/* The sessions of ranks 1 .. tp-1, sized as this one (rank 0's), and the threads they run on. */
-static cinfer_status create_followers(cinfer_session *s) {
-    const int tp = s->model->tp;
-    s->ranks = calloc((size_t)tp, sizeof *s->ranks);
-    CI_CHECK_ALLOC(s->ranks, (size_t)tp * sizeof *s->ranks);
-    s->ranks[0] = s;
-    for (int r = 1; r < tp; r++) {
-        CI_TRY(cinfer_session_create_batch(s->model->ranks[r], s->n_ctx, s->n_seqs, &s->ranks[r]));
-        s->ranks[r]->follower = 1;
-        s->ranks[r]->follower_next = malloc((size_t)s->n_seqs * sizeof(int32_t));
-        CI_CHECK_ALLOC(s->ranks[r]->follower_next, (size_t)s->n_seqs * sizeof(int32_t));
-    }
-    s->pool = ci_rank_pool_create(tp);
-    if (!s->pool)
-        return CI_FAIL(CINFER_ERR_MEMORY, "could not start the threads of %d tensor-parallel ranks",
-                       tp - 1);
-    return CINFER_OK;
+/* The followers mirror a session of a sharded model: the same n_ctx and n_seqs, sized by each
+ * rank's own config (tp_ranks.h). */
+static cinfer_status create_on_followers(cinfer_session *s) {
+    s->tp_id = ci_tp_ranks_new_id(s->model->followers);
+    ci_tp_message m = {0};
+    ci_tp_message_start(&m, CI_TP_SESSION_CREATE, s->tp_id);
+    const int32_t shape[2] = {s->n_ctx, s->n_seqs};
+    ci_tp_message_put(&m, shape, sizeof shape);
+    cinfer_status status = ci_tp_ranks_begin(s->model->followers, &m);
+    if (status == CINFER_OK) status = ci_tp_ranks_end(s->model->followers, CINFER_OK, NULL);
+    ci_tp_message_free(&m);
+    return status;
+}
+
+/* Tells the followers to free their copy of s (those that made none ignore it). */
+static void free_on_followers(cinfer_session *s) {
+    ci_tp_message m = {0};
+    ci_tp_message_start(&m, CI_TP_SESSION_FREE, s->tp_id);
+    if (ci_tp_ranks_begin(s->model->followers, &m) == CINFER_OK)
+        ci_tp_ranks_end(s->model->followers, CINFER_OK, NULL);
+    ci_tp_message_free(&m);
 }
 
 cinfer_status cinfer_session_create_batch(cinfer_model *model, int n_ctx, int n_seqs,
@@ -184,9 +187,16 @@ cinfer_status cinfer_session_create_batch(cinfer_model *model, int n_ctx, int n_
     cinfer_status status = ci_backend_create_for(&model->options, &s->be);
     if (status == CINFER_OK) status = check_device_memory(s);
     if (status == CINFER_OK) status = allocate(s);
-    if (status == CINFER_OK && model->tp > 1) status = create_followers(s);
+    if (status == CINFER_OK && model->followers) {
+        status = create_on_followers(s);
+        s->mirrored = 1; /* freed on the followers too, whichever of them made one */
+    }
     if (status != CINFER_OK) {
+        const cinfer_status kept = status;
+        char message[1024];
+        snprintf(message, sizeof message, "%s", cinfer_last_error());
         cinfer_session_free(s);
+        return CI_FAIL(kept, "%s", message);
         return status;
     }
     *out = s;
@@ -199,9 +209,7 @@ cinfer_status cinfer_session_create(cinfer_model *model, int n_ctx, cinfer_sessi
 
 void cinfer_session_free(cinfer_session *s) {
     if (!s) return;
-    ci_rank_pool_free(s->pool); /* no job runs between calls: the threads are idle */
-    for (int r = 1; s->ranks && r < s->model->tp; r++) cinfer_session_free(s->ranks[r]);
-    free(s->ranks);
+    if (s->mirrored) free_on_followers(s);
     free(s->follower_next);
     if (s->be) {
         const ci_config *c = s->model->config;
@@ -220,10 +228,8 @@ void cinfer_session_free(cinfer_session *s) {
     free(s);
 }
 
-void cinfer_session_reset(cinfer_session *s) {
-    s->n_past = 0;
-    for (int r = 1; s->ranks && r < s->model->tp; r++) s->ranks[r]->n_past = 0;
-}
+/* (the followers take n_past from each call's message: nothing to tell them) */
+void cinfer_session_reset(cinfer_session *s) { s->n_past = 0; }
 int cinfer_session_n_past(const cinfer_session *s) { return s->n_past; }
 int cinfer_session_n_ctx(const cinfer_session *s) { return s->n_ctx; }
 int cinfer_session_n_seqs(const cinfer_session *s) { return s->n_seqs; }
@@ -369,80 +375,72 @@ static cinfer_status forward_batch(cinfer_session *s, const int32_t *tokens, int
     return CINFER_OK;
 }
 
-/* ---- tensor-parallel ranks in this process ----------------------------------------------------
+/* ---- tensor-parallel ranks ---------------------------------------------------------------------
  * Rank 0 checks the call's inputs first, so that the ranks start only calls they will all run
- * (a refused input leaves the group usable); then every follower runs the same call in its thread
- * while rank 0 runs it here, the ranks meeting in their collectives. A rank that fails after that
- * aborts the group (ci_comm_abort) so that nobody waits for it; the call reports rank 0's error,
- * else the first follower's. */
-enum { RANK_MESSAGE_BYTES = 512 };
-typedef struct rank_result {
-    cinfer_status status;
-    char message[RANK_MESSAGE_BYTES];
-} rank_result;
+ * (a refused input leaves the group usable); then it hands the call to every follower as a message
+ * (tp_ranks.h), with its n_past, and runs its own part while they run theirs, the ranks meeting in
+ * their collectives. A rank that fails after that aborts the group so that nobody waits for it;
+ * the call reports rank 0's error, else the first follower's. */
 
-typedef struct rank_call {
-    cinfer_session *leader;
-    const int32_t *tokens;
-    int n_tokens;
-    cinfer_logits which;
-    int greedy;          /* ci_session_greedy_step rather than a forward call */
-    rank_result *result; /* [tp] */
-} rank_call;
-
-static cinfer_status greedy_step(cinfer_session *s, const int32_t *tokens, int32_t *next);
-
-static void follow(void *arg, int rank) {
-    rank_call *call = arg;
-    cinfer_session *s = call->leader->ranks[rank];
-    rank_result *result = &call->result[rank];
-    result->status = call->greedy
-                         ? greedy_step(s, call->tokens, s->follower_next)
-                         : forward_batch(s, call->tokens, call->n_tokens, call->which, NULL);
-    if (result->status == CINFER_OK) return;
-    snprintf(result->message, sizeof result->message, "%s", cinfer_last_error());
-    ci_comm_abort(s->model->comm, result->message);
-}
-
-/* Runs call on every rank; rank 0's part is leader_status, already run by the caller between
- * start and finish. */
-static void start_ranks(cinfer_session *s, rank_call *call, rank_result *result) {
-    pthread_mutex_lock(&s->model->step_lock);
-    call->leader = s;
-    call->result = result;
-    for (int r = 0; r < s->model->tp; r++) result[r].status = CINFER_OK;
-    ci_rank_pool_start(s->pool, follow, call);
-}
-
-static cinfer_status finish_ranks(cinfer_session *s, cinfer_status leader_status,
-                                  const rank_result *result) {
-    if (leader_status != CINFER_OK) ci_comm_abort(s->model->comm, cinfer_last_error());
-    ci_rank_pool_wait(s->pool);
-    pthread_mutex_unlock(&s->model->step_lock);
-    if (leader_status != CINFER_OK) return leader_status;
-    for (int r = 1; r < s->model->tp; r++)
-        if (result[r].status != CINFER_OK)
-            return CI_FAIL(result[r].status, "tensor-parallel rank %d: %s", r, result[r].message);
-    return CINFER_OK;
+static void start_message(ci_tp_message *m, const cinfer_session *s, ci_tp_op op) {
+    ci_tp_message_start(m, op, s->tp_id);
+    const int32_t n_past = s->n_past;
+    ci_tp_message_put(m, &n_past, sizeof n_past);
 }
 
 static cinfer_status sharded_forward(cinfer_session *s, const int32_t *tokens, int n_tokens,
                                      cinfer_logits which, float *logits) {
     CI_TRY(check_forward(s, tokens, n_tokens, which, logits));
-    rank_result *result = calloc((size_t)s->model->tp, sizeof *result);
-    CI_CHECK_ALLOC(result, (size_t)s->model->tp * sizeof *result);
-    rank_call call = {.tokens = tokens, .n_tokens = n_tokens, .which = which};
-    start_ranks(s, &call, result);
-    const cinfer_status status =
-        finish_ranks(s, forward_batch(s, tokens, n_tokens, which, logits), result);
-    free(result);
+    ci_tp_message m = {0};
+    start_message(&m, s, CI_TP_SESSION_FORWARD);
+    const int32_t call[2] = {(int32_t)which, n_tokens};
+    ci_tp_message_put(&m, call, sizeof call);
+    ci_tp_message_put(&m, tokens, (size_t)s->n_seqs * (size_t)n_tokens * sizeof *tokens);
+    cinfer_status status = ci_tp_ranks_begin(s->model->followers, &m);
+    if (status == CINFER_OK)
+        status = ci_tp_ranks_end(s->model->followers,
+                                 forward_batch(s, tokens, n_tokens, which, logits), NULL);
+    ci_tp_message_free(&m);
     return status;
+}
+
+static cinfer_status greedy_step(cinfer_session *s, const int32_t *tokens, int32_t *next);
+
+cinfer_status ci_session_follow(cinfer_session *s, ci_tp_op op, ci_tp_reader *r) {
+    const int32_t *n_past = ci_tp_take(r, sizeof *n_past);
+    if (!n_past) return CI_FAIL(CINFER_ERR_COMM, "a session call's message is truncated");
+    s->n_past = *n_past;
+    if (op == CI_TP_SESSION_GREEDY) {
+        const int32_t *tokens = ci_tp_take(r, (size_t)s->n_seqs * sizeof *tokens);
+        if (!tokens) return CI_FAIL(CINFER_ERR_COMM, "a greedy step's message is truncated");
+        return greedy_step(s, tokens, s->follower_next);
+    }
+    const int32_t *call = ci_tp_take(r, 2 * sizeof *call);
+    const int32_t *tokens =
+        call && call[1] > 0 ? ci_tp_take(r, (size_t)s->n_seqs * (size_t)call[1] * sizeof *tokens)
+                            : NULL;
+    if (!tokens) return CI_FAIL(CINFER_ERR_COMM, "a forward call's message is truncated");
+    return forward_batch(s, tokens, call[1], (cinfer_logits)call[0], NULL);
+}
+
+cinfer_status ci_session_create_follower(cinfer_model *model, int n_ctx, int n_seqs,
+                                         cinfer_session **out) {
+    CI_TRY(cinfer_session_create_batch(model, n_ctx, n_seqs, out));
+    cinfer_session *s = *out;
+    s->follower = 1;
+    s->follower_next = malloc((size_t)n_seqs * sizeof(int32_t));
+    if (!s->follower_next) {
+        cinfer_session_free(s);
+        *out = NULL;
+        return CI_FAIL(CINFER_ERR_MEMORY, "out of memory");
+    }
+    return CINFER_OK;
 }
 
 cinfer_status cinfer_session_forward_batch(cinfer_session *s, const int32_t *tokens, int n_tokens,
                                            cinfer_logits which, float *logits) {
     ci_error_clear();
-    if (s->ranks) return sharded_forward(s, tokens, n_tokens, which, logits);
+    if (s->model->followers) return sharded_forward(s, tokens, n_tokens, which, logits);
     return forward_batch(s, tokens, n_tokens, which, logits);
 }
 
@@ -505,13 +503,14 @@ static cinfer_status greedy_step(cinfer_session *s, const int32_t *tokens, int32
 
 cinfer_status ci_session_greedy_step(cinfer_session *s, const int32_t *tokens, int32_t *next) {
     ci_error_clear();
-    if (!s->ranks) return greedy_step(s, tokens, next);
+    if (!s->model->followers) return greedy_step(s, tokens, next);
     CI_TRY(check_greedy(s, tokens));
-    rank_result *result = calloc((size_t)s->model->tp, sizeof *result);
-    CI_CHECK_ALLOC(result, (size_t)s->model->tp * sizeof *result);
-    rank_call call = {.tokens = tokens, .greedy = 1};
-    start_ranks(s, &call, result);
-    const cinfer_status status = finish_ranks(s, greedy_step(s, tokens, next), result);
-    free(result);
+    ci_tp_message m = {0};
+    start_message(&m, s, CI_TP_SESSION_GREEDY);
+    ci_tp_message_put(&m, tokens, (size_t)s->n_seqs * sizeof *tokens);
+    cinfer_status status = ci_tp_ranks_begin(s->model->followers, &m);
+    if (status == CINFER_OK)
+        status = ci_tp_ranks_end(s->model->followers, greedy_step(s, tokens, next), NULL);
+    ci_tp_message_free(&m);
     return status;
 }

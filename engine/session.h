@@ -10,7 +10,7 @@
 
 #include "../models/model.h"
 #include "../kernels/backend.h"
-#include "rank_pool.h"
+#include "tp_ranks.h"
 
 struct cinfer_session {
     cinfer_model *model;
@@ -41,14 +41,13 @@ struct cinfer_session {
     void *observer_user;
     float *host_hidden; /* [B, E] staging for the observer */
 
-    /* Tensor parallelism in this process (model->tp > 1): this session is rank 0's, ranks[r] rank
-     * r's (ranks[0] is this one), each with its own backend, buffers and KV caches of its local
-     * config; every call runs each follower's part in a thread of pool while rank 0's runs on the
-     * caller's. NULL for an unsharded model. */
-    cinfer_session **ranks;
-    ci_rank_pool *pool;
-    int follower;         /* a rank > 0: it computes logits (the all-gather needs every rank) but
-                             never copies them to the host */
+    /* Tensor parallelism (model->followers set): rank 0's session is mirrored on every follower
+     * rank under tp_id (engine/tp_ranks.h), each call handed to them as a message. A follower's
+     * own session computes logits (the all-gather needs every rank) but never copies them to the
+     * host. */
+    uint32_t tp_id;
+    int mirrored;           /* rank 0's: the followers hold a copy, freed with this one */
+    int follower;           /* a rank > 0's */
     int32_t *follower_next; /* [n_seqs]: a follower's greedy ids, which nobody reads */
 };
 
@@ -58,5 +57,10 @@ struct cinfer_session {
  * graph the first time and replayed after, unless an observer is set (it needs the hidden states
  * on the host). */
 cinfer_status ci_session_greedy_step(cinfer_session *session, const int32_t *tokens, int32_t *next);
+
+/* A follower rank's copy of rank 0's session (tp_ranks.h), and the calls it runs. */
+cinfer_status ci_session_create_follower(cinfer_model *model, int n_ctx, int n_seqs,
+                                         cinfer_session **out);
+cinfer_status ci_session_follow(cinfer_session *session, ci_tp_op op, ci_tp_reader *r);
 
 #endif

@@ -92,11 +92,23 @@ typedef struct cinfer_load_options {
     cinfer_attention attention; /* CUDA: attention kind; AUTO picks the fastest that runs */
     int device;                 /* CUDA device index */
     /* Tensor parallelism (docs/TENSOR_PARALLEL.md): the model split across this many ranks, each
-     * holding its heads and slice of the MLP and lm_head; 0 or 1: unsharded. On the CPU the ranks
-     * are threads of this process (n_threads are shared among them); CUDA refuses tp > 1 for now
-     * (it needs one process per GPU). The ranks of a model share one communicator group: its
-     * sessions and engines may be many, and their calls take turns (a lock per model). */
+     * holding its heads and slice of the MLP and lm_head; 0 or 1: unsharded. The ranks of a model
+     * share one communicator group: its sessions and engines may be many, and their calls take
+     * turns (a lock per model). */
     int tensor_parallel;
+    /* Where ranks 1 .. tensor_parallel-1 run. NULL: threads of this process (the CPU only; they
+     * share n_threads). "host:port": processes of their own (one per GPU; the CUDA backend needs
+     * them, the CPU takes them too), each calling cinfer_tp_worker_run; this process is rank 0 and
+     * listens there for them (port 0: any free port). On CUDA the ranks' collectives are NCCL's;
+     * on the CPU they go through rank 0's sockets. Not kept after the load.
+     * tp_timeout_seconds (0: 600, PyTorch's default): how long a rank waits for the others, to
+     * join and in a collective, before it fails naming the ranks missing. */
+    const char *tp_address;
+    double tp_timeout_seconds;
+    /* Called once rank 0 listens, with the address the workers must join (the port resolved):
+     * where a launcher starts them. May be NULL. */
+    void (*tp_listening)(const char *address, void *user);
+    void *tp_listening_user;
 } cinfer_load_options;
 
 /* What a loaded model is; filled from config.json and the checkpoint. */
@@ -133,6 +145,13 @@ cinfer_status cinfer_model_load(const char *dir, const cinfer_load_options *opti
 cinfer_status cinfer_model_load_random(const char *config_path, const cinfer_load_options *options,
                                        uint64_t seed, cinfer_model **out);
 void cinfer_model_free(cinfer_model *model);
+/* A worker process of a tensor-parallel model (cinfer_load_options.tp_address): joins rank 0 at
+ * options->tp_address as rank `rank` of options->tensor_parallel, loads its part of the checkpoint
+ * in dir (on CUDA, to options->device), then runs what rank 0's sessions and engines ask of it.
+ * Returns CINFER_OK once rank 0 frees its model, an error when the join or the load failed (rank 0
+ * is told) or when rank 0 went away. Backend, dtype and attention are rank 0's; n_threads and
+ * device are this process's. */
+cinfer_status cinfer_tp_worker_run(const char *dir, const cinfer_load_options *options, int rank);
 const cinfer_model_info *cinfer_model_get_info(const cinfer_model *model);
 
 /* What config.json says beyond cinfer_model_info, as the model reads it (defaults filled in,

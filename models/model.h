@@ -4,7 +4,6 @@
 #ifndef CINFER_MODEL_H
 #define CINFER_MODEL_H
 
-#include <pthread.h>
 #include <stdbool.h>
 
 #include "../common/random_weights.h"
@@ -76,18 +75,12 @@ struct cinfer_model {
      * were copied from them (a rank's share, measured by tests/test_tensor_parallel.cpp); for
      * random weights, the bytes of the tensors (or the rank's parts of them) drawn. */
     int64_t bytes_read;
-    /* A model loaded with tensor_parallel = tp > 1 through cinfer_model_load (CPU): this is rank
-     * 0's model and holds every rank's, ranks[r] bound to comms[r] of one CPU group (ranks[0] is
-     * this model). Sessions and engines over it run each rank's part of every step in a thread of
-     * their own (engine/rank_pool.h); info describes the whole model. tp 0, the rest NULL
-     * otherwise (a rank's own model included). */
+    /* A model loaded with tensor_parallel = tp > 1 through cinfer_model_load: this is rank 0's
+     * model, and followers (engine/tp_ranks.h) has ranks 1 .. tp-1, threads of this process or
+     * processes of their own, do what its sessions and engines do; info describes the whole
+     * model. tp 0 and followers NULL otherwise (a follower's own model included). */
     int tp;
-    cinfer_model **ranks;
-    ci_comm **comms;
-    ci_comm_group *group;
-    /* held by the session or engine whose step the ranks run: the group's collectives must come
-     * in one order, so one step at a time per model (tp > 1 only) */
-    pthread_mutex_t step_lock;
+    struct ci_tp_ranks *followers;
 };
 
 /* Looks name up in the checkpoint and checks it against the shape the config implies:

@@ -144,6 +144,11 @@ static int parse_bench_options(int argc, char **argv, bench_options *o) {
         }
         if (i + 1 >= argc) return bench_usage("option '%s' needs a value", flag);
         const char *value = argv[++i];
+        int launch_status;
+        if (value && parse_tp_launch_option(flag, value, &launch_status)) {
+            if (launch_status) return launch_status;
+            continue;
+        }
 #define IS(short_flag, long_flag) (strcmp(flag, short_flag) == 0 || strcmp(flag, long_flag) == 0)
         if (IS("-m", "--model")) {
             o->model_dir = value;
@@ -522,7 +527,7 @@ static int plan_configs(const bench_options *o, run_config *configs) {
 
 static cinfer_status load_model(const bench_options *o, const cinfer_load_options *load,
                                 cinfer_model **model) {
-    if (!o->random_weights) return cinfer_model_load(o->model_dir, load, model);
+    if (!o->random_weights) return program_load_model(o->model_dir, load, model);
     char path[4096];
     if (o->config_path)
         snprintf(path, sizeof path, "%s", o->config_path);

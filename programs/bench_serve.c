@@ -188,6 +188,11 @@ static int parse_serve_options(int argc, char **argv, serve_options *o) {
         }
         if (i + 1 >= argc) return serve_usage("option '%s' needs a value", flag);
         const char *value = argv[++i];
+        int launch_status;
+        if (value && parse_tp_launch_option(flag, value, &launch_status)) {
+            if (launch_status) return launch_status;
+            continue;
+        }
         int n;
         if (strcmp(flag, "--model") == 0 || strcmp(flag, "-m") == 0) {
             o->model_dir = value;
@@ -799,7 +804,7 @@ int bench_serve_main(int argc, char **argv) {
             snprintf(path, sizeof path, "%s/config.json", o.model_dir);
         loaded = cinfer_model_load_random(path, &o.load, o.seed, &model);
     } else {
-        loaded = cinfer_model_load(o.model_dir, &o.load, &model);
+        loaded = program_load_model(o.model_dir, &o.load, &model);
     }
     if (loaded != CINFER_OK) goto fail;
     const cinfer_model_info *info = cinfer_model_get_info(model);

@@ -121,6 +121,11 @@ static int compare_main(int argc, char **argv) {
         const char *flag = argv[i], *value = i + 1 < argc ? argv[i + 1] : NULL;
         long number;
         if (!value) return usage_error("option '%s' needs a value", flag);
+        int launch_status;
+        if (value && parse_tp_launch_option(flag, value, &launch_status)) {
+            if (launch_status) return launch_status;
+            continue;
+        }
         if (strcmp(flag, "--model") == 0) {
             model_dir = value;
         } else if (strcmp(flag, "--tokens") == 0) {
@@ -158,7 +163,7 @@ static int compare_main(int argc, char **argv) {
     float *logits[2] = {NULL, NULL};
     int status = EXIT_ERROR;
     if (cinfer_model_load(model_dir, &cpu, &cpu_model) != CINFER_OK ||
-        cinfer_model_load(model_dir, &gpu, &gpu_model) != CINFER_OK) {
+        program_load_model(model_dir, &gpu, &gpu_model) != CINFER_OK) {
         status = fail();
         goto done;
     }

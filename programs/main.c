@@ -41,10 +41,13 @@ static void print_usage(FILE *out) {
         fputs("\n", out);
         fputs(option_sections[i]->options, out);
     }
+    fputs("\ntensor-parallel ranks (run, bench, serve, compare with --tp N):\n", out);
+    fputs(tp_launch_usage, out);
 }
 
 int main(int argc, char **argv) {
     program_set_usage(print_usage);
+    program_set_argv(argc, argv);
     if (argc < 2 || strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0) {
         print_usage(argc < 2 ? stderr : stdout);
         return argc < 2 ? EXIT_USAGE : 0;

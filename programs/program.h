@@ -46,4 +46,23 @@ void print_json_rows(struct cJSON *array);
  * printed. Whether the kind runs the model is cinfer_model_load's to say. */
 int parse_load_option(const char *flag, const char *value, cinfer_load_options *options);
 
+/* ---- tensor-parallel ranks as processes (docs/TENSOR_PARALLEL.md, "Launching") ----------------
+ * --tp-ranks threads|processes, --tp-address HOST:PORT, --nnodes N, --node-rank K, for every
+ * command that loads a model. 1 when flag is one of them (then 0, or EXIT_USAGE once the reason
+ * is printed, in *status), 0 when it is not. */
+int parse_tp_launch_option(const char *flag, const char *value, int *status);
+/* The usage lines of those options. */
+extern const char tp_launch_usage[];
+/* main.c hands over argv: a worker is this program run again with the same arguments. */
+void program_set_argv(int argc, char **argv);
+/* 1 in a process that this program started as a tensor-parallel worker (or that --node-rank
+ * K > 0 makes one): its command must not start anything of its own (a server's port) before
+ * program_load_model, which never returns there. */
+int program_is_tp_worker(void);
+/* cinfer_model_load with the launch options: with tensor_parallel > 1 on CUDA, or --tp-ranks
+ * processes, the workers of this node are started as copies of this process (stdout closed) and
+ * join it; in a worker it runs the worker's life (cinfer_tp_worker_run) and exits with its status. */
+cinfer_status program_load_model(const char *dir, const cinfer_load_options *options,
+                                 cinfer_model **out);
+
 #endif

@@ -81,6 +81,12 @@ static int parse_options(int argc, char **argv, options *o) {
         int is_switch = strcmp(flag, "--ignore-eos") == 0;
         if (!is_switch && i + 1 >= argc) return usage_error("option '%s' needs a value", flag);
         const char *value = is_switch ? NULL : argv[i + 1];
+        int launch_status;
+        if (value && parse_tp_launch_option(flag, value, &launch_status)) {
+            if (launch_status) return launch_status;
+            i++;
+            continue;
+        }
         long number;
         /* the options whose value is taken as it is */
         const struct {
@@ -313,7 +319,7 @@ static int run_main(int argc, char **argv) {
     cinfer_model *model = NULL;
     float *prompt_logits = NULL;
     int status = EXIT_ERROR;
-    if (cinfer_model_load(o.model_dir, &load, &model) != CINFER_OK) {
+    if (program_load_model(o.model_dir, &load, &model) != CINFER_OK) {
         status = fail();
         goto done;
     }

@@ -83,6 +83,11 @@ static int parse_options(int argc, char **argv, serve_options *o) {
         }
         if (i + 1 >= argc) return usage_error("option '%s' needs a value", flag);
         const char *value = argv[++i];
+        int launch_status;
+        if (value && parse_tp_launch_option(flag, value, &launch_status)) {
+            if (launch_status) return launch_status;
+            continue;
+        }
         long n;
         double x;
         /* integer options: where each goes and its range */
@@ -176,7 +181,7 @@ static void wait_for_signal(serve_server *s) {
 static int load(serve_server *s) {
     const serve_options *o = &s->options;
     if (cinfer_tokenizer_load(o->model_dir, &s->tokenizer) != CINFER_OK) return fail();
-    if (cinfer_model_load(o->model_dir, &o->load, &s->model) != CINFER_OK) return fail();
+    if (program_load_model(o->model_dir, &o->load, &s->model) != CINFER_OK) return fail();
     const cinfer_model_info *info = cinfer_model_get_info(s->model);
     s->vocab_size = info->vocab_size;
     if (cinfer_tokenizer_vocab_size(s->tokenizer) > s->vocab_size) {
@@ -274,6 +279,8 @@ static int serve_main(int argc, char **argv) {
     signal(SIGPIPE, SIG_IGN); /* a client gone mid-write is an error return, not a death */
 
     int status = EXIT_ERROR, port = 0, engine_started = 0;
+    /* a tensor-parallel worker serves nothing: it loads its rank and follows rank 0 */
+    if (program_is_tp_worker()) return load(&s);
     if (serve_http_start(&s, &port) != 0) goto done;
     fprintf(stderr, "cinfer: listening on http://%s:%d, loading %s\n", s.options.host, port,
             s.options.model_dir);

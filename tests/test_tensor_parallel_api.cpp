@@ -1,12 +1,20 @@
 // Tensor parallelism through the public API (docs/TENSOR_PARALLEL.md): a model loaded with
-// tensor_parallel = tp runs its ranks as threads behind one cinfer_model, session and engine. The
+// tensor_parallel = tp runs its ranks behind one cinfer_model, session and engine, as threads of
+// this process or as worker processes (tests/tp_worker.c) joined over TCP. The
 // bar is the foundations' (tests/test_tensor_parallel.cpp): greedy ids identical to the unsharded
 // model's, logits within 1e-5 of them (scaled by the largest value where values exceed 1), on a
 // Llama fixture, a DiffLlama fixture and the bundled model; through cinfer_generate, a batched
 // session and the engine's paged path with several requests at once; and `cinfer run --tp`.
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <spawn.h>
+#include <sys/socket.h>
 #include <sys/wait.h>
+#include <unistd.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <cstdlib>
 #include <string>
@@ -40,26 +48,98 @@ double scaled_difference(const std::vector<float> &a, const std::vector<float> &
     return diff / scale;
 }
 
+extern "C" char **environ;
+
+enum class Ranks { Threads, Processes };
+
+// Worker processes for a model whose ranks are processes: started (tests/tp_worker.c) once rank 0
+// listens, as the cinfer program's launcher starts them; each must exit 0 once rank 0 is freed.
+struct Workers {
+    std::string dir;
+    int tp = 0;
+    double timeout = 0.0;
+    int start = 1; // the first rank started (a test may leave some out)
+    std::vector<pid_t> pids;
+
+    static void on_listening(const char *address, void *user) {
+        Workers *w = static_cast<Workers *>(user);
+        for (int rank = w->start; rank < w->tp; rank++) {
+            const std::string rank_text = std::to_string(rank), tp_text = std::to_string(w->tp),
+                              timeout_text = std::to_string(w->timeout);
+            const char *argv[] = {CINFER_TP_WORKER, w->dir.c_str(),   rank_text.c_str(),
+                                  tp_text.c_str(),  address,          timeout_text.c_str(),
+                                  nullptr};
+            pid_t pid = 0;
+            if (posix_spawn(&pid, CINFER_TP_WORKER, nullptr, nullptr, const_cast<char **>(argv),
+                            environ) == 0)
+                w->pids.push_back(pid);
+        }
+    }
+    // Exit statuses of every worker, waited for (they end once rank 0 tells them or goes).
+    std::vector<int> wait_all() {
+        std::vector<int> codes;
+        for (pid_t pid : pids) {
+            int status = 0;
+            waitpid(pid, &status, 0);
+            codes.push_back(WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status));
+        }
+        pids.clear();
+        return codes;
+    }
+};
+
+cinfer_load_options load_options(int tp, Ranks ranks, Workers *workers) {
+    cinfer_load_options options{};
+    options.backend = CINFER_BACKEND_CPU;
+    options.n_threads = tp > 1 ? tp : 1; // one OpenMP thread per rank
+    options.tensor_parallel = tp;
+    if (ranks == Ranks::Processes && tp > 1) {
+        options.tp_address = "127.0.0.1:0";
+        options.tp_timeout_seconds = workers->timeout;
+        options.tp_listening = Workers::on_listening;
+        options.tp_listening_user = workers;
+    }
+    return options;
+}
+
 // The seed of random-weight cases: any, as long as the sharded and the whole model share it.
 constexpr uint64_t kRandomSeed = 20261206;
 
 struct Model {
     cinfer_model *model = nullptr;
+    Workers workers;
     // random: the random weights of the model's config.json (cinfer_model_load_random), which each
-    // rank draws only its part of
-    Model(const std::string &name, int tp, bool random = false) {
-        cinfer_load_options options{};
-        options.backend = CINFER_BACKEND_CPU;
-        options.n_threads = tp > 1 ? tp : 1; // one OpenMP thread per rank
-        options.tensor_parallel = tp;
-        const std::string dir = model_dir(name), config = dir + "/config.json";
+    // rank draws only its part of (ranks as threads)
+    Model(const std::string &name, int tp, Ranks ranks = Ranks::Threads, bool random = false) {
+        workers.dir = model_dir(name);
+        workers.tp = tp;
+        const cinfer_load_options options = load_options(tp, ranks, &workers);
+        const std::string config = workers.dir + "/config.json";
         EXPECT_EQ(random ? cinfer_model_load_random(config.c_str(), &options, kRandomSeed, &model)
-                         : cinfer_model_load(dir.c_str(), &options, &model),
+                         : cinfer_model_load(workers.dir.c_str(), &options, &model),
                   CINFER_OK)
             << cinfer_last_error();
     }
-    ~Model() { cinfer_model_free(model); }
+    ~Model() {
+        cinfer_model_free(model);
+        for (int code : workers.wait_all()) EXPECT_EQ(code, 0) << "a worker process failed";
+    }
 };
+
+// A TCP port nobody listens on now (the kernel's pick for port 0), for a command's --tp-address.
+int free_tcp_port() {
+    const int fd = socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in address{};
+    address.sin_family = AF_INET;
+    address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    socklen_t length = sizeof address;
+    int port = 0;
+    if (bind(fd, (sockaddr *)&address, sizeof address) == 0 &&
+        getsockname(fd, (sockaddr *)&address, &length) == 0)
+        port = ntohs(address.sin_port);
+    close(fd);
+    return port;
+}
 
 std::vector<int32_t> prompt_of(int vocab, int n, int salt) {
     std::vector<int32_t> ids;
@@ -100,18 +180,20 @@ struct TpCase {
     std::string model;
     int tp;
     bool random = false; // the config's random weights rather than the checkpoint
+    Ranks ranks = Ranks::Threads;
 };
 
 std::string case_name(const ::testing::TestParamInfo<TpCase> &info) {
     return info.param.model + "_tp" + std::to_string(info.param.tp) +
-           (info.param.random ? "_random" : "");
+           (info.param.random ? "_random" : "") +
+           (info.param.ranks == Ranks::Processes ? "_processes" : "");
 }
 
 class PublicApi : public ::testing::TestWithParam<TpCase> {};
 
 TEST_P(PublicApi, ModelInfoDescribesTheWholeModel) {
     const TpCase &k = GetParam();
-    Model whole(k.model, 1, k.random), sharded(k.model, k.tp, k.random);
+    Model whole(k.model, 1, Ranks::Threads, k.random), sharded(k.model, k.tp, k.ranks, k.random);
     ASSERT_TRUE(whole.model && sharded.model);
     const cinfer_model_info *w = cinfer_model_get_info(whole.model);
     const cinfer_model_info *s = cinfer_model_get_info(sharded.model);
@@ -128,7 +210,7 @@ TEST_P(PublicApi, ModelInfoDescribesTheWholeModel) {
 
 TEST_P(PublicApi, GenerateGivesTheWholeModelsIdsAndLogits) {
     const TpCase &k = GetParam();
-    Model whole(k.model, 1, k.random), sharded(k.model, k.tp, k.random);
+    Model whole(k.model, 1, Ranks::Threads, k.random), sharded(k.model, k.tp, k.ranks, k.random);
     ASSERT_TRUE(whole.model && sharded.model);
     const int V = cinfer_model_get_info(whole.model)->vocab_size;
     const std::vector<int32_t> prompt = prompt_of(V, 11, 1);
@@ -148,7 +230,7 @@ TEST_P(PublicApi, GenerateGivesTheWholeModelsIdsAndLogits) {
 // one communicator group), and each gives the whole model's ids.
 TEST_P(PublicApi, SessionsOnTwoThreadsTakeTurns) {
     const TpCase &k = GetParam();
-    Model whole(k.model, 1, k.random), sharded(k.model, k.tp, k.random);
+    Model whole(k.model, 1, Ranks::Threads, k.random), sharded(k.model, k.tp, k.ranks, k.random);
     ASSERT_TRUE(whole.model && sharded.model);
     const int V = cinfer_model_get_info(whole.model)->vocab_size;
     const std::vector<int32_t> first = prompt_of(V, 7, 4), second = prompt_of(V, 9, 6);
@@ -164,7 +246,7 @@ TEST_P(PublicApi, SessionsOnTwoThreadsTakeTurns) {
 // position's logits.
 TEST_P(PublicApi, BatchedSessionGivesTheWholeModelsLogits) {
     const TpCase &k = GetParam();
-    Model whole(k.model, 1, k.random), sharded(k.model, k.tp, k.random);
+    Model whole(k.model, 1, Ranks::Threads, k.random), sharded(k.model, k.tp, k.ranks, k.random);
     ASSERT_TRUE(whole.model && sharded.model);
     const int V = cinfer_model_get_info(whole.model)->vocab_size, n_seqs = 2, n = 9;
     std::vector<int32_t> tokens = prompt_of(V, n, 2), second = prompt_of(V, n, 5);
@@ -260,7 +342,7 @@ Served serve(cinfer_model *model) {
 
 TEST_P(PublicApi, EngineServesTheWholeModelsTokens) {
     const TpCase &k = GetParam();
-    Model whole(k.model, 1, k.random), sharded(k.model, k.tp, k.random);
+    Model whole(k.model, 1, Ranks::Threads, k.random), sharded(k.model, k.tp, k.ranks, k.random);
     ASSERT_TRUE(whole.model && sharded.model);
     const Served a = serve(whole.model), b = serve(sharded.model);
     ASSERT_EQ(a.ids.size(), 3u);
@@ -277,8 +359,12 @@ INSTANTIATE_TEST_SUITE_P(TensorParallel, PublicApi,
                                            TpCase{"llama_gqa_llama3", 4},
                                            TpCase{"diffllama_gqa8", 2}, TpCase{"diffllama_gqa8", 4},
                                            TpCase{"diffllama_tiny", 2},
-                                           TpCase{"diffllama_tiny", 4}),
+                                           TpCase{"diffllama_tiny", 4},
+                                           TpCase{"llama_gqa_llama3", 2, false, Ranks::Processes},
+                                           TpCase{"diffllama_gqa8", 4, false, Ranks::Processes},
+                                           TpCase{"diffllama_tiny", 2, false, Ranks::Processes}),
                          case_name);
+
 // Random weights, sharded as a checkpoint is: a Llama with GQA (tp 4 above its 2 KV heads) and a
 // DiffLlama.
 INSTANTIATE_TEST_SUITE_P(RandomWeights, PublicApi,
@@ -287,6 +373,106 @@ INSTANTIATE_TEST_SUITE_P(RandomWeights, PublicApi,
                                            TpCase{"diffllama_gqa8", 2, true},
                                            TpCase{"diffllama_gqa8", 4, true}),
                          case_name);
+
+// ---- ranks as processes -----------------------------------------------------------------------
+
+// Rank 0's socket communicator sums in rank order, as the threads' does: the same bits.
+TEST(TensorParallelProcesses, GiveTheThreadsBitsExactly) {
+    for (const std::string name : {"llama_gqa_llama3", "diffllama_gqa8"}) {
+        Model threads(name, 4), processes(name, 4, Ranks::Processes);
+        ASSERT_TRUE(threads.model && processes.model);
+        const int V = cinfer_model_get_info(threads.model)->vocab_size;
+        const std::vector<int32_t> prompt = prompt_of(V, 12, 7);
+        const Generated a = generate(threads.model, prompt, 8), b = generate(processes.model, prompt, 8);
+        EXPECT_EQ(a.ids, b.ids) << name;
+        EXPECT_EQ(a.prompt_logits, b.prompt_logits) << name;
+        EXPECT_EQ(cinfer_model_get_info(processes.model)->kv_bytes_per_token,
+                  cinfer_model_get_info(threads.model)->kv_bytes_per_token);
+        EXPECT_EQ(cinfer_model_get_info(processes.model)->tensor_parallel, 4);
+    }
+}
+
+// A worker that dies: the next call fails at once, naming a rank, instead of waiting; so does
+// every call after it; freeing the model does not hang.
+TEST(TensorParallelProcesses, AKilledWorkerFailsTheNextCallQuickly) {
+    Model model("llama_gqa_llama3", 4, Ranks::Processes);
+    ASSERT_TRUE(model.model);
+    ASSERT_EQ(model.workers.pids.size(), 3u);
+    const int V = cinfer_model_get_info(model.model)->vocab_size;
+    const std::vector<int32_t> prompt = prompt_of(V, 6, 2);
+    cinfer_session *session = nullptr;
+    ASSERT_EQ(cinfer_session_create(model.model, 32, &session), CINFER_OK) << cinfer_last_error();
+    std::vector<float> logits(V);
+    ASSERT_EQ(cinfer_session_forward(session, prompt.data(), 6, CINFER_LOGITS_LAST, logits.data()),
+              CINFER_OK)
+        << cinfer_last_error();
+    kill(model.workers.pids[1], SIGKILL); // rank 2
+    const auto start = std::chrono::steady_clock::now();
+    EXPECT_EQ(cinfer_session_forward(session, prompt.data(), 1, CINFER_LOGITS_LAST, logits.data()),
+              CINFER_ERR_COMM);
+    const std::string message = cinfer_last_error();
+    EXPECT_NE(message.find("rank"), std::string::npos) << message;
+    EXPECT_EQ(cinfer_session_forward(session, prompt.data(), 1, CINFER_LOGITS_LAST, logits.data()),
+              CINFER_ERR_COMM);
+    const double seconds =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    EXPECT_LT(seconds, 30.0) << message;
+    std::printf("a killed rank 2 failed the call in %.2f s: %s\n", seconds, message.c_str());
+    cinfer_session_free(session);
+    cinfer_model_free(model.model);
+    model.model = nullptr;
+    const std::vector<int> codes = model.workers.wait_all();
+    ASSERT_EQ(codes.size(), 3u);
+    EXPECT_EQ(codes[1], 128 + SIGKILL);
+    EXPECT_NE(codes[0], 0); // the others saw their group fail
+}
+
+// Workers that never come: the load fails within the timeout, naming who did not join.
+TEST(TensorParallelProcesses, AWorkerThatNeverJoinsFailsTheLoad) {
+    Workers workers;
+    workers.dir = fixture_dir("llama_gqa_llama3");
+    workers.tp = 4;
+    workers.timeout = 1.5;
+    workers.start = 3; // ranks 1 and 2 are never started
+    const cinfer_load_options options = load_options(4, Ranks::Processes, &workers);
+    cinfer_model *model = nullptr;
+    const auto start = std::chrono::steady_clock::now();
+    EXPECT_EQ(cinfer_model_load(workers.dir.c_str(), &options, &model), CINFER_ERR_COMM);
+    const double seconds =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    EXPECT_EQ(model, nullptr);
+    EXPECT_TRUE(contains_all(cinfer_last_error(), {"rank(s) 1, 2", "never joined"}))
+        << cinfer_last_error();
+    EXPECT_LT(seconds, 10.0);
+    for (int code : workers.wait_all()) EXPECT_NE(code, 0); // rank 3 lost its rank 0
+}
+
+// A worker's own refusal reaches rank 0 (here rank 0's checks pass first, so a worker that
+// fails its load is made one: its checkpoint folder does not exist).
+TEST(TensorParallelProcesses, AWorkersLoadErrorIsRank0s) {
+    Workers workers;
+    workers.dir = fixture_dir("llama_gqa_llama3") + "/no-such-folder";
+    workers.tp = 2;
+    const cinfer_load_options options = load_options(2, Ranks::Processes, &workers);
+    cinfer_model *model = nullptr;
+    EXPECT_NE(cinfer_model_load(fixture_dir("llama_gqa_llama3").c_str(), &options, &model),
+              CINFER_OK);
+    EXPECT_EQ(model, nullptr);
+    EXPECT_TRUE(contains_all(cinfer_last_error(), {"tensor-parallel rank 1", "no-such-folder"}))
+        << cinfer_last_error();
+    for (int code : workers.wait_all()) EXPECT_EQ(code, 1);
+}
+
+TEST(TensorParallelProcesses, WorkerRefusesBadArguments) {
+    cinfer_load_options options{};
+    options.tensor_parallel = 2;
+    EXPECT_EQ(cinfer_tp_worker_run(fixture_dir("llama_gqa_llama3").c_str(), &options, 1),
+              CINFER_ERR_ARGUMENT); // no address
+    options.tp_address = "127.0.0.1:1";
+    EXPECT_EQ(cinfer_tp_worker_run(fixture_dir("llama_gqa_llama3").c_str(), &options, 2),
+              CINFER_ERR_ARGUMENT);
+    EXPECT_TRUE(contains_all(cinfer_last_error(), {"rank 2", "1 .. 1"}));
+}
 
 TEST(TensorParallelLoad, RefusalsNameTheNumbers) {
     cinfer_load_options options{};
@@ -313,7 +499,8 @@ TEST(TensorParallelLoad, RefusalsNameTheNumbers) {
     options.backend = CINFER_BACKEND_CUDA;
     EXPECT_EQ(cinfer_model_load(fixture_dir("llama_gqa_llama3").c_str(), &options, &model),
               CINFER_ERR_UNSUPPORTED);
-    EXPECT_TRUE(contains_all(cinfer_last_error(), {"tensor_parallel = 2", "one process per GPU"}));
+    EXPECT_TRUE(contains_all(cinfer_last_error(), {"tensor_parallel = 2", "one process per GPU",
+                                                   "tp_address"}));
     EXPECT_EQ(cinfer_model_load_random(config.c_str(), &options, 1, &model),
               CINFER_ERR_UNSUPPORTED);
     EXPECT_TRUE(contains_all(cinfer_last_error(), {"tensor_parallel = 2", "one process per GPU"}));
@@ -336,6 +523,64 @@ TEST(TensorParallelCli, RunPrintsTheSameIds) {
             EXPECT_EQ(r.out, whole.out) << name << " --tp " << tp;
         }
     }
+}
+
+// The launcher: --tp-ranks processes starts the workers as copies of the command; --nnodes and
+// --node-rank split the ranks over "nodes" (two commands here, on one machine, as on two).
+TEST(TensorParallelCli, ProcessRanksPrintTheSameIds) {
+    const std::vector<std::string> args = {"run", "--model", kBundledModel, "--tokens",
+                                           "1 5 9 20 33 7", "--max-new-tokens", "12",
+                                           "--ignore-eos", "--threads", "2"};
+    const CliResult whole = run_cli(args);
+    ASSERT_EQ(whole.exit_code, 0) << whole.err;
+    std::vector<std::string> processes = args;
+    processes.insert(processes.end(), {"--tp", "4", "--tp-ranks", "processes"});
+    const CliResult r = run_cli(processes);
+    EXPECT_EQ(r.exit_code, 0) << r.err;
+    EXPECT_EQ(r.out, whole.out);
+
+    // two nodes of 2 ranks: node 1 runs ranks 2 and 3 and prints nothing
+    const std::string address = "127.0.0.1:" + std::to_string(free_tcp_port());
+    std::vector<std::string> node0 = args, node1 = args;
+    node0.insert(node0.end(), {"--tp", "4", "--nnodes", "2", "--node-rank", "0", "--tp-address",
+                               address});
+    node1.insert(node1.end(), {"--tp", "4", "--nnodes", "2", "--node-rank", "1", "--tp-address",
+                               address});
+    CliResult second;
+    std::thread other([&] { second = run_cli(node1); });
+    const CliResult first = run_cli(node0);
+    other.join();
+    EXPECT_EQ(first.exit_code, 0) << first.err;
+    EXPECT_EQ(first.out, whole.out);
+    EXPECT_EQ(second.exit_code, 0) << second.err;
+    EXPECT_EQ(second.out, "");
+}
+
+TEST(TensorParallelCli, LaunchRefusals) {
+    const std::vector<std::string> args = {"run", "--model", fixture_dir("llama_gqa_llama3"),
+                                           "--tokens", "1 2 3", "--tp", "4"};
+    std::vector<std::string> uneven = args;
+    uneven.insert(uneven.end(), {"--nnodes", "3", "--tp-address", "127.0.0.1:1"});
+    const CliResult r = run_cli(uneven);
+    EXPECT_EQ(r.exit_code, 2) << r.err;
+    EXPECT_TRUE(contains_all(r.err, {"--tp 4", "--nnodes 3"}));
+    std::vector<std::string> no_address = args;
+    no_address.insert(no_address.end(), {"--nnodes", "2"});
+    const CliResult a = run_cli(no_address);
+    EXPECT_EQ(a.exit_code, 2) << a.err;
+    EXPECT_TRUE(contains_all(a.err, {"--tp-address"}));
+    std::vector<std::string> bad = args;
+    bad.insert(bad.end(), {"--tp-ranks", "fibers"});
+    const CliResult b = run_cli(bad);
+    EXPECT_EQ(b.exit_code, 2) << b.err;
+    EXPECT_TRUE(contains_all(b.err, {"--tp-ranks", "fibers"}));
+    // a rank 0 whose own refusal (tp = 3 does not divide 8 heads) ends its workers too
+    std::vector<std::string> refused = {"run", "--model", fixture_dir("llama_gqa_llama3"),
+                                        "--tokens", "1 2 3", "--tp", "3", "--tp-ranks",
+                                        "processes"};
+    const CliResult c = run_cli(refused);
+    EXPECT_EQ(c.exit_code, 1) << c.err;
+    EXPECT_TRUE(contains_all(c.err, {"tp = 3", "num_attention_heads = 8"}));
 }
 
 TEST(TensorParallelCli, CompareHoldsTheShardedCpuModelToTheReference) {
