@@ -300,6 +300,9 @@ static void start_node_workers(const char *address, void *user) {
 }
 
 static int worker_exit(const char *dir, const cinfer_load_options *options, int rank) {
+    /* Ctrl-C reaches the terminal's whole process group: rank 0 drains its requests and then
+     * tells the workers to stop, so they must not die first */
+    signal(SIGINT, SIG_IGN);
     const cinfer_status status = cinfer_tp_worker_run(dir, options, rank);
     if (status != CINFER_OK) {
         fprintf(stderr, "cinfer: error: tensor-parallel rank %d: %s\n", rank, cinfer_last_error());
