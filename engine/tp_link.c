@@ -8,6 +8,8 @@
  *   message   either way on control: magic, length, then the bytes. */
 #include "tp_link.h"
 
+#include <errno.h>
+#include <poll.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -385,4 +387,25 @@ cinfer_status ci_tp_link_recv(ci_tp_link *link, int from, const void **msg, size
     *msg = box->data;
     *bytes = h.bytes;
     return CINFER_OK;
+}
+
+int ci_tp_link_wait_closed(ci_tp_link *link, int wake_fd) {
+    struct pollfd fds[CI_TP_LINK_MAX_WATCHED + 1];
+    int ranks[CI_TP_LINK_MAX_WATCHED + 1], n = 0;
+    for (int r = 0; r < link->tp && n < CI_TP_LINK_MAX_WATCHED; r++) {
+        if (r == link->rank || link->control[r] < 0) continue;
+        /* POLLRDHUP: the peer closed its end, whatever it left unread; nothing is read here */
+        fds[n] = (struct pollfd){link->control[r], POLLRDHUP, 0};
+        ranks[n++] = r;
+    }
+    fds[n] = (struct pollfd){wake_fd, POLLIN, 0};
+    for (;;) {
+        if (poll(fds, (nfds_t)(n + 1), -1) < 0) {
+            if (errno == EINTR) continue;
+            return -1;
+        }
+        if (fds[n].revents) return -1;
+        for (int i = 0; i < n; i++)
+            if (fds[i].revents & (POLLRDHUP | POLLHUP | POLLERR | POLLNVAL)) return ranks[i];
+    }
 }

@@ -61,4 +61,10 @@ cinfer_status ci_tp_link_recv(ci_tp_link *link, int from, const void **msg, size
 /* Closes every connection (the peers read EOF). NULL is nothing. */
 void ci_tp_link_free(ci_tp_link *link);
 
+/* Blocks until a peer closes its control connection (its process ended: returns its rank) or
+ * wake_fd becomes readable (returns -1), reading nothing: a watchdog's wait, beside a thread that
+ * sends and receives on the link. Watches at most CI_TP_LINK_MAX_WATCHED peers. */
+enum { CI_TP_LINK_MAX_WATCHED = 1024 };
+int ci_tp_link_wait_closed(ci_tp_link *link, int wake_fd);
+
 #endif

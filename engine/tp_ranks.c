@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "../common/error.h"
 #include "../models/model.h"
@@ -169,6 +170,54 @@ cinfer_status ci_tp_follower_execute(ci_tp_follower *f, const void *message, siz
     return status;
 }
 
+/* ---- the watchdog of a process rank ---------------------------------------------------------
+ * NCCL's collectives are queued on the GPU and never return an error when a peer died: the host
+ * blocks in its next copy until the kernel ends, which it never does. So beside every process rank
+ * a thread waits for a peer's control connection to close (its process ended) and aborts the
+ * rank's communicator (ncclCommAbort), which makes the pending collectives return; the call then
+ * fails with the reason. The socket communicator notices a closed peer by itself; the abort only
+ * makes it sooner. */
+typedef struct watchdog {
+    pthread_t thread;
+    int wake[2]; /* written to stop the thread */
+    ci_tp_link *link;
+    ci_comm *comm;
+    int started;
+} watchdog;
+
+static void *watch(void *arg) {
+    watchdog *w = arg;
+    const int rank = ci_tp_link_wait_closed(w->link, w->wake[0]);
+    if (rank >= 0) {
+        char reason[160];
+        snprintf(reason, sizeof reason,
+                 "tensor-parallel rank %d closed its connection (its process ended)", rank);
+        ci_comm_abort(w->comm, reason);
+    }
+    return NULL;
+}
+
+static void watchdog_start(watchdog *w, ci_tp_link *link, ci_comm *comm) {
+    *w = (watchdog){.link = link, .comm = comm, .wake = {-1, -1}};
+    /* without a watchdog a dead peer is still an error on the CPU, and a hang on NCCL */
+    if (pipe(w->wake) != 0) return;
+    w->started = pthread_create(&w->thread, NULL, watch, w) == 0;
+}
+
+static void watchdog_stop(watchdog *w) {
+    if (w->started) {
+        const char stop = 1;
+        if (write(w->wake[1], &stop, 1) != 1) { /* the thread stays blocked: detach it */
+            pthread_detach(w->thread);
+        } else {
+            pthread_join(w->thread, NULL);
+        }
+    }
+    if (w->wake[0] >= 0) close(w->wake[0]);
+    if (w->wake[1] >= 0) close(w->wake[1]);
+    *w = (watchdog){.wake = {-1, -1}};
+}
+
 /* ---- rank 0: followers as threads or processes ---------------------------------------------- */
 
 struct ci_tp_ranks {
@@ -189,6 +238,7 @@ struct ci_tp_ranks {
 
     /* processes */
     ci_tp_link *link;
+    watchdog watch;
     char gone[CI_TP_REPLY_MESSAGE_BYTES]; /* set once a follower process failed to answer */
 };
 
@@ -261,6 +311,7 @@ cinfer_status ci_tp_ranks_processes(ci_tp_link *link, ci_comm *comm, double time
     }
     t->link = link;
     if (timeout_seconds > 0) t->timeout_seconds = timeout_seconds;
+    watchdog_start(&t->watch, link, comm);
     *out = t;
     return CINFER_OK;
 }
@@ -355,6 +406,7 @@ static void release(ci_tp_ranks *t) {
 void ci_tp_ranks_free(ci_tp_ranks *t) {
     if (!t) return;
     if (t->link) {
+        watchdog_stop(&t->watch); /* the workers close their connections after STOP */
         /* a follower process ends on STOP; one that is gone or stuck is not waited for long */
         ci_tp_message stop = {0};
         ci_tp_message_start(&stop, CI_TP_STOP, 0);
@@ -376,6 +428,8 @@ void ci_tp_ranks_free(ci_tp_ranks *t) {
 cinfer_status ci_tp_follow(ci_tp_link *link, cinfer_model *model) {
     ci_tp_follower *f = ci_tp_follower_create(model);
     CI_CHECK_ALLOC(f, sizeof(ci_tp_follower *));
+    watchdog watch;
+    watchdog_start(&watch, link, model->comm); /* rank 0 gone mid-call: this rank's call fails */
     cinfer_status status = CINFER_OK;
     for (;;) {
         const void *data = NULL;
@@ -397,6 +451,7 @@ cinfer_status ci_tp_follow(ci_tp_link *link, cinfer_model *model) {
         status = ci_tp_link_send(link, &reply, sizeof reply);
         if (status != CINFER_OK || stop) break;
     }
+    watchdog_stop(&watch);
     ci_tp_follower_free(f);
     return status;
 }

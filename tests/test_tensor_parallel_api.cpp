@@ -6,6 +6,7 @@
 // Llama fixture, a DiffLlama fixture and the bundled model; through cinfer_generate, a batched
 // session and the engine's paged path with several requests at once; and `cinfer run --tp`.
 #include <arpa/inet.h>
+#include <fcntl.h>
 #include <netinet/in.h>
 #include <signal.h>
 #include <spawn.h>
@@ -554,6 +555,67 @@ TEST(TensorParallelCli, ProcessRanksPrintTheSameIds) {
     EXPECT_EQ(first.out, whole.out);
     EXPECT_EQ(second.exit_code, 0) << second.err;
     EXPECT_EQ(second.out, "");
+}
+
+// The state letter of a process in /proc ('Z': a zombie, ended), or 0 when it is gone.
+char process_state(pid_t pid) {
+    FILE *f = std::fopen(("/proc/" + std::to_string(pid) + "/stat").c_str(), "r");
+    if (!f) return 0;
+    char state = 0;
+    if (std::fscanf(f, "%*d (%*[^)]) %c", &state) != 1) state = 0;
+    std::fclose(f);
+    return state;
+}
+
+// The children of pid, from /proc/PID/task/PID/children.
+std::vector<pid_t> children_of(pid_t pid) {
+    std::vector<pid_t> children;
+    const std::string path =
+        "/proc/" + std::to_string(pid) + "/task/" + std::to_string(pid) + "/children";
+    FILE *f = std::fopen(path.c_str(), "r");
+    if (!f) return children;
+    int child;
+    while (std::fscanf(f, "%d", &child) == 1) children.push_back(child);
+    std::fclose(f);
+    return children;
+}
+
+// Rank 0 killed while its worker computes: the worker sees the connection close (in its
+// collective on the CPU; through its watchdog, which aborts the communicator, where NCCL's
+// collectives would wait on the GPU) and ends by itself with an error.
+TEST(TensorParallelCli, WorkersEndWhenRank0Dies) {
+    const std::string cli = CINFER_CLI, dir = kBundledModel;
+    const char *argv[] = {cli.c_str(), "run", "--model", dir.c_str(), "--tokens", "1 5 9",
+                          "--max-new-tokens", "19990", "--ignore-eos", "--ctx-size",
+                          "20000", "--tp", "2", "--tp-ranks", "processes", "--threads", "2",
+                          nullptr};
+    posix_spawn_file_actions_t files;
+    posix_spawn_file_actions_init(&files);
+    posix_spawn_file_actions_addopen(&files, STDOUT_FILENO, "/dev/null", O_WRONLY, 0);
+    pid_t rank0 = 0;
+    ASSERT_EQ(posix_spawn(&rank0, cli.c_str(), &files, nullptr, const_cast<char **>(argv),
+                          environ),
+              0);
+    posix_spawn_file_actions_destroy(&files);
+    std::vector<pid_t> workers;
+    for (int i = 0; i < 200 && workers.empty(); i++) {
+        std::this_thread::sleep_for(std::chrono::milliseconds(50));
+        workers = children_of(rank0);
+    }
+    ASSERT_EQ(workers.size(), 1u);
+    std::this_thread::sleep_for(std::chrono::milliseconds(1500)); // loaded, generating
+    kill(rank0, SIGKILL);
+    int status = 0;
+    waitpid(rank0, &status, 0);
+    const auto start = std::chrono::steady_clock::now();
+    char state = process_state(workers[0]);
+    while (state != 0 && state != 'Z' &&
+           std::chrono::steady_clock::now() - start < std::chrono::seconds(20)) {
+        std::this_thread::sleep_for(std::chrono::milliseconds(20));
+        state = process_state(workers[0]);
+    }
+    EXPECT_TRUE(state == 0 || state == 'Z') << "the worker still runs 20 s after rank 0 died";
+    if (state != 0 && state != 'Z') kill(workers[0], SIGKILL);
 }
 
 TEST(TensorParallelCli, LaunchRefusals) {

@@ -47,7 +47,7 @@ static cinfer_status nccl_failed(const nccl_comm *c, ncclResult_t result, const 
     } while (0)
 
 static cinfer_status refuse_if_aborted(const nccl_comm *c) {
-    if (!c->aborted) return CINFER_OK;
+    if (!__atomic_load_n(&c->aborted, __ATOMIC_ACQUIRE)) return CINFER_OK;
     return CI_FAIL(CINFER_ERR_COMM,
                    "tensor-parallel rank %d of %d (CUDA device %d): the communicator was aborted",
                    c->base.rank, c->base.size, c->device);
@@ -122,9 +122,10 @@ static double seconds_now(void) {
     return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
 }
 
+// Once, from whichever thread comes first: a process rank's watchdog (engine/tp_ranks.c) aborts
+// from its own thread while this rank's host waits on the stream.
 static void abort_comm(nccl_comm *c) {
-    if (c->aborted) return;
-    c->aborted = 1;
+    if (__atomic_exchange_n(&c->aborted, 1, __ATOMIC_ACQ_REL)) return;
     (void)ncclCommAbort(c->nccl);
 }
 
