@@ -318,6 +318,11 @@ cinfer_status program_load_model(const char *dir, const cinfer_load_options *opt
     const int processes = tp > 1 && (launch.processes || launch.nnodes > 1 ||
                                       launch.node_rank > 0 || o.backend == CINFER_BACKEND_CUDA ||
                                       getenv("CINFER_TP_RANK"));
+    if (tp <= 1 && (launch.nnodes > 1 || launch.node_rank > 0)) {
+        fprintf(stderr, "cinfer: error: --nnodes and --node-rank split tensor-parallel ranks: they "
+                        "need --tp N (N >= 2)\n");
+        exit(EXIT_USAGE);
+    }
     if (!processes) return cinfer_model_load(dir, &o, out);
     const char *rank_text = getenv("CINFER_TP_RANK");
     if (rank_text) { /* started by start_worker: the same command line, this rank */

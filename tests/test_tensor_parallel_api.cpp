@@ -636,6 +636,10 @@ TEST(TensorParallelCli, LaunchRefusals) {
     const CliResult b = run_cli(bad);
     EXPECT_EQ(b.exit_code, 2) << b.err;
     EXPECT_TRUE(contains_all(b.err, {"--tp-ranks", "fibers"}));
+    const CliResult lone = run_cli({"run", "--model", fixture_dir("llama_gqa_llama3"), "--tokens",
+                                    "1 2 3", "--node-rank", "1", "--nnodes", "2"});
+    EXPECT_EQ(lone.exit_code, 2) << lone.err;
+    EXPECT_TRUE(contains_all(lone.err, {"--node-rank", "--tp N"}));
     // a rank 0 whose own refusal (tp = 3 does not divide 8 heads) ends its workers too
     std::vector<std::string> refused = {"run", "--model", fixture_dir("llama_gqa_llama3"),
                                         "--tokens", "1 2 3", "--tp", "3", "--tp-ranks",
