@@ -5,6 +5,7 @@
 #include <math.h>
 #include <signal.h>
 #include <spawn.h>
+#include <sys/prctl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -261,11 +262,15 @@ static int start_worker(int rank, int device, const char *address) {
     setenv("CINFER_TP_RANK", rank_text, 1);
     setenv("CINFER_TP_ADDRESS", address, 1);
     setenv("CINFER_TP_DEVICE", device_text, 1);
+    char parent[16];
+    snprintf(parent, sizeof parent, "%d", (int)getpid());
+    setenv("CINFER_TP_PARENT", parent, 1);
     pid_t pid;
     const int failed = posix_spawn(&pid, "/proc/self/exe", &files, NULL, launch.argv, environ);
     unsetenv("CINFER_TP_RANK");
     unsetenv("CINFER_TP_ADDRESS");
     unsetenv("CINFER_TP_DEVICE");
+    unsetenv("CINFER_TP_PARENT");
     posix_spawn_file_actions_destroy(&files);
     if (failed) {
         fprintf(stderr, "cinfer: error: cannot start tensor-parallel rank %d: %s\n", rank,
@@ -303,6 +308,17 @@ static int worker_exit(const char *dir, const cinfer_load_options *options, int 
     /* Ctrl-C reaches the terminal's whole process group: rank 0 drains its requests and then
      * tells the workers to stop, so they must not die first */
     signal(SIGINT, SIG_IGN);
+    /* a worker this process's parent started ends with it, even before it has joined (a join
+     * retries while rank 0 is not listening yet, and would wait out its timeout) */
+    const char *parent = getenv("CINFER_TP_PARENT");
+    if (parent) {
+        prctl(PR_SET_PDEATHSIG, SIGTERM);
+        if (getppid() != (pid_t)atoi(parent)) {
+            fprintf(stderr, "cinfer: error: tensor-parallel rank %d: the process that started it "
+                            "has ended\n", rank);
+            exit(EXIT_ERROR);
+        }
+    }
     const cinfer_status status = cinfer_tp_worker_run(dir, options, rank);
     if (status != CINFER_OK) {
         fprintf(stderr, "cinfer: error: tensor-parallel rank %d: %s\n", rank, cinfer_last_error());
