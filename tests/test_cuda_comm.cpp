@@ -168,4 +168,39 @@ TEST(NcclComm, ShardedModelsOnGpusGiveTheCpuModelsGreedyTokens) {
     for (int r = 0; r < tp; r++) EXPECT_EQ(got[r], want) << "rank " << r;
 }
 
+// One rank through NCCL is the model without it: the same operations (the all-reduce of one rank
+// is a copy), so the same logits bit for bit and the same tokens, on one GPU.
+TEST(NcclComm, OneRankThroughNcclIsTheModelWithout) {
+    const std::string why = missing(1);
+    if (!why.empty()) GTEST_SKIP() << why;
+    const std::string dir = fixture_dir("diffllama_gqa8");
+    const std::vector<int32_t> prompt = {1, 5, 9, 14, 2, 7, 30, 11};
+    cinfer_load_options options{};
+    options.backend = CINFER_BACKEND_CUDA;
+    options.dtype = CINFER_DTYPE_F32;
+    auto logits_of = [&](cinfer_model *m) {
+        std::vector<float> logits(prompt.size() * (size_t)cinfer_model_get_info(m)->vocab_size);
+        cinfer_session *session = nullptr;
+        EXPECT_EQ(cinfer_session_create(m, 32, &session), CINFER_OK) << cinfer_last_error();
+        if (!session) return logits;
+        EXPECT_EQ(cinfer_session_forward(session, prompt.data(), (int)prompt.size(),
+                                         CINFER_LOGITS_ALL, logits.data()),
+                  CINFER_OK)
+            << cinfer_last_error();
+        cinfer_session_free(session);
+        return logits;
+    };
+    cinfer_model *whole = nullptr;
+    ASSERT_EQ(cinfer_model_load(dir.c_str(), &options, &whole), CINFER_OK) << cinfer_last_error();
+    const std::vector<float> want = logits_of(whole);
+    cinfer_model_free(whole);
+    run_on_gpus(1, [&](int, ci_comm *comm, ci_backend *) {
+        cinfer_model *m = nullptr;
+        ASSERT_EQ(ci_model_load_shard(dir.c_str(), &options, comm, &m), CINFER_OK)
+            << cinfer_last_error();
+        EXPECT_EQ(logits_of(m), want);
+        cinfer_model_free(m);
+    });
+}
+
 } // namespace
