@@ -18,11 +18,15 @@
 //           element), all-reduces once and compares every element with the sum taken on the host
 //           in double: within MAX_ULPS_PER_RANK roundings of F32 per rank, as NCCL sums in its own
 //           order (ring or tree). A wrong sum marks the row WRONG and the program exits 1.
-//   timing  --warmup all-reduces, then --iters, queued back to back on every rank's stream as a
-//           decode step queues its collectives; on rank 0's stream a CUDA event before and after
-//           each, so that one time is the device time of one all-reduce, including any wait for
-//           the other ranks to reach it. The buffers hold zeros while timed (a sum that stays
-//           put: repeated in place, the drawn values would grow to infinity).
+//   timing  every rank starts together (a barrier of the threads), then queues --warmup
+//           all-reduces and --iters more back to back on its stream, as a decode step queues its
+//           collectives; on rank 0's stream a CUDA event before and after each, so that one time
+//           is the device time of one all-reduce, including any wait for the other ranks to reach
+//           it. Where the hosts queue collectives more slowly than the GPU runs them (small
+//           messages: ncclAllReduce costs the host microseconds), that wait is the other host's
+//           queuing: a time is then an upper bound of the collective's, as an eager decode step
+//           would see it (a CUDA graph would not). The buffers hold zeros while timed (a sum that
+//           stays put: repeated in place, the drawn values would grow to infinity).
 // Figures, as nccl-tests defines them: algbw = bytes / time, busbw = algbw · 2(n − 1)/n (what each
 // rank's link carries in a ring all-reduce), from the median time.
 //
@@ -200,7 +204,7 @@ struct group {
     ci_comm_id id;
     rank_state *ranks;
     std::vector<size_result> results;
-    std::atomic<int> ready{0}; // ranks past their setup (host_barrier)
+    std::atomic<int> arrived{0}; // arrivals at host_barrier, all of them
     std::atomic<int> failed{0};
     std::atomic<double> failed_at{0.0};
     std::mutex error_lock;
@@ -221,6 +225,7 @@ struct rank_context {
     int rank, device;
     ci_comm *comm;
     ci_backend *be;
+    int barriers; // host_barrier calls so far
 };
 
 static std::string rank_prefix(const rank_context &rc) {
@@ -250,14 +255,16 @@ static bool wait_for_stream(rank_context &rc) {
     return true;
 }
 
-// Returns once every rank has made its backend and buffers (false: the group failed first). No
-// rank's setup overlaps another's first collective: making a backend may wait for the whole device
-// (cuBLAS, pinned memory), and on a shared GPU that includes a peer's collective waiting for this
-// rank, forever.
-static bool host_barrier(group *g) {
+// Returns once every rank has called it as often as this one has (*passed: this rank's count), or
+// false when the group failed first. Two uses: no rank's setup overlaps another's first collective
+// (making a backend may wait for the whole device: cuBLAS, pinned memory; on a shared GPU that
+// includes a peer's collective waiting for this rank, forever); and every rank starts queuing a
+// size's timed all-reduces at once, not after its own check of the sums on the host.
+static bool host_barrier(group *g, int *passed) {
     const struct timespec pause = {0, 100 * 1000};
-    g->ready.fetch_add(1);
-    while (g->ready.load() < g->n) {
+    const int everyone = ++*passed * g->n;
+    g->arrived.fetch_add(1);
+    while (g->arrived.load() < everyone) {
         if (g->failed.load()) return false;
         nanosleep(&pause, nullptr);
     }
@@ -294,12 +301,14 @@ static bool check_size(rank_context &rc, ci_tensor *x, std::vector<float> &host,
     return true;
 }
 
-// --warmup then --iters all-reduces back to back; rank 0 brackets each with two events.
+// --warmup then --iters all-reduces back to back, every rank starting together; rank 0 brackets
+// each with two events.
 static bool time_size(rank_context &rc, ci_tensor *x, cudaEvent_t *events,
                       std::vector<double> *us) {
     const options *o = rc.g->o;
     cudaStream_t stream = cuda_of(rc.be)->stream;
     CUDA_CHECK(cudaMemsetAsync(x->data, 0, ci_tensor_nbytes(x), stream));
+    if (!host_barrier(rc.g, &rc.barriers)) return false;
     for (int k = 0; k < o->warmup; k++)
         if (!all_reduce(rc, x)) return false;
     for (int k = 0; k < o->iters; k++) {
@@ -320,7 +329,7 @@ static bool time_size(rank_context &rc, ci_tensor *x, cudaEvent_t *events,
 
 static void rank_main(group *g, int rank) {
     rank_state &state = g->ranks[rank];
-    rank_context rc = {g, rank, g->shared_gpu ? 0 : rank, nullptr, nullptr};
+    rank_context rc = {g, rank, g->shared_gpu ? 0 : rank, nullptr, nullptr, 0};
     state.since.store(seconds_now());
     // every rank must join, or ncclCommInitRank waits for it: nothing comes before
     if (ci_comm_nccl_create(&g->id, rank, g->n, rc.device, &rc.comm) != CINFER_OK) {
@@ -349,7 +358,7 @@ static void rank_main(group *g, int rank) {
             events.resize(2 * (size_t)g->o->iters);
             for (cudaEvent_t &e : events) CUDA_CHECK(cudaEventCreate(&e));
         }
-        const bool together = host_barrier(g);
+        const bool together = host_barrier(g, &rc.barriers);
         for (size_t s = 0; together && s < g->results.size() && !g->failed.load(); s++) {
             size_result &result = g->results[s];
             state.since.store(seconds_now());
