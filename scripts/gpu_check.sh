@@ -25,10 +25,11 @@
 #               Debian archive is the fallback); a library missing from .deps fails here, by name
 #   configure   CMake, pointed at .deps: PCRE2 linked static (libpcre2-8.a), cJSON's .so found
 #               through the build tree's RPATH (fetch_gpu_deps.sh says why)
-#   build       only the engine, the CLI, the GPU suites and the two micro-benchmarks (targets
+#   build       only the engine, the CLI, the GPU suites and the micro-benchmarks (targets
 #               cinfer_cli test_cuda_ops test_cuda_model test_cuda_engine bench_attention
-#               bench_matmul, and where CMake found NCCL test_cuda_comm bench_comm); not the CPU suites, the emulator suites or the fuzzers, which
-#               run in CI; then a check that the binaries load with no library missing and that `cinfer inspect` runs
+#               bench_matmul, and where CMake found NCCL test_cuda_comm bench_comm); not the CPU
+#               suites, the emulator suites or the fuzzers, which run in CI; then a check that
+#               the binaries load with no library missing and that `cinfer inspect` runs
 # The checks (--only picks some, in this order whatever the list's order):
 #   gpu         the GPU the binaries see (nvidia-smi, cinfer inspect); none: every later step
 #               "cannot run here"
@@ -673,7 +674,7 @@ if go tp; then
 
   # 1. the suite: NCCL's collectives and a sharded model, one GPU per rank (skips below 2 GPUs)
   if [ ! -x "$build/tests/test_cuda_comm" ]; then
-    tp_piece "cannot run here" test_cuda_comm "not built (no NCCL in this build: configure.log)"
+    tp_piece "cannot run here" test_cuda_comm "no tests/test_cuda_comm in $build (CMake found no NCCL?)"
   elif time_left 60; then
     suite_failed=0 suite_skipped=0
     gtest_suite test_cuda_comm tp
@@ -687,7 +688,7 @@ if go tp; then
 
   # 2. the all-reduce per decode message size, 2 ranks (threads of bench_comm)
   if [ ! -x "$build/bench_comm" ]; then
-    tp_blocker="this build has no NCCL communicator (no bench_comm: CMake found no NCCL)"
+    tp_blocker="no bench_comm in $build (CMake found no NCCL?): no NCCL communicator to run"
     tp_piece "cannot run here" "bench_comm 2 ranks" "$tp_blocker"
   elif time_left 60; then
     log="$logs/bench_comm.log"
