@@ -646,8 +646,9 @@ fi
 
 # ---- tensor parallelism on the GPU: the collectives, the launcher, the tokens -------------------
 # A device session has one GPU, and NCCL runs one rank per GPU unless NCCL_MULTI_RANK_GPU_ENABLE=1
-# (NCCL >= 2.30, experimental) lets ranks share it: every piece but test_cuda_comm runs with it set
-# (with two GPUs or more it changes nothing: rank r runs on GPU r). One line of details per piece;
+# (NCCL >= 2.30, experimental) lets ranks share it: every piece but test_cuda_comm runs with it set.
+# With it, cinfer's launcher puts every rank on GPU 0 (--device) whatever the number of GPUs;
+# bench_comm only where the GPUs are fewer than its ranks. One line of details per piece;
 # a piece that needs what is not there (NCCL in the build, NCCL >= 2.30 for a shared GPU) cannot
 # run here and fails nothing. Two ranks on ONE GPU measure what the collectives and the second
 # process cost, not a speed-up.
@@ -668,9 +669,9 @@ if go tp; then
   step_start tp
   tp_ok=0 tp_fail="" tp_cannot="" tp_stopped=0
   run_rc=() run_cut=() run_verdict=() bench_rc=() bench_cut=() bench_verdict=() tg_rate=() # by tp
-  tp_blocker="" # why ranks sharing this machine's GPU(s) cannot run, as bench_comm found
+  tp_blocker="" nccl_version="" # why ranks sharing GPU 0 cannot run, as bench_comm found
   n_gpus=$(grep -c '^GPU [0-9]' "$logs/gpu.log" 2>/dev/null)
-  tp_where=$([ "${n_gpus:-0}" -ge 2 ] && echo "on GPUs 0 and 1" || echo "both on ONE GPU")
+  tp_where=$([ "${n_gpus:-0}" -ge 2 ] && echo "on GPUs 0 and 1" || echo "both on ONE GPU") # bench_comm's
 
   # 1. the suite: NCCL's collectives and a sharded model, one GPU per rank (skips below 2 GPUs)
   if [ ! -x "$build/tests/test_cuda_comm" ]; then
@@ -708,6 +709,12 @@ if go tp; then
     tp_piece "not reached" "bench_comm 2 ranks" "the deadline (${deadline}s) was near"
   fi
 
+  # with two GPUs bench_comm ran one rank on each; the launcher's ranks share GPU 0 all the same
+  if [ -z "$tp_blocker" ] && [[ "$nccl_version" =~ ^NCCL\ ([0-9]+)\.([0-9]+)\. ]] &&
+     [ $((BASH_REMATCH[1] * 100 + BASH_REMATCH[2])) -lt 230 ]; then
+    tp_blocker="$nccl_version: two ranks on GPU 0 need NCCL >= 2.30"
+  fi
+
   # 3. tp = 2 end to end through the launcher (rank 0 and one worker process) against tp = 1: the
   # same greedy ids. Each run takes seconds; one that hangs (NCCL's ranks sharing the GPU) is cut
   # after 60 s, and no later tp 2 run is started: each would cost its whole cap.
@@ -728,11 +735,11 @@ if go tp; then
     if [ "${run_rc[1]}" -ne 0 ]; then
       tp_piece "${run_verdict[1]}" "run $name tp 2 vs 1" "tp 1 exits ${run_rc[1]}: ${run_cut[1]}$(tail -n 1 "$logs/tp_run_${name}_tp1.log")"
     elif [ "${run_rc[2]}" -ne 0 ]; then
-      tp_piece "${run_verdict[2]}" "run $name tp 2 vs 1" "tp 2 $tp_where exits ${run_rc[2]}: ${run_cut[2]}$(tail -n 1 "$logs/tp_run_${name}_tp2.log")"
+      tp_piece "${run_verdict[2]}" "run $name tp 2 vs 1" "tp 2 (both ranks on GPU 0) exits ${run_rc[2]}: ${run_cut[2]}$(tail -n 1 "$logs/tp_run_${name}_tp2.log")"
     elif [ ! -s "$out1" ]; then
       tp_piece FAIL "run $name tp 2 vs 1" "tp 1 printed no ids"
     elif cmp -s "$out1" "$out2"; then
-      tp_piece ok "run $name tp 2 vs 1" "the same $(wc -w <"$out1") ids, f32, tp 2 $tp_where"
+      tp_piece ok "run $name tp 2 vs 1" "the same $(wc -w <"$out1") ids, f32, tp 2 with both ranks on GPU 0"
     else
       tp_piece FAIL "run $name tp 2 vs 1" "the ids differ: tp 1: $(tr '\n' ' ' <"$out1"); tp 2: $(tr '\n' ' ' <"$out2")"
     fi
@@ -758,9 +765,9 @@ if go tp; then
     if [ "${bench_rc[1]}" -ne 0 ] || [ -z "${tg_rate[1]}" ]; then
       tp_piece "$([ "${bench_rc[1]}" -ne 0 ] && echo "${bench_verdict[1]}" || echo FAIL)" "bench diffllama-tiny tp 1 vs 2" "tp 1 exits ${bench_rc[1]}: ${bench_cut[1]}$(tail -n 1 "$logs/tp_bench_diffllama-tiny_tp1.log")"
     elif [ "${bench_rc[2]}" -ne 0 ] || [ -z "${tg_rate[2]}" ]; then
-      tp_piece "$([ "${bench_rc[2]}" -ne 0 ] && echo "${bench_verdict[2]}" || echo FAIL)" "bench diffllama-tiny tp 1 vs 2" "tp 2 $tp_where exits ${bench_rc[2]}: ${bench_cut[2]}$(tail -n 1 "$logs/tp_bench_diffllama-tiny_tp2.log")"
+      tp_piece "$([ "${bench_rc[2]}" -ne 0 ] && echo "${bench_verdict[2]}" || echo FAIL)" "bench diffllama-tiny tp 1 vs 2" "tp 2 (both ranks on GPU 0) exits ${bench_rc[2]}: ${bench_cut[2]}$(tail -n 1 "$logs/tp_bench_diffllama-tiny_tp2.log")"
     else
-      tp_piece ok "bench diffllama-tiny tp 1 vs 2" "bf16 tg128: tp 1 ${tg_rate[1]} t/s, tp 2 ${tg_rate[2]} t/s ($(awk -v a="${tg_rate[2]%% *}" -v b="${tg_rate[1]%% *}" 'BEGIN {printf "%.2fx", a / b}') of tp 1), tp 2 $tp_where$([ "${n_gpus:-0}" -ge 2 ] || echo ": what the collectives and the second process cost, not a speed-up")"
+      tp_piece ok "bench diffllama-tiny tp 1 vs 2" "bf16 tg128: tp 1 ${tg_rate[1]} t/s, tp 2 ${tg_rate[2]} t/s ($(awk -v a="${tg_rate[2]%% *}" -v b="${tg_rate[1]%% *}" 'BEGIN {printf "%.2fx", a / b}') of tp 1), both ranks on GPU 0: what the collectives and the second process cost, not a speed-up"
     fi
   fi
 
