@@ -454,7 +454,9 @@ static void print_results(const group &g, const char *device, const std::string 
         }
         printf("\n%d ranks (threads) %s; %s; NCCL %s. µs: median and p90 over %d all-reduces in "
                "place of F32, CUDA events on rank 0's stream around each, queued back to back "
-               "after %d untimed. algbw = bytes / median; busbw = algbw · 2(n − 1)/n "
+               "after %d untimed, every rank starting together (for small messages an upper "
+               "bound: the hosts may queue more slowly than the GPU runs). algbw = bytes / median; "
+               "busbw = algbw · 2(n − 1)/n "
                "(nccl-tests). check: every rank's sum against the host's, in units of "
                "the tolerance (%g F32 roundings per rank; over 1: WRONG).\n",
                n, g.shared_gpu ? "all on GPU 0 (NCCL_MULTI_RANK_GPU_ENABLE=1)" : "rank r on GPU r",
