@@ -25,10 +25,11 @@
 #               Debian archive is the fallback); a library missing from .deps fails here, by name
 #   configure   CMake, pointed at .deps: PCRE2 linked static (libpcre2-8.a), cJSON's .so found
 #               through the build tree's RPATH (fetch_gpu_deps.sh says why)
-#   build       only the engine, the CLI, the GPU suites and the two micro-benchmarks (targets
+#   build       only the engine, the CLI, the GPU suites and the micro-benchmarks (targets
 #               cinfer_cli test_cuda_ops test_cuda_model test_cuda_engine bench_attention
-#               bench_matmul); not the CPU suites, the emulator suites or the fuzzers, which
-#               run in CI; then a check that the binaries load with no library missing and that `cinfer inspect` runs
+#               bench_matmul, and where CMake found NCCL test_cuda_comm bench_comm); not the CPU
+#               suites, the emulator suites or the fuzzers, which run in CI; then a check that
+#               the binaries load with no library missing and that `cinfer inspect` runs
 # The checks (--only picks some, in this order whatever the list's order):
 #   gpu         the GPU the binaries see (nvidia-smi, cinfer inspect); none: every later step
 #               "cannot run here"
@@ -39,6 +40,11 @@
 #   bench       decode speed on a fixture (CPU and CUDA) and a Llama-3-8B shape, random weights
 #   serve       the serving bench (continuous batching) on a Llama-3-8B shape, bf16, random
 #               weights: output tokens/s one request at a time and 64 in flight
+#   tp          tensor parallelism on the one GPU: test_cuda_comm (skips below 2 GPUs), bench_comm
+#               (2 ranks on the GPU: NCCL_MULTI_RANK_GPU_ENABLE=1, NCCL >= 2.30), `cinfer run
+#               --tp 2` through the launcher (two processes) against --tp 1 on llama_gqa_llama3 and
+#               diffllama-tiny (the same ids), and `cinfer bench` tg128 at tp 1 and 2; pieces that
+#               need what is not there (NCCL, >= 2.30) "cannot run here", and fail nothing
 #   serve-http  `cinfer serve --backend cuda` under GuideLLM (scripts/bench_serving.sh --server
 #               cinfer, concurrency 1, 8, 32): where the build has `serve` (libmicrohttpd found)
 #               and .venv-bench has GuideLLM; else "cannot run here", saying which is missing
@@ -83,7 +89,7 @@ repo=$(pwd)
 argv=("$@")
 
 usage() { echo "gpu_check: $*" >&2; exit 2; }
-checks=(gpu-tests compare bench serve serve-http figures attention matmul sanitizer ncu big cpu-tests)
+checks=(gpu-tests compare bench serve tp serve-http figures attention matmul sanitizer ncu big cpu-tests)
 build_only=0 no_build=0 hide_system=0 only=""
 deadline=${GPU_CHECK_DEADLINE:-0}
 while [ $# -gt 0 ]; do
@@ -127,6 +133,8 @@ export PATH="$PATH:/usr/local/cuda/bin"
 cli="$build/cinfer"
 # the build's targets: the engine comes with each; the GPU steps need no other
 gpu_targets=(cinfer_cli test_cuda_ops test_cuda_model test_cuda_engine bench_attention bench_matmul)
+# ... and where CMake found NCCL (bench_comm exists only then), the tp step's
+nccl_targets=(test_cuda_comm bench_comm)
 
 # ---- the summary: one line per step, written out after every change -------------------------------
 host=$(hostname 2>/dev/null || cat /etc/hostname 2>/dev/null || echo '?')
@@ -370,16 +378,22 @@ do_configure() {
 
 do_build() {
   step_start build
-  run "$logs/build.log" 3000 cmake --build "$build" -j "$jobs" --target "${gpu_targets[@]}"
+  local targets=("${gpu_targets[@]}") nccl_note="no NCCL (configure.log)"
+  if grep -q 'NCCL communicator enabled' "$logs/configure.log" 2>/dev/null; then
+    targets+=("${nccl_targets[@]}")
+    nccl_note="NCCL: ${nccl_targets[*]}"
+  fi
+  run "$logs/build.log" 3000 cmake --build "$build" -j "$jobs" --target "${targets[@]}"
   if [ $rc -ne 0 ]; then
     grep -E "$build_error" "$logs/build.log" | head -n 30
     step_end "$(verdict)" "$(cut_note 3000)$(first_line "$build_error" "$logs/build.log") (build.log)"
     stop_all "the build failed"
   fi
   # the binaries load here with what is carried: no library "not found", PCRE2 inside them
-  local bin missing_libs="" where_cjson
-  for bin in "$cli" "$build/tests/test_cuda_ops" "$build/tests/test_cuda_model" \
-             "$build/bench_attention" "$build/bench_matmul"; do
+  local bin missing_libs="" where_cjson bins=("$cli" "$build/tests/test_cuda_ops"
+    "$build/tests/test_cuda_model" "$build/bench_attention" "$build/bench_matmul")
+  [ ${#targets[@]} -gt ${#gpu_targets[@]} ] && bins+=("$build/tests/test_cuda_comm" "$build/bench_comm")
+  for bin in "${bins[@]}"; do
     [ -x "$bin" ] || { missing_libs+="$bin was not built; "; continue; }
     ldd "$bin" >"$logs/ldd_$(basename "$bin").log" 2>&1
     grep -q "not found" "$logs/ldd_$(basename "$bin").log" &&
@@ -394,7 +408,7 @@ do_build() {
     step_end FAIL "cinfer inspect exits $rc: $(tail -n 1 "$logs/smoke.log")"
     stop_all "cinfer does not run"
   fi
-  step_end ok "$(grep -c 'warning' "$logs/build.log") warning line(s); ${where_cjson:-no libcjson?}; PCRE2 static ($(grep -c pcre2 "$logs/ldd_cinfer.log") .so)"
+  step_end ok "$(grep -c 'warning' "$logs/build.log") warning line(s); ${where_cjson:-no libcjson?}; PCRE2 static ($(grep -c pcre2 "$logs/ldd_cinfer.log") .so); $nccl_note"
 }
 
 generator=""
@@ -459,7 +473,8 @@ go() {
 # its own CUDA context and cuBLAS handle, which takes minutes. A suite that fails or crashes is run
 # again under ctest, one process per test, so that a crash or a sticky CUDA error (which fails every
 # later test in its process) shows which tests really fail.
-gtest_suite() { # name: one suite, in one process; appends its line to details, sets suite_note
+gtest_suite() { # name [step]: one suite, in one process; appends its line to details (under step,
+  # default gpu-tests), sets suite_note
   local log="$logs/$1.log" n_run n_passed n_skipped n_failed first assertion
   run "$log" 600 bash -c 'cd "$1" && OMP_WAIT_POLICY=PASSIVE exec "$2" --gtest_also_run_disabled_tests' \
     _ "$build_abs/tests" "$build_abs/tests/$1"
@@ -482,7 +497,7 @@ gtest_suite() { # name: one suite, in one process; appends its line to details, 
     suite_note="$1: ${n_failed:-?} of $n_run failed, first $first: $assertion"
     suite_failed=1
   fi
-  details+=("gpu-tests $suite_note")
+  details+=("${2:-gpu-tests} $suite_note")
   write_summary
 }
 if go gpu-tests; then
@@ -627,6 +642,139 @@ if go serve; then
   done
   if [ -n "$serve_fail" ]; then step_end FAIL "$serve_fail"
   else step_end ok "csv rows in details and logs/serve_*.log (header: first line of each)"; fi
+fi
+
+# ---- tensor parallelism on the GPU: the collectives, the launcher, the tokens -------------------
+# A device session has one GPU, and NCCL runs one rank per GPU unless NCCL_MULTI_RANK_GPU_ENABLE=1
+# (NCCL >= 2.30, experimental) lets ranks share it: every piece but test_cuda_comm runs with it set.
+# With it, cinfer's launcher puts every rank on GPU 0 (--device) whatever the number of GPUs;
+# bench_comm only where the GPUs are fewer than its ranks. One line of details per piece;
+# a piece that needs what is not there (NCCL in the build, NCCL >= 2.30 for a shared GPU) cannot
+# run here and fails nothing. Two ranks on ONE GPU measure what the collectives and the second
+# process cost, not a speed-up.
+tp_count() { # result piece why: the step's tally
+  case "$1" in
+    ok) tp_ok=$((tp_ok + 1)) ;;
+    FAIL) [ -n "$tp_fail" ] || tp_fail="$2: $3" ;;
+    "cannot run here") [ -n "$tp_cannot" ] || tp_cannot="$2: $3" ;;
+    *) tp_stopped=1 ;;
+  esac
+}
+tp_piece() { # result piece why: one line of details, and the tally
+  details+=("tp $2: $1${3:+: $3}")
+  tp_count "$@"
+  write_summary
+}
+if go tp; then
+  step_start tp
+  tp_ok=0 tp_fail="" tp_cannot="" tp_stopped=0
+  run_rc=() run_cut=() run_verdict=() bench_rc=() bench_cut=() bench_verdict=() tg_rate=() # by tp
+  tp_blocker="" nccl_version="" # why ranks sharing GPU 0 cannot run, as bench_comm found
+  n_gpus=$(grep -c '^GPU [0-9]' "$logs/gpu.log" 2>/dev/null)
+  tp_where=$([ "${n_gpus:-0}" -ge 2 ] && echo "on GPUs 0 and 1" || echo "both on ONE GPU") # bench_comm's
+
+  # 1. the suite: NCCL's collectives and a sharded model, one GPU per rank (skips below 2 GPUs)
+  if [ ! -x "$build/tests/test_cuda_comm" ]; then
+    tp_piece "cannot run here" test_cuda_comm "no tests/test_cuda_comm in $build (CMake found no NCCL?)"
+  elif time_left 60; then
+    suite_failed=0 suite_skipped=0
+    gtest_suite test_cuda_comm tp
+    if [ $suite_failed = 1 ]; then tp_count "$(verdict)" test_cuda_comm "$suite_note"
+    elif [ $suite_skipped -gt 0 ]; then # the test's own reason: one rank per GPU, 2 needed
+      tp_count "cannot run here" test_cuda_comm "$suite_skipped skipped: $(grep -h -m1 -A1 'Skipped$' "$logs/test_cuda_comm.log" | grep -v Skipped | head -n 1)"
+    else tp_count ok test_cuda_comm ""; fi
+  else
+    tp_piece "not reached" test_cuda_comm "the deadline (${deadline}s) was near"
+  fi
+
+  # 2. the all-reduce per decode message size, 2 ranks (threads of bench_comm)
+  if [ ! -x "$build/bench_comm" ]; then
+    tp_blocker="no bench_comm in $build (CMake found no NCCL?): no NCCL communicator to run"
+    tp_piece "cannot run here" "bench_comm 2 ranks" "$tp_blocker"
+  elif time_left 60; then
+    log="$logs/bench_comm.log"
+    run "$logs/bench_comm.md" 180 bash -c 'NCCL_MULTI_RANK_GPU_ENABLE=1 exec "$1" --ranks 2 \
+      --timeout 60 --output md 2>"$2"' _ "$build/bench_comm" "$log"
+    nccl_version=$(grep -m1 '^bench_comm: NCCL' "$log" | sed 's/^bench_comm: //')
+    if [ $rc -eq 0 ]; then
+      cat "$logs/bench_comm.md"
+      tp_piece ok "bench_comm 2 ranks $tp_where" "${nccl_version:-NCCL ?}; floats: median/p90 µs, busbw GB/s: $(awk -F'|' '/^\| [0-9]/ {for (i = 2; i <= 8; i++) gsub(/^ +| +$/, "", $i); printf "%s: %s/%s, %s; ", $2, $5, $6, $8}' "$logs/bench_comm.md")table in bench_comm.md (logs)"
+    elif [ $rc -eq 77 ]; then # its "cannot run here": no device, or NCCL < 2.30 for a shared GPU
+      tp_blocker="${nccl_version:+$nccl_version: }$(grep -m1 -E 'cannot run here|no CUDA device' "$log" | sed 's/^bench_comm: //')"
+      tp_piece "cannot run here" "bench_comm 2 ranks" "$tp_blocker"
+    else
+      tp_piece "$(verdict)" "bench_comm 2 ranks $tp_where" "exit $rc: $(cut_note 180)${nccl_version:+$nccl_version; }$(grep -m1 WRONG "$logs/bench_comm.md" || tail -n 1 "$log")"
+    fi
+  else
+    tp_piece "not reached" "bench_comm 2 ranks" "the deadline (${deadline}s) was near"
+  fi
+
+  # with two GPUs bench_comm ran one rank on each; the launcher's ranks share GPU 0 all the same
+  if [ -z "$tp_blocker" ] && [[ "$nccl_version" =~ ^NCCL\ ([0-9]+)\.([0-9]+)\. ]] &&
+     [ $((BASH_REMATCH[1] * 100 + BASH_REMATCH[2])) -lt 230 ]; then
+    tp_blocker="$nccl_version: two ranks on GPU 0 need NCCL >= 2.30"
+  fi
+
+  # 3. tp = 2 end to end through the launcher (rank 0 and one worker process) against tp = 1: the
+  # same greedy ids. Each run takes seconds; one that hangs (NCCL's ranks sharing the GPU) is cut
+  # after 60 s, and no later tp 2 run is started: each would cost its whole cap.
+  tp_hung=""
+  for model in tests/fixtures/llama_gqa_llama3 models/diffllama-tiny; do
+    name=$(basename "$model")
+    if [ -n "$tp_blocker" ]; then tp_piece "cannot run here" "run $name tp 2 vs 1" "$tp_blocker"; continue; fi
+    if [ -n "$tp_hung" ]; then tp_piece "not reached" "run $name tp 2 vs 1" "not started: $tp_hung"; continue; fi
+    if ! time_left 60; then tp_piece "not reached" "run $name tp 2 vs 1" "the deadline (${deadline}s) was near"; continue; fi
+    for tp in 1 2; do
+      run "$logs/tp_run_${name}_tp$tp.out" 60 bash -c 'NCCL_MULTI_RANK_GPU_ENABLE=1 exec "$1" run \
+        --model "$2" --backend cuda --dtype f32 --tokens "1 15 7 42 9 3 27 11" --max-new-tokens 32 \
+        --ignore-eos --tp "$3" 2>"$4"' _ "$cli" "$model" "$tp" "$logs/tp_run_${name}_tp$tp.log"
+      run_rc[tp]=$rc run_cut[tp]=$(cut_note 60) run_verdict[tp]=$(verdict)
+    done
+    [ "$cut" = cap ] && tp_hung="tp 2 on $name did not finish within 60 s"
+    out1="$logs/tp_run_${name}_tp1.out" out2="$logs/tp_run_${name}_tp2.out"
+    if [ "${run_rc[1]}" -ne 0 ]; then
+      tp_piece "${run_verdict[1]}" "run $name tp 2 vs 1" "tp 1 exits ${run_rc[1]}: ${run_cut[1]}$(tail -n 1 "$logs/tp_run_${name}_tp1.log")"
+    elif [ "${run_rc[2]}" -ne 0 ]; then
+      tp_piece "${run_verdict[2]}" "run $name tp 2 vs 1" "tp 2 (both ranks on GPU 0) exits ${run_rc[2]}: ${run_cut[2]}$(tail -n 1 "$logs/tp_run_${name}_tp2.log")"
+    elif [ ! -s "$out1" ]; then
+      tp_piece FAIL "run $name tp 2 vs 1" "tp 1 printed no ids"
+    elif cmp -s "$out1" "$out2"; then
+      tp_piece ok "run $name tp 2 vs 1" "the same $(wc -w <"$out1") ids, f32, tp 2 with both ranks on GPU 0"
+    else
+      tp_piece FAIL "run $name tp 2 vs 1" "the ids differ: tp 1: $(tr '\n' ' ' <"$out1"); tp 2: $(tr '\n' ' ' <"$out2")"
+    fi
+  done
+
+  # 4. decode tokens/s at tp 1 and tp 2 (cinfer bench's tg128 row)
+  if [ -n "$tp_blocker" ]; then
+    tp_piece "cannot run here" "bench diffllama-tiny tp 1 vs 2" "$tp_blocker"
+  elif [ -n "$tp_hung" ]; then
+    tp_piece "not reached" "bench diffllama-tiny tp 1 vs 2" "not started: $tp_hung"
+  elif ! time_left 90; then
+    tp_piece "not reached" "bench diffllama-tiny tp 1 vs 2" "the deadline (${deadline}s) was near"
+  else
+    for tp in 1 2; do
+      tp_args=()
+      [ $tp = 2 ] && tp_args=(--tp 2)
+      log="$logs/tp_bench_diffllama-tiny_tp$tp.log"
+      run "$log" 120 env NCCL_MULTI_RANK_GPU_ENABLE=1 "$cli" bench --model models/diffllama-tiny \
+        --backend cuda --dtype bf16 -p 16 -n 128 -r 3 --no-ceilings ${tp_args[@]+"${tp_args[@]}"}
+      tg=$(grep -E '\| tg128 \|' "$log" | head -n 1 | awk -F'|' '{gsub(/^ +| +$/, "", $12); print $12}')
+      bench_rc[tp]=$rc bench_cut[tp]=$(cut_note 120) bench_verdict[tp]=$(verdict) tg_rate[tp]=$tg
+    done
+    if [ "${bench_rc[1]}" -ne 0 ] || [ -z "${tg_rate[1]}" ]; then
+      tp_piece "$([ "${bench_rc[1]}" -ne 0 ] && echo "${bench_verdict[1]}" || echo FAIL)" "bench diffllama-tiny tp 1 vs 2" "tp 1 exits ${bench_rc[1]}: ${bench_cut[1]}$(tail -n 1 "$logs/tp_bench_diffllama-tiny_tp1.log")"
+    elif [ "${bench_rc[2]}" -ne 0 ] || [ -z "${tg_rate[2]}" ]; then
+      tp_piece "$([ "${bench_rc[2]}" -ne 0 ] && echo "${bench_verdict[2]}" || echo FAIL)" "bench diffllama-tiny tp 1 vs 2" "tp 2 (both ranks on GPU 0) exits ${bench_rc[2]}: ${bench_cut[2]}$(tail -n 1 "$logs/tp_bench_diffllama-tiny_tp2.log")"
+    else
+      tp_piece ok "bench diffllama-tiny tp 1 vs 2" "bf16 tg128: tp 1 ${tg_rate[1]} t/s, tp 2 ${tg_rate[2]} t/s ($(awk -v a="${tg_rate[2]%% *}" -v b="${tg_rate[1]%% *}" 'BEGIN {printf "%.2fx", a / b}') of tp 1), both ranks on GPU 0: what the collectives and the second process cost, not a speed-up"
+    fi
+  fi
+
+  if [ -n "$tp_fail" ]; then step_end FAIL "first: $tp_fail"
+  elif [ "$tp_stopped" = 1 ]; then step_end "not reached" "$tp_ok piece(s) ok, then the deadline; each in details"
+  elif [ "$tp_ok" = 0 ]; then step_end "cannot run here" "${tp_blocker:-$tp_cannot}"
+  else step_end ok "$tp_ok piece(s) ok$([ -n "$tp_cannot" ] && echo "; cannot run here: $tp_cannot"); each in details"; fi
 fi
 
 # ---- the HTTP server under an existing client -----------------------------------------------------
