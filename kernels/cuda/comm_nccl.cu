@@ -8,6 +8,7 @@
 // communicator is then unusable (every later call fails), as the CPU communicator's aborted
 // group is.
 #include <nccl.h>
+#include <pthread.h>
 #include <string.h>
 #include <time.h>
 
@@ -23,6 +24,9 @@ struct nccl_comm {
     ci_comm base; // first: the table's functions take it
     ncclComm_t nccl;
     int device;
+    // ncclCommAbort frees the communicator: the watchdog's abort (another thread) and every NCCL
+    // call on it take this lock, and a call after the abort is refused rather than made
+    pthread_mutex_t lock;
     int aborted;
     void *part; // gather_buffer, part_bytes
     size_t part_bytes;
@@ -40,10 +44,20 @@ static cinfer_status nccl_failed(const nccl_comm *c, ncclResult_t result, const 
                    c->base.rank, c->base.size, c->device, call, ncclGetErrorString(result),
                    c->nccl ? ncclGetLastError(c->nccl) : "");
 }
+// Makes an NCCL call on c's communicator under its lock, refused once it is aborted.
 #define NCCL_TRY(c, call)                                                                          \
     do {                                                                                           \
+        pthread_mutex_lock(&(c)->lock);                                                            \
+        if ((c)->aborted) {                                                                        \
+            pthread_mutex_unlock(&(c)->lock);                                                      \
+            return refuse_if_aborted(c);                                                           \
+        }                                                                                          \
         ncclResult_t nccl_try_result_ = (call);                                                    \
-        if (nccl_try_result_ != ncclSuccess) return nccl_failed((c), nccl_try_result_, #call);     \
+        cinfer_status nccl_try_status_ =                                                           \
+            nccl_try_result_ == ncclSuccess ? CINFER_OK                                            \
+                                            : nccl_failed((c), nccl_try_result_, #call);           \
+        pthread_mutex_unlock(&(c)->lock);                                                          \
+        if (nccl_try_status_ != CINFER_OK) return nccl_try_status_;                               \
     } while (0)
 
 static cinfer_status refuse_if_aborted(const nccl_comm *c) {
@@ -125,8 +139,9 @@ static double seconds_now(void) {
 // Once, from whichever thread comes first: a process rank's watchdog (engine/tp_ranks.c) aborts
 // from its own thread while this rank's host waits on the stream.
 static void abort_comm(nccl_comm *c) {
-    if (__atomic_exchange_n(&c->aborted, 1, __ATOMIC_ACQ_REL)) return;
-    (void)ncclCommAbort(c->nccl);
+    pthread_mutex_lock(&c->lock);
+    if (!__atomic_exchange_n(&c->aborted, 1, __ATOMIC_ACQ_REL)) (void)ncclCommAbort(c->nccl);
+    pthread_mutex_unlock(&c->lock);
 }
 
 static cinfer_status nccl_synchronize(ci_comm *comm, ci_backend *be, double timeout_seconds) {
@@ -138,12 +153,21 @@ static cinfer_status nccl_synchronize(ci_comm *comm, ci_backend *be, double time
     for (;;) {
         const cudaError_t done = cudaStreamQuery(cuda_of(be)->stream);
         ncclResult_t async = ncclSuccess;
+        pthread_mutex_lock(&c->lock);
+        if (c->aborted) { // by the watchdog, while this rank waited
+            pthread_mutex_unlock(&c->lock);
+            return refuse_if_aborted(c);
+        }
         const ncclResult_t queried = ncclCommGetAsyncError(c->nccl, &async);
         if (queried != ncclSuccess) async = queried;
-        if (async != ncclSuccess && async != ncclInProgress) {
-            cinfer_status status = nccl_failed(c, async, "a collective (ncclCommGetAsyncError)");
+        const cinfer_status failed =
+            async != ncclSuccess && async != ncclInProgress
+                ? nccl_failed(c, async, "a collective (ncclCommGetAsyncError)")
+                : CINFER_OK;
+        pthread_mutex_unlock(&c->lock);
+        if (failed != CINFER_OK) {
             abort_comm(c);
-            return status;
+            return failed;
         }
         if (done == cudaSuccess) return CINFER_OK;
         if (done != cudaErrorNotReady) CUDA_CHECK(done);
@@ -184,7 +208,10 @@ static void nccl_abort(ci_comm *comm, const char *reason) {
 
 static void nccl_destroy(ci_comm *comm) {
     nccl_comm *c = nccl_of(comm);
+    pthread_mutex_lock(&c->lock); // (whoever could abort has stopped: the lock is for the rules)
     if (!c->aborted && c->nccl) (void)ncclCommDestroy(c->nccl);
+    pthread_mutex_unlock(&c->lock);
+    pthread_mutex_destroy(&c->lock);
     if (c->part) CUDA_CHECK(cudaFree(c->part));
     if (c->gathered) CUDA_CHECK(cudaFree(c->gathered));
     if (c->token) CUDA_CHECK(cudaFree(c->token));
@@ -225,11 +252,13 @@ extern "C" cinfer_status ci_comm_nccl_create(const ci_comm_id *id, int rank, int
     c->base.rank = rank;
     c->base.size = size;
     c->device = device;
+    pthread_mutex_init(&c->lock, nullptr);
     ncclUniqueId unique;
     memcpy(&unique, id->bytes, sizeof unique);
     const ncclResult_t result = ncclCommInitRank(&c->nccl, size, unique, rank);
     if (result != ncclSuccess) {
         cinfer_status status = nccl_failed(c, result, "ncclCommInitRank");
+        pthread_mutex_destroy(&c->lock);
         free(c);
         return status;
     }
