@@ -1232,6 +1232,9 @@ cinfer_status cinfer_engine_add_request(cinfer_engine *e, const int32_t *prompt,
     pthread_mutex_lock(&e->lock);
     int ok = grow((void **)&e->inbox, &e->cap_inbox, e->n_inbox, sizeof *e->inbox) &&
              grow((void **)&e->live_ids, &e->cap_live, e->n_live, sizeof *e->live_ids);
+    /* read under the lock: once it is released the engine thread may finish r (an abort from
+     * another thread) and free it */
+    const uint64_t new_id = e->next_id;
     if (ok) {
         r->id = e->next_id++;
         e->inbox[e->n_inbox++] = r;
@@ -1244,7 +1247,7 @@ cinfer_status cinfer_engine_add_request(cinfer_engine *e, const int32_t *prompt,
         request_free(r);
         return CI_FAIL(CINFER_ERR_MEMORY, "out of memory queueing a request");
     }
-    if (id) *id = r->id;
+    if (id) *id = new_id;
     return CINFER_OK;
 }
 
