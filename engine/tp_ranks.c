@@ -45,7 +45,9 @@ void ci_tp_message_start(ci_tp_message *m, ci_tp_op op, uint32_t id) {
     put_raw(m, &header, sizeof header);
 }
 
-void ci_tp_message_put(ci_tp_message *m, const void *data, size_t bytes) { put_raw(m, data, bytes); }
+void ci_tp_message_put(ci_tp_message *m, const void *data, size_t bytes) {
+    put_raw(m, data, bytes);
+}
 
 void ci_tp_message_free(ci_tp_message *m) {
     free(m->data);
@@ -137,8 +139,7 @@ static cinfer_status create_object(ci_tp_follower *f, ci_tp_op op, uint32_t id, 
     return status;
 }
 
-static cinfer_status execute(ci_tp_follower *f, const void *message, size_t bytes,
-                             int64_t *value) {
+static cinfer_status execute(ci_tp_follower *f, const void *message, size_t bytes, int64_t *value) {
     ci_tp_reader r = {message, (const unsigned char *)message + bytes, 0};
     const ci_tp_header *header = ci_tp_take(&r, sizeof *header);
     if (!header) return CI_FAIL(CINFER_ERR_COMM, "an empty message from rank 0");
@@ -152,13 +153,17 @@ static cinfer_status execute(ci_tp_follower *f, const void *message, size_t byte
         return CINFER_OK;
     }
     if (!object)
-        return CI_FAIL(CINFER_ERR_COMM, "rank 0 sent op %u for object %u, which this rank does "
-                       "not hold", (unsigned)op, (unsigned)header->id);
+        return CI_FAIL(CINFER_ERR_COMM,
+                       "rank 0 sent op %u for object %u, which this rank does "
+                       "not hold",
+                       (unsigned)op, (unsigned)header->id);
     if ((op == CI_TP_SESSION_FORWARD || op == CI_TP_SESSION_GREEDY) && object->session)
         return ci_session_follow(object->session, op, &r);
     if (op == CI_TP_ENGINE_STEP && object->engine) return ci_engine_follow_step(object->engine, &r);
-    return CI_FAIL(CINFER_ERR_COMM, "rank 0 sent op %u, which this rank does not know for "
-                   "object %u", (unsigned)op, (unsigned)header->id);
+    return CI_FAIL(CINFER_ERR_COMM,
+                   "rank 0 sent op %u, which this rank does not know for "
+                   "object %u",
+                   (unsigned)op, (unsigned)header->id);
 }
 
 cinfer_status ci_tp_follower_execute(ci_tp_follower *f, const void *message, size_t bytes,
@@ -264,8 +269,8 @@ static void release(ci_tp_ranks *t);
 static void follow_in_thread(void *arg, int rank) {
     ci_tp_ranks *t = arg;
     ci_tp_reply *reply = &t->replies[rank];
-    reply->status = ci_tp_follower_execute(t->followers[rank], t->current->data,
-                                           t->current->bytes, &reply->value);
+    reply->status = ci_tp_follower_execute(t->followers[rank], t->current->data, t->current->bytes,
+                                           &reply->value);
     if (reply->status != CINFER_OK)
         snprintf(reply->message, sizeof reply->message, "%s", cinfer_last_error());
 }
@@ -289,8 +294,8 @@ cinfer_status ci_tp_ranks_threads(int tp, cinfer_model **models, ci_comm **comms
         if (!(t->followers[r] = ci_tp_follower_create(models[r])))
             status = CI_FAIL(CINFER_ERR_MEMORY, "out of memory");
     if (status == CINFER_OK && !(t->pool = ci_rank_pool_create(tp)))
-        status = CI_FAIL(CINFER_ERR_MEMORY, "could not start the threads of %d tensor-parallel ranks",
-                         tp - 1);
+        status = CI_FAIL(CINFER_ERR_MEMORY,
+                         "could not start the threads of %d tensor-parallel ranks", tp - 1);
     if (status != CINFER_OK) {
         ci_tp_ranks_free(t);
         return status;
@@ -332,8 +337,8 @@ cinfer_status ci_tp_ranks_begin(ci_tp_ranks *t, const ci_tp_message *m) {
         ci_rank_pool_start(t->pool, follow_in_thread, t);
         return CINFER_OK;
     }
-    cinfer_status status =
-        t->gone[0] ? CI_FAIL(CINFER_ERR_COMM, "%s", t->gone) : ci_tp_link_send_all(t->link, m->data, m->bytes);
+    cinfer_status status = t->gone[0] ? CI_FAIL(CINFER_ERR_COMM, "%s", t->gone)
+                                      : ci_tp_link_send_all(t->link, m->data, m->bytes);
     if (status != CINFER_OK) {
         if (!t->gone[0]) snprintf(t->gone, sizeof t->gone, "%s", cinfer_last_error());
         pthread_mutex_unlock(&t->step_lock);
@@ -346,12 +351,12 @@ static void receive_reply(ci_tp_ranks *t, int rank) {
     ci_tp_reply *reply = &t->replies[rank];
     const void *data = NULL;
     size_t bytes = 0;
-    cinfer_status status = t->gone[0] ? CI_FAIL(CINFER_ERR_COMM, "%s", t->gone)
-                                      : ci_tp_link_recv(t->link, rank, &data, &bytes,
-                                                        t->timeout_seconds);
+    cinfer_status status = t->gone[0]
+                               ? CI_FAIL(CINFER_ERR_COMM, "%s", t->gone)
+                               : ci_tp_link_recv(t->link, rank, &data, &bytes, t->timeout_seconds);
     if (status == CINFER_OK && bytes != sizeof *reply)
-        status = CI_FAIL(CINFER_ERR_COMM, "a reply of %zu bytes, expected %zu", bytes,
-                         sizeof *reply);
+        status =
+            CI_FAIL(CINFER_ERR_COMM, "a reply of %zu bytes, expected %zu", bytes, sizeof *reply);
     if (status == CINFER_OK) {
         memcpy(reply, data, sizeof *reply);
         reply->message[sizeof reply->message - 1] = '\0';
