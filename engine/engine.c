@@ -1032,13 +1032,7 @@ static cinfer_status allocate(cinfer_engine *e, int64_t n_blocks) {
 
 void cinfer_engine_free(cinfer_engine *e) {
     if (!e) return;
-    if (e->mirrored) {
-        ci_tp_message m = {0};
-        ci_tp_message_start(&m, CI_TP_ENGINE_FREE, e->tp_id);
-        if (ci_tp_ranks_begin(e->model->followers, &m) == CINFER_OK)
-            ci_tp_ranks_end(e->model->followers, CINFER_OK, NULL);
-        ci_tp_message_free(&m);
-    }
+    if (e->mirrored) ci_tp_ranks_free_object(e->model->followers, CI_TP_ENGINE_FREE, e->tp_id);
     ci_tp_message_free(&e->step_message);
     free(e->h_prompt_logit_rows);
     for (int i = 0; i < e->n_running; i++) request_free(e->running[i]);
@@ -1097,8 +1091,7 @@ static cinfer_status create_on_followers(cinfer_engine *e, const cinfer_engine_o
     ci_tp_message_start(&m, CI_TP_ENGINE_CREATE, e->tp_id);
     ci_tp_message_put(&m, &follower, sizeof follower);
     int64_t follower_kv_bytes = 0;
-    cinfer_status status = ci_tp_ranks_begin(followers, &m);
-    if (status == CINFER_OK) status = ci_tp_ranks_end(followers, CINFER_OK, &follower_kv_bytes);
+    const cinfer_status status = ci_tp_ranks_call(followers, &m, &follower_kv_bytes);
     ci_tp_message_free(&m);
     e->kv_bytes += follower_kv_bytes;
     return status;

@@ -214,15 +214,10 @@ static cinfer_status load_tensor_parallel(const char *dir, const cinfer_load_opt
         followers_kv += ranks[r]->info.kv_bytes_per_token;
     cinfer_model *leader = ranks ? ranks[0] : NULL;
     ci_tp_ranks *followers = NULL;
-    if (status == CINFER_OK) {
+    if (status == CINFER_OK)
         status = ci_tp_ranks_threads(tp, ranks, comms, group, &followers);
-    } else {
-        for (int r = 1; ranks && r < tp; r++) cinfer_model_free(ranks[r]);
-        for (int r = 0; comms && r < tp; r++) ci_comm_destroy(comms[r]);
-        ci_comm_group_free(group);
-        free(ranks);
-        free(comms);
-    }
+    else
+        ci_tp_threads_free(tp, ranks, comms, group);
     /* from here the followers hold the ranks, the communicators and the group */
     if (status != CINFER_OK) {
         cinfer_model_free(leader);
@@ -252,7 +247,7 @@ typedef struct tp_hello {
 
 /* How long a rank waits for the others, to join and in a collective: one knob, as PyTorch's
  * process groups have. */
-static double join_timeout(const cinfer_load_options *o) {
+static double tp_timeout(const cinfer_load_options *o) {
     return o->tp_timeout_seconds > 0 ? o->tp_timeout_seconds : CI_COMM_DEFAULT_TIMEOUT_SECONDS;
 }
 
@@ -270,7 +265,7 @@ static cinfer_status load_tensor_parallel_processes(const char *dir,
                                                     cinfer_model **out) {
     const int tp = options->tensor_parallel;
     ci_tp_link *link = NULL;
-    CI_TRY(ci_tp_link_listen(options->tp_address, tp, join_timeout(options), &link));
+    CI_TRY(ci_tp_link_listen(options->tp_address, tp, tp_timeout(options), &link));
     if (options->tp_listening)
         options->tp_listening(ci_tp_link_address(link), options->tp_listening_user);
     tp_hello hello = {TP_HELLO_MAGIC, (int32_t)options->backend, (int32_t)options->dtype,
@@ -341,7 +336,7 @@ cinfer_status cinfer_tp_worker_run(const char *dir, const cinfer_load_options *o
     void *hello_data = NULL;
     size_t hello_bytes = 0;
     CI_TRY(ci_tp_link_join(options->tp_address, rank, options->tensor_parallel,
-                           join_timeout(options), &link, &hello_data, &hello_bytes));
+                           tp_timeout(options), &link, &hello_data, &hello_bytes));
     tp_hello hello = {0};
     cinfer_status status = CINFER_OK;
     if (hello_bytes != sizeof hello ||

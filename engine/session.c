@@ -154,19 +154,9 @@ static cinfer_status create_on_followers(cinfer_session *s) {
     ci_tp_message_start(&m, CI_TP_SESSION_CREATE, s->tp_id);
     const int32_t shape[2] = {s->n_ctx, s->n_seqs};
     ci_tp_message_put(&m, shape, sizeof shape);
-    cinfer_status status = ci_tp_ranks_begin(s->model->followers, &m);
-    if (status == CINFER_OK) status = ci_tp_ranks_end(s->model->followers, CINFER_OK, NULL);
+    const cinfer_status status = ci_tp_ranks_call(s->model->followers, &m, NULL);
     ci_tp_message_free(&m);
     return status;
-}
-
-/* Tells the followers to free their copy of s (those that made none ignore it). */
-static void free_on_followers(cinfer_session *s) {
-    ci_tp_message m = {0};
-    ci_tp_message_start(&m, CI_TP_SESSION_FREE, s->tp_id);
-    if (ci_tp_ranks_begin(s->model->followers, &m) == CINFER_OK)
-        ci_tp_ranks_end(s->model->followers, CINFER_OK, NULL);
-    ci_tp_message_free(&m);
 }
 
 cinfer_status cinfer_session_create_batch(cinfer_model *model, int n_ctx, int n_seqs,
@@ -209,7 +199,7 @@ cinfer_status cinfer_session_create(cinfer_model *model, int n_ctx, cinfer_sessi
 
 void cinfer_session_free(cinfer_session *s) {
     if (!s) return;
-    if (s->mirrored) free_on_followers(s);
+    if (s->mirrored) ci_tp_ranks_free_object(s->model->followers, CI_TP_SESSION_FREE, s->tp_id);
     free(s->follower_next);
     if (s->be) {
         const ci_config *c = s->model->config;

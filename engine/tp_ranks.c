@@ -264,8 +264,6 @@ static cinfer_status ranks_alloc(int tp, ci_comm *leader_comm, ci_tp_ranks **out
     return CINFER_OK;
 }
 
-static void release(ci_tp_ranks *t);
-
 static void follow_in_thread(void *arg, int rank) {
     ci_tp_ranks *t = arg;
     ci_tp_reply *reply = &t->replies[rank];
@@ -281,8 +279,7 @@ cinfer_status ci_tp_ranks_threads(int tp, cinfer_model **models, ci_comm **comms
     ci_tp_ranks *t = NULL;
     const cinfer_status allocated = ranks_alloc(tp, comms[0], &t);
     if (allocated != CINFER_OK) {
-        ci_tp_ranks bare = {.tp = tp, .models = models, .comms = comms, .group = group};
-        release(&bare);
+        ci_tp_threads_free(tp, models, comms, group);
         return allocated;
     }
     t->models = models;
@@ -397,15 +394,24 @@ cinfer_status ci_tp_ranks_end(ci_tp_ranks *t, cinfer_status leader, int64_t *val
 }
 
 /* The followers' threads, their state and models, the communicators and the group. */
-static void release(ci_tp_ranks *t) {
-    ci_rank_pool_free(t->pool); /* no message runs between calls: the threads are idle */
-    for (int r = 1; t->followers && r < t->tp; r++) ci_tp_follower_free(t->followers[r]);
-    for (int r = 1; t->models && r < t->tp; r++) cinfer_model_free(t->models[r]);
-    for (int r = 0; t->comms && r < t->tp; r++) ci_comm_destroy(t->comms[r]);
-    ci_comm_group_free(t->group);
-    free(t->followers);
-    free(t->models);
-    free(t->comms);
+void ci_tp_threads_free(int tp, cinfer_model **models, ci_comm **comms, ci_comm_group *group) {
+    for (int r = 1; models && r < tp; r++) cinfer_model_free(models[r]);
+    for (int r = 0; comms && r < tp; r++) ci_comm_destroy(comms[r]);
+    ci_comm_group_free(group);
+    free(models);
+    free(comms);
+}
+
+cinfer_status ci_tp_ranks_call(ci_tp_ranks *t, const ci_tp_message *m, int64_t *values) {
+    CI_TRY(ci_tp_ranks_begin(t, m));
+    return ci_tp_ranks_end(t, CINFER_OK, values);
+}
+
+void ci_tp_ranks_free_object(ci_tp_ranks *t, ci_tp_op op, uint32_t id) {
+    ci_tp_message m = {0};
+    ci_tp_message_start(&m, op, id);
+    (void)ci_tp_ranks_call(t, &m, NULL);
+    ci_tp_message_free(&m);
 }
 
 void ci_tp_ranks_free(ci_tp_ranks *t) {
@@ -413,16 +419,16 @@ void ci_tp_ranks_free(ci_tp_ranks *t) {
     if (t->link) {
         watchdog_stop(&t->watch); /* the workers close their connections after STOP */
         /* a follower process ends on STOP; one that is gone or stuck is not waited for long */
-        ci_tp_message stop = {0};
-        ci_tp_message_start(&stop, CI_TP_STOP, 0);
         t->timeout_seconds = 10.0;
-        if (ci_tp_ranks_begin(t, &stop) == CINFER_OK) ci_tp_ranks_end(t, CINFER_OK, NULL);
-        ci_tp_message_free(&stop);
+        ci_tp_ranks_free_object(t, CI_TP_STOP, 0);
         ci_error_clear();
         ci_tp_link_free(t->link);
         ci_comm_destroy(t->leader_comm);
     }
-    release(t);
+    ci_rank_pool_free(t->pool); /* no message runs between calls: the threads are idle */
+    for (int r = 1; t->followers && r < t->tp; r++) ci_tp_follower_free(t->followers[r]);
+    free(t->followers);
+    ci_tp_threads_free(t->tp, t->models, t->comms, t->group);
     free(t->replies);
     pthread_mutex_destroy(&t->step_lock);
     free(t);

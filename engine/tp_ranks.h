@@ -87,6 +87,17 @@ cinfer_status ci_tp_ranks_begin(ci_tp_ranks *ranks, const ci_tp_message *m);
  * *values (may be NULL) the sum of the followers' replied values (an engine's KV bytes). */
 cinfer_status ci_tp_ranks_end(ci_tp_ranks *ranks, cinfer_status leader, int64_t *values);
 
+/* begin, then end at once: a message rank 0 has no part of its own in (a create, a free). */
+cinfer_status ci_tp_ranks_call(ci_tp_ranks *ranks, const ci_tp_message *m, int64_t *values);
+/* A message of op and id alone, its errors dropped: the followers free their copy of session or
+ * engine id (CI_TP_SESSION_FREE, CI_TP_ENGINE_FREE; those that made none, or are gone, have
+ * nothing to free), or end (CI_TP_STOP). */
+void ci_tp_ranks_free_object(ci_tp_ranks *ranks, ci_tp_op op, uint32_t id);
+
+/* The followers' side of a threads group, without its ranks object: models[1 .. tp-1], every
+ * communicator and the group (what ci_tp_ranks_threads takes, for a load that failed before). */
+void ci_tp_threads_free(int tp, cinfer_model **models, ci_comm **comms, ci_comm_group *group);
+
 /* Ends the followers (threads joined; processes told to stop and their link closed) and frees
  * what the ranks hold: their models, the communicators, the group. After rank 0's model is freed:
  * its forward pass used comms[0]. NULL is nothing. */

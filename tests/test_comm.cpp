@@ -12,7 +12,7 @@
 #include <thread>
 #include <vector>
 
-#include "test_util.h"
+#include "tensor_parallel_test.h"
 
 extern "C" {
 #include "kernels/backend.h"
@@ -57,18 +57,6 @@ struct Ranks {
     }
 };
 
-// Floats whose sums round differently in another order: magnitudes spread over six decades.
-std::vector<float> spread_floats(std::mt19937_64 &rng, size_t n) {
-    std::normal_distribution<float> normal(0.0f, 1.0f);
-    std::uniform_real_distribution<float> decades(-3.0f, 3.0f);
-    std::vector<float> v(n);
-    for (auto &x : v) x = normal(rng) * std::pow(10.0f, decades(rng));
-    return v;
-}
-
-ci_tensor f32_tensor(float *data, int64_t rows, int64_t cols) {
-    return ci_tensor{data, CI_F32, 2, {rows, cols, 0, 0}};
-}
 
 bool same_bits(const std::vector<float> &a, const std::vector<float> &b) {
     return a.size() == b.size() &&

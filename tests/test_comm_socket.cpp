@@ -19,7 +19,7 @@
 #include <thread>
 #include <vector>
 
-#include "test_util.h"
+#include "tensor_parallel_test.h"
 
 extern "C" {
 #include "common/socket.h"
@@ -175,18 +175,6 @@ class Group {
 
 // ---- every collective = the thread communicator's, bit for bit ----------------------------------
 
-// Floats whose sums round differently in another order: magnitudes spread over six decades.
-std::vector<float> spread_floats(std::mt19937_64 &rng, size_t n) {
-    std::normal_distribution<float> normal(0.0f, 1.0f);
-    std::uniform_real_distribution<float> decades(-3.0f, 3.0f);
-    std::vector<float> v(n);
-    for (auto &x : v) x = normal(rng) * std::pow(10.0f, decades(rng));
-    return v;
-}
-
-ci_tensor f32_tensor(float *data, int64_t rows, int64_t cols) {
-    return ci_tensor{data, CI_F32, 2, {rows, cols, 0, 0}};
-}
 
 enum Kind { kAllReduce, kAllGather, kBroadcast, kBarrier, kKinds };
 const char *const kKindNames[] = {"all_reduce_sum", "all_gather_columns", "broadcast", "barrier"};

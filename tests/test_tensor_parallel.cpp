@@ -22,7 +22,7 @@
 #include <thread>
 #include <vector>
 
-#include "test_util.h"
+#include "tensor_parallel_test.h"
 
 extern "C" {
 #include "common/error.h"
@@ -37,17 +37,6 @@ extern "C" {
 using namespace cinfer_test;
 
 namespace {
-
-// Max-abs difference over max(1, max |whole|): 1e-5 absolute where values are of order 1 (every
-// random fixture), and relative where they are larger, as in the bundled model's deeper layers,
-// whose hidden states reach ~100 where one F32 ulp is 7.6e-6 (programs/compare.h scales its bar
-// the same way).
-constexpr double kTolerance = 1e-5;
-const std::string kBundledModel = std::string(CINFER_FIXTURE_DIR) + "/../../models/diffllama-tiny";
-
-std::string model_dir(const std::string &name) {
-    return name == "diffllama_tiny" ? kBundledModel : fixture_dir(name);
-}
 
 // Every committed fixture and the model that ships in the repository.
 std::vector<std::string> model_names() {

@@ -22,7 +22,7 @@
 #include <thread>
 #include <vector>
 
-#include "test_util.h"
+#include "tensor_parallel_test.h"
 
 extern "C" {
 #include "cinfer.h"
@@ -31,13 +31,6 @@ extern "C" {
 using namespace cinfer_test;
 
 namespace {
-
-constexpr double kTolerance = 1e-5;
-const std::string kBundledModel = std::string(CINFER_FIXTURE_DIR) + "/../../models/diffllama-tiny";
-
-std::string model_dir(const std::string &name) {
-    return name == "diffllama_tiny" ? kBundledModel : fixture_dir(name);
-}
 
 // max |a - b| / max(1, max |b|)
 double scaled_difference(const std::vector<float> &a, const std::vector<float> &b) {

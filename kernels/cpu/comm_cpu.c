@@ -31,6 +31,7 @@
 
 #include "../../common/error.h"
 #include "../comm.h"
+#include "comm_staging.h"
 
 typedef enum collective {
     COLLECTIVE_ALL_REDUCE,
@@ -48,13 +49,7 @@ typedef struct arrival {
     int root;
 } arrival;
 
-/* Host memory grown on demand, 64-byte aligned like the CPU backend's buffers. */
-typedef struct staging {
-    void *data;
-    size_t bytes;
-} staging;
-
-enum { STAGING_ALIGNMENT = 64, REASON_CAPACITY = 1024 };
+enum { REASON_CAPACITY = 1024 };
 
 struct ci_comm_group {
     int size;
@@ -81,18 +76,6 @@ typedef struct cpu_comm {
 } cpu_comm;
 
 static cpu_comm *cpu_of(ci_comm *comm) { return (cpu_comm *)comm; }
-
-/* Grows s to hold bytes; 0 when out of memory (s unchanged). */
-static int grow(staging *s, size_t bytes) {
-    if (bytes <= s->bytes) return 1;
-    const size_t rounded = (bytes + STAGING_ALIGNMENT - 1) / STAGING_ALIGNMENT * STAGING_ALIGNMENT;
-    void *data = aligned_alloc(STAGING_ALIGNMENT, rounded);
-    if (!data) return 0;
-    free(s->data);
-    s->data = data;
-    s->bytes = rounded;
-    return 1;
-}
 
 static const char *describe(const arrival *a, char *buf, size_t size) {
     switch (a->op) {
@@ -162,7 +145,7 @@ static void complete_locked(ci_comm_group *g, size_t result_bytes, int set) {
         abort_locked(g, "%s", message);
         return;
     }
-    if (!grow(&g->out[set], result_bytes))
+    if (!staging_grow(&g->out[set], result_bytes))
         abort_locked(g, "out of memory: %zu bytes of staging for %s", result_bytes,
                      describe(&g->arrivals[0], (char[160]){0}, 160));
 }
@@ -228,7 +211,7 @@ static cinfer_status rendezvous(cpu_comm *c, const arrival *a, size_t result_byt
 static cinfer_status staging_for(cpu_comm *c, const arrival *a, size_t bytes, void **out) {
     ci_comm_group *g = c->group;
     staging *mine = &g->in[(size_t)(a->seq & 1) * (size_t)g->size + (size_t)c->base.rank];
-    if (grow(mine, bytes)) {
+    if (staging_grow(mine, bytes)) {
         *out = mine->data;
         return CINFER_OK;
     }
@@ -327,7 +310,7 @@ static cinfer_status cpu_synchronize(ci_comm *comm, ci_backend *be, double timeo
 
 static void *cpu_gather_buffer(ci_comm *comm, size_t bytes) {
     staging *part = &cpu_of(comm)->part;
-    return grow(part, bytes ? bytes : 1) ? part->data : NULL;
+    return staging_grow(part, bytes ? bytes : 1) ? part->data : NULL;
 }
 
 static void cpu_abort(ci_comm *comm, const char *reason) {

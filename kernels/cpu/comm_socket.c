@@ -48,6 +48,7 @@
 #include "../../common/error.h"
 #include "../../common/socket.h"
 #include "../comm.h"
+#include "comm_staging.h"
 
 typedef enum frame_kind {
     FRAME_ALL_REDUCE = 1,
@@ -69,7 +70,7 @@ typedef struct frame {
     uint64_t payload_bytes;
 } frame;
 
-enum { STAGING_ALIGNMENT = 64, REASON_CAPACITY = 1024 };
+enum { REASON_CAPACITY = 1024 };
 
 /* How long an abort frame may take to leave: it is best effort (the peer may be dead or not
  * reading), and an abort must not itself wait for the group's timeout. */
@@ -78,11 +79,6 @@ enum { STAGING_ALIGNMENT = 64, REASON_CAPACITY = 1024 };
  * first, and its abort names the rank that never arrived, which says more than "rank 0 never
  * answered". */
 #define FOLLOWER_PATIENCE 1.5
-
-typedef struct staging {
-    void *data;
-    size_t bytes;
-} staging;
 
 typedef struct socket_comm {
     ci_comm base; /* first: the table's functions take it */
@@ -103,17 +99,6 @@ typedef struct socket_comm {
 } socket_comm;
 
 static socket_comm *socket_of(ci_comm *comm) { return (socket_comm *)comm; }
-
-static int grow(staging *s, size_t bytes) {
-    if (bytes <= s->bytes) return 1;
-    const size_t rounded = (bytes + STAGING_ALIGNMENT - 1) / STAGING_ALIGNMENT * STAGING_ALIGNMENT;
-    void *data = aligned_alloc(STAGING_ALIGNMENT, rounded);
-    if (!data) return 0;
-    free(s->data);
-    s->data = data;
-    s->bytes = rounded;
-    return 1;
-}
 
 /* Worded as comm_cpu.c's, so that a message reads the same whichever communicator ran. */
 static const char *describe(const frame *f, char *buf, size_t size) {
@@ -409,7 +394,7 @@ static cinfer_status stage(socket_comm *c, const frame *f, size_t bytes, void **
     int ok = 1;
     dest[0] = NULL;
     for (int r = 1; r < size; r++) {
-        ok = ok && grow(&c->in[r], bytes ? bytes : 1);
+        ok = ok && staging_grow(&c->in[r], bytes ? bytes : 1);
         dest[r] = c->in[r].data;
     }
     if (ok) return CINFER_OK;
@@ -513,11 +498,23 @@ static cinfer_status socket_synchronize(ci_comm *comm, ci_backend *be, double ti
 
 static void *socket_gather_buffer(ci_comm *comm, size_t bytes) {
     staging *part = &socket_of(comm)->part;
-    return grow(part, bytes ? bytes : 1) ? part->data : NULL;
+    return staging_grow(part, bytes ? bytes : 1) ? part->data : NULL;
 }
 
 static void socket_abort(ci_comm *comm, const char *reason) {
     abort_group(socket_of(comm), 1, "rank %d aborted the group: %s", comm->rank, reason);
+}
+
+/* The per-rank arrays and c itself (NULL and partly made ones too). */
+static void free_arrays(socket_comm *c) {
+    if (!c) return;
+    free(c->fds);
+    free(c->broken);
+    free(c->pending);
+    free(c->polls);
+    free(c->polled);
+    free(c->in);
+    free(c);
 }
 
 /* Closing the connections is what tells the peers this rank is gone (they read EOF). */
@@ -531,13 +528,7 @@ static void socket_destroy(ci_comm *comm) {
     close(c->wake[1]);
     pthread_mutex_destroy(&c->state);
     pthread_mutex_destroy(&c->writing);
-    free(c->fds);
-    free(c->broken);
-    free(c->pending);
-    free(c->polls);
-    free(c->polled);
-    free(c->in);
-    free(c);
+    free_arrays(c);
 }
 
 static const ci_comm_ops socket_comm_ops = {
@@ -582,15 +573,7 @@ cinfer_status ci_comm_socket_create(int rank, int size, const int *fds, double t
                    (c->polled = calloc((size_t)size, sizeof *c->polled)) &&
                    pipe2(c->wake, O_CLOEXEC | O_NONBLOCK) == 0;
     if (!ok) {
-        if (c) {
-            free(c->fds);
-            free(c->broken);
-            free(c->pending);
-            free(c->polls);
-            free(c->polled);
-            free(c->in);
-        }
-        free(c);
+        free_arrays(c);
         close_owned(rank, size, fds);
         return CI_FAIL(CINFER_ERR_MEMORY, "cannot create the socket communicator of rank %d of %d",
                        rank, size);
